@@ -1,0 +1,334 @@
+"""The `leoronic` command: start a worker (no subcommand) or talk to the cluster.
+
+No logic beyond parsing and printing: the work is in comrade.node and comrade.client.
+Exit codes: 0 ok, 1 a task failed, 2 bad input, 3 cluster unreachable / no quorum,
+4 authentication failed, 5 the task has not finished yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from functools import wraps
+from typing import Any
+
+import click
+
+from comrade import taskfields
+from comrade.client import Client, read_cookie
+from comrade.config import DEFAULT_PORT, Config, default_home
+from comrade.errors import EXIT_USAGE, LeoronicError, TaskFailed, UsageError
+
+EXIT_NOT_FINISHED = 5
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"leoronic: {message}", err=True)
+    sys.exit(code)
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn LeoronicErrors into one line on stderr and their exit code."""
+    @wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LeoronicError as exc:
+            _fail(str(exc), exc.exit_code)
+        except ValueError as exc:  # FileError and friends: bad input
+            _fail(str(exc), EXIT_USAGE)
+    return run
+
+
+def _bytes_opt(value: str | None, name: str) -> int | None:
+    return None if value is None else taskfields.parse_bytes(value, name)
+
+
+@click.group(invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--port", type=int, default=DEFAULT_PORT, envvar="LEORONIC_PORT",
+              help="Port for clients and ghosts (LEORONIC_PORT); Raft uses PORT+1.")
+@click.option("--bind", default="0.0.0.0", envvar="LEORONIC_BIND",
+              help="Interface to listen on (LEORONIC_BIND).")
+@click.option("--advertise", default="", envvar="LEORONIC_ADVERTISE",
+              help="Address other boxes reach this one at (LEORONIC_ADVERTISE; default: worked out).")
+@click.option("--home", default=None, envvar="LEORONIC_HOME",
+              help="Journal, snapshots, outputs, work dirs (LEORONIC_HOME; default ~/.leoronic).")
+@click.option("--name", default="", envvar="LEORONIC_NAME",
+              help="Node name (LEORONIC_NAME; default HOSTNAME-PORT).")
+@click.option("--peer", "peers", multiple=True, envvar="LEORONIC_PEERS",
+              help="HOST:PORT of a node of the cluster to join; repeatable (LEORONIC_PEERS, space-separated).")
+@click.option("--cores", type=int, default=None, envvar="LEORONIC_CORES",
+              help="Cap the cores this node offers (LEORONIC_CORES; default all).")
+@click.option("--memory", default=None, envvar="LEORONIC_MEMORY",
+              help="Cap the memory this node offers, bytes, e.g. 4G (LEORONIC_MEMORY; default all).")
+@click.option("--storage", default=None, envvar="LEORONIC_STORAGE",
+              help="Cap the disk this node offers, bytes (LEORONIC_STORAGE; default all free).")
+@click.option("--tag", "tags", multiple=True, envvar="LEORONIC_TAGS",
+              help="Tag this node; repeatable (LEORONIC_TAGS, space-separated).")
+@click.option("--lease", type=float, default=10.0, envvar="LEORONIC_LEASE",
+              help="Seconds of silence after which a node's running tasks are requeued (LEORONIC_LEASE).")
+@click.pass_context
+def main(ctx: click.Context, **opts: Any) -> None:
+    """Leoronic: a fault-tolerant cluster for shell tasks.
+
+    With no subcommand, start a worker in the foreground (logs to stderr and HOME/logs/).
+    """
+    if ctx.invoked_subcommand is None:
+        start_worker(opts)
+
+
+@friendly
+def start_worker(opts: dict[str, Any]) -> None:
+    """Build the config, start the node, block until SIGTERM/SIGINT, then leave cleanly."""
+    home = opts["home"] or default_home()
+    os.makedirs(os.path.join(home, "logs"), exist_ok=True)
+    _setup_logging(os.path.join(home, "logs", "node.log"))
+    cfg = Config(
+        home=home, port=opts["port"], bind=opts["bind"], advertise=opts["advertise"],
+        name=opts["name"], peers=tuple(opts["peers"]), cores=opts["cores"],
+        memory=_bytes_opt(opts["memory"], "--memory"),
+        storage=_bytes_opt(opts["storage"], "--storage"),
+        tags=taskfields.validate_tags(opts["tags"]), cookie=read_cookie(create=True),
+        lease_s=opts["lease"], heartbeat_s=min(2.0, opts["lease"] / 3),
+    )
+    from comrade.node import Node
+
+    node = Node(cfg)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    node.start()
+    stop.wait()
+    logging.getLogger("leoronic").info("stopping: leaving the cluster")
+    node.stop(leave=True)
+
+
+def _setup_logging(path: str) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(path)):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+
+
+# ----- submitting -----------------------------------------------------------------------------
+
+@main.command("add-task", context_settings={"ignore_unknown_options": True})
+@click.option("--retries", type=int, default=None, envvar="LEORONIC_RETRIES",
+              help="Extra attempts after a non-zero exit (LEORONIC_RETRIES; default 0).")
+@click.option("--no-rename", is_flag=True, envvar="LEORONIC_NO_RENAME",
+              help="Keep necessary files' original names (LEORONIC_NO_RENAME=1).")
+@click.argument("fields", nargs=-1, required=True)
+@friendly
+def add_task(fields: Sequence[str], retries: int | None, no_rename: bool) -> None:
+    """Queue one task: MEM CORES STORAGE CONCURRENT CONDITIONS FILES COMMAND [ID]."""
+    parsed = taskfields.parse_fields(list(fields))
+    _submit([parsed], retries, no_rename)
+
+
+@main.command("add-tasks-from-file")
+@click.option("--retries", type=int, default=None, envvar="LEORONIC_RETRIES")
+@click.option("--no-rename", is_flag=True, envvar="LEORONIC_NO_RENAME")
+@click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
+@friendly
+def add_tasks_from_file(path: str, retries: int | None, no_rename: bool) -> None:
+    """Queue one task per line (same fields, shell-quoted); all lines are checked first."""
+    try:
+        text = sys.stdin.read() if path == "-" else open(path).read()
+    except OSError as exc:
+        raise UsageError(f"FILE: cannot read {path}: {exc.strerror}") from None
+    rows = [taskfields.parse_fields(f, where=f"line {n}: ")
+            for n, f in taskfields.parse_task_file(text)]
+    if not rows:
+        raise UsageError(f"FILE: {path} holds no tasks")
+    _submit(rows, retries, no_rename)
+
+
+def _submit(rows: list[taskfields.Fields], retries: int | None, no_rename: bool) -> None:
+    if retries is not None and retries < 0:
+        raise UsageError(f"--retries: must be 0 or more, got {retries}")
+    client = Client()
+    specs, uploads = client.build_specs(rows, retries=retries or 0, rename=not no_rename)
+    client.upload(uploads)
+    for task_id in client.submit(specs):
+        click.echo(task_id)
+
+
+# ----- reading --------------------------------------------------------------------------------
+
+@main.command("get-queue")
+@friendly
+def get_queue() -> None:
+    """A table of tasks: id, state, node, attempt, age, command."""
+    rows = Client().call("queue")
+    now = time.time()
+    click.echo(f"{'ID':<14} {'STATE':<8} {'NODE':<20} {'TRY':>3} {'AGE':>7}  COMMAND")
+    for tid, state, node, attempt, submitted, command, reason, code in rows:
+        shown = command.replace("\n", "; ")
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        extra = f"  [exit {code}]" if code not in (None, 0) else ""
+        extra += f"  [{reason}]" if reason and state == "failed" else ""
+        click.echo(f"{tid:<14} {state:<8} {node:<20} {attempt:>3} {_age(now - submitted):>7}  {shown}{extra}")
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+@main.command("result")
+@click.argument("task_id")
+@friendly
+def result(task_id: str) -> None:
+    """Print a task's stdout (stderr to stderr) and exit with its exit code."""
+    client = Client()
+    task = client.call("task", task_id)
+    state = task.state.value
+    if state in ("queued", "running"):
+        where = f" on {task.node} (attempt {task.attempt})" if state == "running" else ""
+        why = f": {task.reason}" if task.reason else ""
+        _fail(f"task {task_id} is still {state}{where}{why}", EXIT_NOT_FINISHED)
+    if task.outcome is None:
+        _fail(f"task {task_id} {state} without running: {task.reason}", 1)
+    out, warn_out = client.full_output(task, "out")
+    err, warn_err = client.full_output(task, "err")
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(err)
+    for warning in {warn_out, warn_err} - {""}:
+        click.echo(f"leoronic: {warning}", err=True)
+    sys.exit(task.outcome.exit_code if state != "deleted" else 1)
+
+
+@main.command("wait")
+@click.argument("task_ids", nargs=-1)
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 5).")
+@friendly
+def wait(task_ids: Sequence[str], timeout: float | None) -> None:
+    """Block until the tasks (default: all) are finished; exit 1 if any failed."""
+    client = Client()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    show = sys.stderr.isatty()
+    states = client.call("wait_tasks", list(task_ids), 0.0)
+    unknown = [t for t, (s, _) in states.items() if s == "unknown"]
+    if unknown:
+        raise UsageError(f"ID: no task {unknown[0]!r}")
+    total = len(states)
+    with click.progressbar(length=total, label="tasks finished", file=sys.stderr) if show \
+            else _NoBar() as bar:
+        finished_before = 0
+        while True:
+            done = sum(1 for s, _ in states.values() if s in ("done", "failed", "deleted"))
+            bar.update(done - finished_before)
+            finished_before = done
+            if done == total:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                _fail(f"{total - done} of {total} tasks not finished after {timeout} s",
+                      EXIT_NOT_FINISHED)
+            states = client.call("wait_tasks", list(states), 5.0)
+    bad = [t for t, (s, _) in states.items() if s != "done"]
+    if bad:
+        raise TaskFailed(f"{len(bad)} of {total} tasks did not succeed: {', '.join(sorted(bad)[:10])}")
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+@main.command("del-task")
+@click.argument("task_ids", nargs=-1, required=True)
+@friendly
+def del_task(task_ids: Sequence[str]) -> None:
+    """Remove queued tasks, kill running ones, forget finished ones."""
+    failed = 0
+    for task_id, ok, detail in Client().call("delete", list(task_ids)):
+        if ok:
+            click.echo(f"{task_id} deleted" + (f" ({detail})" if detail else ""))
+        else:
+            click.echo(f"leoronic: ID: {detail}", err=True)
+            failed += 1
+    if failed:
+        sys.exit(EXIT_USAGE)
+
+
+@main.command("task-format")
+def task_format() -> None:
+    """Explain the task fields, with working examples."""
+    click.echo(taskfields.FORMAT_HELP, nl=False)
+
+
+@main.command("nodes")
+@friendly
+def nodes() -> None:
+    """Each node: address, Raft role, tags, offered and free memory/cores/disk, running tasks."""
+    info = Client().call("nodes")
+    click.echo(f"asked {info['self']}; leader {info['leader'] or 'none'}; "
+               f"quorum {'yes' if info['quorum'] else 'NO'}")
+    for n in info["nodes"]:
+        off, free = n["offered"], n["free"]
+        status = "up" if n["alive"] else f"UNREACHABLE since {_when(n['lost_since'])}"
+        click.echo(f"{n['name']}  {n['rpc']}  {n['role']}  {status}")
+        click.echo(f"    cores {free.cores}/{off.cores} free   memory {_size(free.memory)}/"
+                   f"{_size(off.memory)} free   disk {_size(free.storage)}/{_size(off.storage)} free")
+        click.echo(f"    tags: {' '.join(n['tags']) or '-'}")
+        click.echo(f"    running: {' '.join(n['running']) or '-'}")
+        if n["note"]:
+            click.echo(f"    note: {n['note']}")
+
+
+def _when(ts: float | None) -> str:
+    return "?" if ts is None else datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@main.command("add-tag")
+@click.argument("tag")
+@click.option("--node", default="", help="Node name (default: the node LEORONIC_NODE points at).")
+@friendly
+def add_tag(tag: str, node: str) -> None:
+    """Tag a node; replicated, survives restarts."""
+    taskfields.validate_tags([tag])
+    name = Client().call("add_tag", node, tag)
+    click.echo(f"{name}: +{tag}")
+
+
+@main.command("del-tag")
+@click.argument("tag")
+@click.option("--node", default="", help="Node name (default: the node LEORONIC_NODE points at).")
+@friendly
+def del_tag(tag: str, node: str) -> None:
+    """Remove a tag from a node."""
+    name = Client().call("del_tag", node, tag)
+    click.echo(f"{name}: -{tag}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""The client side of every user command: find the node, authenticate, retry, read results.
+
+The node is `LEORONIC_NODE=HOST:PORT` (default 127.0.0.1 and `LEORONIC_PORT` or 7341). The
+cookie file is `LEORONIC_COOKIE` (a path; default `~/.leoronic_cookie`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from comrade import rpc
+from comrade.config import DEFAULT_PORT, default_cookie_path
+from comrade.errors import AuthError, ClusterError, UsageError
+from comrade.files import LocalFile, read_files_field
+from comrade.files import DEFAULT_MAX_FILE_BYTES
+from comrade.model import TaskSpec
+from comrade.taskfields import Fields
+
+#: Seconds a command keeps retrying a node that is unreachable or has no quorum.
+RETRY_S = float(os.environ.get("LEORONIC_RETRY_S", "15"))
+
+
+def cookie_path() -> str:
+    """Where the cookie lives: $LEORONIC_COOKIE, else ~/.leoronic_cookie."""
+    return os.environ.get("LEORONIC_COOKIE") or default_cookie_path()
+
+
+def read_cookie(create: bool = False) -> str:
+    """The cluster secret; created (random, mode 0600) if missing and `create` is set."""
+    path = cookie_path()
+    try:
+        with open(path) as f:
+            secret = f.read().strip()
+    except FileNotFoundError:
+        if not create:
+            raise ClusterError(f"no cookie at {path}: start a node first, or copy the cluster's cookie there") from None
+        secret = secrets.token_hex(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+        return secret
+    if not secret:
+        raise ClusterError(f"cookie file {path} is empty")
+    return secret
+
+
+def node_address() -> str:
+    """The node this client talks to."""
+    return os.environ.get("LEORONIC_NODE") or f"127.0.0.1:{os.environ.get('LEORONIC_PORT', DEFAULT_PORT)}"
+
+
+def max_file_bytes() -> int:
+    """The necessary-file size limit (LEORONIC_MAX_FILE_BYTES, default 256 MiB)."""
+    raw = os.environ.get("LEORONIC_MAX_FILE_BYTES", "")
+    if not raw:
+        return DEFAULT_MAX_FILE_BYTES
+    if not raw.isdigit():
+        raise UsageError(f"LEORONIC_MAX_FILE_BYTES: {raw!r} is not a number of bytes")
+    return int(raw)
+
+
+class Client:
+    """A connection to one node, re-opened and retried while the cluster is unavailable."""
+
+    def __init__(self, address: str | None = None, cookie: str | None = None) -> None:
+        self.address = address or node_address()
+        self.cookie = cookie if cookie is not None else read_cookie()
+        self._conn: rpc.Connection_ | None = None
+
+    def call(self, method: str, *args: Any, retry_s: float = RETRY_S) -> Any:
+        """Call a method; retry connection failures and no-quorum answers for `retry_s`."""
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                if self._conn is None:
+                    self._conn = rpc.connect(self.address, self.cookie)
+                return self._conn.call(method, *args)
+            except AuthError:
+                raise
+            except ClusterError as exc:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"{exc} (gave up after {retry_s:.0f} s)") from None
+                time.sleep(0.2)  # pacing between reconnection attempts
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # ----- submit -----------------------------------------------------------------------------
+
+    def build_specs(
+        self, rows: Sequence[Fields], retries: int = 0, rename: bool = True
+    ) -> tuple[list[TaskSpec], list[LocalFile]]:
+        """Read every row's files (validating all first) and build the specs."""
+        limit = max_file_bytes()
+        specs, uploads, seen = [], [], set()
+        for fields in rows:
+            files = read_files_field(fields.files, limit)
+            for f in files:
+                if f.ref.sha256 not in seen:
+                    seen.add(f.ref.sha256)
+                    uploads.append(f)
+            specs.append(TaskSpec(
+                task_id=fields.task_id, memory=fields.memory, cores=fields.cores,
+                storage=fields.storage, concurrent=fields.concurrent,
+                conditions=fields.conditions,
+                files=tuple((f.ref.name, f.ref.sha256, f.ref.size) for f in files),
+                command=fields.command, retries=retries, rename=rename,
+            ))
+        return specs, uploads
+
+    def upload(self, files: Sequence[LocalFile]) -> None:
+        """Upload the files the node lacks (each once, by hash)."""
+        if not files:
+            return
+        missing = set(self.call("file_missing", [f.ref.sha256 for f in files]))
+        for f in files:
+            if f.ref.sha256 in missing:
+                with open(f.path, "rb") as fh:
+                    data = fh.read()
+                self.call("file_put", f.ref.sha256, data)
+                missing.discard(f.ref.sha256)
+
+    def submit(self, specs: Sequence[TaskSpec], batch: int = 1000) -> list[str]:
+        """Submit specs in batches; raise UsageError on the first refused one."""
+        ids = []
+        for start in range(0, len(specs), batch):
+            chunk = list(specs[start : start + batch])
+            for task_id, ok, detail in self.call("submit", chunk):
+                if not ok:
+                    raise UsageError(f"task {task_id}: {detail}")
+                ids.append(task_id)
+        return ids
+
+    # ----- results ----------------------------------------------------------------------------
+
+    def full_output(self, task: Any, stream: str) -> tuple[bytes, str]:
+        """Full stdout/stderr from the node that ran the task; falls back to the tail."""
+        outcome = task.outcome
+        tail = outcome.stdout_tail if stream == "out" else outcome.stderr_tail
+        size = outcome.stdout_bytes if stream == "out" else outcome.stderr_bytes
+        if size <= len(tail):
+            return tail, ""
+        nodes = self.call("nodes")["nodes"]
+        addr = next((n["rpc"] for n in nodes if n["name"] == task.node), None)
+        if addr is None:
+            return tail, f"node {task.node} is unknown; showing the last {len(tail)} bytes"
+        try:
+            data = Client(addr, self.cookie).call("output", task.spec.task_id, task.attempt, stream,
+                                                  retry_s=2)
+            return data, ""
+        except ClusterError as exc:
+            return tail, f"node {task.node} unreachable ({exc}); showing the last {len(tail)} bytes"

@@ -1,0 +1,75 @@
+"""The node's configuration: one frozen object, every field documented, validated in one place.
+
+The CLI takes its defaults from here; every option is also an environment variable
+(`LEORONIC_<FIELD>` in upper case), read by click.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from comrade.errors import UsageError
+
+#: The port clients and ghosts talk to; Raft uses the port after it.
+DEFAULT_PORT = 7341
+
+
+def default_home() -> str:
+    """`$LEORONIC_HOME`, else `~/.leoronic`."""
+    return os.environ.get("LEORONIC_HOME") or os.path.expanduser("~/.leoronic")
+
+
+def default_cookie_path() -> str:
+    """`~/.leoronic_cookie`: one shared secret per cluster."""
+    return os.path.expanduser("~/.leoronic_cookie")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a worker needs to start."""
+
+    home: str = field(default_factory=default_home)  # journal, snapshots, outputs, work dirs
+    port: int = DEFAULT_PORT  # client/ghost RPC port; Raft listens on port + 1
+    bind: str = "0.0.0.0"  # interface to listen on
+    advertise: str = ""  # address other boxes reach us at; "" = worked out at start
+    name: str = ""  # node name; "" = "<hostname>-<port>"
+    peers: tuple[str, ...] = ()  # HOST:PORT of nodes of the cluster to join
+    cores: int | None = None  # cap on cores offered; None = all
+    memory: int | None = None  # cap on memory offered (bytes); None = all
+    storage: int | None = None  # cap on disk offered (bytes); None = all free
+    tags: tuple[str, ...] = ()
+    cookie: str = ""  # the secret itself (normally read from the cookie file)
+    lease_s: float = 10.0  # a node silent this long is lost; its running tasks are requeued
+    heartbeat_s: float = 2.0  # how often a node says it is alive
+    retention_s: float = 7 * 24 * 3600.0  # finished tasks' work dirs are kept this long
+
+    @property
+    def raft_port(self) -> int:
+        """The Raft port: the RPC port + 1."""
+        return self.port + 1
+
+    def validate(self) -> None:
+        """Raise UsageError naming the first field that is wrong and why."""
+        if not 1 <= self.port <= 65534:
+            raise UsageError(f"--port: {self.port} is not a port number (1..65534, Raft uses port+1)")
+        for name in ("cores", "memory", "storage"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UsageError(f"--{name}: must be a positive number, got {value}")
+        for peer in self.peers:
+            split_address(peer, "--peer")
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise UsageError(
+                f"--lease: {self.lease_s} s must be at least twice the heartbeat ({self.heartbeat_s} s)"
+            )
+        if not self.cookie:
+            raise UsageError("cookie: empty; put a secret in ~/.leoronic_cookie or LEORONIC_COOKIE")
+
+
+def split_address(text: str, what: str = "address") -> tuple[str, int]:
+    """Parse HOST:PORT; raise UsageError naming `what` if it is not one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UsageError(f"{what}: {text!r} is not HOST:PORT")
+    return host, int(port)

@@ -1,0 +1,141 @@
+"""Joining and leaving the Raft membership, the member list on disk, the node's address.
+
+pysyncobj's dynamic membership: a new node starts its SyncObj with the current members as its
+peers, then asks a member to add it (`addNodeToCluster`, forwarded to the leader). The member
+list is saved to `$LEORONIC_HOME/raft/members.json` so a restarted node rejoins the same
+cluster without `--peer`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from comrade import rpc
+from comrade.config import split_address
+from comrade.errors import ClusterError, LeoronicError
+
+log = logging.getLogger(__name__)
+
+#: Below this much free disk in $LEORONIC_HOME a node stops claiming (bytes).
+MIN_FREE_DISK = 64 * 1024 * 1024
+
+
+def advertise_address(bind: str, peers: Sequence[str]) -> str:
+    """The address other boxes reach this one at.
+
+    A specific bind address is used as is. Otherwise: the local address of the route to the
+    first peer (a UDP socket `connect` sends no packet), else the host name's address, else
+    127.0.0.1.
+    """
+    if bind not in ("0.0.0.0", "", "::"):
+        return bind
+    for peer in peers:
+        host, port = split_address(peer, "--peer")
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((host, port))
+                return str(s.getsockname()[0])
+        except OSError:
+            continue
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def load_members(path: str) -> list[str]:
+    """The saved Raft member list ([] if none)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return [str(m) for m in data["members"]]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError) as exc:
+        raise ClusterError(f"{path}: unreadable member list ({exc}); delete it to rejoin with --peer") from None
+
+
+def save_members(path: str, members: Sequence[str]) -> None:
+    """Atomically write the member list."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"members": sorted(members)}, f)
+    os.replace(tmp, path)
+
+
+def initial_members(
+    path: str, self_raft: str, peers: Sequence[str], cookie: str
+) -> tuple[list[str], bool]:
+    """The Raft peers to start with, and whether this node must ask to be added.
+
+    A node with a saved member list restarts into that cluster. A new node with --peer asks a
+    peer for the current members and must then be added. A new node without peers forms a
+    one-node cluster.
+    """
+    saved = load_members(path)
+    if saved:
+        return [m for m in saved if m != self_raft], False
+    if not peers:
+        return [], False
+    members = _ask_peers(peers, cookie, "members")
+    return [m for m in members if m != self_raft], True
+
+
+def _ask_peers(peers: Sequence[str], cookie: str, method: str, *args: Any) -> Any:
+    last: Exception | None = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for peer in peers:
+            try:
+                return rpc.call(peer, cookie, method, *args)
+            except LeoronicError as exc:
+                if exc.exit_code == 4:
+                    raise
+                last = exc
+        time.sleep(0.5)  # retry pacing while peers start up
+    raise ClusterError(f"no peer answered {method}: {last}")
+
+
+def ask_to_be_added(peers: Sequence[str], self_raft: str, cookie: str) -> None:
+    """Ask the cluster (through any peer) to add us to the Raft membership."""
+    _ask_peers(peers, cookie, "add_member", self_raft)
+    log.info("added to the cluster as %s", self_raft)
+
+
+def remove_self(members: Sequence[str], self_raft: str, consumer: Any, cookie: str) -> None:
+    """On a clean stop, ask another member to remove us from the Raft membership."""
+    others = [m for m in members if m != self_raft]
+    if not others:
+        return
+    syncobj = consumer._syncObj
+    rpcs = []
+    with consumer.lock:
+        for ns in consumer.queue.nodes.values():
+            if ns.info.raft in others and ns.alive:
+                rpcs.append(ns.info.rpc)
+    for addr in rpcs:
+        try:
+            rpc.call(addr, cookie, "remove_member", self_raft, timeout=3.0)
+            log.info("removed from the Raft membership by %s", addr)
+            return
+        except LeoronicError as exc:
+            log.warning("member %s could not remove us: %s", addr, exc)
+    del syncobj
+
+
+def disk_note(home: str) -> str:
+    """'' if the home's disk has room, else why this node stops claiming."""
+    try:
+        free = shutil.disk_usage(home).free
+    except OSError as exc:
+        return f"not claiming: cannot read disk usage of {home}: {exc}"
+    if free < MIN_FREE_DISK:
+        return f"not claiming: disk full ({free} bytes free in {home}, need {MIN_FREE_DISK})"
+    return ""

@@ -1,0 +1,149 @@
+"""Plain data records of the replicated queue: task specs, attempts, results, nodes.
+
+Everything here is small, immutable where it can be, and picklable: it is what every Raft
+snapshot contains. No I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+#: Bytes of stdout and of stderr kept in the replicated record of a finished attempt.
+TAIL_BYTES = 64 * 1024
+
+
+class State(str, Enum):
+    """Where a task is in its life."""
+
+    QUEUED = "queued"  # waiting for a node (or for its conditions)
+    RUNNING = "running"  # claimed by one node under one attempt number
+    DONE = "done"  # final: exited 0
+    FAILED = "failed"  # final: exited non-zero with no retries left, or could never run
+    DELETED = "deleted"  # final: removed by the user (a tombstone: spec kept, output dropped)
+
+    @property
+    def final(self) -> bool:
+        """True for the states a task never leaves."""
+        return self in (State.DONE, State.FAILED, State.DELETED)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """An amount of memory (bytes), cores and disk (bytes)."""
+
+    memory: int = 0
+    cores: int = 0
+    storage: int = 0
+
+    def fits_in(self, other: Resources) -> bool:
+        """True when every field of self is at most the same field of other."""
+        return (
+            self.memory <= other.memory
+            and self.cores <= other.cores
+            and self.storage <= other.storage
+        )
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(
+            self.memory + other.memory, self.cores + other.cores, self.storage + other.storage
+        )
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(
+            self.memory - other.memory, self.cores - other.cores, self.storage - other.storage
+        )
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a client asked for. Chosen entirely by the client, so a retried submit is identical."""
+
+    task_id: str
+    memory: int  # bytes of free memory the task needs
+    cores: int
+    storage: int  # bytes of free disk in the work dir, necessary files not included
+    concurrent: bool  # False: nothing else runs on the node at the same time
+    conditions: str  # the condition string as typed ("" for none)
+    files: tuple[tuple[str, str, int], ...]  # (name as written, sha256 hex, size bytes)
+    command: str
+    retries: int = 0  # extra attempts after a non-zero exit
+    rename: bool = True  # rename necessary files and rewrite the command
+
+    @property
+    def needs(self) -> Resources:
+        """Resources the task reserves while it runs; storage includes its necessary files."""
+        return Resources(self.memory, self.cores, self.storage + sum(f[2] for f in self.files))
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One run of a task on one node. `why` says how it ended."""
+
+    number: int
+    node: str
+    start: float
+    end: float | None = None
+    exit_code: int | None = None
+    why: str = ""  # "exit", "node lost", "node left", "deleted", "released: <reason>"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The replicated result of a finished attempt."""
+
+    exit_code: int
+    start: float
+    end: float
+    stdout_tail: bytes = b""
+    stderr_tail: bytes = b""
+    stdout_bytes: int = 0  # full size of the output kept on the node
+    stderr_bytes: int = 0
+
+
+@dataclass
+class Task:
+    """The replicated record of one task. Mutated only by the Queue state machine."""
+
+    spec: TaskSpec
+    seq: int  # submit order (Raft log order); unique and increasing
+    submitted: float
+    state: State = State.QUEUED
+    attempt: int = 0  # number of the current (or last) attempt; 0 before the first claim
+    node: str | None = None  # node of the current (or last) attempt
+    attempts: list[Attempt] = field(default_factory=list)
+    outcome: Outcome | None = None
+    reason: str = ""  # why it failed without running, or why it is waiting
+    failed_on: tuple[str, ...] = ()  # nodes where it exited non-zero (retries prefer others)
+    retries_left: int = 0
+
+    def summary(self) -> Task:
+        """A copy safe to hand to readers outside the state machine's lock."""
+        return replace(self, attempts=list(self.attempts))
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node as it announced itself when it joined. Replicated."""
+
+    name: str
+    kind: str  # "worker" or "ghost"
+    rpc: str  # HOST:PORT clients and ghosts talk to
+    raft: str  # HOST:PORT of its Raft endpoint ("" for ghosts)
+    offered: Resources  # the most this node will ever offer
+    tags: frozenset[str] = frozenset()
+    clairvoyant: str = ""  # for a ghost: the worker relaying for it
+    pid: int = 0
+
+
+@dataclass
+class NodeState:
+    """A node's replicated status."""
+
+    info: NodeInfo
+    tags: set[str]
+    alive: bool = True
+    last_seen: float = 0.0  # proposer's clock at its last heartbeat
+    lost_since: float | None = None  # when it was declared lost or left
+    free: Resources = Resources()  # last reported free resources
+    note: str = ""  # e.g. "disk full: not claiming"

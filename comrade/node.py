@@ -1,0 +1,364 @@
+"""A worker node: wires replication, scheduling, execution, RPC and membership together.
+
+This is the only module that knows all the others. Threads:
+- pysyncobj's tick thread applies committed entries and calls `_on_applied` (never blocks);
+- the `NodeActor` (pykka) reconciles running tasks with the replicated state and schedules;
+- one `TaskRunner` actor per running task, and the reaper thread that wakes them;
+- the ticker thread: heartbeats, the leader's lease checks, retries, membership file;
+- the RPC server's threads answer clients and ghosts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import pykka
+
+from comrade import membership, resources
+from comrade.config import Config
+from comrade.errors import ClusterError
+from comrade.executor import Paths, Reaper, TaskRunner, kill_orphans
+from comrade.files import FileStore, place_files, rewrite_command
+from comrade.files import FileRef as FileRefT
+from comrade.model import NodeInfo, Outcome, Resources, State, TaskSpec
+from comrade.queue import Reply
+from comrade.replication import Proposer, ReplicatedQueue, make_syncobj
+from comrade.rpc import Server
+from comrade.scheduler import LocalFacts, plan
+from comrade.service import Service
+from comrade.supervisor import RestartPolicy, Supervisor
+
+log = logging.getLogger(__name__)
+
+_LEADER = 2  # pysyncobj _RAFT_STATE.LEADER
+
+
+class Node:
+    """One worker: a full Raft member that also runs tasks."""
+
+    def __init__(self, cfg: Config, probe: resources.Probe | None = None) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.paths = Paths(cfg.home)
+        for sub in ("raft", "work", "outputs", "running", "files", "store", "logs"):
+            os.makedirs(os.path.join(cfg.home, sub), exist_ok=True)
+        self.name = cfg.name or f"{socket.gethostname()}-{cfg.port}"
+        self.advertise = cfg.advertise or membership.advertise_address(cfg.bind, cfg.peers)
+        self.raft_addr = f"{self.advertise}:{cfg.raft_port}"
+        self.rpc_addr = f"{self.advertise}:{cfg.port}"
+        self.probe = probe or resources.PsutilProbe(cfg.home)
+        self.offer = resources.offered(self.probe, cfg.cores, cfg.memory, cfg.storage)
+        self.local_tags = frozenset(cfg.tags) | frozenset(resources.automatic_tags())
+        self.store = FileStore(os.path.join(cfg.home, "store"))
+        self.files_dir = os.path.join(cfg.home, "files")
+        self.consumer = ReplicatedQueue(on_applied=self._on_applied)
+        self.lock = self.consumer.lock
+        self.reaper = Reaper()
+        self.supervisor = Supervisor(RestartPolicy(), time.monotonic, self._escalate)
+        self.note = ""  # why this node is not claiming, if it is not
+        self._runners: dict[tuple[str, int], pykka.ActorRef[Any]] = {}
+        self._claimed_here: set[tuple[str, int]] = set()  # claims proposed in this life
+        self._claims_in_flight: dict[str, tuple[int, Resources, float]] = {}
+        self._pending_finish: dict[tuple[str, int], tuple[Outcome, float]] = {}
+        self._first_seen: dict[str, float] = {}
+        self._hb_seen: dict[str, float] = {}
+        self._leader_since: float | None = None
+        self.applied_cv = threading.Condition()  # notified after every applied entry
+        self._stop = threading.Event()
+        self.syncobj: Any = None
+        self.proposer: Proposer | None = None
+        self.server: Server | None = None
+        self.actor: pykka.ActorRef[Any] | None = None
+        self.service = Service(self)
+
+    # ----- life -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Join or form the cluster and start serving; returns once the node is registered."""
+        killed = kill_orphans(self.paths)
+        if killed:
+            log.warning("killed %d orphaned task process groups of a previous life", len(killed))
+        members_file = os.path.join(self.cfg.home, "raft", "members.json")
+        others, joining = membership.initial_members(
+            members_file, self.raft_addr, self.cfg.peers, self.cfg.cookie
+        )
+        log.info("node %s: rpc %s, raft %s, peers %s", self.name, self.rpc_addr, self.raft_addr,
+                 others or "none (new cluster)")
+        self.server = Server(self.cfg.bind, self.cfg.port, self.cfg.cookie, self.service.handlers())
+        self.syncobj = make_syncobj(
+            self.raft_addr,
+            others,
+            self.consumer,
+            os.path.join(self.cfg.home, "raft"),
+            self.cfg.cookie,
+            on_state_changed=self._on_raft_state,
+        )
+        self.proposer = Proposer(self.consumer)
+        self.actor = NodeActor.start(self)
+        self.server.start()
+        if joining:
+            membership.ask_to_be_added(self.cfg.peers, self.raft_addr, self.cfg.cookie)
+        self._register()
+        membership.save_members(members_file, self._members())
+        threading.Thread(target=self._ticker, name="ticker", daemon=True).start()
+        log.info("node %s is up", self.name)
+
+    def stop(self, leave: bool = True) -> None:
+        """Stop: kill running tasks, leave the cluster cleanly if asked, shut everything down."""
+        self._stop.set()
+        for ref in list(self._runners.values()):
+            ref.tell(("cancel", "node stopping"))
+        if leave and self.proposer is not None:
+            try:
+                self.proposer.propose_sync([("leave", self.name)], timeout=3.0)
+                membership.remove_self(self._members(), self.raft_addr, self.consumer, self.cfg.cookie)
+            except ClusterError as exc:
+                log.warning("could not leave cleanly: %s", exc)
+        if self.server is not None:
+            self.server.stop()
+        if self.proposer is not None:
+            self.proposer.stop()
+        pykka.ActorRegistry.stop_all(block=True, timeout=5)
+        self.reaper.stop()
+        if self.syncobj is not None:
+            self.syncobj.destroy()
+
+    def _register(self) -> None:
+        info = NodeInfo(
+            name=self.name,
+            kind="worker",
+            rpc=self.rpc_addr,
+            raft=self.raft_addr,
+            offered=self.offer,
+            tags=self.local_tags,
+            pid=os.getpid(),
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert self.proposer is not None
+                self.proposer.propose_sync([("join", info)], timeout=5.0)
+                self._release_stale()
+                return
+            except ClusterError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("waiting for the cluster to register this node: %s", exc)
+
+    def _release_stale(self) -> None:
+        """Tasks the state says run here but that this life never started: back to the queue."""
+        with self.lock:
+            stale = [(t.spec.task_id, t.attempt) for t in self.consumer.queue.running_on(self.name)]
+        ops = [("release", tid, self.name, att, "node restarted") for tid, att in stale
+               if (tid, att) not in self._claimed_here]
+        if ops:
+            log.warning("releasing %d tasks of a previous life of this node", len(ops))
+            assert self.proposer is not None
+            self.proposer.propose(ops)
+
+    def _members(self) -> list[str]:
+        if self.syncobj is None:
+            return [self.raft_addr]
+        return sorted({self.raft_addr} | {n.id for n in self.syncobj.otherNodes})
+
+    # ----- raft callbacks (tick thread: never block) ----------------------------------------
+
+    def _on_applied(self, ops: Any, replies: list[Reply]) -> None:
+        now = time.monotonic()
+        for op in ops:
+            if op[0] == "heartbeat":
+                self._hb_seen[op[1]] = now
+            elif op[0] == "join":
+                self._hb_seen[op[1].name] = now
+        with self.applied_cv:
+            self.applied_cv.notify_all()
+        if self.actor is not None:
+            self.actor.tell("wake")
+
+    def _on_raft_state(self, old: int, new: int) -> None:
+        self._leader_since = time.monotonic() if new == _LEADER else None
+
+    def is_leader(self) -> bool:
+        return self._leader_since is not None
+
+    # ----- reconcile and schedule (NodeActor thread) -----------------------------------------
+
+    def reconcile(self) -> None:
+        """Start runners for claims the state gave us; cancel runners the state took away."""
+        with self.lock:
+            queue = self.consumer.queue
+            mine = {(t.spec.task_id, t.attempt): t.spec for t in queue.running_on(self.name)}
+            finished = [k for k in self._pending_finish
+                        if k not in mine]
+        for key in finished:
+            self._pending_finish.pop(key, None)
+        for key, ref in list(self._runners.items()):
+            if key not in mine:
+                ref.tell(("cancel", "no longer assigned to this node"))
+                del self._runners[key]
+        for key, spec in mine.items():
+            if key in self._runners or key in self._pending_finish:
+                continue
+            if key not in self._claimed_here:
+                continue  # a previous life's claim: released in _release_stale
+            self._start_runner(spec, key[1])
+
+    def _start_runner(self, spec: TaskSpec, attempt: int) -> None:
+        ref = TaskRunner.start(
+            spec, attempt, self.name, self.paths, self.reaper, self._prepare,
+            self._report_finish, time.time, self._runner_crashed,
+        )
+        self._runners[(spec.task_id, attempt)] = ref
+        ref.tell(("start",))
+
+    def schedule(self) -> None:
+        """Propose claims for the queued tasks that fit here now."""
+        if self._stop.is_set() or self.note or self.proposer is None:
+            return
+        now = time.monotonic()
+        with self.lock:
+            queue = self.consumer.queue
+            for tid, (att, _, since) in list(self._claims_in_flight.items()):
+                task = queue.get(tid)
+                if task is None or task.state is not State.QUEUED or task.attempt >= att \
+                        or now - since > 10:
+                    del self._claims_in_flight[tid]
+            if any(not queue.tasks[t].spec.concurrent for t in self._claims_in_flight
+                   if t in queue.tasks):
+                return
+            reserved = queue.reserved(self.name)
+            for _, needs, _ in self._claims_in_flight.values():
+                reserved = reserved + needs
+            free = resources.free(self.probe, self.offer, reserved)
+            local = LocalFacts(tags=self.local_tags, has_file=self._has_file)
+            claims, deferred = plan(queue, self.name, free, local, self._waited,
+                                    claiming=self._claims_in_flight.keys())
+            for c in claims:
+                self._claims_in_flight[c.task_id] = (c.attempt, queue.tasks[c.task_id].spec.needs, now)
+                self._claimed_here.add((c.task_id, c.attempt))
+        if claims:
+            self.proposer.propose([("claim", c.task_id, self.name, c.attempt) for c in claims])
+        if deferred and self.actor is not None:
+            threading.Timer(0.05, self.actor.tell, args=("wake",)).start()
+
+    def _waited(self, task_id: str) -> float:
+        now = time.monotonic()
+        return now - self._first_seen.setdefault(task_id, now)
+
+    def _has_file(self, name: str) -> bool:
+        path = os.path.normpath(os.path.join(self.files_dir, name))
+        return path.startswith(self.files_dir + os.sep) and os.path.exists(path)
+
+    # ----- runner callbacks -------------------------------------------------------------------
+
+    def _prepare(self, spec: TaskSpec, workdir: str) -> str:
+        """Fetch and place the necessary files; return the command to run."""
+        if not spec.files:
+            return spec.command
+        refs = [FileRefT(name, sha, size) for name, sha, size in spec.files]
+        for ref in refs:
+            if not self.store.has(ref.sha256):
+                self.service.fetch_file(ref.sha256)
+        mapping = place_files(self.store, workdir, refs, rename=spec.rename)
+        return rewrite_command(spec.command, mapping) if spec.rename else spec.command
+
+    def _report_finish(self, task_id: str, attempt: int, outcome: Outcome) -> None:
+        self._pending_finish[(task_id, attempt)] = (outcome, time.monotonic())
+        self._runners.pop((task_id, attempt), None)
+        assert self.proposer is not None
+        self.proposer.propose([("finish", task_id, self.name, attempt, outcome)])
+
+    def _runner_crashed(self, task_id: str, attempt: int, reason: str) -> None:
+        self._runners.pop((task_id, attempt), None)
+        self.supervisor.child_failed(f"task {task_id} attempt {attempt}", reason)
+        assert self.proposer is not None
+        self.proposer.propose([("release", task_id, self.name, attempt, reason[:200])])
+
+    def _escalate(self, why: str) -> None:
+        self.note = f"not claiming: executor keeps crashing ({why})"
+
+    # ----- ticker: heartbeats, leases, retries ------------------------------------------------
+
+    def _ticker(self) -> None:
+        next_hb = 0.0
+        while not self._stop.wait(0.25):
+            now = time.monotonic()
+            try:
+                if now >= next_hb:
+                    next_hb = now + self.cfg.heartbeat_s
+                    self._heartbeat()
+                    membership.save_members(
+                        os.path.join(self.cfg.home, "raft", "members.json"), self._members()
+                    )
+                self._retry_finishes(now)
+                if self.is_leader():
+                    self._expire_silent_nodes(now)
+                if self.actor is not None:
+                    self.actor.tell("wake")
+            except Exception:
+                log.exception("ticker step failed")
+
+    def _heartbeat(self) -> None:
+        with self.lock:
+            reserved = self.consumer.queue.reserved(self.name)
+        free = resources.free(self.probe, self.offer, reserved)
+        note = self.note or membership.disk_note(self.cfg.home)
+        assert self.proposer is not None
+        self.proposer.propose([("heartbeat", self.name, free, note)])
+
+    def _retry_finishes(self, now: float) -> None:
+        for key, (outcome, since) in list(self._pending_finish.items()):
+            if now - since > 3.0:
+                self._pending_finish[key] = (outcome, now)
+                assert self.proposer is not None
+                self.proposer.propose([("finish", key[0], self.name, key[1], outcome)])
+
+    def _expire_silent_nodes(self, now: float) -> None:
+        assert self._leader_since is not None
+        if now - self._leader_since < self.cfg.lease_s:
+            return  # a new leader gives everyone a full lease first
+        with self.lock:
+            alive = [n for n, ns in self.consumer.queue.nodes.items() if ns.alive]
+        for name in alive:
+            if name == self.name:
+                continue
+            if now - self._hb_seen.get(name, self._leader_since) > self.cfg.lease_s:
+                log.warning("node %s silent for over %.0f s: declaring it lost", name, self.cfg.lease_s)
+                assert self.proposer is not None
+                self.proposer.propose([("expire_node", name)])
+                self._hb_seen[name] = now  # do not repeat before the next lease
+
+
+class NodeActor(pykka.ThreadingActor):
+    """Serializes reconcile + schedule passes; coalesces wake-ups."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self.node = node
+        self._wanted = False
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "wake":
+            # Drain: many wakes queued while we worked collapse into one pass.
+            if self._wanted:
+                return None
+            self._wanted = True
+            self.actor_ref.tell("pass")
+        elif message == "pass":
+            self._wanted = False
+            try:
+                self.node.reconcile()
+                self.node.schedule()
+            except Exception as exc:  # keep the actor; the supervisor counts and may escalate
+                log.exception("reconcile/schedule pass failed")
+                self.node.supervisor.child_failed("node actor", f"{type(exc).__name__}: {exc}")
+        return None
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        log.error("node actor crashed: %s: %s", exception_type.__name__, exception_value)
+

@@ -1,0 +1,419 @@
+"""THE replicated state machine: the task queue, as a pure class.
+
+Every node holds one `Queue` and applies the same operations in the same (Raft log) order, so
+every copy is identical. Rules that keep it safe:
+
+- No I/O, no clock, no randomness: time is the `now` argument chosen by the proposer, ids are
+  chosen by clients.
+- Total: no method raises on any input. A bad operation returns a rejection `Reply`; an
+  exception inside a replicated method would wedge the whole cluster.
+- Fencing: a claim carries the attempt number; `finish` and `release` for any other attempt are
+  ignored, so a node presumed dead that comes back cannot overwrite a newer run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from typing import Any, NamedTuple
+
+import conditions as cond
+from comrade.model import (
+    TAIL_BYTES,
+    Attempt,
+    NodeInfo,
+    NodeState,
+    Outcome,
+    Resources,
+    State,
+    Task,
+    TaskSpec,
+)
+
+
+class Reply(NamedTuple):
+    """The result of one operation: accepted or not, and why."""
+
+    ok: bool
+    detail: str = ""
+
+
+OK = Reply(True)
+
+_OUTCOME = {
+    State.QUEUED: cond.Outcome.PENDING,
+    State.RUNNING: cond.Outcome.PENDING,
+    State.DONE: cond.Outcome.OK,
+    State.FAILED: cond.Outcome.FAILED,
+    State.DELETED: cond.Outcome.DELETED,
+}
+
+
+class Queue:
+    """The replicated task queue. Mutated only through `apply`; read through the accessors."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, Task] = {}  # insertion order is submit order
+        self.nodes: dict[str, NodeState] = {}
+        self.next_seq = 1
+        self.applied = 0  # operations applied, for equality checks across replicas
+        self._derive()
+
+    # ----- snapshot -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data for a Raft snapshot (derived indexes are rebuilt, not stored)."""
+        return {
+            "tasks": self.tasks,
+            "nodes": self.nodes,
+            "next_seq": self.next_seq,
+            "applied": self.applied,
+        }
+
+    @classmethod
+    def restore(cls, data: dict[str, Any]) -> Queue:
+        """Rebuild a Queue from `snapshot()` output."""
+        q = cls()
+        q.tasks = data["tasks"]
+        q.nodes = data["nodes"]
+        q.next_seq = data["next_seq"]
+        q.applied = data["applied"]
+        q._derive()
+        return q
+
+    def _derive(self) -> None:
+        """Rebuild the indexes that follow from `tasks` and `nodes`."""
+        self._queued: dict[int, str] = {}  # seq -> id, kept in seq order
+        self._pending: dict[int, str] = {}  # queued or running, seq -> id, seq order
+        self._running: dict[str, set[str]] = {name: set() for name in self.nodes}
+        self._conditional: set[str] = set()  # queued tasks with queue-scope conditions
+        self._parsed: dict[str, tuple[cond.Condition, ...]] = {}
+        self._settle = True  # a final state was reached: re-check dependents
+        for task in self.tasks.values():
+            if task.state is State.QUEUED:
+                self._queued[task.seq] = task.spec.task_id
+            if not task.state.final:
+                self._pending[task.seq] = task.spec.task_id
+            if task.state is State.RUNNING and task.node is not None:
+                self._running.setdefault(task.node, set()).add(task.spec.task_id)
+            if task.state is State.QUEUED and self._has_queue_conditions(task):
+                self._conditional.add(task.spec.task_id)
+
+    # ----- dispatch -------------------------------------------------------------------------
+
+    def apply(self, op: Any, now: float) -> Reply:
+        """Apply one operation (a tuple: name, *args). Never raises."""
+        try:
+            name, args = op[0], tuple(op[1:])
+            method = _OPS.get(name)
+            if method is None:
+                return Reply(False, f"unknown operation {name!r}")
+            reply: Reply = method(self, *args, now=now)
+        except Exception as exc:  # noqa: BLE001 - totality: a bad op must never wedge Raft
+            return Reply(False, f"malformed operation: {type(exc).__name__}: {exc}")
+        self.applied += 1
+        return reply
+
+    def apply_batch(self, ops: Iterable[Any], now: float) -> list[Reply]:
+        """Apply operations in order, then settle dependencies that can never be met."""
+        replies = [self.apply(op, now) for op in ops]
+        if self._settle:
+            self._settle = False
+            try:
+                self._fail_unsatisfiable(now)
+            except Exception as exc:  # noqa: BLE001 - totality: never raise into Raft
+                replies.append(Reply(False, f"dependency check failed: {exc}"))
+        return replies
+
+    # ----- tasks ----------------------------------------------------------------------------
+
+    def submit(self, spec: TaskSpec, *, now: float) -> Reply:
+        """Queue a task. The same spec twice is accepted once (idempotent retry)."""
+        if not isinstance(spec, TaskSpec):
+            return Reply(False, "not a task spec")
+        old = self.tasks.get(spec.task_id)
+        if old is not None:
+            if old.state is State.DELETED:
+                return Reply(False, f"task id {spec.task_id!r} belonged to a deleted task")
+            if old.spec == spec:
+                return Reply(True, "duplicate")
+            return Reply(False, f"task id {spec.task_id!r} is already used by a different task")
+        try:
+            parsed = cond.parse(spec.conditions)
+        except cond.ConditionError as exc:
+            return Reply(False, str(exc))
+        for dep in cond.dependency_ids(parsed):
+            if dep not in self.tasks:
+                return Reply(False, f"conditions: unknown task {dep!r}")
+        task = Task(spec=spec, seq=self.next_seq, submitted=now, retries_left=spec.retries)
+        self.next_seq += 1
+        self.tasks[spec.task_id] = task
+        self._parsed[spec.task_id] = parsed
+        self._queued[task.seq] = spec.task_id
+        self._pending[task.seq] = spec.task_id
+        if self._has_queue_conditions(task):
+            self._conditional.add(spec.task_id)
+            self._settle = True
+        return OK
+
+    def claim(self, task_id: str, node: str, attempt: int, *, now: float) -> Reply:
+        """Give a queued task to `node` as attempt number `attempt` (must be the next one)."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return Reply(False, "no such task")
+        if task.state is not State.QUEUED:
+            return Reply(False, f"task is {task.state.value}")
+        if attempt != task.attempt + 1:
+            return Reply(False, f"stale attempt {attempt}; next is {task.attempt + 1}")
+        ns = self.nodes.get(node)
+        if ns is None or not ns.alive:
+            return Reply(False, f"node {node!r} is not a live member")
+        running = self._running.setdefault(node, set())
+        if running and not task.spec.concurrent:
+            return Reply(False, "task is not concurrent and the node is busy")
+        if any(not self.tasks[t].spec.concurrent for t in running):
+            return Reply(False, "node runs a non-concurrent task")
+        task.state = State.RUNNING
+        task.attempt = attempt
+        task.node = node
+        task.attempts.append(Attempt(number=attempt, node=node, start=now))
+        del self._queued[task.seq]
+        self._conditional.discard(task_id)
+        running.add(task_id)
+        return OK
+
+    def finish(
+        self, task_id: str, node: str, attempt: int, outcome: Outcome, *, now: float
+    ) -> Reply:
+        """Record the end of a running attempt; retry on non-zero exit while retries remain."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return Reply(False, "no such task")
+        if task.state is not State.RUNNING or task.node != node or task.attempt != attempt:
+            return Reply(False, "fenced: not the current attempt")
+        if not isinstance(outcome, Outcome):
+            return Reply(False, "not an outcome")
+        outcome = replace(
+            outcome,
+            stdout_tail=bytes(outcome.stdout_tail[-TAIL_BYTES:]),
+            stderr_tail=bytes(outcome.stderr_tail[-TAIL_BYTES:]),
+        )
+        self._end_attempt(task, why="exit", now=outcome.end, exit_code=outcome.exit_code)
+        task.outcome = outcome
+        if outcome.exit_code == 0:
+            self._finalize(task, State.DONE)
+        elif task.retries_left > 0:
+            task.retries_left -= 1
+            task.failed_on = tuple(sorted(set(task.failed_on) | {node}))
+            self._requeue(task)
+        else:
+            self._finalize(task, State.FAILED)
+        return OK
+
+    def release(self, task_id: str, node: str, attempt: int, reason: str, *, now: float) -> Reply:
+        """A node could not start (or had to stop) its attempt: back to the queue, no retry used."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return Reply(False, "no such task")
+        if task.state is not State.RUNNING or task.node != node or task.attempt != attempt:
+            return Reply(False, "fenced: not the current attempt")
+        self._end_attempt(task, why=f"released: {reason}", now=now)
+        self._requeue(task)
+        return OK
+
+    def delete(self, task_id: str, *, now: float) -> Reply:
+        """Remove a queued task, cancel a running one, forget a finished one's output."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return Reply(False, f"no task {task_id!r}")
+        if task.state is State.DELETED:
+            return Reply(True, "already deleted")
+        if task.state is State.RUNNING:
+            self._end_attempt(task, why="deleted", now=now)
+        task.outcome = None
+        task.reason = "deleted by user"
+        self._finalize(task, State.DELETED)
+        return OK
+
+    # ----- nodes ----------------------------------------------------------------------------
+
+    def join(self, info: NodeInfo, *, now: float) -> Reply:
+        """Register a node, or refresh one that comes back (its tags added later are kept)."""
+        if not isinstance(info, NodeInfo) or not info.name:
+            return Reply(False, "not a node")
+        old = self.nodes.get(info.name)
+        tags = set(info.tags) | (old.tags if old else set())
+        self.nodes[info.name] = NodeState(info=info, tags=tags, alive=True, last_seen=now)
+        self._running.setdefault(info.name, set())
+        return OK
+
+    def heartbeat(self, node: str, free: Resources, note: str, *, now: float) -> Reply:
+        """A node is alive; record its free resources and any note (e.g. why it is not claiming)."""
+        ns = self.nodes.get(node)
+        if ns is None:
+            return Reply(False, f"unknown node {node!r}")
+        ns.alive = True
+        ns.lost_since = None
+        ns.last_seen = now
+        ns.free = free
+        ns.note = note
+        return OK
+
+    def expire_node(self, node: str, *, now: float) -> Reply:
+        """Declare a node lost: its running tasks go back to the queue (attempt + 1 on claim)."""
+        return self._drop_node(node, "node lost", now)
+
+    def leave(self, node: str, *, now: float) -> Reply:
+        """A node leaves cleanly: its running tasks go back to the queue."""
+        return self._drop_node(node, "node left", now)
+
+    def add_tag(self, node: str, tag: str, *, now: float) -> Reply:
+        """Add a tag to a node."""
+        ns = self.nodes.get(node)
+        if ns is None:
+            return Reply(False, f"unknown node {node!r}")
+        try:
+            cond.validate_tag(tag)
+        except cond.ConditionError as exc:
+            return Reply(False, str(exc))
+        ns.tags.add(tag)
+        return OK
+
+    def del_tag(self, node: str, tag: str, *, now: float) -> Reply:
+        """Remove a tag from a node."""
+        ns = self.nodes.get(node)
+        if ns is None:
+            return Reply(False, f"unknown node {node!r}")
+        if tag not in ns.tags:
+            return Reply(False, f"node {node!r} has no tag {tag!r}")
+        ns.tags.discard(tag)
+        return OK
+
+    # ----- reads ----------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> Task | None:
+        """The task record, or None."""
+        return self.tasks.get(task_id)
+
+    def queued(self) -> Iterator[Task]:
+        """Queued tasks in submit order."""
+        for seq in sorted(self._queued):
+            yield self.tasks[self._queued[seq]]
+
+    def running_on(self, node: str) -> list[Task]:
+        """Tasks running on a node."""
+        return [self.tasks[t] for t in self._running.get(node, ())]
+
+    def reserved(self, node: str) -> Resources:
+        """Resources reserved by the tasks running on a node."""
+        total = Resources()
+        for task in self.running_on(node):
+            total = total + task.spec.needs
+        return total
+
+    def conditions_of(self, task: Task) -> tuple[cond.Condition, ...]:
+        """The parsed conditions of a task (cached; parse is total for accepted specs)."""
+        parsed = self._parsed.get(task.spec.task_id)
+        if parsed is None:
+            try:
+                parsed = cond.parse(task.spec.conditions)
+            except cond.ConditionError:
+                parsed = ()
+            self._parsed[task.spec.task_id] = parsed
+        return parsed
+
+    def pending_count(self) -> int:
+        """Tasks queued or running."""
+        return len(self._pending)
+
+    # QueueView for conditions/
+    def task(self, task_id: str) -> cond.TaskFacts | None:
+        """Facts about one task, for condition evaluation."""
+        t = self.tasks.get(task_id)
+        return None if t is None else _facts(t)
+
+    def unfinished_before(self, seq: int) -> bool:
+        """True if a task submitted before `seq` is still queued or running."""
+        first = next(iter(self._pending), None)
+        return first is not None and first < seq
+
+    def tasks_before(self, seq: int) -> Iterator[cond.TaskFacts]:
+        """Facts about every task submitted before `seq`, in submit order."""
+        for t in self.tasks.values():
+            if t.seq >= seq:
+                break
+            yield _facts(t)
+
+    # ----- internals ------------------------------------------------------------------------
+
+    def _has_queue_conditions(self, task: Task) -> bool:
+        return any(c.scope == "queue" for c in self.conditions_of(task))
+
+    def _end_attempt(
+        self, task: Task, *, why: str, now: float, exit_code: int | None = None
+    ) -> None:
+        last = task.attempts[-1]
+        task.attempts[-1] = replace(last, end=now, exit_code=exit_code, why=why)
+        if task.node is not None:
+            self._running.get(task.node, set()).discard(task.spec.task_id)
+
+    def _requeue(self, task: Task) -> None:
+        task.state = State.QUEUED
+        self._queued[task.seq] = task.spec.task_id
+        if self._has_queue_conditions(task):
+            self._conditional.add(task.spec.task_id)
+
+    def _finalize(self, task: Task, state: State) -> None:
+        task.state = state
+        self._settle = True
+        self._queued.pop(task.seq, None)
+        self._pending.pop(task.seq, None)
+        self._conditional.discard(task.spec.task_id)
+        if task.node is not None:
+            self._running.get(task.node, set()).discard(task.spec.task_id)
+
+    def _drop_node(self, node: str, why: str, now: float) -> Reply:
+        ns = self.nodes.get(node)
+        if ns is None:
+            return Reply(False, f"unknown node {node!r}")
+        for task in self.running_on(node):
+            self._end_attempt(task, why=why, now=now)
+            self._requeue(task)
+        if ns.alive:
+            ns.alive = False
+            ns.lost_since = now
+        ns.free = Resources()
+        return OK
+
+    def _fail_unsatisfiable(self, now: float) -> None:
+        """Fail queued tasks whose queue conditions can never hold, cascading to their dependents."""
+        changed = True
+        while changed and self._conditional:
+            changed = False
+            for task_id in sorted(self._conditional, key=lambda t: self.tasks[t].seq):
+                task = self.tasks[task_id]
+                verdict = cond.evaluate_queue(self.conditions_of(task), task.seq, self)
+                if verdict.status is cond.Status.NEVER:
+                    task.reason = f"can never run: {verdict.reason}"
+                    self._finalize(task, State.FAILED)
+                    changed = True
+
+
+def _facts(t: Task) -> cond.TaskFacts:
+    return cond.TaskFacts(task_id=t.spec.task_id, seq=t.seq, command=t.spec.command,
+                          outcome=_OUTCOME[t.state])
+
+
+_OPS: dict[str, Any] = {
+    "submit": Queue.submit,
+    "claim": Queue.claim,
+    "finish": Queue.finish,
+    "release": Queue.release,
+    "delete": Queue.delete,
+    "join": Queue.join,
+    "heartbeat": Queue.heartbeat,
+    "expire_node": Queue.expire_node,
+    "leave": Queue.leave,
+    "add_tag": Queue.add_tag,
+    "del_tag": Queue.del_tag,
+}

@@ -1,0 +1,233 @@
+"""pysyncobj glue: the replicated queue and the proposer that batches operations into Raft.
+
+`ReplicatedQueue.apply_ops` is the only replicated method; it only delegates to
+`Queue.apply_batch`. Adding or renaming a replicated method shifts pysyncobj's method ids, so
+any new one must carry a higher `ver`.
+
+Threading: pysyncobj applies committed entries on its tick thread. Readers on other threads
+take `ReplicatedQueue.lock`. The `on_applied` listener runs on the tick thread and must not
+block (it only hands work to actors).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+
+from comrade.errors import ClusterError
+from comrade.queue import Queue, Reply
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Sequence[Any], list[Reply]], None]
+
+#: Operations per Raft entry, at most; keeps an entry under a few MiB.
+MAX_BATCH = 2000
+
+
+class ReplicatedQueue(SyncObjConsumer):
+    """The Queue as a pysyncobj consumer. Snapshots contain `Queue.snapshot()` only."""
+
+    def __init__(self, on_applied: Listener | None = None) -> None:
+        super().__init__()
+        self.queue = Queue()
+        self.lock = threading.RLock()
+        self._on_applied = on_applied
+
+    @replicated
+    def apply_ops(self, ops: list[Any], now: float) -> list[Reply]:
+        """Apply a batch of operations at time `now` (the proposer's clock)."""
+        with self.lock:
+            replies = self.queue.apply_batch(ops, now)
+        if self._on_applied is not None:
+            try:
+                self._on_applied(ops, replies)
+            except Exception:  # a listener bug must not wedge the tick thread
+                log.exception("on_applied listener failed")
+        return replies
+
+    def _serialize(self) -> dict[str, Any]:
+        with self.lock:
+            return self.queue.snapshot()
+
+    def _deserialize(self, data: dict[str, Any]) -> None:
+        with self.lock:
+            self.queue = Queue.restore(data)
+
+
+def make_syncobj(
+    self_addr: str,
+    others: Sequence[str],
+    consumer: ReplicatedQueue,
+    raft_dir: str,
+    password: str,
+    on_state_changed: Callable[[int, int], None] | None = None,
+) -> SyncObj:
+    """Start pysyncobj with the settings we learned the hard way (see ARCHITECTURE.md)."""
+    os.makedirs(raft_dir, exist_ok=True)
+    conf = SyncObjConf(
+        journalFile=os.path.join(raft_dir, "journal"),
+        fullDumpFile=os.path.join(raft_dir, "dump"),
+        password=password,
+        appendEntriesUseBatch=False,
+        dynamicMembershipChange=True,
+        leaderFallbackTimeout=3.0,
+        raftMinTimeout=0.4,
+        raftMaxTimeout=1.2,
+        connectionTimeout=2.0,
+        commandsWaitLeader=True,
+        onStateChanged=on_state_changed,
+        logCompactionMinEntries=20000,
+        logCompactionMinTime=300,
+    )
+    return SyncObj(self_addr, list(others), conf=conf, consumers=[consumer])
+
+
+class _Pending:
+    __slots__ = ("ops", "callback", "since")
+
+    def __init__(self, ops: list[Any], callback: Callable[[list[Reply] | None, int], None]):
+        self.ops = ops
+        self.callback = callback
+        self.since = time.monotonic()
+
+
+class Proposer:
+    """Coalesces operations from many threads into few Raft entries.
+
+    Each `propose` call is delivered in order inside one entry with whatever else is waiting;
+    with nothing in flight it goes at once (low latency when idle), under load batches grow
+    (high throughput). `callback(replies, error)` gets this call's replies, or None and a
+    pysyncobj FAIL_REASON (or -1 for our own timeout): the outcome is then unknown and the
+    caller retries with the same ids, which the state machine makes idempotent.
+    """
+
+    def __init__(
+        self, consumer: ReplicatedQueue, max_in_flight: int = 4, answer_s: float = 4.0
+    ) -> None:
+        self._consumer = consumer
+        self._max_in_flight = max_in_flight
+        self._answer_s = answer_s  # an entry unanswered this long has an unknown outcome
+        self._cv = threading.Condition()
+        self._waiting: list[_Pending] = []
+        self._in_flight: dict[int, tuple[float, Callable[[list[Reply] | None, int], None]]] = {}
+        self._next_id = 0
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="proposer", daemon=True)
+        self._thread.start()
+
+    def propose(
+        self, ops: list[Any], callback: Callable[[list[Reply] | None, int], None] | None = None
+    ) -> None:
+        """Queue `ops` for the next Raft entry; never blocks."""
+        with self._cv:
+            self._waiting.append(_Pending(list(ops), callback or _ignore))
+            self._cv.notify()
+
+    def propose_sync(self, ops: list[Any], timeout: float = 5.0) -> list[Reply]:
+        """Propose and wait; raise ClusterError when the outcome is unknown after `timeout`."""
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def cb(replies: list[Reply] | None, err: int) -> None:
+            box["r"], box["e"] = replies, err
+            done.set()
+
+        self.propose(ops, cb)
+        if not done.wait(timeout):
+            raise ClusterError("no quorum: the cluster did not commit the change in time")
+        if box["r"] is None:
+            raise ClusterError(f"no quorum: {_reason(box['e'])}")
+        replies: list[Reply] = box["r"]
+        return replies
+
+    def stop(self) -> None:
+        """Stop sending; waiting callers get an error."""
+        with self._cv:
+            self._stopped = True
+            self._cv.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopped and (
+                    not self._waiting or len(self._in_flight) >= self._max_in_flight
+                ):
+                    self._cv.wait(timeout=0.5)
+                    self._expire_overdue()
+                if self._stopped:
+                    waiting, self._waiting = self._waiting, []
+                    for p in waiting:
+                        p.callback(None, FAIL_REASON.REQUEST_DENIED)
+                    return
+                batch: list[_Pending] = []
+                count = 0
+                while self._waiting and (not batch or count + len(self._waiting[0].ops) <= MAX_BATCH):
+                    p = self._waiting.pop(0)
+                    batch.append(p)
+                    count += len(p.ops)
+                self._next_id += 1
+                entry_id = self._next_id
+            self._send(entry_id, batch)
+
+    def _expire_overdue(self) -> None:
+        """Give up on entries unanswered for too long (called with the lock held)."""
+        now = time.monotonic()
+        for entry_id, (deadline, done) in list(self._in_flight.items()):
+            if now > deadline:
+                self._in_flight.pop(entry_id, None)
+                threading.Thread(target=done, args=(None, -1), daemon=True).start()
+
+    def _send(self, entry_id: int, batch: list[_Pending]) -> None:
+        ops = [op for p in batch for op in p.ops]
+        answered = threading.Lock()
+
+        def done(result: list[Reply] | None, err: int) -> None:
+            if not answered.acquire(blocking=False):
+                return  # answered already (timed out, or pysyncobj answered twice)
+            with self._cv:
+                self._in_flight.pop(entry_id, None)
+                self._cv.notify()
+            start = 0
+            for p in batch:
+                n = len(p.ops)
+                try:
+                    if err == FAIL_REASON.SUCCESS and result is not None:
+                        p.callback(result[start : start + n], 0)
+                    else:
+                        p.callback(None, err)
+                except Exception:
+                    log.exception("proposal callback failed")
+                start += n
+
+        with self._cv:
+            self._in_flight[entry_id] = (time.monotonic() + self._answer_s, done)
+        try:
+            self._consumer.apply_ops(ops, time.time(), callback=done)
+        except Exception as exc:  # pysyncobj raises if the queue is full or it is stopping
+            log.warning("could not propose %d operations: %s", len(ops), exc)
+            done(None, FAIL_REASON.QUEUE_FULL)
+
+
+def _ignore(replies: list[Reply] | None, err: int) -> None:
+    return None
+
+
+def _reason(err: int) -> str:
+    names = {
+        -1: "no answer in time (no leader, or no majority reachable)",
+        FAIL_REASON.QUEUE_FULL: "command queue full",
+        FAIL_REASON.MISSING_LEADER: "no leader (election in progress or no majority reachable)",
+        FAIL_REASON.DISCARDED: "discarded by a new leader",
+        FAIL_REASON.NOT_LEADER: "leader changed before commit",
+        FAIL_REASON.LEADER_CHANGED: "leader changed before commit",
+        FAIL_REASON.REQUEST_DENIED: "request denied (node stopping)",
+        FAIL_REASON.UNKNOWN_OUTCOME: "unknown outcome",
+    }
+    return names.get(err, f"error {err}")

@@ -1,0 +1,191 @@
+"""The one protocol clients and ghosts use to talk to a node, authenticated by the cookie.
+
+Transport: `multiprocessing.connection` (stdlib). Every connection first runs its HMAC
+challenge-response in both directions with the cookie as the key; only after both succeed is
+any message unpickled. A wrong cookie gets "authentication failed" and nothing else.
+
+A request is `(method, args)`; a reply is `("ok", value)` or `("err", kind, message, exit)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
+from typing import Any
+
+from comrade.config import split_address
+from comrade.errors import (
+    EXIT_CLUSTER,
+    AuthError,
+    ClusterError,
+    LeoronicError,
+    RemoteError,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[..., Any]
+
+#: Seconds a client waits to connect and authenticate.
+CONNECT_TIMEOUT_S = 5.0
+
+
+class Server:
+    """Serves `handlers[method](*args)` to authenticated connections, one thread each."""
+
+    def __init__(self, bind: str, port: int, cookie: str, handlers: dict[str, Handler]) -> None:
+        self._key = cookie.encode()
+        self._handlers = handlers
+        self._listener = Listener((bind, port), backlog=128)
+        self._stopped = False
+        self._thread = threading.Thread(target=self._accept_loop, name="rpc-accept", daemon=True)
+
+    def start(self) -> None:
+        """Start accepting connections."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting; connections in progress end when their peer hangs up."""
+        self._stopped = True
+        try:
+            self._listener.close()
+        except OSError:
+            log.debug("listener already closed")
+
+    def _accept_loop(self) -> None:
+        while not self._stopped:
+            try:
+                conn = self._listener._listener.accept()  # raw accept: auth happens per thread
+                socket.socket(fileno=conn.fileno()).detach()
+            except OSError:
+                if self._stopped:
+                    return
+                log.exception("accept failed")
+                continue
+            threading.Thread(target=self._serve, args=(conn,), name="rpc-conn", daemon=True).start()
+
+    def _serve(self, conn: Connection) -> None:
+        try:
+            _authenticate_server(conn, self._key)
+        except (AuthenticationError, EOFError, OSError) as exc:
+            log.warning("refused a connection: authentication failed (%s)", exc)
+            conn.close()
+            return
+        try:
+            while True:
+                try:
+                    method, args = conn.recv()
+                except (EOFError, OSError):
+                    return
+                conn.send(self._dispatch(method, args))
+        except (OSError, EOFError):
+            return
+        finally:
+            conn.close()
+
+    def _dispatch(self, method: str, args: Any) -> tuple[Any, ...]:
+        handler = self._handlers.get(method)
+        if handler is None:
+            return ("err", "UsageError", f"unknown request {method!r}", 2)
+        try:
+            return ("ok", handler(*args))
+        except LeoronicError as exc:
+            return ("err", type(exc).__name__, str(exc), exc.exit_code)
+        except Exception as exc:  # report, keep serving
+            log.exception("request %s failed", method)
+            return ("err", type(exc).__name__, f"{method}: {exc}", EXIT_CLUSTER)
+
+
+def _authenticate_server(conn: Connection, key: bytes) -> None:
+    _recv_timeout(conn, CONNECT_TIMEOUT_S)
+    deliver_challenge(conn, key)
+    answer_challenge(conn, key)
+    _recv_timeout(conn, 0)
+
+
+def _recv_timeout(conn: Connection, seconds: float) -> None:
+    """Bound blocking reads on a connection (0 = no bound), keeping the socket blocking."""
+    sock = socket.socket(fileno=conn.fileno())
+    try:
+        whole = int(seconds)
+        sock.setsockopt(
+            socket.SOL_SOCKET,
+            socket.SO_RCVTIMEO,
+            struct.pack("ll", whole, int((seconds - whole) * 1e6)),
+        )
+    finally:
+        sock.detach()
+
+
+class Connection_:
+    """A client connection to one node. Reuse it for many calls; close it when done."""
+
+    def __init__(self, address: str, cookie: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+        host, port = split_address(address, "LEORONIC_NODE")
+        self.address = address
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise ClusterError(f"cannot reach node {address}: {exc.strerror or exc}") from None
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = Connection(sock.detach())
+        try:
+            _recv_timeout(conn, timeout)
+            answer_challenge(conn, cookie.encode())
+            deliver_challenge(conn, cookie.encode())
+            _recv_timeout(conn, 0)
+        except AuthenticationError:
+            conn.close()
+            raise AuthError(f"authentication failed: node {address} refused our cookie") from None
+        except (EOFError, OSError) as exc:
+            conn.close()
+            if isinstance(exc, EOFError):
+                raise AuthError(
+                    f"authentication failed: node {address} refused our cookie"
+                ) from None
+            raise ClusterError(f"cannot reach node {address}: {exc}") from None
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def call(self, method: str, *args: Any) -> Any:
+        """Send one request and return its value; raise the node's error as a LeoronicError."""
+        with self._lock:
+            try:
+                self._conn.send((method, args))
+                reply = self._conn.recv()
+            except (EOFError, OSError) as exc:
+                raise ClusterError(f"node {self.address} hung up: {exc or 'connection closed'}") from None
+        if reply[0] == "ok":
+            return reply[1]
+        _, kind, message, exit_code = reply
+        raise RemoteError(kind, message, exit_code)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    def __enter__(self) -> Connection_:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(address: str, cookie: str, timeout: float = CONNECT_TIMEOUT_S) -> Connection_:
+    """Open an authenticated connection to a node."""
+    return Connection_(address, cookie, timeout)
+
+
+def call(address: str, cookie: str, method: str, *args: Any, timeout: float = CONNECT_TIMEOUT_S) -> Any:
+    """One request on a fresh connection."""
+    with connect(address, cookie, timeout) as conn:
+        return conn.call(method, *args)
+
+
+__all__ = ["Server", "Connection_", "connect", "call", "Client"]

@@ -1,0 +1,317 @@
+"""What a node answers over RPC: submit, queue, results, nodes, tags, files, membership.
+
+Each handler validates against the replicated state, proposes through Raft when it changes
+something, and returns plain data. Handlers run on RPC threads; they read the queue under its
+lock and never hold the lock while waiting for Raft.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from comrade import rpc
+from comrade.errors import ClusterError, LeoronicError, UsageError
+from comrade.model import Resources, Task, TaskSpec
+
+if TYPE_CHECKING:
+    from comrade.node import Node
+
+log = logging.getLogger(__name__)
+
+#: How long a submit keeps retrying an unknown outcome (leader change) before giving up.
+SUBMIT_DEADLINE_S = 20.0
+
+
+class Service:
+    """RPC handlers of one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        """Method name -> handler."""
+        return {
+            "ping": self.ping,
+            "members": self.members,
+            "add_member": self.add_member,
+            "remove_member": self.remove_member,
+            "submit": self.submit,
+            "queue": self.queue,
+            "tasks": self.tasks,
+            "wait_tasks": self.wait_tasks,
+            "task": self.task,
+            "delete": self.delete,
+            "nodes": self.nodes,
+            "add_tag": self.add_tag,
+            "del_tag": self.del_tag,
+            "output": self.output,
+            "file_missing": self.file_missing,
+            "file_put": self.file_put,
+            "file_get": self.file_get,
+            "capacity": self.capacity,
+        }
+
+    # ----- helpers ----------------------------------------------------------------------------
+
+    def _propose(self, ops: list[Any], deadline_s: float = SUBMIT_DEADLINE_S) -> list[Any]:
+        """Propose and wait, retrying unknown outcomes with the same (idempotent) operations."""
+        assert self.node.proposer is not None
+        deadline = time.monotonic() + deadline_s
+        while True:
+            try:
+                return self.node.proposer.propose_sync(ops, timeout=6.0)
+            except ClusterError:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("retrying %d operations after an unknown outcome", len(ops))
+
+    def _read(self, fn: Callable[[Any], Any]) -> Any:
+        with self.node.lock:
+            return fn(self.node.consumer.queue)
+
+    # ----- cluster ----------------------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        """Who this node is."""
+        return {"name": self.node.name, "kind": "worker", "rpc": self.node.rpc_addr,
+                "raft": self.node.raft_addr}
+
+    def members(self) -> list[str]:
+        """The Raft member addresses, this node included."""
+        return self.node._members()
+
+    def add_member(self, raft_addr: str) -> bool:
+        """Add a node to the Raft membership (waits for the change to commit)."""
+        return self._change_membership("add", raft_addr)
+
+    def remove_member(self, raft_addr: str) -> bool:
+        """Remove a node from the Raft membership."""
+        return self._change_membership("remove", raft_addr)
+
+    def _change_membership(self, kind: str, raft_addr: str) -> bool:
+        members = self.node._members()
+        if (kind == "add") == (raft_addr in members):
+            return True  # already so: idempotent
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def cb(result: Any, err: int) -> None:
+            box["err"] = err
+            done.set()
+
+        change = self.node.syncobj.addNodeToCluster if kind == "add" else \
+            self.node.syncobj.removeNodeFromCluster
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            done.clear()
+            change(raft_addr, callback=cb)
+            if done.wait(5.0) and box.get("err") == 0:
+                return True
+            if (kind == "add") == (raft_addr in self.node._members()):
+                return True
+            time.sleep(0.2)  # pacing between retries of a refused change (one at a time)
+        raise ClusterError(f"could not {kind} member {raft_addr}: error {box.get('err')}")
+
+    def capacity(self) -> dict[str, Any]:
+        """The largest offer among live nodes (for submit-time checks)."""
+        return self._read(_largest)
+
+    # ----- tasks ------------------------------------------------------------------------------
+
+    def submit(self, specs: Sequence[TaskSpec]) -> list[tuple[str, bool, str]]:
+        """Queue tasks; returns (id, accepted, detail) for each. Impossible tasks are refused."""
+        biggest = self._read(_largest)
+        for spec in specs:
+            _check_possible(spec, biggest)
+        replies = self._propose([("submit", s) for s in specs])
+        return [(s.task_id, r.ok, r.detail) for s, r in zip(specs, replies, strict=False)]
+
+    def queue(self) -> list[tuple[Any, ...]]:
+        """One row per task: id, state, node, attempt, submitted, command, reason, exit code."""
+        def rows(q: Any) -> list[tuple[Any, ...]]:
+            return [
+                (t.spec.task_id, t.state.value, t.node or "", t.attempt, t.submitted,
+                 t.spec.command, t.reason, t.outcome.exit_code if t.outcome else None)
+                for t in q.tasks.values()
+            ]
+        return self._read(rows)
+
+    def tasks(self, ids: Sequence[str]) -> dict[str, tuple[str, int | None]]:
+        """State and exit code of the given tasks (all tasks if none are given)."""
+        def pick(q: Any) -> dict[str, tuple[str, int | None]]:
+            chosen = ids or list(q.tasks)
+            out: dict[str, tuple[str, int | None]] = {}
+            for tid in chosen:
+                t = q.tasks.get(tid)
+                out[tid] = ("unknown", None) if t is None else (
+                    t.state.value, t.outcome.exit_code if t.outcome else None)
+            return out
+        return self._read(pick)
+
+    def wait_tasks(self, ids: Sequence[str], timeout: float) -> dict[str, tuple[str, int | None]]:
+        """Like `tasks`, but waits up to `timeout` s (at most 30) for all of them to finish."""
+        deadline = time.monotonic() + min(max(timeout, 0.0), 30.0)
+        cv = self.node.applied_cv
+        while True:
+            with cv:
+                states = self.tasks(ids)
+                left = deadline - time.monotonic()
+                if left <= 0 or tasks_final(states):
+                    return states
+                cv.wait(left)
+
+    def task(self, task_id: str) -> Task:
+        """The whole record of one task."""
+        t = self._read(lambda q: q.tasks.get(task_id))
+        if t is None:
+            raise UsageError(f"ID: no task {task_id!r}")
+        return t.summary()
+
+    def delete(self, ids: Sequence[str]) -> list[tuple[str, bool, str]]:
+        """Delete tasks (queued: removed; running: killed; finished: forgotten)."""
+        replies = self._propose([("delete", tid) for tid in ids])
+        return [(tid, r.ok, r.detail) for tid, r in zip(ids, replies, strict=False)]
+
+    def output(self, task_id: str, attempt: int, stream: str) -> bytes:
+        """The full stdout ("out") or stderr ("err") of an attempt that ran on this node."""
+        if stream not in ("out", "err"):
+            raise UsageError(f"stream: {stream!r} is not out or err")
+        path = self.node.paths.output(task_id, attempt, stream)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise UsageError(f"no {stream} output of task {task_id!r} attempt {attempt} here") from None
+
+    # ----- nodes and tags ---------------------------------------------------------------------
+
+    def nodes(self) -> dict[str, Any]:
+        """Every node: address, role, tags, offered and free resources, running tasks."""
+        leader = self.node.syncobj._getLeader() if self.node.syncobj else None
+        leader_addr = leader.id if leader is not None else ""
+
+        def rows(q: Any) -> list[dict[str, Any]]:
+            out = []
+            for name, ns in q.nodes.items():
+                role = ns.info.kind
+                if ns.info.kind == "worker":
+                    role = "leader" if ns.info.raft == leader_addr else "follower"
+                out.append({
+                    "name": name, "kind": ns.info.kind, "rpc": ns.info.rpc, "role": role,
+                    "tags": sorted(ns.tags), "offered": ns.info.offered, "free": ns.free,
+                    "running": sorted(t.spec.task_id for t in q.running_on(name)),
+                    "alive": ns.alive, "lost_since": ns.lost_since, "note": ns.note,
+                    "clairvoyant": ns.info.clairvoyant,
+                })
+            return out
+        return {"self": self.node.name, "leader": leader_addr, "nodes": self._read(rows),
+                "quorum": bool(self.node.syncobj and self.node.syncobj.hasQuorum)}
+
+    def add_tag(self, node: str, tag: str) -> str:
+        """Tag a node (this one if node is empty)."""
+        return self._tag("add_tag", node or self.node.name, tag)
+
+    def del_tag(self, node: str, tag: str) -> str:
+        """Untag a node (this one if node is empty)."""
+        return self._tag("del_tag", node or self.node.name, tag)
+
+    def _tag(self, op: str, node: str, tag: str) -> str:
+        [reply] = self._propose([(op, node, tag)])
+        if not reply.ok:
+            raise UsageError(f"tag: {reply.detail}")
+        return node
+
+    # ----- files ------------------------------------------------------------------------------
+
+    def file_missing(self, shas: Sequence[str]) -> list[str]:
+        """Which of these hashes this node's store lacks."""
+        return [s for s in shas if not self.node.store.has(s)]
+
+    def file_put(self, sha: str, data: bytes, copies: int = 2) -> bool:
+        """Store a file (hash-checked) and pass it on until `copies` nodes hold it."""
+        self.node.store.put_bytes(data, expected_sha256=sha)
+        if copies > 1:
+            threading.Thread(target=self._spread, args=(sha, data, copies - 1), daemon=True).start()
+        return True
+
+    def _spread(self, sha: str, data: bytes, copies: int) -> None:
+        for addr in self._other_workers():
+            if copies <= 0:
+                return
+            try:
+                with rpc.connect(addr, self.node.cfg.cookie) as conn:
+                    if conn.call("file_missing", [sha]):
+                        conn.call("file_put", sha, data, 1)
+                    copies -= 1
+            except LeoronicError as exc:
+                log.warning("could not copy file %s to %s: %s", sha[:12], addr, exc)
+
+    def file_get(self, sha: str) -> bytes | None:
+        """The content of a stored file, or None if this node lacks it."""
+        if not self.node.store.has(sha):
+            return None
+        return b"".join(self.node.store.read_chunks(sha))
+
+    def fetch_file(self, sha: str) -> None:
+        """Get a file from any node that has it into the local store (hash-checked)."""
+        errors = []
+        for addr in self._other_workers():
+            try:
+                data = rpc.call(addr, self.node.cfg.cookie, "file_get", sha, timeout=10)
+            except LeoronicError as exc:
+                errors.append(f"{addr}: {exc}")
+                continue
+            if data is None:
+                continue
+            try:
+                self.node.store.put_bytes(data, expected_sha256=sha)
+                return
+            except ValueError as exc:  # HashMismatch: a corrupted copy; try the next node
+                log.warning("file %s from %s rejected: %s", sha[:12], addr, exc)
+                errors.append(f"{addr}: {exc}")
+        raise ClusterError(f"file {sha[:12]}: no node could supply it ({'; '.join(errors) or 'none has it'})")
+
+    def _other_workers(self) -> list[str]:
+        def addrs(q: Any) -> list[str]:
+            return [ns.info.rpc for name, ns in q.nodes.items()
+                    if name != self.node.name and ns.alive and ns.info.kind == "worker"]
+        return self._read(addrs)
+
+
+def _largest(q: Any) -> dict[str, Any]:
+    best: dict[str, Any] = {"memory": (0, ""), "cores": (0, ""), "storage": (0, "")}
+    for name, ns in q.nodes.items():
+        if not ns.alive:
+            continue
+        offer: Resources = ns.info.offered
+        for field in best:
+            value = getattr(offer, field)
+            if value > best[field][0]:
+                best[field] = (value, name)
+    return best
+
+
+def _check_possible(spec: TaskSpec, biggest: dict[str, Any]) -> None:
+    """Refuse a task that asks for more than any live node could ever offer."""
+    if not biggest["cores"][1]:
+        return  # no node known yet: nothing to compare with
+    labels = {"memory": "MEM", "cores": "CORES", "storage": "STORAGE"}
+    needs = spec.needs
+    for field, label in labels.items():
+        value, name = biggest[field]
+        if getattr(needs, field) > value:
+            unit = "" if field == "cores" else " bytes"
+            raise UsageError(
+                f"{label}: task {spec.task_id} asks for {getattr(needs, field)}{unit}, more than "
+                f"any node offers (largest: {name} with {value}{unit})"
+            )
+
+
+def tasks_final(states: dict[str, tuple[str, int | None]]) -> bool:
+    """True when every listed task is in a final state (or unknown)."""
+    return all(s in ("done", "failed", "deleted", "unknown") for s, _ in states.values())
+

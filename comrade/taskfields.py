@@ -1,0 +1,153 @@
+"""Parsing the original's task format: MEM CORES STORAGE CONCURRENT CONDITIONS FILES COMMAND [ID].
+
+Pure: no I/O. Every error is a UsageError whose one line names the field and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import conditions as cond
+from comrade.errors import UsageError
+
+FIELDS = ("MEM", "CORES", "STORAGE", "CONCURRENT", "CONDITIONS", "FILES", "COMMAND")
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_BYTES_RE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Fields:
+    """A task as typed, validated; files not yet read."""
+
+    memory: int
+    cores: int
+    storage: int
+    concurrent: bool
+    conditions: str
+    files: str
+    command: str
+    task_id: str
+
+
+def parse_bytes(text: str, field: str) -> int:
+    """Bytes as a whole number, optionally with K, M, G or T (powers of 1024): 1024, 512M, 2G."""
+    m = _BYTES_RE.match(text.strip())
+    if not m:
+        raise UsageError(f"{field}: {text!r} is not a number of bytes (e.g. 1024, 512M, 2G)")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def parse_cores(text: str) -> int:
+    """A whole number of cores, at least 1."""
+    if not re.fullmatch(r"\d+", text.strip()):
+        raise UsageError(f"CORES: {text!r} is not a whole number of cores")
+    cores = int(text)
+    if cores <= 0:
+        raise UsageError(f"CORES: must be at least 1, got {cores}")
+    return cores
+
+
+def parse_bool(text: str) -> bool:
+    """true or false (any case)."""
+    low = text.strip().lower()
+    if low not in ("true", "false"):
+        raise UsageError(f"CONCURRENT: {text!r} is not true or false")
+    return low == "true"
+
+
+def validate_tags(tags: Sequence[str]) -> tuple[str, ...]:
+    """Check tags given on the command line; UsageError names the bad one."""
+    out = []
+    for tag in tags:
+        for one in tag.split():
+            try:
+                out.append(cond.validate_tag(one))
+            except cond.ConditionError as exc:
+                raise UsageError(f"--tag: {exc}") from None
+        if not tag.strip():
+            raise UsageError("--tag: empty tag")
+    return tuple(out)
+
+
+def new_task_id() -> str:
+    """A fresh random task id (12 hex digits)."""
+    return uuid.uuid4().hex[:12]
+
+
+def parse_fields(args: Sequence[str], where: str = "") -> Fields:
+    """Validate the 7 fields (and optional ID). `where` prefixes messages (e.g. 'line 3: ')."""
+    try:
+        if len(args) not in (7, 8):
+            raise UsageError(
+                f"expected 7 fields ({' '.join(FIELDS)}) and an optional ID, got {len(args)}"
+            )
+        memory = parse_bytes(args[0], "MEM")
+        cores = parse_cores(args[1])
+        storage = parse_bytes(args[2], "STORAGE")
+        concurrent = parse_bool(args[3])
+        try:
+            cond.parse(args[4])
+        except cond.ConditionError as exc:
+            raise UsageError(f"CONDITIONS: {exc}") from None
+        if not args[6].strip():
+            raise UsageError("COMMAND: empty; give the bash command(s) to run")
+        if "\0" in args[6]:
+            raise UsageError("COMMAND: must not contain a NUL byte")
+        task_id = args[7] if len(args) == 8 else new_task_id()
+        try:
+            cond.validate_task_id(task_id)
+        except cond.ConditionError as exc:
+            raise UsageError(f"ID: {exc}") from None
+        return Fields(memory, cores, storage, concurrent, args[4], args[5], args[6], task_id)
+    except UsageError as exc:
+        raise UsageError(f"{where}{exc}") from None
+
+
+def parse_task_file(text: str) -> list[tuple[int, list[str]]]:
+    """Split a tasks file into (line number, fields); `#` comments and blank lines skipped."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            rows.append((number, shlex.split(line, comments=False)))
+        except ValueError as exc:
+            raise UsageError(f"line {number}: cannot split into fields: {exc}") from None
+    return rows
+
+
+FORMAT_HELP = """\
+A task is 7 fields, exactly the original Leoronic's format, and an optional 8th:
+
+  MEM         free memory the task needs, bytes (1024, 512M, 2G: K/M/G/T are powers of 1024)
+  CORES       cores the task needs, a whole number >= 1
+  STORAGE     free disk the task needs in its work dir, bytes (necessary files come on top)
+  CONCURRENT  true: may share its node with other tasks; false: runs alone on its node
+  CONDITIONS  ';'-separated conditions that must all hold, or "" (see below)
+  FILES       ';'-separated files on this machine the task needs, or ""; each is shipped,
+              placed in the task's work dir under a unique name, and the command rewritten
+  COMMAND     the bash command(s), run with bash -c in a fresh work dir
+  ID          optional task id (letters, digits, . _ -); default: a random one. Submitting
+              the same task with the same id again is a no-op, so retries are safe.
+
+Conditions:
+  queue:is_first                  every task submitted before it has finished
+  queue:all_with_cmd_done REGEX   every earlier task whose command matches REGEX has finished
+  queue:all_with_cmd_ok REGEX     ... and all of them succeeded (else this task fails)
+  queue:after ID                  task ID has finished (any outcome)
+  queue:after_ok ID               task ID succeeded (else this task fails)
+  worker:tag TAG                  run only on a node with tag TAG
+  worker:has_file NAME            run only on a node with NAME in $LEORONIC_HOME/files/
+
+Examples:
+  leoronic_add_task 1024 1 1024 false "" "" "echo hello world"
+  leoronic_add_task 512M 2 1G true "worker:tag has_gpu" "" "nvidia-smi"
+  leoronic_add_task 1024 1 1024 true "queue:after prep" "data.csv" "wc -l data.csv" count
+  leoronic_add_task 1024 1 1024 true "queue:all_with_cmd_done ^make" "" "make install"
+"""
