@@ -1,0 +1,23 @@
+"""The original README's three example tasks on a 3-worker cluster."""
+
+from tests.cluster import Cluster
+
+
+def test_original_examples_complete_and_read_back(cluster3: Cluster) -> None:
+    r = cluster3.sh(
+        'leoronic_add_task 1024 1 1024 false "" "" "echo hello world" a\n'
+        'leoronic_add_task 1024 1 1024 false "" "" "echo hi there; echo folks" b\n'
+        "leoronic_add_task 1024 1 1024 false \"\" \"\" \"echo what's up\" c\n"
+        "leoronic_add_task 1024 1 1024 false \"\" \"\" \"echo \\\"what's up\\\"\" d\n"
+    )
+    assert r.rc == 0, r
+    assert r.out.split() == ["a", "b", "c", "d"]
+    # The original's third example has an unbalanced quote: bash itself rejects it, and the
+    # user sees bash's message and exit code; the quoted form works.
+    wait = cluster3.sh("leoronic_wait a b c d")
+    assert wait.rc == 1 and "1 of 4 tasks did not succeed: c" in wait.err, wait
+    assert cluster3.sh("leoronic_result a").out == "hello world\n"
+    assert cluster3.sh("leoronic_result b").out == "hi there\nfolks\n"
+    c = cluster3.sh("leoronic_result c")
+    assert c.rc == 2 and "unexpected EOF" in c.err, c
+    assert cluster3.sh("leoronic_result d").out == "what's up\n"
