@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from comrade import taskfields
+from comrade import packing, taskfields
 from comrade.client import Client, read_cookie
 from comrade.config import DEFAULT_PORT, Config, default_home
 from comrade.errors import EXIT_USAGE, LeoronicError, TaskFailed, UsageError
@@ -74,6 +74,12 @@ def _bytes_opt(value: str | None, name: str) -> int | None:
               help="Tag this node; repeatable (LEORONIC_TAGS, space-separated).")
 @click.option("--lease", type=float, default=10.0, envvar="LEORONIC_LEASE",
               help="Seconds of silence after which a node's running tasks are requeued (LEORONIC_LEASE).")
+@click.option("--retention", type=float, default=7 * 24 * 3600.0, envvar="LEORONIC_RETENTION",
+              help="Seconds finished tasks' work dirs and outputs are kept (LEORONIC_RETENTION).")
+@click.option("--file-gc", type=float, default=3600.0, envvar="LEORONIC_FILE_GC",
+              help="Seconds an unreferenced necessary file is kept (LEORONIC_FILE_GC).")
+@click.option("--gc-every", type=float, default=60.0, envvar="LEORONIC_GC_EVERY",
+              help="Seconds between garbage collections (LEORONIC_GC_EVERY).")
 @click.pass_context
 def main(ctx: click.Context, **opts: Any) -> None:
     """Leoronic: a fault-tolerant cluster for shell tasks.
@@ -97,6 +103,7 @@ def start_worker(opts: dict[str, Any]) -> None:
         storage=_bytes_opt(opts["storage"], "--storage"),
         tags=taskfields.validate_tags(opts["tags"]), cookie=read_cookie(create=True),
         lease_s=opts["lease"], heartbeat_s=min(2.0, opts["lease"] / 3),
+        retention_s=opts["retention"], file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"],
     )
     from comrade.node import Node
 
@@ -328,6 +335,47 @@ def del_tag(tag: str, node: str) -> None:
     """Remove a tag from a node."""
     name = Client().call("del_tag", node, tag)
     click.echo(f"{name}: -{tag}")
+
+
+@main.command("get-all-files")
+@click.argument("dest", type=click.Path(file_okay=False))
+@friendly
+def get_all_files(dest: str) -> None:
+    """Copy every reachable node's work dir (and children) into DEST/<node-name>/."""
+    client = Client()
+    unreachable = 0
+    for n in client.call("nodes")["nodes"]:
+        try:
+            data = Client(n["rpc"], client.cookie).call("pack_dir", "work", retry_s=2)
+        except LeoronicError as exc:
+            click.echo(f"leoronic: node {n['name']} ({n['rpc']}): not reachable: {exc}", err=True)
+            unreachable += 1
+            continue
+        packing.unpack(data, os.path.join(dest, n["name"]))
+        click.echo(f"{n['name']}: {os.path.join(dest, n['name'])}")
+    if unreachable:
+        sys.exit(3)
+
+
+@main.command("get-files")
+@click.argument("task_id")
+@click.argument("dest", type=click.Path(file_okay=False))
+@friendly
+def get_files(task_id: str, dest: str) -> None:
+    """Copy one task's work dir(s) from the node(s) that ran it into DEST/."""
+    client = Client()
+    task = client.call("task", task_id)
+    nodes = {n["name"]: n["rpc"] for n in client.call("nodes")["nodes"]}
+    ran_on = sorted({a.node for a in task.attempts})
+    if not ran_on:
+        raise UsageError(f"ID: task {task_id} has not run yet")
+    for name in ran_on:
+        if name not in nodes:
+            click.echo(f"leoronic: node {name} is unknown", err=True)
+            continue
+        data = Client(nodes[name], client.cookie).call("pack_dir", "task", task_id, retry_s=2)
+        packing.unpack(data, dest)
+        click.echo(f"{name}: {dest}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ class Config:
     cookie: str = ""  # the secret itself (normally read from the cookie file)
     lease_s: float = 10.0  # a node silent this long is lost; its running tasks are requeued
     heartbeat_s: float = 2.0  # how often a node says it is alive
-    retention_s: float = 7 * 24 * 3600.0  # finished tasks' work dirs are kept this long
+    retention_s: float = 7 * 24 * 3600.0  # finished tasks' work dirs and outputs kept this long
+    file_gc_s: float = 3600.0  # stored files no unfinished task refers to are removed after this
+    gc_every_s: float = 60.0  # how often the node collects garbage
 
     @property
     def raft_port(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -284,8 +285,36 @@ class Node:
 
     # ----- ticker: heartbeats, leases, retries ------------------------------------------------
 
+    def collect_garbage(self, now: float) -> tuple[list[str], list[str]]:
+        """Remove unreferenced stored files and expired work dirs/outputs; return what went.
+
+        A stored file goes when no queued or running task refers to it and it is older than
+        `file_gc_s`. A task's work dirs and outputs go when the task was deleted, is unknown,
+        or finished more than `retention_s` ago.
+        """
+        with self.lock:
+            q = self.consumer.queue
+            keep = {f[1] for t in q.tasks.values() if not t.state.final for f in t.spec.files}
+            expired = {tid for tid, t in q.tasks.items()
+                       if t.state is State.DELETED or (t.state.final and t.attempts
+                       and (t.attempts[-1].end or now) < now - self.cfg.retention_s)}
+        files = self.store.gc(keep, self.cfg.file_gc_s, now)
+        dirs = []
+        for name in os.listdir(self.paths.work):
+            task_id = name.rsplit("-a", 1)[0]
+            if task_id in expired:
+                if any(k[0] == task_id for k in self._runners):
+                    continue
+                shutil.rmtree(os.path.join(self.paths.work, name), ignore_errors=True)
+                shutil.rmtree(os.path.join(self.paths.outputs, task_id), ignore_errors=True)
+                dirs.append(name)
+        if files or dirs:
+            log.info("garbage: removed %d stored files and %d work dirs", len(files), len(dirs))
+        return files, dirs
+
     def _ticker(self) -> None:
         next_hb = 0.0
+        next_gc = time.monotonic() + self.cfg.gc_every_s
         while not self._stop.wait(0.25):
             now = time.monotonic()
             try:
@@ -296,6 +325,9 @@ class Node:
                         os.path.join(self.cfg.home, "raft", "members.json"), self._members()
                     )
                 self._retry_finishes(now)
+                if now >= next_gc:
+                    next_gc = now + self.cfg.gc_every_s
+                    self.collect_garbage(time.time())
                 if self.is_leader():
                     self._expire_silent_nodes(now)
                 if self.actor is not None:

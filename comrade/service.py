@@ -8,12 +8,13 @@ lock and never hold the lock while waiting for Raft.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from comrade import rpc
+from comrade import packing, rpc
 from comrade.errors import ClusterError, LeoronicError, UsageError
 from comrade.model import Resources, Task, TaskSpec
 
@@ -53,6 +54,7 @@ class Service:
             "file_put": self.file_put,
             "file_get": self.file_get,
             "capacity": self.capacity,
+            "pack_dir": self.pack_dir,
         }
 
     # ----- helpers ----------------------------------------------------------------------------
@@ -274,6 +276,18 @@ class Service:
                 log.warning("file %s from %s rejected: %s", sha[:12], addr, exc)
                 errors.append(f"{addr}: {exc}")
         raise ClusterError(f"file {sha[:12]}: no node could supply it ({'; '.join(errors) or 'none has it'})")
+
+    def pack_dir(self, what: str, task_id: str = "") -> bytes:
+        """A gzipped tar of this node's work dir ("work") or of one task's work dirs ("task")."""
+        work = self.node.paths.work
+        if what == "work":
+            return packing.pack(work, ".")
+        if what == "task":
+            dirs = sorted(d for d in os.listdir(work) if d.rsplit("-a", 1)[0] == task_id)
+            if not dirs:
+                raise UsageError(f"ID: no work dir of task {task_id!r} on {self.node.name}")
+            return packing.pack(work, *dirs)
+        raise UsageError(f"pack_dir: unknown {what!r}")
 
     def _other_workers(self) -> list[str]:
         def addrs(q: Any) -> list[str]:

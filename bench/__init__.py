@@ -1,0 +1,1 @@
+"""Benchmarks of a real Leoronic cluster on loopback."""

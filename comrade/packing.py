@@ -1,0 +1,25 @@
+"""Packing directories for transfer (get_all_files, get_files) with the stdlib tarfile."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+
+def pack(root: str, *names: str) -> bytes:
+    """A gzipped tar of `names` (relative to `root`), symlinks kept as links."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in names:
+            path = os.path.join(root, name)
+            if os.path.exists(path):
+                tar.add(path, arcname=name)
+    return buf.getvalue()
+
+
+def unpack(data: bytes, dest: str) -> None:
+    """Extract a pack into `dest`, refusing members that would land outside it."""
+    os.makedirs(dest, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(dest, filter="data")
