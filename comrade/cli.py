@@ -80,6 +80,13 @@ def _bytes_opt(value: str | None, name: str) -> int | None:
               help="Seconds an unreferenced necessary file is kept (LEORONIC_FILE_GC).")
 @click.option("--gc-every", type=float, default=60.0, envvar="LEORONIC_GC_EVERY",
               help="Seconds between garbage collections (LEORONIC_GC_EVERY).")
+@click.option("--on-isolation", type=click.Choice(["run", "wait"]), default="run",
+              envvar="LEORONIC_ON_ISOLATION",
+              help="Without quorum for 15 s: keep running tasks from the local copy, or wait.")
+@click.option("--isolation-after", type=float, default=15.0, envvar="LEORONIC_ISOLATION_AFTER",
+              help="Seconds without quorum before isolated mode (LEORONIC_ISOLATION_AFTER).")
+@click.option("--remove-after", type=float, default=30.0, envvar="LEORONIC_REMOVE_AFTER",
+              help="Seconds a lost worker stays in the Raft membership (LEORONIC_REMOVE_AFTER).")
 @click.pass_context
 def main(ctx: click.Context, **opts: Any) -> None:
     """Leoronic: a fault-tolerant cluster for shell tasks.
@@ -103,7 +110,8 @@ def start_worker(opts: dict[str, Any]) -> None:
         storage=_bytes_opt(opts["storage"], "--storage"),
         tags=taskfields.validate_tags(opts["tags"]), cookie=read_cookie(create=True),
         lease_s=opts["lease"], heartbeat_s=min(2.0, opts["lease"] / 3),
-        retention_s=opts["retention"], file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"],
+        on_isolation=opts["on_isolation"], isolation_s=opts["isolation_after"],
+        remove_after_s=opts["remove_after"], retention_s=opts["retention"], file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"],
     )
     from comrade.node import Node
 
@@ -292,6 +300,9 @@ def nodes() -> None:
     info = Client().call("nodes")
     click.echo(f"asked {info['self']}; leader {info['leader'] or 'none'}; "
                f"quorum {'yes' if info['quorum'] else 'NO'}")
+    if info.get("isolated_since"):
+        click.echo(f"{info['self']} is ISOLATED (no quorum) since {_when(info['isolated_since'])}: "
+                   "running queued tasks from its own copy; results merge when the others return")
     for n in info["nodes"]:
         off, free = n["offered"], n["free"]
         status = "up" if n["alive"] else f"UNREACHABLE since {_when(n['lost_since'])}"

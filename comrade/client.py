@@ -70,14 +70,21 @@ class Client:
         self.address = address or node_address()
         self.cookie = cookie if cookie is not None else read_cookie()
         self._conn: rpc.Connection_ | None = None
+        self._others: list[str] = []  # other workers, learned once connected: failover targets
 
     def call(self, method: str, *args: Any, retry_s: float = RETRY_S) -> Any:
-        """Call a method; retry connection failures and no-quorum answers for `retry_s`."""
+        """Call a method; on connection failures or no quorum, retry (moving to another
+        worker of the cluster if ours is gone) for `retry_s` seconds."""
         deadline = time.monotonic() + retry_s
+        candidates = [self.address]
+        turn = 0
         while True:
             try:
                 if self._conn is None:
-                    self._conn = rpc.connect(self.address, self.cookie)
+                    address = candidates[turn % len(candidates)]
+                    self._conn = rpc.connect(address, self.cookie)
+                    if not self._others and method != "nodes":
+                        self._learn_others()
                 return self._conn.call(method, *args)
             except AuthError:
                 raise
@@ -87,7 +94,17 @@ class Client:
                     self._conn = None
                 if time.monotonic() > deadline:
                     raise ClusterError(f"{exc} (gave up after {retry_s:.0f} s)") from None
+                candidates = [self.address] + [a for a in self._others if a != self.address]
+                turn += 1
                 time.sleep(0.2)  # pacing between reconnection attempts
+
+    def _learn_others(self) -> None:
+        assert self._conn is not None
+        try:
+            nodes = self._conn.call("nodes")["nodes"]
+        except ClusterError:
+            return
+        self._others = [n["rpc"] for n in nodes if n["kind"] == "worker" and n["alive"]]
 
     def close(self) -> None:
         """Close the connection."""

@@ -42,6 +42,9 @@ class Config:
     cookie: str = ""  # the secret itself (normally read from the cookie file)
     lease_s: float = 10.0  # a node silent this long is lost; its running tasks are requeued
     heartbeat_s: float = 2.0  # how often a node says it is alive
+    remove_after_s: float = 30.0  # a worker lost this long leaves the Raft membership
+    isolation_s: float = 15.0  # without quorum this long, a worker enters isolated mode
+    on_isolation: str = "run"  # "run": keep running tasks from the local copy; "wait": do not
     retention_s: float = 7 * 24 * 3600.0  # finished tasks' work dirs and outputs kept this long
     file_gc_s: float = 3600.0  # stored files no unfinished task refers to are removed after this
     gc_every_s: float = 60.0  # how often the node collects garbage
@@ -65,6 +68,8 @@ class Config:
             raise UsageError(
                 f"--lease: {self.lease_s} s must be at least twice the heartbeat ({self.heartbeat_s} s)"
             )
+        if self.on_isolation not in ("run", "wait"):
+            raise UsageError(f"--on-isolation: {self.on_isolation!r} is not run or wait")
         if not self.cookie:
             raise UsageError("cookie: empty; put a secret in ~/.leoronic_cookie or LEORONIC_COOKIE")
 

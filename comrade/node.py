@@ -20,10 +20,11 @@ from typing import Any
 
 import pykka
 
-from comrade import membership, resources
+from comrade import membership, resources, rpc
 from comrade.config import Config
-from comrade.errors import ClusterError
+from comrade.errors import ClusterError, LeoronicError
 from comrade.executor import Paths, Reaper, TaskRunner, kill_orphans
+from comrade.isolation import Isolation
 from comrade.files import FileStore, place_files, rewrite_command
 from comrade.files import FileRef as FileRefT
 from comrade.model import NodeInfo, Outcome, Resources, State, TaskSpec
@@ -62,6 +63,9 @@ class Node:
         self.reaper = Reaper()
         self.supervisor = Supervisor(RestartPolicy(), time.monotonic, self._escalate)
         self.note = ""  # why this node is not claiming, if it is not
+        self.disk_note = ""  # set while $LEORONIC_HOME's disk is (nearly) full
+        self._no_quorum_since: float | None = None
+        self._next_readd = 0.0
         self._runners: dict[tuple[str, int], pykka.ActorRef[Any]] = {}
         self._claimed_here: set[tuple[str, int]] = set()  # claims proposed in this life
         self._claims_in_flight: dict[str, tuple[int, Resources, float]] = {}
@@ -76,6 +80,8 @@ class Node:
         self.server: Server | None = None
         self.actor: pykka.ActorRef[Any] | None = None
         self.service = Service(self)
+        self.isolation = Isolation(self)
+        self._merging = threading.Lock()
 
     # ----- life -----------------------------------------------------------------------------
 
@@ -219,7 +225,7 @@ class Node:
 
     def schedule(self) -> None:
         """Propose claims for the queued tasks that fit here now."""
-        if self._stop.is_set() or self.note or self.proposer is None:
+        if self._stop.is_set() or self.note or self.disk_note or self.proposer is None:
             return
         now = time.monotonic()
         with self.lock:
@@ -330,6 +336,8 @@ class Node:
                     self.collect_garbage(time.time())
                 if self.is_leader():
                     self._expire_silent_nodes(now)
+                    self._remove_long_lost(time.time())
+                self._watch_quorum(now)
                 if self.actor is not None:
                     self.actor.tell("wake")
             except Exception:
@@ -339,7 +347,10 @@ class Node:
         with self.lock:
             reserved = self.consumer.queue.reserved(self.name)
         free = resources.free(self.probe, self.offer, reserved)
-        note = self.note or membership.disk_note(self.cfg.home)
+        self.disk_note = membership.disk_note(self.cfg.home)
+        if self.disk_note:
+            log.warning("%s", self.disk_note)
+        note = self.note or self.disk_note
         assert self.proposer is not None
         self.proposer.propose([("heartbeat", self.name, free, note)])
 
@@ -351,19 +362,82 @@ class Node:
                 self.proposer.propose([("finish", key[0], self.name, key[1], outcome)])
 
     def _expire_silent_nodes(self, now: float) -> None:
-        assert self._leader_since is not None
-        if now - self._leader_since < self.cfg.lease_s:
-            return  # a new leader gives everyone a full lease first
+        """Leader: declare lost the nodes whose last heartbeat is older than the lease.
+
+        A node's last heartbeat is the later of when this leader saw one applied (monotonic)
+        and the replicated `last_seen` (the proposer's wall clock), so a new leader does not
+        wait a whole extra lease after an old leader died; boxes' clocks need only agree to
+        within a few seconds (NTP).
+        """
+        wall = time.time()
         with self.lock:
-            alive = [n for n, ns in self.consumer.queue.nodes.items() if ns.alive]
-        for name in alive:
+            alive = [(n, ns.last_seen) for n, ns in self.consumer.queue.nodes.items() if ns.alive]
+        for name, last_seen in alive:
             if name == self.name:
                 continue
-            if now - self._hb_seen.get(name, self._leader_since) > self.cfg.lease_s:
+            replicated_age = wall - last_seen
+            local_age = now - self._hb_seen.get(name, self._leader_since or now)
+            if min(replicated_age, local_age) > self.cfg.lease_s:
                 log.warning("node %s silent for over %.0f s: declaring it lost", name, self.cfg.lease_s)
                 assert self.proposer is not None
                 self.proposer.propose([("expire_node", name)])
                 self._hb_seen[name] = now  # do not repeat before the next lease
+
+    def _remove_long_lost(self, wall_now: float) -> None:
+        """Leader: drop workers lost for over `remove_after_s` from the Raft membership, so the
+        rest keep a majority as boxes die one after another. They are added back on return."""
+        with self.lock:
+            lost = [ns.info.raft for ns in self.consumer.queue.nodes.values()
+                    if ns.info.kind == "worker" and not ns.alive and ns.lost_since is not None
+                    and wall_now - ns.lost_since > self.cfg.remove_after_s]
+        members = set(self._members())
+        for raft in lost:
+            if raft in members and raft != self.raft_addr:
+                log.warning("removing %s from the Raft membership: lost for over %.0f s",
+                            raft, self.cfg.remove_after_s)
+                self.syncobj.removeNodeFromCluster(raft)
+                return  # one membership change at a time
+
+    def _watch_quorum(self, now: float) -> None:
+        """Without quorum for a while, ask the others to (re-)add us: we may have been removed
+        while we were away."""
+        if self.syncobj is None:
+            return
+        if self.syncobj.hasQuorum and self.syncobj._getLeader() is not None:
+            self._no_quorum_since = None
+            if self.isolation.active:
+                self.isolation.leave()
+            if os.path.exists(self.isolation.path) and os.path.getsize(self.isolation.path) \
+                    and self._merging.acquire(blocking=False):
+                threading.Thread(target=self._merge_isolated, daemon=True).start()
+            return
+        if self._no_quorum_since is None:
+            self._no_quorum_since = now
+            return
+        if (now - self._no_quorum_since > self.cfg.isolation_s and self.cfg.on_isolation == "run"
+                and not self.isolation.active):
+            self.isolation.enter(time.time())
+        if now - self._no_quorum_since > 3.0 and now >= self._next_readd:
+            self._next_readd = now + 2.0
+            threading.Thread(target=self._ask_readd, daemon=True).start()
+
+    def _merge_isolated(self) -> None:
+        try:
+            self.isolation.merge(lambda ops: self.service._propose(ops, deadline_s=10))
+        finally:
+            self._merging.release()
+
+    def _ask_readd(self) -> None:
+        with self.lock:
+            addrs = [ns.info.rpc for n, ns in self.consumer.queue.nodes.items()
+                     if n != self.name and ns.info.kind == "worker"]
+        addrs += [p for p in self.cfg.peers if p not in addrs]
+        for addr in addrs:
+            try:
+                rpc.call(addr, self.cfg.cookie, "add_member", self.raft_addr, timeout=2.0)
+                return
+            except LeoronicError as exc:
+                log.debug("re-add via %s failed: %s", addr, exc)
 
 
 class NodeActor(pykka.ThreadingActor):
@@ -384,8 +458,11 @@ class NodeActor(pykka.ThreadingActor):
         elif message == "pass":
             self._wanted = False
             try:
-                self.node.reconcile()
-                self.node.schedule()
+                if self.node.isolation.active:
+                    self.node.isolation.step()
+                else:
+                    self.node.reconcile()
+                    self.node.schedule()
             except Exception as exc:  # keep the actor; the supervisor counts and may escalate
                 log.exception("reconcile/schedule pass failed")
                 self.node.supervisor.child_failed("node actor", f"{type(exc).__name__}: {exc}")

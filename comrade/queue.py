@@ -235,6 +235,42 @@ class Queue:
         self._finalize(task, State.DELETED)
         return OK
 
+    def merge_isolated(
+        self, node: str, runs: list[tuple[str, float, Outcome]], *, now: float
+    ) -> Reply:
+        """Merge results a node produced while isolated (no quorum), by this rule:
+
+        the first final result to reach the replicated log wins. A run of a task that is already
+        final is kept in its history as a duplicate; a run of a task still queued, or running
+        elsewhere (that attempt is ended as superseded), is applied like a `finish`.
+        """
+        merged = 0
+        for task_id, start, outcome in runs:
+            task = self.tasks.get(task_id)
+            if task is None or not isinstance(outcome, Outcome):
+                continue
+            number = max([a.number for a in task.attempts] + [task.attempt]) + 1
+            run = Attempt(number=number, node=node, start=start, end=outcome.end,
+                          exit_code=outcome.exit_code, why="isolated run")
+            if task.state.final:
+                task.attempts.append(replace(run, why="isolated run (duplicate; result not used)"))
+                task.attempt = number
+                continue
+            if task.state is State.RUNNING:
+                self._end_attempt(task, why="superseded by an isolated result", now=now)
+                self._requeue(task)
+            del self._queued[task.seq]
+            self._conditional.discard(task_id)
+            task.state = State.RUNNING
+            task.attempt = number
+            task.node = node
+            task.attempts.append(replace(run, end=None, exit_code=None))
+            self._running.setdefault(node, set()).add(task_id)
+            self.finish(task_id, node, number, outcome, now=now)
+            task.attempts[-1] = replace(task.attempts[-1], why="isolated run")
+            merged += 1
+        return Reply(True, f"merged {merged} of {len(runs)}")
+
     # ----- nodes ----------------------------------------------------------------------------
 
     def join(self, info: NodeInfo, *, now: float) -> Reply:
@@ -415,5 +451,6 @@ _OPS: dict[str, Any] = {
     "expire_node": Queue.expire_node,
     "leave": Queue.leave,
     "add_tag": Queue.add_tag,
+    "merge_isolated": Queue.merge_isolated,
     "del_tag": Queue.del_tag,
 }

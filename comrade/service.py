@@ -196,12 +196,16 @@ class Service:
         leader = self.node.syncobj._getLeader() if self.node.syncobj else None
         leader_addr = leader.id if leader is not None else ""
 
+        members = set(self.node._members())
+
         def rows(q: Any) -> list[dict[str, Any]]:
             out = []
             for name, ns in q.nodes.items():
                 role = ns.info.kind
                 if ns.info.kind == "worker":
                     role = "leader" if ns.info.raft == leader_addr else "follower"
+                    if ns.info.raft not in members:
+                        role = "not a Raft member"
                 out.append({
                     "name": name, "kind": ns.info.kind, "rpc": ns.info.rpc, "role": role,
                     "tags": sorted(ns.tags), "offered": ns.info.offered, "free": ns.free,
@@ -210,7 +214,9 @@ class Service:
                     "clairvoyant": ns.info.clairvoyant,
                 })
             return out
+        iso = self.node.isolation
         return {"self": self.node.name, "leader": leader_addr, "nodes": self._read(rows),
+                "isolated_since": iso.since, "on_isolation": self.node.cfg.on_isolation,
                 "quorum": bool(self.node.syncobj and self.node.syncobj.hasQuorum)}
 
     def add_tag(self, node: str, tag: str) -> str:

@@ -1,0 +1,155 @@
+"""Isolated mode: the last box standing keeps working without a quorum.
+
+Raft alone stops a minority. The original promised the opposite, so a worker that has had no
+quorum for `isolation_s` forks its last replicated state into a private *shadow* `Queue` (the
+same pure state machine), declares every other node lost in it, and keeps claiming and running
+tasks against the shadow alone. Each result is appended (fsync'd) to
+`$LEORONIC_HOME/isolated.results`, so it survives SIGKILL. When a quorum is back the results
+are proposed as one `merge_isolated` operation (see Queue.merge_isolated for the rule) and the
+file is cleared. `--on-isolation wait` turns this off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from comrade import resources
+from comrade.errors import ClusterError
+from comrade.executor import TaskRunner
+from comrade.model import Outcome, TaskSpec
+from comrade.queue import Queue
+from comrade.scheduler import LocalFacts, plan
+
+if TYPE_CHECKING:
+    from comrade.node import Node
+
+log = logging.getLogger(__name__)
+
+
+class Isolation:
+    """The shadow queue, its runners and the durable list of isolated results."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.path = os.path.join(node.cfg.home, "isolated.results")
+        self.shadow: Queue | None = None
+        self.since: float | None = None
+        self.runners: dict[tuple[str, int], pykka.ActorRef[Any]] = {}
+
+    @property
+    def active(self) -> bool:
+        """True while the node runs from its shadow queue."""
+        return self.shadow is not None
+
+    def enter(self, wall_now: float) -> None:
+        """Fork the replicated state and start working alone."""
+        with self.node.lock:
+            snap = pickle.loads(pickle.dumps(self.node.consumer.queue.snapshot()))
+        shadow = Queue.restore(snap)
+        for name in list(shadow.nodes):
+            if name != self.node.name:
+                shadow.apply(("expire_node", name), wall_now)
+        # Tasks the replicated state says run here: our runners keep them (same attempt).
+        self.shadow = shadow
+        self.since = wall_now
+        log.warning("no quorum for %.0f s: entering isolated mode; running the queue's tasks "
+                    "that fit this node from its own copy", self.node.cfg.isolation_s)
+
+    def step(self) -> None:
+        """Reconcile and schedule against the shadow (NodeActor thread)."""
+        shadow = self.shadow
+        if shadow is None:
+            return
+        me = self.node.name
+        now = time.time()
+        for task in shadow.running_on(me):
+            key = (task.spec.task_id, task.attempt)
+            if key not in self.runners and key not in self.node._runners:
+                self._start(task.spec, task.attempt)
+        if self.node.note or self.node.disk_note:
+            return
+        reserved = shadow.reserved(me)
+        free = resources.free(self.node.probe, self.node.offer, reserved)
+        local = LocalFacts(tags=self.node.local_tags, has_file=self.node._has_file)
+        claims, _ = plan(shadow, me, free, local, waited=lambda _t: 1e9)
+        for c in claims:
+            if shadow.apply(("claim", c.task_id, me, c.attempt), now).ok:
+                self._start(shadow.tasks[c.task_id].spec, c.attempt)
+
+    def _start(self, spec: TaskSpec, attempt: int) -> None:
+        n = self.node
+        ref = TaskRunner.start(spec, attempt, n.name, n.paths, n.reaper, n._prepare,
+                               self._report, time.time, self._crashed)
+        self.runners[(spec.task_id, attempt)] = ref
+        ref.tell(("start",))
+
+    def _report(self, task_id: str, attempt: int, outcome: Outcome) -> None:
+        self.runners.pop((task_id, attempt), None)
+        start = outcome.start
+        with open(self.path, "ab") as f:
+            pickle.dump((task_id, start, outcome), f)
+            f.flush()
+            os.fsync(f.fileno())
+        if self.shadow is not None:
+            self.shadow.apply(("finish", task_id, self.node.name, attempt, outcome), time.time())
+        if self.node.actor is not None:
+            self.node.actor.tell("wake")
+
+    def _crashed(self, task_id: str, attempt: int, reason: str) -> None:
+        self.runners.pop((task_id, attempt), None)
+        self.node.supervisor.child_failed(f"isolated task {task_id}", reason)
+        if self.shadow is not None:
+            self.shadow.apply(("release", task_id, self.node.name, attempt, reason[:200]),
+                              time.time())
+
+    def leave(self) -> None:
+        """Quorum is back: stop using the shadow; running isolated tasks finish and merge."""
+        log.warning("quorum is back: leaving isolated mode after %.0f s",
+                    time.time() - (self.since or time.time()))
+        self.shadow = None
+        self.since = None
+
+    def merge(self, propose: Callable[[list[Any]], Any]) -> int:
+        """Propose the saved isolated results; clear them once committed. Returns the count."""
+        runs = load_results(self.path)
+        if not runs:
+            return 0
+        try:
+            propose([("merge_isolated", self.node.name, runs)])
+        except ClusterError as exc:
+            log.warning("could not merge %d isolated results yet: %s", len(runs), exc)
+            return 0
+        # Results appended after we read the file stay for the next merge.
+        remaining = load_results(self.path)[len(runs):]
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            for run in remaining:
+                pickle.dump(run, f)
+        os.replace(tmp, self.path)
+        log.info("merged %d isolated results into the replicated record", len(runs))
+        return len(runs)
+
+
+def load_results(path: str) -> list[tuple[str, float, Outcome]]:
+    """Every complete record in the results file (a torn last record is ignored)."""
+    runs: list[tuple[str, float, Outcome]] = []
+    try:
+        with open(path, "rb") as f:
+            while True:
+                try:
+                    runs.append(pickle.load(f))
+                except EOFError:
+                    break
+                except (pickle.UnpicklingError, ValueError, AttributeError):
+                    log.warning("%s: ignoring a torn record at its end", path)
+                    break
+    except FileNotFoundError:
+        pass
+    return runs
