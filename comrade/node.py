@@ -20,7 +20,7 @@ from typing import Any
 
 import pykka
 
-from comrade import membership, resources, rpc
+from comrade import journal_check, membership, resources, rpc
 from comrade.config import Config
 from comrade.errors import ClusterError, LeoronicError
 from comrade.executor import Paths, Reaper, TaskRunner, kill_orphans
@@ -87,6 +87,9 @@ class Node:
 
     def start(self) -> None:
         """Join or form the cluster and start serving; returns once the node is registered."""
+        raft_dir = os.path.join(self.cfg.home, "raft")
+        journal_check.check_journal(os.path.join(raft_dir, "journal"))
+        journal_check.check_dump(os.path.join(raft_dir, "dump"))
         killed = kill_orphans(self.paths)
         if killed:
             log.warning("killed %d orphaned task process groups of a previous life", len(killed))

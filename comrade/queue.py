@@ -129,8 +129,9 @@ class Queue:
 
     def submit(self, spec: TaskSpec, *, now: float) -> Reply:
         """Queue a task. The same spec twice is accepted once (idempotent retry)."""
-        if not isinstance(spec, TaskSpec):
-            return Reply(False, "not a task spec")
+        problem = spec_problem(spec)
+        if problem:
+            return Reply(False, problem)
         old = self.tasks.get(spec.task_id)
         if old is not None:
             if old.state is State.DELETED:
@@ -191,7 +192,7 @@ class Queue:
             return Reply(False, "no such task")
         if task.state is not State.RUNNING or task.node != node or task.attempt != attempt:
             return Reply(False, "fenced: not the current attempt")
-        if not isinstance(outcome, Outcome):
+        if not isinstance(outcome, Outcome) or not _is_int(outcome.exit_code):
             return Reply(False, "not an outcome")
         outcome = replace(
             outcome,
@@ -275,7 +276,8 @@ class Queue:
 
     def join(self, info: NodeInfo, *, now: float) -> Reply:
         """Register a node, or refresh one that comes back (its tags added later are kept)."""
-        if not isinstance(info, NodeInfo) or not info.name:
+        if not (isinstance(info, NodeInfo) and isinstance(info.name, str) and info.name
+                and _is_resources(info.offered) and isinstance(info.tags, frozenset)):
             return Reply(False, "not a node")
         old = self.nodes.get(info.name)
         tags = set(info.tags) | (old.tags if old else set())
@@ -288,6 +290,8 @@ class Queue:
         ns = self.nodes.get(node)
         if ns is None:
             return Reply(False, f"unknown node {node!r}")
+        if not _is_resources(free) or not isinstance(note, str):
+            return Reply(False, "heartbeat: malformed resources or note")
         ns.alive = True
         ns.lost_since = None
         ns.last_seen = now
@@ -433,6 +437,38 @@ class Queue:
                     task.reason = f"can never run: {verdict.reason}"
                     self._finalize(task, State.FAILED)
                     changed = True
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_resources(r: Any) -> bool:
+    return isinstance(r, Resources) and all(_is_int(v) for v in (r.memory, r.cores, r.storage))
+
+
+def spec_problem(spec: Any) -> str:
+    """'' if `spec` is a well-typed TaskSpec, else what is wrong (submit rejects it)."""
+    if not isinstance(spec, TaskSpec):
+        return "not a task spec"
+    if not isinstance(spec.task_id, str) or not spec.task_id:
+        return "task id must be a non-empty string"
+    for name in ("memory", "cores", "storage", "retries"):
+        value = getattr(spec, name)
+        if not _is_int(value) or value < 0:
+            return f"{name} must be a whole number >= 0"
+    if spec.cores < 1:
+        return "cores must be at least 1"
+    if not isinstance(spec.concurrent, bool) or not isinstance(spec.rename, bool):
+        return "concurrent and rename must be true or false"
+    if not isinstance(spec.command, str) or not isinstance(spec.conditions, str):
+        return "command and conditions must be strings"
+    if not isinstance(spec.files, tuple) or not all(
+        isinstance(f, tuple) and len(f) == 3 and isinstance(f[0], str)
+        and isinstance(f[1], str) and _is_int(f[2]) and f[2] >= 0 for f in spec.files
+    ):
+        return "files must be (name, sha256, size) triples"
+    return ""
 
 
 def _facts(t: Task) -> cond.TaskFacts:

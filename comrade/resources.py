@@ -70,7 +70,7 @@ def offered(probe: Probe, cores: int | None, memory: int | None, storage: int | 
     return Resources(
         memory=min(memory, total.memory) if memory else total.memory,
         cores=min(cores, total.cores) if cores else total.cores,
-        storage=storage if storage else total.storage,
+        storage=min(storage, total.storage) if storage else total.storage,
     )
 
 

@@ -90,8 +90,7 @@ def plan(
             deferred = True
             continue
         claims.append(Claim(task_id, task.attempt + 1))
-        free = free - needs
-        my_reserved = my_reserved + needs
+        free = free - needs  # ranks use replicated loads only, so peers agree on them
         if not task.spec.concurrent:
             break
     return claims, deferred

@@ -42,6 +42,9 @@ class Supervisor:
     def child_failed(self, child: str, reason: str) -> bool:
         """Record a crash; True if the child may be restarted, False once escalated."""
         now = self._clock()
+        if self.escalated:
+            log.error("child %s crashed (%s) after escalation", child, reason)
+            return False
         self._crashes.append(now)
         while self._crashes and self._crashes[0] < now - self.policy.period_s:
             self._crashes.popleft()

@@ -1,0 +1,147 @@
+"""Where and when tasks run: resource fit, CONCURRENT, spreading work, `leoronic_nodes`.
+
+Covers issue #2, part 2. Tasks append `start`/`end` lines with their node's name to a log file
+in the test's tmp dir, so overlaps are judged from the times the tasks themselves recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.cluster import Cluster, wait_for
+
+GiB = 1024**3
+
+
+def logged(log: Path, seconds: float) -> str:
+    """A task command that records its interval and node in `log`."""
+    stamp = 'echo {} $(date +%s.%N) "$LEORONIC_NODE_NAME" "$LEORONIC_TASK_ID" >> ' + str(log)
+    return f"{stamp.format('start')}; sleep {seconds}; {stamp.format('end')}"
+
+
+def intervals(log: Path) -> dict[str, tuple[str, float, float]]:
+    """task id -> (node, start, end) from the log."""
+    starts: dict[str, tuple[str, float]] = {}
+    out: dict[str, tuple[str, float, float]] = {}
+    for line in log.read_text().splitlines():
+        kind, when, node, task = line.split()
+        if kind == "start":
+            starts[task] = (node, float(when))
+        else:
+            node0, start = starts[task]
+            assert node0 == node, line
+            out[task] = (node, start, float(when))
+    return out
+
+
+def overlaps(a: tuple[str, float, float], b: tuple[str, float, float]) -> bool:
+    return a[1] < b[2] and b[1] < a[2]
+
+
+def submit_file(c: Cluster, path: Path, lines: list[str]) -> list[str]:
+    path.write_text("".join(line + "\n" for line in lines))
+    r = c.sh(f"leoronic_add_tasks_from_file {path}")
+    assert r.rc == 0, r
+    return r.out.split()
+
+
+def test_memory_fit_and_concurrent_flag(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    if (os.cpu_count() or 1) < 2 or psutil.virtual_memory().available < 5 * GiB:
+        pytest.skip("needs 2 cores and 5 GiB of free memory for the 2-core, 8G node")
+    c = make_cluster(3, per_node_args=[["--cores", "1", "--memory", "1G"],
+                                       ["--cores", "1", "--memory", "1G"],
+                                       ["--cores", "2", "--memory", "8G"]])
+
+    # 4G fits only on n3.
+    r = c.sh("leoronic_add_task 4G 1 1024 true '' '' 'echo $LEORONIC_NODE_NAME' big-mem")
+    assert r.rc == 0, r
+    assert c.sh("leoronic_wait big-mem").rc == 0
+    res = c.sh("leoronic_result big-mem")
+    assert (res.rc, res.out) == (0, "n3\n"), res
+
+    # CONCURRENT=false: never two at once on a node, whichever nodes they land on.
+    solo_log = tmp_path / "solo.log"
+    ids = submit_file(c, tmp_path / "solo.txt", [
+        f"1024 1 1024 false '' '' '{logged(solo_log, 0.3)}' solo-{i}" for i in range(6)
+    ])
+    # CONCURRENT=true: two 2G tasks fit only on n3, and together (2 cores, 8G).
+    pair_log = tmp_path / "pair.log"
+    ids += submit_file(c, tmp_path / "pair.txt", [
+        f"2G 1 1024 true '' '' '{logged(pair_log, 1.0)}' pair-{i}" for i in range(2)
+    ])
+    w = c.sh("leoronic_wait " + " ".join(ids))
+    assert w.rc == 0, w
+
+    solo = intervals(solo_log)
+    assert sorted(solo) == [f"solo-{i}" for i in range(6)], solo
+    by_node: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
+    for span in solo.values():
+        by_node[span[0]].append(span)
+    # The pair ran on n3 too: a solo task must not share n3 with them either.
+    pair = intervals(pair_log)
+    assert {span[0] for span in pair.values()} == {"n3"}, pair
+    for node, spans in by_node.items():
+        spans.sort(key=lambda s: s[1])
+        for a, b in zip(spans, spans[1:], strict=False):
+            assert a[2] <= b[1], f"non-concurrent tasks overlapped on {node}: {a} {b}"
+        if node == "n3":
+            for s in spans:
+                for p in pair.values():
+                    assert not overlaps(s, p), f"a non-concurrent task shared n3: {s} {p}"
+    assert overlaps(pair["pair-0"], pair["pair-1"]), f"concurrent tasks did not overlap: {pair}"
+
+
+def test_work_spreads_and_nodes_listing(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores for three 2-core nodes")
+    c = make_cluster(3, per_node_args=[["--cores", "2", "--memory", "1G"],
+                                       ["--cores", "2", "--memory", "1G", "--tag", "fast"],
+                                       ["--cores", "2", "--memory", "1G"]])
+    log = tmp_path / "spread.log"
+    ids = submit_file(c, tmp_path / "spread.txt", [
+        f"1024 1 1024 true '' '' '{logged(log, 1.0)}' s-{i}" for i in range(6)
+    ])
+
+    # While they run, `leoronic_nodes` lists all three with roles, resources, tags, tasks.
+    def listing_with_running() -> str:
+        r = c.sh("leoronic_nodes")
+        assert r.rc == 0, r
+        return r.out if re.search(r"running: s-\d", r.out) else ""
+    out = wait_for(listing_with_running, 20, "nodes to show running tasks")
+    assert re.match(r"asked n1; leader \S+; quorum yes\n", out), out
+    blocks = re.findall(
+        r"^(n\d)  127\.0\.0\.1:\d+  (leader|follower)  up\n"
+        r"    cores (\d+)/(\d+) free   memory \S+/(\S+) free   disk \S+/\S+ free\n"
+        r"    tags: (.*)\n"
+        r"    running: (.*)$", out, re.M)
+    assert [b[0] for b in blocks] == ["n1", "n2", "n3"], out
+    assert [b[1] for b in blocks].count("leader") == 1, out
+    for name, _role, free_cores, offered_cores, offered_mem, tags, _running in blocks:
+        assert offered_cores == "2" and offered_mem == "1.0G", out
+        assert 0 <= int(free_cores) <= 2, out
+        assert "os-linux" in tags.split(), out
+        assert ("fast" in tags.split()) == (name == "n2"), out
+    running = [t for b in blocks for t in b[6].split() if t != "-"]
+    assert running and set(running) <= set(ids), out
+
+    w = c.sh("leoronic_wait")
+    assert w.rc == 0, w
+    spans = intervals(log)
+    assert sorted(spans) == sorted(ids), spans
+    nodes_used = {span[0] for span in spans.values()}
+    assert len(nodes_used) >= 2, f"all six 1-core tasks ran on {nodes_used}"
+    # No node ran more than its 2 cores' worth at once.
+    for node in nodes_used:
+        mine = [s for s in spans.values() if s[0] == node]
+        for s in mine:
+            at_once = sum(1 for o in mine if o[1] <= s[1] < o[2])
+            assert at_once <= 2, f"{node} ran {at_once} 1-core tasks at once: {mine}"
+    # Afterwards nothing is listed as running.
+    after = c.sh("leoronic_nodes")
+    assert after.rc == 0 and after.out.count("running: -") == 3, after

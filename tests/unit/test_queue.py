@@ -1,0 +1,612 @@
+"""The replicated state machine: every transition, every rejection, snapshots, totality, fuzz."""
+
+from __future__ import annotations
+
+import pickle
+import random
+from typing import Any
+
+import pytest
+
+from comrade.model import TAIL_BYTES, NodeInfo, Outcome, Resources, State, TaskSpec
+from comrade.queue import Queue, Reply
+
+GiB = 1024**3
+
+
+def spec(tid: str, *, conditions: str = "", concurrent: bool = True, retries: int = 0,
+         cores: int = 1, command: str = "true", **kw: Any) -> TaskSpec:
+    """A small task spec; keyword overrides for any other field."""
+    fields: dict[str, Any] = dict(memory=0, storage=0, files=())
+    fields.update(kw)
+    return TaskSpec(task_id=tid, cores=cores, concurrent=concurrent, conditions=conditions,
+                    command=command, retries=retries, **fields)
+
+
+def info(name: str, cores: int = 8, tags: frozenset[str] = frozenset()) -> NodeInfo:
+    """A worker announcing `cores` cores, 8 GiB of memory and of disk."""
+    return NodeInfo(name, "worker", f"{name}:1", f"{name}:2", Resources(8 * GiB, cores, 8 * GiB),
+                    tags=tags)
+
+
+def out(code: int, **kw: Any) -> Outcome:
+    """An outcome with exit code `code`, started at 1 and ended at 2."""
+    return Outcome(code, 1.0, 2.0, **kw)
+
+
+def ok(q: Queue, op: tuple[Any, ...], now: float = 0.0) -> Reply:
+    """Apply `op` as a one-op batch and assert it was accepted."""
+    reply = q.apply_batch([op], now)[0]
+    assert reply.ok, (op, reply)
+    return reply
+
+
+def no(q: Queue, op: Any, contains: str = "", now: float = 0.0) -> Reply:
+    """Apply `op` as a one-op batch and assert it was rejected (detail contains `contains`)."""
+    reply = q.apply_batch([op], now)[0]
+    assert not reply.ok, (op, reply)
+    assert contains in reply.detail
+    return reply
+
+
+@pytest.fixture
+def q() -> Queue:
+    """A queue with live nodes a and b."""
+    queue = Queue()
+    ok(queue, ("join", info("a")))
+    ok(queue, ("join", info("b")))
+    return queue
+
+
+def state(q: Queue, tid: str) -> State:
+    task = q.get(tid)
+    assert task is not None
+    return task.state
+
+
+def queued_ids(q: Queue) -> list[str]:
+    return [t.spec.task_id for t in q.queued()]
+
+
+# ----- submit ---------------------------------------------------------------------------------
+
+def test_submit_queues_in_order_and_is_idempotent(q: Queue) -> None:
+    ok(q, ("submit", spec("t1")), now=5.0)
+    ok(q, ("submit", spec("t2")))
+    assert q.apply(("submit", spec("t1")), 9.0) == Reply(True, "duplicate")
+    assert queued_ids(q) == ["t1", "t2"]
+    t1 = q.get("t1")
+    assert t1 is not None and (t1.seq, t1.submitted, t1.attempt) == (1, 5.0, 0)
+    assert q.pending_count() == 2
+
+
+@pytest.mark.parametrize("op, contains", [
+    (("submit", "not a spec"), "not a task spec"),
+    (("submit", spec("t1", command="other")), "already used by a different task"),
+    (("submit", spec("x", conditions="queue:after nope")), "unknown task 'nope'"),
+    (("submit", spec("x", conditions="queue:after_ok t1; queue:after ghost")), "unknown task"),
+    (("submit", spec("x", conditions="queue:after x")), "unknown task 'x'"),
+    (("submit", spec("x", conditions="bogus:thing")), "unknown scope"),
+    (("submit", spec("x", conditions="worker:tag a b")), "must not contain spaces"),
+])
+def test_submit_rejections(q: Queue, op: tuple[Any, ...], contains: str) -> None:
+    ok(q, ("submit", spec("t1")))
+    no(q, op, contains)
+    assert list(q.tasks) == ["t1"]
+    assert q.next_seq == 2
+
+
+def test_submit_reuse_of_deleted_id_rejected_even_with_same_spec(q: Queue) -> None:
+    ok(q, ("submit", spec("t1")))
+    ok(q, ("delete", "t1"))
+    no(q, ("submit", spec("t1")), "belonged to a deleted task")
+    no(q, ("submit", spec("t1", command="new")), "belonged to a deleted task")
+
+
+# ----- claim ----------------------------------------------------------------------------------
+
+def test_claim_accepted_once(q: Queue) -> None:
+    ok(q, ("submit", spec("t")))
+    ok(q, ("claim", "t", "a", 1), now=3.0)
+    task = q.get("t")
+    assert task is not None
+    assert (task.state, task.node, task.attempt) == (State.RUNNING, "a", 1)
+    assert [(x.number, x.node, x.start) for x in task.attempts] == [(1, "a", 3.0)]
+    assert q.running_on("a") == [task] and queued_ids(q) == []
+    no(q, ("claim", "t", "a", 1), "task is running")
+    no(q, ("claim", "t", "b", 1), "task is running")
+    no(q, ("claim", "t", "b", 2), "task is running")
+    assert task.node == "a" and q.running_on("b") == []
+
+
+@pytest.mark.parametrize("attempt", [0, 2, -1, 10**30])
+def test_claim_wrong_attempt_number_rejected(q: Queue, attempt: int) -> None:
+    ok(q, ("submit", spec("t")))
+    no(q, ("claim", "t", "a", attempt), "stale attempt")
+    assert state(q, "t") is State.QUEUED
+
+
+def test_claim_unknown_task_or_node_or_dead_node(q: Queue) -> None:
+    ok(q, ("submit", spec("t")))
+    no(q, ("claim", "nope", "a", 1), "no such task")
+    no(q, ("claim", "t", "zz", 1), "not a live member")
+    ok(q, ("expire_node", "b"))
+    no(q, ("claim", "t", "b", 1), "not a live member")
+    ok(q, ("leave", "a"))
+    no(q, ("claim", "t", "a", 1), "not a live member")
+    assert state(q, "t") is State.QUEUED
+
+
+def test_claim_of_final_task_rejected(q: Queue) -> None:
+    ok(q, ("submit", spec("t")))
+    ok(q, ("claim", "t", "a", 1))
+    ok(q, ("finish", "t", "a", 1, out(0)))
+    no(q, ("claim", "t", "a", 2), "task is done")
+
+
+def test_non_concurrent_task_needs_an_idle_node(q: Queue) -> None:
+    ok(q, ("submit", spec("c")))
+    ok(q, ("submit", spec("solo", concurrent=False)))
+    ok(q, ("claim", "c", "a", 1))
+    no(q, ("claim", "solo", "a", 1), "not concurrent and the node is busy")
+    ok(q, ("claim", "solo", "b", 1))
+
+
+def test_nothing_joins_a_non_concurrent_task(q: Queue) -> None:
+    ok(q, ("submit", spec("solo", concurrent=False)))
+    ok(q, ("submit", spec("c")))
+    ok(q, ("submit", spec("solo2", concurrent=False)))
+    ok(q, ("claim", "solo", "a", 1))
+    no(q, ("claim", "c", "a", 1), "node runs a non-concurrent task")
+    no(q, ("claim", "solo2", "a", 1), "busy")
+    ok(q, ("finish", "solo", "a", 1, out(0)))
+    ok(q, ("claim", "c", "a", 1))
+
+
+# ----- finish and release ---------------------------------------------------------------------
+
+def test_finish_exit_zero_is_done(q: Queue) -> None:
+    ok(q, ("submit", spec("t", retries=2)))
+    ok(q, ("claim", "t", "a", 1))
+    ok(q, ("finish", "t", "a", 1, out(0, stdout_tail=b"hi")))
+    task = q.get("t")
+    assert task is not None and task.state is State.DONE
+    assert task.outcome is not None and task.outcome.stdout_tail == b"hi"
+    assert (task.attempts[-1].end, task.attempts[-1].exit_code, task.attempts[-1].why) == (
+        2.0, 0, "exit")
+    assert q.running_on("a") == [] and q.pending_count() == 0 and task.retries_left == 2
+
+
+@pytest.mark.parametrize("op, contains", [
+    (("finish", "t", "b", 1, out(0)), "fenced"),
+    (("finish", "t", "a", 2, out(0)), "fenced"),
+    (("finish", "t", "a", 0, out(0)), "fenced"),
+    (("finish", "nope", "a", 1, out(0)), "no such task"),
+    (("finish", "t", "a", 1, "not an outcome"), "not an outcome"),
+    (("release", "t", "b", 1, "x"), "fenced"),
+    (("release", "t", "a", 2, "x"), "fenced"),
+    (("release", "nope", "a", 1, "x"), "no such task"),
+])
+def test_finish_and_release_fencing_on_running_task(q: Queue, op: tuple[Any, ...],
+                                                    contains: str) -> None:
+    ok(q, ("submit", spec("t")))
+    ok(q, ("claim", "t", "a", 1))
+    no(q, op, contains)
+    task = q.get("t")
+    assert task is not None and task.state is State.RUNNING and task.attempts[-1].end is None
+    assert q.running_on("a") == [task]
+
+
+@pytest.mark.parametrize("verb", ["finish", "release"])
+def test_finish_and_release_rejected_when_not_running(q: Queue, verb: str) -> None:
+    tail: tuple[Any, ...] = (out(0),) if verb == "finish" else ("why",)
+    ok(q, ("submit", spec("t")))
+    no(q, (verb, "t", "a", 1, *tail), "fenced")  # queued
+    ok(q, ("claim", "t", "a", 1))
+    ok(q, ("finish", "t", "a", 1, out(0)))
+    no(q, (verb, "t", "a", 1, *tail), "fenced")  # done
+    assert state(q, "t") is State.DONE
+
+
+def test_non_zero_exit_with_retries_requeues(q: Queue) -> None:
+    ok(q, ("submit", spec("t", retries=1)))
+    ok(q, ("claim", "t", "a", 1))
+    ok(q, ("finish", "t", "a", 1, out(3)))
+    task = q.get("t")
+    assert task is not None
+    assert (task.state, task.retries_left, task.failed_on) == (State.QUEUED, 0, ("a",))
+    assert queued_ids(q) == ["t"] and q.running_on("a") == []
+    no(q, ("claim", "t", "b", 1), "stale attempt 1; next is 2")
+    ok(q, ("claim", "t", "b", 2))
+    ok(q, ("finish", "t", "b", 2, out(4)))
+    assert (task.state, task.failed_on) == (State.FAILED, ("a",))
+    assert task.outcome is not None and task.outcome.exit_code == 4
+    assert [(x.number, x.node, x.exit_code) for x in task.attempts] == [(1, "a", 3), (2, "b", 4)]
+
+
+def test_failed_on_is_sorted_and_unique(q: Queue) -> None:
+    ok(q, ("submit", spec("t", retries=3)))
+    for attempt, node in enumerate(["b", "a", "b"], start=1):
+        ok(q, ("claim", "t", node, attempt))
+        ok(q, ("finish", "t", node, attempt, out(1)))
+    task = q.get("t")
+    assert task is not None and task.failed_on == ("a", "b") and task.retries_left == 0
+
+
+def test_tails_truncated_to_last_64_kib(q: Queue) -> None:
+    big = bytes(range(256)) * (TAIL_BYTES // 256 + 10)
+    ok(q, ("submit", spec("t")))
+    ok(q, ("claim", "t", "a", 1))
+    ok(q, ("finish", "t", "a", 1, out(0, stdout_tail=big, stderr_tail=bytearray(b"e" * 10),
+                                       stdout_bytes=len(big))))
+    task = q.get("t")
+    assert task is not None and task.outcome is not None
+    assert task.outcome.stdout_tail == big[-TAIL_BYTES:]
+    assert len(task.outcome.stdout_tail) == TAIL_BYTES
+    assert task.outcome.stderr_tail == b"e" * 10 and type(task.outcome.stderr_tail) is bytes
+    assert task.outcome.stdout_bytes == len(big)
+
+
+def test_release_requeues_without_using_a_retry(q: Queue) -> None:
+    ok(q, ("submit", spec("t")))
+    ok(q, ("claim", "t", "a", 1))
+    ok(q, ("release", "t", "a", 1, "no disk"), now=7.0)
+    task = q.get("t")
+    assert task is not None and task.state is State.QUEUED and task.retries_left == 0
+    assert (task.attempts[-1].why, task.attempts[-1].end) == ("released: no disk", 7.0)
+    assert task.failed_on == ()
+    ok(q, ("claim", "t", "a", 2))
+
+
+# ----- delete ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("setup", ["queued", "running", "done", "failed"])
+def test_delete_in_each_state(q: Queue, setup: str) -> None:
+    ok(q, ("submit", spec("t")))
+    if setup != "queued":
+        ok(q, ("claim", "t", "a", 1))
+    if setup in ("done", "failed"):
+        ok(q, ("finish", "t", "a", 1, out(0 if setup == "done" else 1)))
+    ok(q, ("delete", "t"), now=9.0)
+    task = q.get("t")
+    assert task is not None and task.state is State.DELETED
+    assert task.outcome is None and task.reason == "deleted by user"
+    assert queued_ids(q) == [] and q.running_on("a") == [] and q.pending_count() == 0
+    if setup == "running":
+        assert (task.attempts[-1].why, task.attempts[-1].end) == ("deleted", 9.0)
+        no(q, ("finish", "t", "a", 1, out(0)), "fenced")
+    assert q.apply(("delete", "t"), 10.0) == Reply(True, "already deleted")
+    no(q, ("delete", "nope"), "no task 'nope'")
+
+
+# ----- nodes ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("verb, why", [("expire_node", "node lost"), ("leave", "node left")])
+def test_dropping_a_node_requeues_its_tasks(q: Queue, verb: str, why: str) -> None:
+    ok(q, ("submit", spec("t1")))
+    ok(q, ("submit", spec("t2")))
+    ok(q, ("claim", "t1", "a", 1))
+    ok(q, ("claim", "t2", "a", 1))
+    ok(q, (verb, "a"), now=20.0)
+    ns = q.nodes["a"]
+    assert (ns.alive, ns.lost_since, ns.free) == (False, 20.0, Resources())
+    assert queued_ids(q) == ["t1", "t2"] and q.running_on("a") == []
+    task = q.get("t1")
+    assert task is not None and task.attempts[-1].why == why and task.attempts[-1].end == 20.0
+    assert task.retries_left == 0 and task.failed_on == ()
+    no(q, ("finish", "t1", "a", 1, out(0)), "fenced")  # the presumed-dead node comes back late
+    no(q, ("claim", "t1", "b", 1), "stale attempt")
+    ok(q, ("claim", "t1", "b", 2))
+    ok(q, (verb, "a"), now=30.0)  # again: no-op, first loss time kept
+    assert q.nodes["a"].lost_since == 20.0
+    no(q, (verb, "zz"), "unknown node")
+
+
+def test_heartbeat_revives_a_lost_node(q: Queue) -> None:
+    ok(q, ("expire_node", "a"), now=1.0)
+    free = Resources(1, 2, 3)
+    ok(q, ("heartbeat", "a", free, "disk full"), now=4.0)
+    ns = q.nodes["a"]
+    assert (ns.alive, ns.lost_since, ns.last_seen, ns.free, ns.note) == (
+        True, None, 4.0, free, "disk full")
+    ok(q, ("submit", spec("t")))
+    ok(q, ("claim", "t", "a", 1))
+    no(q, ("heartbeat", "zz", free, ""), "unknown node")
+
+
+def test_join_refresh_keeps_added_tags(q: Queue) -> None:
+    ok(q, ("add_tag", "a", "gpu"))
+    ok(q, ("join", info("a", tags=frozenset({"fast"}))), now=3.0)
+    assert q.nodes["a"].tags == {"gpu", "fast"}
+    no(q, ("join", info("")), "not a node")
+    no(q, ("join", "a"), "not a node")
+
+
+@pytest.mark.parametrize("op, contains", [
+    (("add_tag", "a", "has space"), "must not contain spaces"),
+    (("add_tag", "a", ""), "must not be empty"),
+    (("add_tag", "a", "a;b"), "';'"),
+    (("add_tag", "a", "x" * 65), "at most 64"),
+    (("add_tag", "zz", "gpu"), "unknown node"),
+    (("del_tag", "a", "never"), "has no tag 'never'"),
+    (("del_tag", "zz", "gpu"), "unknown node"),
+])
+def test_tag_rejections(q: Queue, op: tuple[Any, ...], contains: str) -> None:
+    no(q, op, contains)
+    assert q.nodes["a"].tags == set()
+
+
+def test_tags_add_and_delete(q: Queue) -> None:
+    ok(q, ("add_tag", "a", "gpu"))
+    ok(q, ("add_tag", "a", "gpu"))
+    assert q.nodes["a"].tags == {"gpu"}
+    ok(q, ("del_tag", "a", "gpu"))
+    assert q.nodes["a"].tags == set()
+    no(q, ("del_tag", "a", "gpu"), "has no tag")
+
+
+# ----- dependencies ---------------------------------------------------------------------------
+
+def test_after_ok_on_failed_task_fails_dependents_in_a_chain(q: Queue) -> None:
+    ok(q, ("submit", spec("a1")))
+    ok(q, ("submit", spec("b1", conditions="queue:after_ok a1")))
+    ok(q, ("submit", spec("c1", conditions="queue:after_ok b1")))
+    ok(q, ("submit", spec("d1", conditions="queue:after a1")))
+    ok(q, ("claim", "a1", "a", 1))
+    assert [state(q, t) for t in ("b1", "c1", "d1")] == [State.QUEUED] * 3
+    ok(q, ("finish", "a1", "a", 1, out(2)))
+    b1, c1 = q.get("b1"), q.get("c1")
+    assert b1 is not None and c1 is not None
+    assert b1.state is State.FAILED and "can never run" in b1.reason and "'a1' failed" in b1.reason
+    assert c1.state is State.FAILED and "'b1' failed" in c1.reason
+    assert state(q, "d1") is State.QUEUED  # plain `after` accepts any outcome
+    assert queued_ids(q) == ["d1"] and b1.attempts == []
+
+
+def test_after_ok_on_deleted_task_fails_dependent(q: Queue) -> None:
+    ok(q, ("submit", spec("a1")))
+    ok(q, ("delete", "a1"))
+    ok(q, ("submit", spec("b1", conditions="queue:after_ok a1")))
+    b1 = q.get("b1")
+    assert b1 is not None and b1.state is State.FAILED and "was deleted" in b1.reason
+
+
+def test_after_ok_waits_through_retries_and_succeeds(q: Queue) -> None:
+    ok(q, ("submit", spec("a1", retries=1)))
+    ok(q, ("submit", spec("b1", conditions="queue:after_ok a1")))
+    ok(q, ("claim", "a1", "a", 1))
+    ok(q, ("finish", "a1", "a", 1, out(1)))
+    assert state(q, "b1") is State.QUEUED
+    ok(q, ("claim", "a1", "b", 2))
+    ok(q, ("finish", "a1", "b", 2, out(0)))
+    assert state(q, "b1") is State.QUEUED
+
+
+def test_unfinished_before_orders_is_first(q: Queue) -> None:
+    for tid in ("t1", "t2", "t3"):
+        ok(q, ("submit", spec(tid)))
+    seqs = {tid: q.get(tid).seq for tid in ("t1", "t2", "t3")}  # type: ignore[union-attr]
+    assert not q.unfinished_before(seqs["t1"])
+    assert q.unfinished_before(seqs["t2"]) and q.unfinished_before(seqs["t3"])
+    ok(q, ("claim", "t1", "a", 1))
+    assert q.unfinished_before(seqs["t2"])  # running still counts
+    ok(q, ("finish", "t1", "a", 1, out(1)))
+    assert not q.unfinished_before(seqs["t2"]) and q.unfinished_before(seqs["t3"])
+    ok(q, ("delete", "t2"))
+    assert not q.unfinished_before(seqs["t3"])
+    assert [f.task_id for f in q.tasks_before(seqs["t3"])] == ["t1", "t2"]
+
+
+# ----- snapshot -------------------------------------------------------------------------------
+
+def observe(q: Queue) -> tuple[Any, ...]:
+    """Everything a reader can see, as comparable plain data."""
+    return (
+        {tid: (t.seq, t.state, t.attempt, t.node, t.attempts, t.outcome, t.reason, t.failed_on,
+               t.retries_left, t.spec) for tid, t in q.tasks.items()},
+        {n: (s.info, s.tags, s.alive, s.last_seen, s.lost_since, s.free, s.note)
+         for n, s in q.nodes.items()},
+        queued_ids(q),
+        {n: sorted(t.spec.task_id for t in q.running_on(n)) for n in q.nodes},
+        {n: q.reserved(n) for n in q.nodes},
+        q.pending_count(), q.next_seq,
+        [q.unfinished_before(s) for s in range(q.next_seq + 1)],
+        q.applied,
+    )
+
+
+def busy_queue() -> Queue:
+    """A queue with tasks in every state and a lost node."""
+    q = Queue()
+    q.apply_batch([("join", info("a")), ("join", info("b")), ("join", info("c")),
+                   ("submit", spec("done")), ("submit", spec("fail")),
+                   ("submit", spec("retry", retries=2)), ("submit", spec("run")),
+                   ("submit", spec("lost")),
+                   ("submit", spec("dep", conditions="queue:after_ok retry")),
+                   ("submit", spec("first", conditions="queue:is_first")),
+                   ("submit", spec("solo", concurrent=False)), ("submit", spec("gone")),
+                   ("claim", "done", "a", 1), ("finish", "done", "a", 1, out(0)),
+                   ("claim", "fail", "a", 1), ("finish", "fail", "a", 1, out(1)),
+                   ("claim", "retry", "a", 1), ("finish", "retry", "a", 1, out(1)),
+                   ("claim", "run", "a", 1), ("claim", "lost", "c", 1), ("expire_node", "c"),
+                   ("claim", "solo", "b", 1), ("add_tag", "a", "gpu"), ("delete", "gone")], 1.0)
+    return q
+
+
+FURTHER: list[tuple[Any, ...]] = [
+    ("claim", "retry", "a", 2), ("claim", "lost", "a", 2), ("claim", "lost", "c", 2),
+    ("claim", "first", "a", 1), ("finish", "run", "a", 1, out(0)),
+    ("finish", "solo", "b", 1, out(0)), ("finish", "retry", "a", 2, out(1)),
+    ("claim", "retry", "b", 3), ("finish", "retry", "b", 3, out(5)),
+    ("submit", spec("gone")), ("submit", spec("done")), ("heartbeat", "c", Resources(1, 1, 1), ""),
+    ("claim", "lost", "c", 2), ("del_tag", "a", "gpu"), ("leave", "b"), ("delete", "first"),
+]
+
+
+def test_snapshot_round_trip_same_state_and_same_replies() -> None:
+    q = busy_queue()
+    r = Queue.restore(pickle.loads(pickle.dumps(q.snapshot())))
+    assert observe(r) == observe(q)
+    for op in FURTHER:
+        assert r.apply_batch([op], 2.0) == q.apply_batch([op], 2.0), op
+        assert observe(r) == observe(q)
+    assert state(r, "dep") is State.FAILED  # the cascade ran after restore too
+
+
+def test_restore_of_empty_snapshot() -> None:
+    r = Queue.restore(pickle.loads(pickle.dumps(Queue().snapshot())))
+    assert observe(r) == observe(Queue())
+
+
+# ----- totality -------------------------------------------------------------------------------
+
+class Weird:
+    def __getitem__(self, i: Any) -> Any:
+        raise RuntimeError("boom")
+
+
+MALFORMED: list[Any] = [
+    None, 5, 3.5, "", "garbage", "submit", b"claim", (), [], {}, {"op": "submit"}, Weird(),
+    ("nope",), ("SUBMIT", spec("x")), (None,), ((),), ([1],), ({"a": 1}, 1), (10**100,),
+    ("submit",), ("submit", None), ("submit", spec("x"), spec("y")), ("submit", {"task_id": "x"}),
+    ("submit", spec("x", conditions=None)),  # type: ignore[arg-type]
+    ("submit", spec("x", conditions=5)),  # type: ignore[arg-type]
+    ("submit", spec(["unhashable"])),  # type: ignore[arg-type]
+    ("claim",), ("claim", "t"), ("claim", "t", "a"), ("claim", "t", "a", 1, 2),
+    ("claim", None, "a", 1), ("claim", ["t"], "a", 1), ("claim", "t", ["a"], 1),
+    ("claim", "t", "a", "1"), ("claim", "t", "a", None), ("claim", "t", "a", 10**100),
+    ("claim", "t", "zz", 1), ("claim", "t", "a", -(10**100)),
+    ("finish", "r", "a", 1), ("finish", "r", "a", 1, None), ("finish", "r", "a", 1, 0),
+    ("finish", "r", "a", 1, out(0), "extra"), ("finish", "r", "a", "1", out(0)),
+    ("finish", "r", "a", 1, out(0, stdout_tail="str not bytes")),
+    ("finish", "r", "a", 1, out(0, stderr_tail=12345)), ("finish", {}, "a", 1, out(0)),
+    ("release", "r", "a", 1), ("release", "r", "a"), ("release", "r", "b", 1, "x"),
+    ("release", "r", "a", 10**100, "x"),
+    ("delete",), ("delete", None), ("delete", ["r"]), ("delete", "r", "x"),
+    ("delete", "nope" * 1000),
+    ("join",), ("join", None), ("join", "a"), ("join", info("")), ("join", info("n"), 1),
+    ("heartbeat", "zz", Resources(), ""), ("heartbeat", "a"), ("heartbeat", ["a"], Resources(), ""),
+    ("expire_node",), ("expire_node", None), ("expire_node", "zz"), ("expire_node", {}),
+    ("leave", "zz"), ("leave", "a", "b"),
+    ("add_tag", "a"), ("add_tag", "a", None), ("add_tag", "a", 5), ("add_tag", "a", ""),
+    ("add_tag", "a", "x y"), ("add_tag", "zz", "t"), ("add_tag", None, "t"),
+    ("del_tag", "a", "nope"), ("del_tag", "a", ["x"]), ("del_tag", "a"), ("del_tag", "zz", "x"),
+]
+
+
+@pytest.mark.parametrize("op", MALFORMED, ids=[repr(o)[:40] for o in MALFORMED])
+def test_malformed_ops_are_rejected_without_change(op: Any) -> None:
+    q = Queue()
+    q.apply_batch([("join", info("a")), ("join", info("b")), ("submit", spec("t")),
+                   ("submit", spec("r")), ("claim", "r", "a", 1)], 0.0)
+    before = observe(q)
+    for apply in (lambda: q.apply(op, 1.0), lambda: q.apply_batch([op], 1.0)[0]):
+        reply = apply()
+        assert isinstance(reply, Reply) and reply.ok is False and reply.detail
+        assert observe(q)[:-1] == before[:-1]  # only the `applied` counter may move
+
+
+def test_badly_typed_spec_is_rejected_or_harmless() -> None:
+    q = Queue()
+    q.apply_batch([("join", info("a"))], 0.0)
+    reply = q.apply_batch([("submit", spec("t", retries=None))], 0.0)[0]  # type: ignore[arg-type]
+    if reply.ok:
+        q.apply_batch([("claim", "t", "a", 1), ("finish", "t", "a", 1, out(1))], 1.0)
+        check_invariants(q)
+        q.apply_batch([("expire_node", "a")], 2.0)
+        assert state(q, "t") is not State.RUNNING
+
+
+@pytest.mark.parametrize("op", [("heartbeat", "a", None, ""),
+                                ("join", NodeInfo("n", "worker", "", "", None))])  # type: ignore[arg-type]
+def test_badly_typed_node_records_rejected(op: tuple[Any, ...]) -> None:
+    q = Queue()
+    q.apply_batch([("join", info("a"))], 0.0)
+    assert q.apply(op, 1.0).ok is False
+
+
+# ----- fuzz -----------------------------------------------------------------------------------
+
+def check_invariants(q: Queue) -> None:
+    """The invariants that must hold after every operation."""
+    order = queued_ids(q)
+    queued = set(order)
+    assert len(order) == len(queued)
+    for tid, t in q.tasks.items():
+        assert t.spec.task_id == tid
+        if t.state is State.RUNNING:
+            assert t.node is not None and any(x is t for x in q.running_on(t.node)), tid
+        assert (t.state is State.QUEUED) == (tid in queued), tid  # so final => not queued
+        if t.attempts:
+            numbers = [a.number for a in t.attempts]
+            assert numbers == sorted(set(numbers)) and numbers[-1] == t.attempt, (tid, numbers)
+    for name in q.nodes:
+        running = q.running_on(name)
+        assert all(t.state is State.RUNNING and t.node == name for t in running)
+        if len(running) > 1:
+            assert all(t.spec.concurrent for t in running), name
+    assert q.pending_count() == len(q.tasks) - sum(t.state.final for t in q.tasks.values())
+
+
+IDS = [f"t{i}" for i in range(24)]
+NODES = ["a", "b", "c"]
+CONDS = ["", "", "queue:is_first", "queue:after t1", "queue:after_ok t2; queue:after_ok t0",
+         "queue:all_with_cmd_ok ^x", "worker:tag gpu", "queue:after_ok t7", "bad", "queue:after zz"]
+
+
+def random_op(rng: random.Random, q: Queue) -> Any:
+    """One operation, usually well formed and often valid, sometimes garbage."""
+    tid, node = rng.choice(IDS), rng.choice(NODES + ["zz"])
+    task = q.get(tid)
+    attempt = (task.attempt if task else 0) + rng.choice([1, 1, 1, 0, 2])
+    current = task.node if task and task.node and rng.random() < 0.8 else node
+    kind = rng.randrange(14)
+    if kind == 0:
+        return ("submit", spec(tid, conditions=rng.choice(CONDS), concurrent=rng.random() < 0.8,
+                               retries=rng.randrange(3), command=rng.choice(["x1", "y", "x2"])))
+    if kind in (1, 2, 3):
+        return ("claim", tid, node if rng.random() < 0.5 else rng.choice(NODES), attempt)
+    if kind in (4, 5):
+        size = rng.choice([0, 10, TAIL_BYTES + 5])
+        return ("finish", tid, current, task.attempt if task else 1,
+                Outcome(rng.choice([0, 0, 1, 137]), 0.0, 1.0, b"o" * size, b"e"))
+    if kind == 6:
+        return ("release", tid, current, task.attempt if task else 1, "r")
+    if kind == 7:
+        return ("delete", tid) if rng.random() < 0.3 else ("release", tid, node, attempt, "")
+    if kind == 8:
+        return rng.choice([("join", info(node)), ("leave", node), ("expire_node", node)])
+    if kind == 9:
+        return ("heartbeat", node, Resources(1, 1, 1), "")
+    if kind == 10:
+        return rng.choice([("add_tag", node, "gpu"), ("del_tag", node, "gpu"),
+                           ("add_tag", node, "b a d")])
+    if kind == 11:
+        return rng.choice(MALFORMED)
+    if kind == 12:
+        base = random_op(rng, q)
+        op = list(base) if isinstance(base, tuple) else [base]
+        if op:
+            op.insert(rng.randrange(1, len(op) + 1), rng.choice([None, 10**40, "x", -1, b"\0"]))
+        return tuple(op)
+    return (rng.choice(["claim", "finish", "submit", "zap"]),
+            *[rng.choice([None, 7, "t1", 10**50, [], "a"]) for _ in range(rng.randrange(5))])
+
+
+def test_random_ops_never_raise_and_keep_invariants() -> None:
+    rng = random.Random(1234)
+    q, replica = Queue(), Queue()
+    accepted, seen = 0, set()
+    for step in range(3000):
+        batch = [random_op(rng, q) for _ in range(rng.choice([1, 1, 2, 3]))]
+        replies = q.apply_batch(batch, float(step))
+        assert all(isinstance(r, Reply) for r in replies)
+        accepted += sum(r.ok for r in replies)
+        check_invariants(q)
+        seen |= {t.state for t in q.tasks.values()}
+        assert replica.apply_batch(batch, float(step)) == replies
+        if step % 500 == 250:
+            replica = Queue.restore(pickle.loads(pickle.dumps(q.snapshot())))
+            check_invariants(replica)
+    assert observe(replica) == observe(q)
+    assert accepted > 1000 and seen == set(State), (accepted, seen)

@@ -1,0 +1,245 @@
+"""plan(): which queued tasks a node claims now, on a hand-built replicated Queue."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+
+from comrade.model import NodeInfo, Outcome, Resources, TaskSpec
+from comrade.queue import Queue
+from comrade.scheduler import Claim, LocalFacts, fits, plan
+
+GiB = 1024**3
+BIG = Resources(64 * GiB, 64, 64 * GiB)
+NO_FILES = LocalFacts(frozenset(), lambda name: False)
+
+
+def spec(tid: str, *, cores: int = 1, memory: int = 0, storage: int = 0, concurrent: bool = True,
+         conditions: str = "", retries: int = 0,
+         files: tuple[tuple[str, str, int], ...] = ()) -> TaskSpec:
+    return TaskSpec(tid, memory, cores, storage, concurrent, conditions, files, "true", retries)
+
+
+def node(name: str, offered: Resources = BIG, tags: Iterable[str] = ()) -> NodeInfo:
+    return NodeInfo(name, "worker", f"{name}:1", f"{name}:2", offered, frozenset(tags))
+
+
+def ok(q: Queue, *ops: tuple[Any, ...]) -> None:
+    """Apply ops, asserting every one is accepted."""
+    replies = q.apply_batch(list(ops), 0.0)
+    assert all(r.ok for r in replies), list(zip(ops, replies, strict=False))
+
+
+def build(nodes: Iterable[NodeInfo], specs: Iterable[TaskSpec]) -> Queue:
+    q = Queue()
+    ok(q, *[("join", n) for n in nodes])
+    ok(q, *[("submit", s) for s in specs])
+    return q
+
+
+def waited(seconds: float) -> Callable[[str], float]:
+    return lambda task_id: seconds
+
+
+def ids(claims: list[Claim]) -> list[str]:
+    return [c.task_id for c in claims]
+
+
+def run_plan(q: Queue, me: str = "a", free: Resources = BIG, local: LocalFacts = NO_FILES,
+             wait: float = 0.0, **kw: Any) -> tuple[list[Claim], bool]:
+    return plan(q, me, free, local, waited(wait), **kw)
+
+
+# ----- fitting --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("needs, free, expected", [
+    (Resources(1, 1, 1), Resources(1, 1, 1), True),
+    (Resources(2, 1, 1), Resources(1, 1, 1), False),
+    (Resources(1, 2, 1), Resources(1, 1, 1), False),
+    (Resources(1, 1, 2), Resources(1, 1, 1), False),
+    (Resources(0, 0, 0), Resources(0, 0, 0), True),
+])
+def test_fits(needs: Resources, free: Resources, expected: bool) -> None:
+    assert fits(needs, free) is expected
+
+
+@pytest.mark.parametrize("free, expected", [
+    (Resources(8 * GiB, 8, 8 * GiB), ["cpu", "mem", "disk", "small"]),
+    (Resources(8 * GiB, 3, 8 * GiB), ["mem", "disk", "small"]),  # cpu needs 4 cores
+    (Resources(8 * GiB, 2, 8 * GiB), ["mem", "disk"]),  # no cores left: the pass stops
+    (Resources(1 * GiB, 8, 8 * GiB), ["cpu", "disk", "small"]),  # mem needs 2 GiB
+    (Resources(8 * GiB, 8, 1 * GiB), ["cpu", "mem", "small"]),  # disk needs 3 GiB with its file
+    (Resources(0, 8, 0), ["cpu", "small"]),
+    (Resources(8 * GiB, 0, 8 * GiB), []),
+])
+def test_fits_by_cores_memory_storage(free: Resources, expected: list[str]) -> None:
+    q = build([node("a")], [
+        spec("cpu", cores=4), spec("mem", memory=2 * GiB),
+        spec("disk", storage=2 * GiB, files=(("f", "0" * 64, GiB),)), spec("small", cores=1),
+    ])
+    claims, deferred = run_plan(q, free=free)
+    assert ids(claims) == expected and not deferred
+    assert all(c.attempt == 1 for c in claims)
+
+
+def test_free_is_consumed_in_submit_order() -> None:
+    q = build([node("a")], [spec(f"t{i}", cores=2) for i in range(5)])
+    claims, _ = run_plan(q, free=Resources(GiB, 5, GiB))
+    assert ids(claims) == ["t0", "t1"]
+
+
+def test_limit_and_claiming_in_flight() -> None:
+    q = build([node("a")], [spec(f"t{i}") for i in range(6)])
+    assert ids(run_plan(q, limit=3)[0]) == ["t0", "t1", "t2"]
+    assert ids(run_plan(q, claiming=["t0", "t2"])[0]) == ["t1", "t3", "t4", "t5"]
+
+
+def test_next_attempt_number_after_requeue() -> None:
+    q = build([node("a")], [spec("t")])
+    ok(q, ("claim", "t", "a", 1), ("release", "t", "a", 1, "no room"))
+    assert run_plan(q)[0] == [Claim("t", 2)]
+
+
+def test_dead_or_unknown_node_claims_nothing() -> None:
+    q = build([node("a")], [spec("t")])
+    assert run_plan(q, me="zz") == ([], False)
+    ok(q, ("expire_node", "a"))
+    assert run_plan(q) == ([], False)
+
+
+# ----- CONCURRENT=false -----------------------------------------------------------------------
+
+def test_non_concurrent_only_on_idle_node_and_stops_the_pass() -> None:
+    q = build([node("a")], [spec("solo", concurrent=False), spec("c1"), spec("c2")])
+    assert ids(run_plan(q)[0]) == ["solo"]
+
+
+def test_non_concurrent_skipped_once_something_is_claimed() -> None:
+    q = build([node("a")], [spec("c1"), spec("solo", concurrent=False), spec("c2")])
+    assert ids(run_plan(q)[0]) == ["c1", "c2"]
+
+
+def test_non_concurrent_skipped_while_busy_or_claiming() -> None:
+    q = build([node("a")], [spec("c1"), spec("solo", concurrent=False)])
+    assert ids(run_plan(q, claiming=["c1"])[0]) == []
+    ok(q, ("claim", "c1", "a", 1))
+    assert ids(run_plan(q)[0]) == []
+
+
+def test_nothing_runs_next_to_a_non_concurrent_task() -> None:
+    q = build([node("a")], [spec("solo", concurrent=False), spec("c1")])
+    ok(q, ("claim", "solo", "a", 1))
+    assert run_plan(q) == ([], False)
+
+
+# ----- conditions -----------------------------------------------------------------------------
+
+def test_tags_steer() -> None:
+    q = build([node("a", tags=["gpu"]), node("b")], [spec("g", conditions="worker:tag gpu")])
+    assert ids(run_plan(q, me="a")[0]) == ["g"]
+    assert run_plan(q, me="b", wait=100.0) == ([], False)
+    local = LocalFacts(frozenset({"gpu"}), lambda name: False)
+    assert ids(run_plan(q, me="b", local=local, wait=100.0)[0]) == ["g"]
+
+
+def test_replicated_tag_added_later_counts() -> None:
+    q = build([node("a")], [spec("g", conditions="worker:tag gpu")])
+    assert run_plan(q)[0] == []
+    ok(q, ("add_tag", "a", "gpu"))
+    assert ids(run_plan(q)[0]) == ["g"]
+
+
+def test_has_file_steers() -> None:
+    q = build([node("a")], [spec("f", conditions="worker:has_file data.csv"), spec("x")])
+    assert ids(run_plan(q)[0]) == ["x"]
+    local = LocalFacts(frozenset(), lambda name: name == "data.csv")
+    assert ids(run_plan(q, local=local)[0]) == ["f", "x"]
+
+
+def test_waiting_conditions_are_skipped() -> None:
+    q = build([node("a")], [spec("first"), spec("dep", conditions="queue:after first"),
+                            spec("seq", conditions="queue:is_first"), spec("free")])
+    assert ids(run_plan(q)[0]) == ["first", "free"]
+    ok(q, ("claim", "first", "a", 1), ("claim", "free", "a", 1))
+    assert ids(run_plan(q)[0]) == []
+    ok(q, ("finish", "first", "a", 1, Outcome(1, 0.0, 1.0)))
+    assert ids(run_plan(q)[0]) == ["dep"]  # is_first still waits for `free` (and `dep`)
+
+
+# ----- ranking --------------------------------------------------------------------------------
+
+TASKS = [f"task-{i}" for i in range(40)]
+
+
+@pytest.mark.parametrize("task_id", TASKS)
+def test_two_idle_nodes_exactly_one_claims_at_once(task_id: str) -> None:
+    q = build([node("a"), node("b")], [spec(task_id)])
+    results = {me: run_plan(q, me=me, wait=0.0, defer_s=0.05) for me in ("a", "b")}
+    claimed = [me for me, (claims, _) in results.items() if claims]
+    assert len(claimed) == 1
+    other = "b" if claimed == ["a"] else "a"
+    assert results[claimed[0]] == ([Claim(task_id, 1)], False)
+    assert results[other] == ([], True)
+    # the deferring node takes it once the task has waited defer_s (one rank place)
+    assert run_plan(q, me=other, wait=0.049, defer_s=0.05) == ([], True)
+    assert run_plan(q, me=other, wait=0.05, defer_s=0.05) == ([Claim(task_id, 1)], False)
+
+
+def test_the_hash_spreads_single_tasks_over_both_nodes() -> None:
+    winners = set()
+    for t in TASKS:
+        q = build([node("a"), node("b")], [spec(t)])
+        winners |= {me for me in ("a", "b") if run_plan(q, me=me)[0]}
+    assert winners == {"a", "b"}
+
+
+def test_two_idle_nodes_split_a_burst_of_tasks_at_once() -> None:
+    q = build([node("a"), node("b")], [spec(t) for t in TASKS])
+    mine = {me: set(ids(run_plan(q, me=me)[0])) for me in ("a", "b")}
+    assert mine["a"] & mine["b"] == set()
+    assert mine["a"] | mine["b"] == set(TASKS)
+
+
+@pytest.mark.parametrize("wait, both", [(0.0, False), (0.049, False), (0.05, True), (1.0, True)])
+def test_deferred_node_claims_after_defer_s(wait: float, both: bool) -> None:
+    q = build([node("a"), node("b")], [spec(t) for t in TASKS])
+    for me in ("a", "b"):
+        claims, deferred = run_plan(q, me=me, wait=wait, defer_s=0.05)
+        assert (len(claims) == len(TASKS)) == both
+        assert deferred is not both
+
+
+@pytest.mark.parametrize("task_id", TASKS[:10])
+def test_loaded_node_defers_to_idle_one(task_id: str) -> None:
+    q = build([node("a", Resources(GiB, 4, GiB)), node("b", Resources(GiB, 4, GiB))],
+              [spec("busy"), spec(task_id)])
+    ok(q, ("claim", "busy", "a", 1))
+    assert run_plan(q, me="a", free=Resources(GiB, 3, GiB)) == ([], True)
+    assert run_plan(q, me="b", free=Resources(GiB, 4, GiB)) == ([Claim(task_id, 1)], False)
+
+
+def test_nodes_that_cannot_fit_or_lack_the_tag_do_not_outrank() -> None:
+    small = Resources(GiB, 1, GiB)
+    q = build([node("a"), node("b", small), node("c")],
+              [spec(t, cores=2, conditions="worker:tag x") for t in TASKS[:20]])
+    ok(q, ("add_tag", "a", "x"))
+    assert len(run_plan(q, me="a")[0]) == 20  # b too small, c untagged: a is best
+
+
+def test_lost_node_does_not_outrank() -> None:
+    q = build([node("a"), node("b")], [spec(t) for t in TASKS])
+    ok(q, ("expire_node", "b"))
+    assert len(run_plan(q, me="a")[0]) == len(TASKS)
+
+
+def test_task_that_failed_on_a_prefers_b() -> None:
+    q = build([node("a"), node("b")], [spec(t, retries=1) for t in TASKS])
+    for t in TASKS:
+        ok(q, ("claim", t, "a", 1), ("finish", t, "a", 1, Outcome(1, 0.0, 1.0)))
+    a_claims, a_deferred = run_plan(q, me="a")
+    b_claims, _ = run_plan(q, me="b")
+    assert (a_claims, a_deferred) == ([], True)
+    assert b_claims == [Claim(t, 2) for t in TASKS]
+    assert len(run_plan(q, me="a", wait=0.05)[0]) == len(TASKS)

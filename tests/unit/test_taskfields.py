@@ -1,0 +1,209 @@
+"""Parsing the 7 task fields, byte units, tasks files and --tag values."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from comrade.errors import UsageError
+from comrade.taskfields import (
+    FIELDS,
+    Fields,
+    new_task_id,
+    parse_bool,
+    parse_bytes,
+    parse_cores,
+    parse_fields,
+    parse_task_file,
+    validate_tags,
+)
+
+K, M, G, T = 1024, 1024**2, 1024**3, 1024**4
+ID_RULE = "(letters, digits, '.', '_', '-'; at most 128)"
+
+
+def row(mem: str = "1024", cores: str = "1", storage: str = "1024", concurrent: str = "true",
+        conditions: str = "", files: str = "", command: str = "echo hi",
+        *extra: str) -> list[str]:
+    """Seven fields (plus any extra), defaulting to a valid task."""
+    return [mem, cores, storage, concurrent, conditions, files, command, *extra]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0", 0), ("1024", 1024), ("1K", K), ("1k", K), ("512M", 512 * M), ("2G", 2 * G),
+    ("3T", 3 * T), ("2GiB", 2 * G), ("2gb", 2 * G), ("7B", 7), (" 512M ", 512 * M),
+    ("99999999999999999999G", 99999999999999999999 * G),
+])
+def test_parse_bytes(text: str, expected: int) -> None:
+    assert parse_bytes(text, "MEM") == expected
+
+
+@pytest.mark.parametrize("text", ["", "x", "-1", "1.5G", "1 G", "1P", "G", "1GG", "0x10", "1e3"])
+def test_parse_bytes_errors(text: str) -> None:
+    msg = f"STORAGE: {text!r} is not a number of bytes (e.g. 1024, 512M, 2G)"
+    with pytest.raises(UsageError, match=f"^{re.escape(msg)}$"):
+        parse_bytes(text, "STORAGE")
+
+
+@pytest.mark.parametrize("text, expected", [("1", 1), ("16", 16), (" 4 ", 4), ("007", 7)])
+def test_parse_cores(text: str, expected: int) -> None:
+    assert parse_cores(text) == expected
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("0", "CORES: must be at least 1, got 0"),
+    ("00", "CORES: must be at least 1, got 0"),
+    ("-1", "CORES: '-1' is not a whole number of cores"),
+    ("1.5", "CORES: '1.5' is not a whole number of cores"),
+    ("two", "CORES: 'two' is not a whole number of cores"),
+    ("", "CORES: '' is not a whole number of cores"),
+    ("+2", "CORES: '+2' is not a whole number of cores"),
+])
+def test_parse_cores_errors(text: str, msg: str) -> None:
+    with pytest.raises(UsageError, match=f"^{re.escape(msg)}$"):
+        parse_cores(text)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("true", True), ("True", True), ("TRUE", True), (" true ", True),
+    ("false", False), ("False", False), ("fAlSe", False),
+])
+def test_parse_bool(text: str, expected: bool) -> None:
+    assert parse_bool(text) is expected
+
+
+@pytest.mark.parametrize("text", ["yes", "1", "0", "", "t", "truee"])
+def test_parse_bool_errors(text: str) -> None:
+    msg = f"CONCURRENT: {text!r} is not true or false"
+    with pytest.raises(UsageError, match=f"^{re.escape(msg)}$"):
+        parse_bool(text)
+
+
+# ----- parse_fields ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, expected", [
+    (row("1024", "1", "1024", "true", "", "", "echo hi", "job-1"),
+     Fields(1024, 1, 1024, True, "", "", "echo hi", "job-1")),
+    (row("512M", "2", "1G", "False", "worker:tag gpu", "a.csv;b.csv", "wc -l a.csv", "x.y_z"),
+     Fields(512 * M, 2, G, False, "worker:tag gpu", "a.csv;b.csv", "wc -l a.csv", "x.y_z")),
+    (row("2G", "16", "0", "TRUE", "queue:after prep; queue:is_first", "", "make\nmake install",
+         "A" * 128),
+     Fields(2 * G, 16, 0, True, "queue:after prep; queue:is_first", "", "make\nmake install",
+            "A" * 128)),
+])
+def test_parse_fields_valid(args: list[str], expected: Fields) -> None:
+    assert parse_fields(args) == expected
+
+
+def test_parse_fields_without_id_makes_a_random_one() -> None:
+    a, b = parse_fields(row()), parse_fields(row())
+    assert re.fullmatch(r"[0-9a-f]{12}", a.task_id) and a.task_id != b.task_id
+    assert re.fullmatch(r"[0-9a-f]{12}", new_task_id())
+
+
+FIELD_LIST = " ".join(FIELDS)
+
+
+@pytest.mark.parametrize("args, msg", [
+    (row("1x"), "MEM: '1x' is not a number of bytes (e.g. 1024, 512M, 2G)"),
+    (row("-5"), "MEM: '-5' is not a number of bytes (e.g. 1024, 512M, 2G)"),
+    (row(storage="lots"), "STORAGE: 'lots' is not a number of bytes (e.g. 1024, 512M, 2G)"),
+    (row(cores="0"), "CORES: must be at least 1, got 0"),
+    (row(cores="-2"), "CORES: '-2' is not a whole number of cores"),
+    (row(cores="2.5"), "CORES: '2.5' is not a whole number of cores"),
+    (row(concurrent="maybe"), "CONCURRENT: 'maybe' is not true or false"),
+    (row(command=""), "COMMAND: empty; give the bash command(s) to run"),
+    (row(command="  \n\t"), "COMMAND: empty; give the bash command(s) to run"),
+    (row(command="echo \0"), "COMMAND: must not contain a NUL byte"),
+    (row()[:6], f"expected 7 fields ({FIELD_LIST}) and an optional ID, got 6"),
+    (row("1", "1", "1", "true", "", "", "c", "id", "more"),
+     f"expected 7 fields ({FIELD_LIST}) and an optional ID, got 9"),
+    ([], f"expected 7 fields ({FIELD_LIST}) and an optional ID, got 0"),
+    (row("1", "1", "1", "true", "", "", "c", "a b"), f"ID: task id 'a b' is not valid {ID_RULE}"),
+    (row("1", "1", "1", "true", "", "", "c", ""), f"ID: task id '' is not valid {ID_RULE}"),
+    (row("1", "1", "1", "true", "", "", "c", "x" * 129),
+     f"ID: task id '{'x' * 129}' is not valid {ID_RULE}"),
+    (row(conditions="foo"),
+     "CONDITIONS: condition 1 'foo': unknown scope 'foo'; expected one of queue, worker"),
+    (row(conditions="queue:after"),
+     "CONDITIONS: condition 1 'queue:after': predicate 'after' needs an argument (a task id)"),
+    (row(conditions="worker:tag gpu; queue:nope"),
+     "CONDITIONS: condition 2 'queue:nope': unknown predicate 'nope'; expected one of "
+     "is_first, all_with_cmd_done, all_with_cmd_ok, after, after_ok"),
+])
+def test_parse_fields_errors(args: list[str], msg: str) -> None:
+    with pytest.raises(UsageError, match=f"^{re.escape(msg)}$"):
+        parse_fields(args)
+    with pytest.raises(UsageError, match=f"^{re.escape('line 3: ' + msg)}$"):
+        parse_fields(args, where="line 3: ")
+
+
+def test_first_bad_field_is_reported() -> None:
+    with pytest.raises(UsageError, match="^MEM: "):
+        parse_fields(row("x", "0", "y", "maybe", "bad", "", ""))
+
+
+# ----- tasks files ----------------------------------------------------------------------------
+
+def test_parse_task_file_comments_blanks_and_quoting() -> None:
+    text = (
+        "# a comment\n"
+        "\n"
+        "   \n"
+        '1024 1 1024 true "" "" "echo hello world"\n'
+        "  # an indented comment\n"
+        "512M 2 1G false 'queue:after t1; worker:tag gpu' 'a b.csv' 'echo \"#not a comment\"' t2\n"
+        "1 1 1 true '' '' echo\\ escaped\\ space\r\n"
+    )
+    assert parse_task_file(text) == [
+        (4, ["1024", "1", "1024", "true", "", "", "echo hello world"]),
+        (6, ["512M", "2", "1G", "false", "queue:after t1; worker:tag gpu", "a b.csv",
+             'echo "#not a comment"', "t2"]),
+        (7, ["1", "1", "1", "true", "", "", "echo escaped space"]),
+    ]
+
+
+def test_parse_task_file_rows_feed_parse_fields() -> None:
+    rows = parse_task_file('1G 2 0 False "" "" "sleep 1" s1\n')
+    assert parse_fields(rows[0][1], f"line {rows[0][0]}: ") == Fields(
+        G, 2, 0, False, "", "", "sleep 1", "s1")
+
+
+def test_parse_task_file_empty() -> None:
+    assert parse_task_file("") == [] and parse_task_file("\n# x\n\n") == []
+
+
+@pytest.mark.parametrize("text, line", [
+    ('1 1 1 true "" "" "echo hi\n', 1),
+    ("# ok\n\n1 1 1 true '' '' 'unbalanced\n", 3),
+    ('1 1 1 true "" "" ok\n1 1 1 true "" "" "x\\"\n', 2),
+])
+def test_parse_task_file_unbalanced_quotes(text: str, line: int) -> None:
+    msg = f"line {line}: cannot split into fields: No closing quotation"
+    with pytest.raises(UsageError, match=f"^{re.escape(msg)}$"):
+        parse_task_file(text)
+
+
+# ----- tags -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tags, expected", [
+    ([], ()), (["gpu"], ("gpu",)), (["gpu", "fast"], ("gpu", "fast")),
+    (["gpu fast", "big"], ("gpu", "fast", "big")), (["x" * 64], ("x" * 64,)),
+    (["a.b-c_d/e"], ("a.b-c_d/e",)),
+])
+def test_validate_tags(tags: list[str], expected: tuple[str, ...]) -> None:
+    assert validate_tags(tags) == expected
+
+
+@pytest.mark.parametrize("tags, msg", [
+    ([""], "--tag: empty tag"),
+    (["  "], "--tag: empty tag"),
+    (["ok", ""], "--tag: empty tag"),
+    (["a;b"], "--tag: tag 'a;b' is not valid: must not contain ';'"),
+    (["a:b"], "--tag: tag 'a:b' is not valid: must not contain ':'"),
+    (["ok", "x" * 65], f"--tag: tag '{'x' * 65}' is not valid: must be at most 64 characters"),
+])
+def test_validate_tags_errors(tags: list[str], msg: str) -> None:
+    with pytest.raises(UsageError, match=f"^{re.escape(msg)}$"):
+        validate_tags(tags)
