@@ -135,6 +135,50 @@ def _setup_logging(path: str) -> None:
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)
 
 
+@main.command("ghost")
+@click.argument("target", required=False, default="")
+@click.option("--peer", "peers", multiple=True, envvar="LEORONIC_PEERS",
+              help="HOST:PORT of a worker to learn the cluster from; repeatable (LEORONIC_PEERS).")
+@click.option("--port", type=int, default=7351, envvar="LEORONIC_GHOST_PORT",
+              help="Port this ghost serves outputs and files on (LEORONIC_GHOST_PORT).")
+@click.option("--bind", default="0.0.0.0", envvar="LEORONIC_BIND")
+@click.option("--advertise", default="", envvar="LEORONIC_ADVERTISE")
+@click.option("--home", default=None, envvar="LEORONIC_HOME")
+@click.option("--name", default="", envvar="LEORONIC_NAME")
+@click.option("--cores", type=int, default=None, envvar="LEORONIC_CORES")
+@click.option("--memory", default=None, envvar="LEORONIC_MEMORY")
+@click.option("--storage", default=None, envvar="LEORONIC_STORAGE")
+@click.option("--tag", "tags", multiple=True, envvar="LEORONIC_TAGS")
+@friendly
+def ghost(target: str, **opts: Any) -> None:
+    """Start a ghost: runs tasks for the cluster without joining Raft.
+
+    TARGET: nothing = the worker with the lowest address; an integer N = worker N mod the
+    number of active workers (address order); HOST:PORT = that worker.
+    """
+    from ghost.ghost import Ghost, GhostConfig
+
+    home = opts["home"] or default_home()
+    os.makedirs(os.path.join(home, "logs"), exist_ok=True)
+    _setup_logging(os.path.join(home, "logs", "ghost.log"))
+    peers = tuple(p for chunk in opts["peers"] for p in chunk.split())
+    if not peers and not (target and ":" in target):
+        peers = (os.environ.get("LEORONIC_NODE") or f"127.0.0.1:{DEFAULT_PORT}",)
+    if target and not target.lstrip("-").isdigit() and ":" not in target:
+        raise UsageError(f"TARGET: {target!r} is not an integer or HOST:PORT")
+    cfg = GhostConfig(
+        home=home, cookie=read_cookie(), target=target, peers=peers, port=opts["port"],
+        bind=opts["bind"], advertise=opts["advertise"], name=opts["name"], cores=opts["cores"],
+        memory=_bytes_opt(opts["memory"], "--memory"),
+        storage=_bytes_opt(opts["storage"], "--storage"),
+        tags=taskfields.validate_tags(opts["tags"]),
+    )
+    g = Ghost(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: g.stop())
+    signal.signal(signal.SIGINT, lambda *_: g.stop())
+    g.run()
+
+
 # ----- submitting -----------------------------------------------------------------------------
 
 @main.command("add-task", context_settings={"ignore_unknown_options": True})
@@ -303,16 +347,30 @@ def nodes() -> None:
     if info.get("isolated_since"):
         click.echo(f"{info['self']} is ISOLATED (no quorum) since {_when(info['isolated_since'])}: "
                    "running queued tasks from its own copy; results merge when the others return")
-    for n in info["nodes"]:
-        off, free = n["offered"], n["free"]
-        status = "up" if n["alive"] else f"UNREACHABLE since {_when(n['lost_since'])}"
-        click.echo(f"{n['name']}  {n['rpc']}  {n['role']}  {status}")
-        click.echo(f"    cores {free.cores}/{off.cores} free   memory {_size(free.memory)}/"
-                   f"{_size(off.memory)} free   disk {_size(free.storage)}/{_size(off.storage)} free")
-        click.echo(f"    tags: {' '.join(n['tags']) or '-'}")
-        click.echo(f"    running: {' '.join(n['running']) or '-'}")
-        if n["note"]:
-            click.echo(f"    note: {n['note']}")
+    rows = info["nodes"]
+    workers = [n for n in rows if n["kind"] != "ghost"]
+    ghosts = [n for n in rows if n["kind"] == "ghost"]
+    for n in workers:
+        _print_node(n, "")
+        for g in ghosts:
+            if g["clairvoyant"] == n["name"]:
+                _print_node(g, "    ")
+    for g in ghosts:
+        if g["clairvoyant"] not in {n["name"] for n in workers}:
+            _print_node(g, "")
+
+
+def _print_node(n: dict[str, Any], indent: str) -> None:
+    off, free = n["offered"], n["free"]
+    status = "up" if n["alive"] else f"UNREACHABLE since {_when(n['lost_since'])}"
+    role = f"ghost of {n['clairvoyant']}" if n["kind"] == "ghost" else n["role"]
+    click.echo(f"{indent}{n['name']}  {n['rpc']}  {role}  {status}")
+    click.echo(f"{indent}    cores {free.cores}/{off.cores} free   memory {_size(free.memory)}/"
+               f"{_size(off.memory)} free   disk {_size(free.storage)}/{_size(off.storage)} free")
+    click.echo(f"{indent}    tags: {' '.join(n['tags']) or '-'}")
+    click.echo(f"{indent}    running: {' '.join(n['running']) or '-'}")
+    if n["note"]:
+        click.echo(f"{indent}    note: {n['note']}")
 
 
 def _when(ts: float | None) -> str:

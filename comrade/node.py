@@ -25,6 +25,7 @@ from comrade.config import Config
 from comrade.errors import ClusterError, LeoronicError
 from comrade.executor import Paths, Reaper, TaskRunner, kill_orphans
 from comrade.isolation import Isolation
+from comrade.relay import CLAIRVOYANT, Relay
 from comrade.files import FileStore, place_files, rewrite_command
 from comrade.files import FileRef as FileRefT
 from comrade.model import NodeInfo, Outcome, Resources, State, TaskSpec
@@ -81,6 +82,7 @@ class Node:
         self.actor: pykka.ActorRef[Any] | None = None
         self.service = Service(self)
         self.isolation = Isolation(self)
+        self.relay = Relay(self)
         self._merging = threading.Lock()
 
     # ----- life -----------------------------------------------------------------------------
@@ -99,7 +101,8 @@ class Node:
         )
         log.info("node %s: rpc %s, raft %s, peers %s", self.name, self.rpc_addr, self.raft_addr,
                  others or "none (new cluster)")
-        self.server = Server(self.cfg.bind, self.cfg.port, self.cfg.cookie, self.service.handlers())
+        self.server = Server(self.cfg.bind, self.cfg.port, self.cfg.cookie,
+                             {**self.service.handlers(), **self.relay.handlers()})
         self.syncobj = make_syncobj(
             self.raft_addr,
             others,
@@ -350,12 +353,24 @@ class Node:
         with self.lock:
             reserved = self.consumer.queue.reserved(self.name)
         free = resources.free(self.probe, self.offer, reserved)
+        self._drop_clairvoyant_tag()
         self.disk_note = membership.disk_note(self.cfg.home)
         if self.disk_note:
             log.warning("%s", self.disk_note)
         note = self.note or self.disk_note
         assert self.proposer is not None
         self.proposer.propose([("heartbeat", self.name, free, note)])
+
+    def _drop_clairvoyant_tag(self) -> None:
+        """The clairvoyant tag is carried only while this worker has live ghosts."""
+        with self.lock:
+            q = self.consumer.queue
+            me = q.nodes.get(self.name)
+            has_ghosts = any(ns.alive and ns.info.clairvoyant == self.name
+                             for ns in q.nodes.values() if ns.info.kind == "ghost")
+        if me is not None and CLAIRVOYANT in me.tags and not has_ghosts:
+            assert self.proposer is not None
+            self.proposer.propose([("del_tag", self.name, CLAIRVOYANT)])
 
     def _retry_finishes(self, now: float) -> None:
         for key, (outcome, since) in list(self._pending_finish.items()):

@@ -6,6 +6,8 @@ import io
 import os
 import tarfile
 
+from comrade.errors import UsageError
+
 
 def pack(root: str, *names: str) -> bytes:
     """A gzipped tar of `names` (relative to `root`), symlinks kept as links."""
@@ -23,3 +25,15 @@ def unpack(data: bytes, dest: str) -> None:
     os.makedirs(dest, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         tar.extractall(dest, filter="data")
+
+
+def pack_work(work: str, what: str, task_id: str, owner: str) -> bytes:
+    """Pack a node's whole work dir ("work") or one task's attempt dirs ("task")."""
+    if what == "work":
+        return pack(work, ".")
+    if what == "task":
+        dirs = sorted(d for d in os.listdir(work) if d.rsplit("-a", 1)[0] == task_id)
+        if not dirs:
+            raise UsageError(f"ID: no work dir of task {task_id!r} on {owner}")
+        return pack(work, *dirs)
+    raise UsageError(f"pack_dir: unknown {what!r}")

@@ -8,7 +8,6 @@ lock and never hold the lock while waiting for Raft.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -285,15 +284,7 @@ class Service:
 
     def pack_dir(self, what: str, task_id: str = "") -> bytes:
         """A gzipped tar of this node's work dir ("work") or of one task's work dirs ("task")."""
-        work = self.node.paths.work
-        if what == "work":
-            return packing.pack(work, ".")
-        if what == "task":
-            dirs = sorted(d for d in os.listdir(work) if d.rsplit("-a", 1)[0] == task_id)
-            if not dirs:
-                raise UsageError(f"ID: no work dir of task {task_id!r} on {self.node.name}")
-            return packing.pack(work, *dirs)
-        raise UsageError(f"pack_dir: unknown {what!r}")
+        return packing.pack_work(self.node.paths.work, what, task_id, self.node.name)
 
     def _other_workers(self) -> list[str]:
         def addrs(q: Any) -> list[str]:

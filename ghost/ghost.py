@@ -1,0 +1,287 @@
+"""A ghost: runs tasks for the cluster without joining Raft. No journal, no votes.
+
+It attaches to one worker (its clairvoyant), long-polls it for work with its free resources,
+tags and files, runs what it is given with the same executor as workers, and hands results
+back on the next poll. If the clairvoyant does not answer for `switch_after_s` (5 s), the ghost
+attaches to the next worker in address order and carries on; running tasks keep running and
+their results go through the new clairvoyant. It serves `output` and `pack_dir` itself, so
+`leoronic_result` and `leoronic_get_all_files` reach it like a worker.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from comrade import packing, resources, rpc
+from comrade.config import split_address
+from comrade.errors import LeoronicError, UsageError
+from comrade.executor import Paths, Reaper, TaskRunner, kill_orphans
+from comrade.files import FileStore, place_files, rewrite_command
+from comrade.files import FileRef
+from comrade.model import NodeInfo, Outcome, Resources, TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GhostConfig:
+    """Everything a ghost needs to start."""
+
+    home: str
+    cookie: str
+    target: str = ""  # "" lowest address; "N" worker N mod count; "HOST:PORT" that one
+    peers: tuple[str, ...] = ()  # workers to learn the cluster from
+    port: int = 7351  # where this ghost serves output and files
+    bind: str = "0.0.0.0"
+    advertise: str = ""
+    name: str = ""
+    cores: int | None = None
+    memory: int | None = None
+    storage: int | None = None
+    tags: tuple[str, ...] = ()
+    poll_s: float = 2.0  # long-poll length; also the heartbeat period
+    switch_after_s: float = 5.0  # clairvoyant silent this long: attach to the next worker
+
+
+def address_key(addr: str) -> tuple[Any, ...]:
+    """Sort key for HOST:PORT by numeric IP (then port); names sort after addresses."""
+    host, port = split_address(addr)
+    try:
+        return (0, int(ipaddress.ip_address(host)), port)
+    except ValueError:
+        return (1, host, port)
+
+
+def choose(workers: Sequence[str], target: str, skip: Sequence[str] = ()) -> str:
+    """Which worker to attach to, by the original's rules (see GhostConfig.target)."""
+    ordered = sorted(set(workers), key=address_key)
+    if not ordered:
+        raise UsageError("ghost: no worker found; name one with --peer HOST:PORT")
+    if target and not target.lstrip("-").isdigit():
+        return target
+    if target:
+        pick = ordered[int(target) % len(ordered)]
+    else:
+        pick = ordered[0]
+    if pick in skip:  # failover: the next one in address order
+        alive = [w for w in ordered if w not in skip]
+        if not alive:
+            return pick
+        after = [w for w in alive if address_key(w) > address_key(pick)]
+        return (after or alive)[0]
+    return pick
+
+
+@dataclass
+class _State:
+    running: dict[tuple[str, int], Any] = field(default_factory=dict)
+    finished: list[tuple[str, int, Outcome]] = field(default_factory=list)
+    reserved: Resources = Resources()
+
+
+class Ghost:
+    """One ghost process."""
+
+    def __init__(self, cfg: GhostConfig, probe: resources.Probe | None = None) -> None:
+        self.cfg = cfg
+        for sub in ("work", "outputs", "running", "files", "store", "logs"):
+            os.makedirs(os.path.join(cfg.home, sub), exist_ok=True)
+        self.paths = Paths(cfg.home)
+        self.name = cfg.name or f"ghost-{socket.gethostname()}-{cfg.port}"
+        self.probe = probe or resources.PsutilProbe(cfg.home)
+        self.offer = resources.offered(self.probe, cfg.cores, cfg.memory, cfg.storage)
+        self.tags = frozenset(cfg.tags) | frozenset(resources.automatic_tags())
+        self.store = FileStore(os.path.join(cfg.home, "store"))
+        self.files_dir = os.path.join(cfg.home, "files")
+        self.reaper = Reaper()
+        self.state = _State()
+        self.lock = threading.Lock()
+        self.workers: list[str] = list(cfg.peers)
+        self.clairvoyant = ""
+        self.advertise = cfg.advertise or _advertise(cfg.bind, self.workers or [cfg.target])
+        self.server = rpc.Server(cfg.bind, cfg.port, cfg.cookie, {
+            "ping": lambda: {"name": self.name, "kind": "ghost", "clairvoyant": self.clairvoyant},
+            "output": self._output,
+            "pack_dir": self._pack_dir,
+        })
+        self._stop = threading.Event()
+
+    # ----- life -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Attach and work until stopped."""
+        killed = kill_orphans(self.paths)
+        if killed:
+            log.warning("killed %d orphaned task process groups of a previous life", len(killed))
+        self.server.start()
+        self._discover()
+        self._attach(choose(self.workers, self.cfg.target))
+        while not self._stop.is_set():
+            self._poll_once()
+
+    def stop(self) -> None:
+        """Stop polling, kill running tasks (their leases requeue them)."""
+        self._stop.set()
+        with self.lock:
+            refs = list(self.state.running.values())
+        for ref in refs:
+            ref.tell(("cancel", "ghost stopping"))
+        self.server.stop()
+        pykka.ActorRegistry.stop_all(block=True, timeout=5)
+        self.reaper.stop()
+
+    def _discover(self) -> None:
+        """Learn the active workers from the peers (or the explicit target)."""
+        sources = list(self.cfg.peers)
+        if self.cfg.target and not self.cfg.target.lstrip("-").isdigit():
+            sources.append(self.cfg.target)
+        for addr in sources:
+            try:
+                nodes = rpc.call(addr, self.cfg.cookie, "nodes")["nodes"]
+            except LeoronicError as exc:
+                log.warning("cannot ask %s for the workers: %s", addr, exc)
+                continue
+            self.workers = sorted({n["rpc"] for n in nodes if n["kind"] == "worker" and n["alive"]},
+                                  key=address_key)
+            return
+        if not self.workers:
+            raise UsageError("ghost: no worker answered; name one with --peer HOST:PORT")
+
+    def _info(self) -> NodeInfo:
+        return NodeInfo(name=self.name, kind="ghost", rpc=f"{self.advertise}:{self.cfg.port}",
+                        raft="", offered=self.offer, tags=self.tags, pid=os.getpid())
+
+    def _attach(self, worker: str) -> None:
+        reply = rpc.call(worker, self.cfg.cookie, "ghost_attach", self._info(),
+                         timeout=self.cfg.switch_after_s)
+        self.clairvoyant = worker
+        self.workers = reply["workers"] or self.workers
+        log.info("attached to clairvoyant %s (%s)", reply["clairvoyant"], worker)
+
+    # ----- the poll loop ----------------------------------------------------------------------
+
+    def _poll_once(self) -> None:
+        with self.lock:
+            finished = list(self.state.finished)
+            reserved = self.state.reserved
+        free = resources.free(self.probe, self.offer, reserved)
+        files = _list_files(self.files_dir)
+        started = time.monotonic()
+        try:
+            with rpc.connect(self.clairvoyant, self.cfg.cookie,
+                             timeout=self.cfg.switch_after_s) as conn:
+                reply = conn.call("ghost_poll", self.name, free, files, finished, self.cfg.poll_s)
+        except LeoronicError as exc:
+            self._failover(exc, started)
+            return
+        with self.lock:
+            del self.state.finished[: len(finished)]
+        self.workers = reply["workers"] or self.workers
+        self._reconcile(set(map(tuple, reply["assigned"])))
+        for spec, attempt in reply["tasks"]:
+            self._start(spec, attempt)
+
+    def _failover(self, exc: Exception, started: float) -> None:
+        log.warning("clairvoyant %s did not answer: %s", self.clairvoyant, exc)
+        deadline = started + self.cfg.switch_after_s
+        while not self._stop.is_set():
+            if time.monotonic() >= deadline:
+                skip = [self.clairvoyant]
+                for _ in range(len(self.workers)):
+                    nxt = choose(self.workers, "", skip)
+                    try:
+                        self._attach(nxt)
+                        return
+                    except LeoronicError as err:
+                        log.warning("cannot attach to %s: %s", nxt, err)
+                        skip.append(nxt)
+                deadline = time.monotonic() + 1.0
+            try:  # the old clairvoyant may be back before the switch time
+                rpc.call(self.clairvoyant, self.cfg.cookie, "ping", timeout=1.0)
+                return
+            except LeoronicError:
+                self._stop.wait(0.5)  # pacing between reconnection attempts
+
+    def _reconcile(self, assigned: set[tuple[str, int]]) -> None:
+        """Kill runs the cluster no longer assigns to us (deleted, or requeued after a lease)."""
+        with self.lock:
+            stale = [(k, ref) for k, ref in self.state.running.items() if k not in assigned]
+        for key, ref in stale:
+            ref.tell(("cancel", "no longer assigned to this ghost"))
+            with self.lock:
+                self._forget(key)
+
+    def _start(self, spec: TaskSpec, attempt: int) -> None:
+        ref = TaskRunner.start(spec, attempt, self.name, self.paths, self.reaper, self._prepare,
+                               self._report, time.time, self._crashed)
+        with self.lock:
+            self.state.running[(spec.task_id, attempt)] = (ref, spec.needs)
+            self.state.reserved = self.state.reserved + spec.needs
+        ref.tell(("start",))
+
+    def _forget(self, key: tuple[str, int]) -> None:
+        entry = self.state.running.pop(key, None)
+        if entry is not None:
+            self.state.reserved = self.state.reserved - entry[1]
+
+    def _report(self, task_id: str, attempt: int, outcome: Outcome) -> None:
+        with self.lock:
+            self._forget((task_id, attempt))
+            self.state.finished.append((task_id, attempt, outcome))
+
+    def _crashed(self, task_id: str, attempt: int, reason: str) -> None:
+        log.error("task %s attempt %d could not run: %s", task_id, attempt, reason)
+        with self.lock:
+            self._forget((task_id, attempt))
+            self.state.finished.append((task_id, attempt, Outcome(
+                exit_code=127, start=time.time(), end=time.time(),
+                stderr_tail=f"leoronic ghost: could not start the task: {reason}\n".encode())))
+
+    def _prepare(self, spec: TaskSpec, workdir: str) -> str:
+        if not spec.files:
+            return spec.command
+        refs = [FileRef(n, sha, size) for n, sha, size in spec.files]
+        for ref in refs:
+            if not self.store.has(ref.sha256):
+                data = rpc.call(self.clairvoyant, self.cfg.cookie, "file_get", ref.sha256,
+                                timeout=10)
+                if data is None:
+                    raise UsageError(f"file {ref.sha256[:12]}: the clairvoyant does not have it")
+                self.store.put_bytes(data, expected_sha256=ref.sha256)
+        mapping = place_files(self.store, workdir, refs, rename=spec.rename)
+        return rewrite_command(spec.command, mapping) if spec.rename else spec.command
+
+    # ----- served to clients -------------------------------------------------------------------
+
+    def _output(self, task_id: str, attempt: int, stream: str) -> bytes:
+        if stream not in ("out", "err"):
+            raise UsageError(f"stream: {stream!r} is not out or err")
+        with open(self.paths.output(task_id, attempt, stream), "rb") as f:
+            return f.read()
+
+    def _pack_dir(self, what: str, task_id: str = "") -> bytes:
+        return packing.pack_work(self.paths.work, what, task_id, self.name)
+
+
+def _list_files(files_dir: str) -> list[str]:
+    out = []
+    for root, _dirs, names in os.walk(files_dir):
+        for n in names:
+            out.append(os.path.relpath(os.path.join(root, n), files_dir))
+    return out
+
+
+def _advertise(bind: str, peers: Sequence[str]) -> str:
+    from comrade.membership import advertise_address
+
+    return advertise_address(bind, [p for p in peers if p and ":" in p])
