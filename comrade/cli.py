@@ -63,7 +63,8 @@ def _bytes_opt(value: str | None, name: str) -> int | None:
 @click.option("--name", default="", envvar="LEORONIC_NAME",
               help="Node name (LEORONIC_NAME; default HOSTNAME-PORT).")
 @click.option("--peer", "peers", multiple=True, envvar="LEORONIC_PEERS",
-              help="HOST:PORT of a node of the cluster to join; repeatable (LEORONIC_PEERS, space-separated).")
+              help="HOST:PORT of a node of the cluster to join; repeatable "
+              "(LEORONIC_PEERS, space-separated).")
 @click.option("--cores", type=int, default=None, envvar="LEORONIC_CORES",
               help="Cap the cores this node offers (LEORONIC_CORES; default all).")
 @click.option("--memory", default=None, envvar="LEORONIC_MEMORY",
@@ -111,7 +112,8 @@ def start_worker(opts: dict[str, Any]) -> None:
         tags=taskfields.validate_tags(opts["tags"]), cookie=read_cookie(create=True),
         lease_s=opts["lease"], heartbeat_s=min(2.0, opts["lease"] / 3),
         on_isolation=opts["on_isolation"], isolation_s=opts["isolation_after"],
-        remove_after_s=opts["remove_after"], retention_s=opts["retention"], file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"],
+        remove_after_s=opts["remove_after"], retention_s=opts["retention"],
+        file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"],
     )
     from comrade.node import Node
 

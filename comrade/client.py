@@ -15,8 +15,7 @@ from typing import Any
 from comrade import rpc
 from comrade.config import DEFAULT_PORT, default_cookie_path
 from comrade.errors import AuthError, ClusterError, UsageError
-from comrade.files import LocalFile, read_files_field
-from comrade.files import DEFAULT_MAX_FILE_BYTES
+from comrade.files import DEFAULT_MAX_FILE_BYTES, LocalFile, read_files_field
 from comrade.model import TaskSpec
 from comrade.taskfields import Fields
 
@@ -37,7 +36,9 @@ def read_cookie(create: bool = False) -> str:
             secret = f.read().strip()
     except FileNotFoundError:
         if not create:
-            raise ClusterError(f"no cookie at {path}: start a node first, or copy the cluster's cookie there") from None
+            raise ClusterError(
+                f"no cookie at {path}: start a node first, or copy the cluster's cookie there"
+            ) from None
         secret = secrets.token_hex(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -59,7 +59,9 @@ def load_members(path: str) -> list[str]:
     except FileNotFoundError:
         return []
     except (OSError, ValueError, KeyError) as exc:
-        raise ClusterError(f"{path}: unreadable member list ({exc}); delete it to rejoin with --peer") from None
+        raise ClusterError(
+            f"{path}: unreadable member list ({exc}); delete it to rejoin with --peer"
+        ) from None
 
 
 def save_members(path: str, members: Sequence[str]) -> None:

@@ -7,13 +7,13 @@ snapshot contains. No I/O, no clock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 
 #: Bytes of stdout and of stderr kept in the replicated record of a finished attempt.
 TAIL_BYTES = 64 * 1024
 
 
-class State(str, Enum):
+class State(StrEnum):
     """Where a task is in its life."""
 
     QUEUED = "queued"  # waiting for a node (or for its conditions)

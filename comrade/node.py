@@ -24,12 +24,12 @@ from comrade import journal_check, membership, resources, rpc
 from comrade.config import Config
 from comrade.errors import ClusterError, LeoronicError
 from comrade.executor import Paths, Reaper, TaskRunner, kill_orphans
-from comrade.isolation import Isolation
-from comrade.relay import CLAIRVOYANT, Relay
-from comrade.files import FileStore, place_files, rewrite_command
 from comrade.files import FileRef as FileRefT
+from comrade.files import FileStore, place_files, rewrite_command
+from comrade.isolation import Isolation
 from comrade.model import NodeInfo, Outcome, Resources, State, TaskSpec
 from comrade.queue import Reply
+from comrade.relay import CLAIRVOYANT, Relay
 from comrade.replication import Proposer, ReplicatedQueue, make_syncobj
 from comrade.rpc import Server
 from comrade.scheduler import LocalFacts, plan

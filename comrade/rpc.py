@@ -60,7 +60,8 @@ class Server:
     def _accept_loop(self) -> None:
         while not self._stopped:
             try:
-                conn = self._listener._listener.accept()  # raw accept: auth happens per thread
+                # Raw accept (private attribute): authentication then happens per thread.
+                conn = self._listener._listener.accept()  # type: ignore[attr-defined]
                 socket.socket(fileno=conn.fileno()).detach()
             except OSError:
                 if self._stopped:

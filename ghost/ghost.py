@@ -26,8 +26,7 @@ from comrade import packing, resources, rpc
 from comrade.config import split_address
 from comrade.errors import LeoronicError, UsageError
 from comrade.executor import Paths, Reaper, TaskRunner, kill_orphans
-from comrade.files import FileStore, place_files, rewrite_command
-from comrade.files import FileRef
+from comrade.files import FileRef, FileStore, place_files, rewrite_command
 from comrade.model import NodeInfo, Outcome, Resources, TaskSpec
 
 log = logging.getLogger(__name__)

@@ -141,6 +141,29 @@ class Cluster:
         )
         out.close()
 
+    def start_ghost(self, *args: str, target: str = "", peer: NodeProc | None = None,
+                    name: str = "", wait: bool = True) -> NodeProc:
+        """Start `leoronic ghost [TARGET]` (learning the cluster from `peer`, default the first
+        worker) and wait until `leoronic nodes` lists it as up."""
+        name = name or f"g{sum(1 for n in self.nodes if n.name.startswith('g')) + 1}"
+        port = free_port_pair()
+        home = os.path.join(self.root, name)
+        via = peer or self.nodes[0]
+        argv = ["ghost", *([target] if target else []), "--bind", "127.0.0.1", "--port", str(port),
+                "--home", home, "--name", name, "--peer", via.address]
+        node = NodeProc(name=name, port=port, home=home, args=argv + list(args))
+        self.nodes.append(node)
+        self.launch(node)
+        if wait:
+            def up() -> bool:
+                if node.proc is not None and node.proc.poll() is not None:
+                    raise AssertionError(f"ghost {name} exited: {node.log()[-3000:]}")
+                r = self.cli("nodes", node=via, timeout=10, retry_s="1")
+                return any(line.strip().startswith(f"{name}  ") and line.rstrip().endswith(" up")
+                           for line in r.out.splitlines())
+            wait_for(up, 30, f"ghost {name} to attach", interval=0.2)
+        return node
+
     def wait_registered(self, node: NodeProc, timeout: float = 40.0) -> None:
         """Wait until `leoronic nodes` on that node lists it as up."""
         def up() -> bool:

@@ -1,0 +1,295 @@
+"""Fault tolerance with real SIGKILLs (issue #5): workers, leaders and whole clusters dying.
+
+Every test starts its own cluster of real `leoronic` processes on loopback with short timings
+(`--lease 3`: a silent node's tasks are requeued after ~3 s), kills processes with SIGKILL
+through `Cluster.kill` (the worker's process group only: tasks run in their own sessions) and
+restarts them with `Cluster.launch` (same arguments, same home). Everything is observed the way
+an operator would: `leoronic_nodes`, `leoronic_get_queue`, `leoronic_result`, plus the task's
+replicated record (`task` RPC) for its attempt history. Waits poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from comrade.client import Client
+from tests.cluster import Cluster, NodeProc, Result, wait_for
+
+LEASE = 3.0
+FAST = ["--lease", "3", "--remove-after", "30", "--isolation-after", "30"]
+
+# ----- helpers (also used by test_isolation.py) ---------------------------------------------
+
+_ROW = re.compile(r"^(\S+)  (\S+:\d+)  (.+?)  (up|UNREACHABLE since \S+)$")
+
+
+@dataclass
+class NodesView:
+    """`leoronic_nodes` as parsed text: header facts and one (role, status) per node."""
+
+    asked: str
+    leader: str  # raft address, "" for none
+    quorum: bool
+    isolated: bool
+    rows: dict[str, tuple[str, str]]
+    text: str
+
+    def leader_name(self) -> str:
+        names = [n for n, (role, _) in self.rows.items() if role == "leader"]
+        return names[0] if len(names) == 1 else ""
+
+
+def nodes_view(cluster: Cluster, node: NodeProc, retry_s: str = "2") -> NodesView | None:
+    """`leoronic_nodes` asked of `node`; None if it did not answer."""
+    r = cluster.sh("leoronic_nodes", node=node, timeout=30, LEORONIC_RETRY_S=retry_s)
+    if r.rc != 0:
+        return None
+    lines = r.out.splitlines()
+    head = re.match(r"^asked (\S+); leader (\S+); quorum (yes|NO)$", lines[0]) if lines else None
+    assert head, r
+    rows = {}
+    for line in lines[1:]:
+        m = _ROW.match(line)
+        if m:
+            rows[m.group(1)] = (m.group(3), m.group(4))
+    return NodesView(asked=head.group(1), leader="" if head.group(2) == "none" else head.group(2),
+                     quorum=head.group(3) == "yes",
+                     isolated=f"{head.group(1)} is ISOLATED (no quorum)" in r.out,
+                     rows=rows, text=r.out)
+
+
+def add_task(cluster: Cluster, command: str, conditions: str = "", task_id: str = "",
+             node: NodeProc | None = None, **env: str) -> Result:
+    """`leoronic_add_task 1024 1 1024 true CONDITIONS "" COMMAND [ID]`, every field quoted."""
+    fields = ["1024", "1", "1024", "true", conditions, "", command] + ([task_id] if task_id else [])
+    return cluster.sh("leoronic_add_task " + " ".join(shlex.quote(f) for f in fields),
+                      node=node, **env)
+
+
+def submit(cluster: Cluster, command: str, conditions: str = "", task_id: str = "",
+           node: NodeProc | None = None, **env: str) -> str:
+    """Submit a task that must be accepted; return its id."""
+    r = add_task(cluster, command, conditions, task_id, node, **env)
+    assert r.rc == 0, r
+    return r.out.strip()
+
+
+def record(cluster: Cluster, node: NodeProc, task_id: str, retry_s: float = 5) -> Any:
+    """The replicated record of a task (with `.attempts`), read through `node`."""
+    client = Client(node.address, open(cluster.cookie_path).read().strip())
+    try:
+        return client.call("task", task_id, retry_s=retry_s)
+    finally:
+        client.close()
+
+
+def queue_rows(cluster: Cluster, node: NodeProc | None = None) -> list[list[str]]:
+    """The rows of `leoronic_get_queue` (split on whitespace), header dropped."""
+    r = cluster.sh("leoronic_get_queue", node=node)
+    assert r.rc == 0, r
+    lines = r.out.splitlines()
+    assert lines and lines[0].split()[:2] == ["ID", "STATE"], r
+    return [line.split() for line in lines[1:]]
+
+
+def queue_states(cluster: Cluster, node: NodeProc | None = None) -> dict[str, str]:
+    rows = queue_rows(cluster, node)
+    ids = [row[0] for row in rows]
+    assert len(ids) == len(set(ids)), f"an id is listed twice: {ids}"
+    return {row[0]: row[1] for row in rows}
+
+
+def result(cluster: Cluster, task_id: str, node: NodeProc | None = None) -> Result:
+    return cluster.sh(f"leoronic_result {shlex.quote(task_id)}", node=node)
+
+
+def wait_done(cluster: Cluster, ids: list[str], node: NodeProc | None = None,
+              timeout: float = 40) -> None:
+    r = cluster.sh(f"leoronic_wait --timeout {timeout} " + " ".join(map(shlex.quote, ids)),
+                   node=node, timeout=timeout + 30)
+    assert r.rc == 0, r
+
+
+def add_tag(cluster: Cluster, target: NodeProc, tag: str, via: NodeProc | None = None) -> None:
+    r = cluster.sh(f"leoronic_add_tag {shlex.quote(tag)} --node {target.name}", node=via)
+    assert r.rc == 0, r
+
+
+def leader_of(cluster: Cluster, asked: NodeProc, timeout: float = 20) -> NodeProc:
+    """The node `asked` shows as the Raft leader (waits for one)."""
+    def find() -> str:
+        view = nodes_view(cluster, asked)
+        return view.leader_name() if view and view.quorum else ""
+    name = wait_for(find, timeout, "a leader", interval=0.2)
+    return next(n for n in cluster.nodes if n.name == name)
+
+
+def pids_matching(marker: str) -> set[int]:
+    """PIDs whose command line contains `marker` (pgrep -f)."""
+    p = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    return {int(x) for x in p.stdout.split()} - {os.getpid()}
+
+
+def fast_cluster(make_cluster: Any, count: int = 3, *extra: list[str]) -> Cluster:
+    args = [FAST + (list(extra[i]) if i < len(extra) else []) for i in range(count)]
+    cluster: Cluster = make_cluster(count, per_node_args=args)
+    return cluster
+
+
+# ----- 1. a worker dies while running a task ------------------------------------------------
+
+
+def test_worker_death_requeues_its_task_and_a_returning_worker_is_fenced(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster = fast_cluster(make_cluster)
+    leader = leader_of(cluster, cluster.nodes[0])
+    victim, heir = [n for n in cluster.nodes if n is not leader]
+    tag = "pin" + uuid.uuid4().hex[:6]
+
+    # Only the victim (a follower) may run it at first.
+    add_tag(cluster, victim, tag, via=leader)
+    tid = submit(cluster, "sleep 6; echo ok on $LEORONIC_NODE_NAME", f"worker:tag {tag}", "long",
+                 node=leader)
+    wait_for(lambda: (t := record(cluster, leader, tid)).state.value == "running"
+             and t.node == victim.name and t.attempt == 1, 20, "the task to run on the victim",
+             interval=0.1)
+    add_tag(cluster, heir, tag, via=leader)  # now it may also run elsewhere
+
+    killed_at = time.monotonic()
+    cluster.kill(victim)
+
+    # Within about the lease it is back in the queue and running elsewhere as attempt 2.
+    def rerun() -> Any:
+        t = record(cluster, leader, tid)
+        return t if t.attempt == 2 and t.node == heir.name else None
+    t = wait_for(rerun, LEASE + 8, "the task to be requeued and run again", interval=0.1)
+    requeued_after = time.monotonic() - killed_at
+    assert requeued_after < LEASE + 5, f"requeued only after {requeued_after:.1f} s"
+    first = t.attempts[0]
+    assert (first.number, first.node, first.why) == (1, victim.name, "node lost"), t.attempts
+    assert first.end is not None and first.exit_code is None, first
+
+    wait_done(cluster, [tid], node=leader)
+    t = record(cluster, leader, tid)
+    assert t.state.value == "done" and len(t.attempts) == 2, t.attempts
+    second = t.attempts[1]
+    assert (second.number, second.node, second.why, second.exit_code) == \
+        (2, heir.name, "exit", 0), t.attempts
+    r = result(cluster, tid, node=leader)
+    assert (r.rc, r.out) == (0, f"ok on {heir.name}\n"), r
+
+    # The dead worker comes back with the same home: it rejoins and shows as up everywhere.
+    cluster.launch(victim)
+    cluster.wait_registered(victim)
+
+    def up_everywhere() -> bool:
+        for n in cluster.nodes:
+            view = nodes_view(cluster, n)
+            if view is None or view.rows.get(victim.name, ("", ""))[1] != "up":
+                return False
+        return True
+    wait_for(up_everywhere, 20, f"{victim.name} to show as up on every node", interval=0.2)
+
+    # Fencing: its first life's attempt changes nothing; the result stays the heir's.
+    sentinel = submit(cluster, "true", f"worker:tag {tag}", node=victim)  # a full round of work
+    wait_done(cluster, [sentinel], node=victim)
+    for n in cluster.nodes:
+        again = record(cluster, n, tid)
+        assert again.state == t.state and again.attempts == t.attempts, again.attempts
+        assert again.outcome == t.outcome
+    r = result(cluster, tid, node=victim)
+    assert (r.rc, r.out) == (0, f"ok on {heir.name}\n"), r
+
+
+# ----- 2. a worker's orphaned tasks are killed when it restarts ------------------------------
+
+
+def test_restarted_worker_kills_the_orphans_of_its_previous_life(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cluster = fast_cluster(make_cluster)
+    leader = leader_of(cluster, cluster.nodes[0])
+    victim = next(n for n in cluster.nodes if n is not leader)
+    marker = f"marker-{uuid.uuid4().hex}"
+    tag = "orph" + uuid.uuid4().hex[:6]
+    add_tag(cluster, victim, tag, via=leader)
+    # Only its first attempt hangs; bash stays (two commands) so its command line has the marker.
+    tid = submit(cluster, f'if [ "$LEORONIC_ATTEMPT" = 1 ]; then sleep 300; fi; echo {marker}',
+                 f"worker:tag {tag}", node=leader)
+    orphans = wait_for(lambda: pids_matching(marker), 20, "the task's process to start")
+    assert record(cluster, leader, tid).node == victim.name
+
+    cluster.kill(victim)  # the worker's process group only: the task has its own session
+    assert victim.proc is not None and victim.proc.poll() is not None
+    assert pids_matching(marker) == orphans, "SIGKILL of the worker killed its task too"
+    for pid in orphans:
+        assert os.path.exists(f"/proc/{pid}"), pid
+
+    cluster.launch(victim)
+    wait_for(lambda: not (pids_matching(marker) & orphans), 30,
+             "the restarted worker to kill its orphan", interval=0.1)
+    cluster.wait_registered(victim)
+    assert "orphaned task process groups of a previous life" in victim.log(), victim.log()[-2000:]
+
+    # The task itself is not lost: it runs again (attempt 2, which does not hang) and finishes.
+    wait_done(cluster, [tid], node=leader)
+    t = record(cluster, leader, tid)
+    assert t.state.value == "done", t
+    assert [a.number for a in t.attempts] == [1, 2], t.attempts
+    assert t.attempts[0].why in ("node lost", "released: node restarted"), t.attempts
+    assert t.attempts[1].why == "exit" and t.attempts[1].exit_code == 0, t.attempts
+    r = result(cluster, tid, node=leader)
+    assert (r.rc, r.out) == (0, f"{marker}\n"), r
+    assert not pids_matching(marker)
+
+
+# ----- 3. the leader dies -------------------------------------------------------------------
+
+
+def test_leader_death_elects_a_new_leader_and_no_task_is_lost_or_doubled(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster = fast_cluster(make_cluster)
+    old = leader_of(cluster, cluster.nodes[0])
+    survivors = [n for n in cluster.nodes if n is not old]
+    via = survivors[0]
+
+    before = [submit(cluster, "sleep 1; echo $LEORONIC_TASK_ID", task_id=f"pre{i}", node=via)
+              for i in range(4)]
+
+    cluster.kill(old)
+    killed_at = time.monotonic()
+
+    def new_leader() -> str:
+        view = nodes_view(cluster, via, retry_s="1")
+        if view is None or not view.quorum:
+            return ""
+        name = view.leader_name()
+        return name if name and name != old.name else ""
+    name = wait_for(new_leader, 6, "a new leader", interval=0.05)
+    elected_after = time.monotonic() - killed_at
+    assert name in {n.name for n in survivors}
+    assert elected_after < 3.5, f"new leader only after {elected_after:.1f} s"
+
+    # Submitting through either survivor works; every id completes exactly once.
+    after = [submit(cluster, "echo $LEORONIC_TASK_ID", task_id=f"post{i}",
+                    node=survivors[i % 2]) for i in range(6)]
+    ids = before + after
+    wait_done(cluster, ids, node=via, timeout=40)
+    for n in survivors:
+        states = queue_states(cluster, n)
+        assert {i: states.get(i) for i in ids} == {i: "done" for i in ids}, states
+    for tid in ids:
+        t = record(cluster, via, tid)
+        finals = [a for a in t.attempts if a.why == "exit"]
+        assert len(finals) == 1 and finals[0].exit_code == 0, (tid, t.attempts)
+        assert all(a.why == "node lost" and a.node == old.name for a in t.attempts
+                   if a is not finals[0]), (tid, t.attempts)
+        r = result(cluster, tid, node=via)
+        assert (r.rc, r.out) == (0, f"{tid}\n"), r
