@@ -207,20 +207,21 @@ def add_tasks_from_file(path: str, retries: int | None, no_rename: bool) -> None
         text = sys.stdin.read() if path == "-" else open(path).read()
     except OSError as exc:
         raise UsageError(f"FILE: cannot read {path}: {exc.strerror}") from None
-    rows = [taskfields.parse_fields(f, where=f"line {n}: ")
-            for n, f in taskfields.parse_task_file(text)]
+    lines = taskfields.parse_task_file(text)
+    rows = [taskfields.parse_fields(f, where=f"line {n}: ") for n, f in lines]
     if not rows:
         raise UsageError(f"FILE: {path} holds no tasks")
-    _submit(rows, retries, no_rename)
+    _submit(rows, retries, no_rename, [f"line {n}: " for n, _ in lines])
 
 
-def _submit(rows: list[taskfields.Fields], retries: int | None, no_rename: bool) -> None:
+def _submit(rows: list[taskfields.Fields], retries: int | None, no_rename: bool,
+            labels: Sequence[str] = ()) -> None:
     if retries is not None and retries < 0:
         raise UsageError(f"--retries: must be 0 or more, got {retries}")
     client = Client()
     specs, uploads = client.build_specs(rows, retries=retries or 0, rename=not no_rename)
     client.upload(uploads)
-    for task_id in client.submit(specs):
+    for task_id in client.submit(specs, labels):
         click.echo(task_id)
 
 
@@ -262,6 +263,9 @@ def result(task_id: str) -> None:
         where = f" on {task.node} (attempt {task.attempt})" if state == "running" else ""
         why = f": {task.reason}" if task.reason else ""
         _fail(f"task {task_id} is still {state}{where}{why}", EXIT_NOT_FINISHED)
+    if state == "deleted":
+        ran = f" after {len(task.attempts)} attempt(s)" if task.attempts else " before it ran"
+        _fail(f"task {task_id} was deleted{ran}; its output is forgotten", 1)
     if task.outcome is None:
         _fail(f"task {task_id} {state} without running: {task.reason}", 1)
     out, warn_out = client.full_output(task, "out")
@@ -300,7 +304,8 @@ def wait(task_ids: Sequence[str], timeout: float | None) -> None:
             if deadline is not None and time.monotonic() > deadline:
                 _fail(f"{total - done} of {total} tasks not finished after {timeout} s",
                       EXIT_NOT_FINISHED)
-            states = client.call("wait_tasks", list(states), 5.0)
+            left = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
+            states = client.call("wait_tasks", list(states), left)
     bad = [t for t, (s, _) in states.items() if s != "done"]
     if bad:
         raise TaskFailed(f"{len(bad)} of {total} tasks did not succeed: {', '.join(sorted(bad)[:10])}")

@@ -14,7 +14,7 @@ from typing import Any
 
 from comrade import rpc
 from comrade.config import DEFAULT_PORT, default_cookie_path
-from comrade.errors import AuthError, ClusterError, UsageError
+from comrade.errors import AuthError, ClusterError, LeoronicError, UsageError
 from comrade.files import DEFAULT_MAX_FILE_BYTES, LocalFile, read_files_field
 from comrade.model import TaskSpec
 from comrade.taskfields import Fields
@@ -103,7 +103,8 @@ class Client:
         assert self._conn is not None
         try:
             nodes = self._conn.call("nodes")["nodes"]
-        except ClusterError:
+        except LeoronicError:  # a ghost does not answer `nodes`: nothing to fail over to
+            self._others = ["-"]
             return
         self._others = [n["rpc"] for n in nodes if n["kind"] == "worker" and n["alive"]]
 
@@ -148,8 +149,12 @@ class Client:
                 self.call("file_put", f.ref.sha256, data)
                 missing.discard(f.ref.sha256)
 
-    def submit(self, specs: Sequence[TaskSpec], batch: int = 1000) -> list[str]:
-        """Submit specs in batches; raise UsageError on the first refused one."""
+    def submit(self, specs: Sequence[TaskSpec], labels: Sequence[str] = (), batch: int = 1000) -> list[str]:
+        """Check every spec first (nothing is queued if one would be refused; the error is
+        prefixed with its label, e.g. "line 3: "), then submit in batches."""
+        for index, problem in self.call("check", list(specs))[:1]:
+            label = labels[index] if index < len(labels) else ""
+            raise UsageError(f"{label}{problem}")
         ids = []
         for start in range(0, len(specs), batch):
             chunk = list(specs[start : start + batch])

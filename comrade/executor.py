@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 import pykka
 
+from comrade.errors import LeoronicError
 from comrade.model import TAIL_BYTES, Outcome, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -156,10 +157,14 @@ class TaskRunner(pykka.ThreadingActor):
         return None
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        """A crash (e.g. a file could not be placed): kill what runs, let the supervisor decide."""
+        """Starting failed: kill what runs and report. A task that cannot start (a necessary file
+        no node can supply, a bad file) is reported as "cannot start: ..."; anything else is an
+        executor crash for the supervisor to count."""
         if self.proc is not None and self.proc.returncode is None:
             kill_group(self.proc.pid)
-        self.on_crash(self.spec.task_id, self.attempt, f"{exception_type.__name__}: {exception_value}")
+        expected = issubclass(exception_type, (LeoronicError, ValueError, OSError))
+        reason = f"{exception_value}" if expected else f"{exception_type.__name__}: {exception_value}"
+        self.on_crash(self.spec.task_id, self.attempt, ("cannot start: " if expected else "") + reason)
 
     def _start(self) -> None:
         spec, attempt = self.spec, self.attempt

@@ -39,6 +39,8 @@ from comrade.supervisor import RestartPolicy, Supervisor
 log = logging.getLogger(__name__)
 
 _LEADER = 2  # pysyncobj _RAFT_STATE.LEADER
+#: Seconds a node leaves alone a task it could not start (others may have the file).
+AVOID_S = 10.0
 
 
 class Node:
@@ -72,9 +74,12 @@ class Node:
         self._claims_in_flight: dict[str, tuple[int, Resources, float]] = {}
         self._pending_finish: dict[tuple[str, int], tuple[Outcome, float]] = {}
         self._first_seen: dict[str, float] = {}
+        self._avoid: dict[str, float] = {}
+        self._rewake = threading.Event()  # task id -> until when this node does not claim it
         self._hb_seen: dict[str, float] = {}
         self._leader_since: float | None = None
         self.applied_cv = threading.Condition()  # notified after every applied entry
+        self.applied_gen = 0  # entries applied so far (under applied_cv)
         self._stop = threading.Event()
         self.syncobj: Any = None
         self.proposer: Proposer | None = None
@@ -116,9 +121,11 @@ class Node:
         self.server.start()
         if joining:
             membership.ask_to_be_added(self.cfg.peers, self.raft_addr, self.cfg.cookie)
+        # The ticker runs before registering: a node that left the membership (SIGTERM) or was
+        # removed while away asks to be re-added from there.
+        threading.Thread(target=self._ticker, name="ticker", daemon=True).start()
         self._register()
         membership.save_members(members_file, self._members())
-        threading.Thread(target=self._ticker, name="ticker", daemon=True).start()
         log.info("node %s is up", self.name)
 
     def stop(self, leave: bool = True) -> None:
@@ -189,6 +196,7 @@ class Node:
             elif op[0] == "join":
                 self._hb_seen[op[1].name] = now
         with self.applied_cv:
+            self.applied_gen += 1
             self.applied_cv.notify_all()
         if self.actor is not None:
             self.actor.tell("wake")
@@ -247,17 +255,34 @@ class Node:
             reserved = queue.reserved(self.name)
             for _, needs, _ in self._claims_in_flight.values():
                 reserved = reserved + needs
-            free = resources.free(self.probe, self.offer, reserved)
+            # Tasks that ended here but whose finish is not applied yet free their slot now, so
+            # the next claim can ride in the same Raft entry as the finish.
+            freeing = Resources()
+            for tid, att in list(self._pending_finish):
+                task = queue.get(tid)
+                if task is not None and task.state is State.RUNNING and task.attempt == att:
+                    freeing = freeing + task.spec.needs
+            free = resources.free(self.probe, self.offer, reserved - freeing)
+            if free.cores <= 0:
+                return
             local = LocalFacts(tags=self.local_tags, has_file=self._has_file)
+            self._avoid = {t: until for t, until in self._avoid.items() if until > now}
             claims, deferred = plan(queue, self.name, free, local, self._waited,
-                                    claiming=self._claims_in_flight.keys())
+                                    claiming=self._claims_in_flight, avoid=self._avoid,
+                                    freeing=freeing)
             for c in claims:
                 self._claims_in_flight[c.task_id] = (c.attempt, queue.tasks[c.task_id].spec.needs, now)
                 self._claimed_here.add((c.task_id, c.attempt))
         if claims:
             self.proposer.propose([("claim", c.task_id, self.name, c.attempt) for c in claims])
-        if deferred and self.actor is not None:
-            threading.Timer(0.05, self.actor.tell, args=("wake",)).start()
+        if deferred and self.actor is not None and not self._rewake.is_set():
+            self._rewake.set()  # one timer at a time: look again when deferred tasks fall due
+            threading.Timer(0.1, self._wake_again).start()
+
+    def _wake_again(self) -> None:
+        self._rewake.clear()
+        if self.actor is not None:
+            self.actor.tell("wake")
 
     def _waited(self, task_id: str) -> float:
         now = time.monotonic()
@@ -275,7 +300,8 @@ class Node:
             return spec.command
         refs = [FileRefT(name, sha, size) for name, sha, size in spec.files]
         for ref in refs:
-            if not self.store.has(ref.sha256):
+            # verify() re-hashes the local copy and drops it if corrupted; then fetch a good one.
+            if not (self.store.has(ref.sha256) and self.store.verify(ref.sha256)):
                 self.service.fetch_file(ref.sha256)
         mapping = place_files(self.store, workdir, refs, rename=spec.rename)
         return rewrite_command(spec.command, mapping) if spec.rename else spec.command
@@ -288,7 +314,11 @@ class Node:
 
     def _runner_crashed(self, task_id: str, attempt: int, reason: str) -> None:
         self._runners.pop((task_id, attempt), None)
-        self.supervisor.child_failed(f"task {task_id} attempt {attempt}", reason)
+        if reason.startswith("cannot start: "):
+            log.warning("task %s attempt %d %s", task_id, attempt, reason)
+            self._avoid[task_id] = time.monotonic() + AVOID_S  # let other nodes try first
+        else:
+            self.supervisor.child_failed(f"task {task_id} attempt {attempt}", reason)
         assert self.proposer is not None
         self.proposer.propose([("release", task_id, self.name, attempt, reason[:200])])
 

@@ -40,6 +40,10 @@ class Reply(NamedTuple):
 
 OK = Reply(True)
 
+#: A task that could not be started this many times (e.g. no node can supply a necessary file
+#: with the right hash) fails with the reason instead of bouncing forever.
+MAX_FAILED_STARTS = 5
+
 _OUTCOME = {
     State.QUEUED: cond.Outcome.PENDING,
     State.RUNNING: cond.Outcome.PENDING,
@@ -83,13 +87,14 @@ class Queue:
 
     def _derive(self) -> None:
         """Rebuild the indexes that follow from `tasks` and `nodes`."""
-        self._queued: dict[int, str] = {}  # seq -> id, kept in seq order
+        self._queued: dict[int, str] = {}  # seq -> id, in seq order unless _queued_unsorted
+        self._queued_unsorted = False
         self._pending: dict[int, str] = {}  # queued or running, seq -> id, seq order
         self._running: dict[str, set[str]] = {name: set() for name in self.nodes}
         self._conditional: set[str] = set()  # queued tasks with queue-scope conditions
         self._parsed: dict[str, tuple[cond.Condition, ...]] = {}
         self._settle = True  # a final state was reached: re-check dependents
-        for task in self.tasks.values():
+        for task in sorted(self.tasks.values(), key=lambda t: t.seq):
             if task.state is State.QUEUED:
                 self._queued[task.seq] = task.spec.task_id
             if not task.state.final:
@@ -127,25 +132,51 @@ class Queue:
 
     # ----- tasks ----------------------------------------------------------------------------
 
-    def submit(self, spec: TaskSpec, *, now: float) -> Reply:
-        """Queue a task. The same spec twice is accepted once (idempotent retry)."""
+    def check_submit(self, specs: list[TaskSpec]) -> list[tuple[int, str]]:
+        """Dry run of submitting `specs` in order: (index, problem) for each that would be refused.
+
+        Read-only. Lets a client refuse a whole file before queuing any of it.
+        """
+        problems = []
+        earlier: dict[str, TaskSpec] = {}
+        for i, spec in enumerate(specs):
+            problem = self._submit_problem(spec, earlier)
+            if problem is None:
+                earlier[spec.task_id] = spec
+            elif problem:
+                problems.append((i, problem))
+        return problems
+
+    def _submit_problem(self, spec: Any, earlier: dict[str, TaskSpec]) -> str | None:
+        """'' if `spec` can be queued, None if it is an idempotent duplicate, else the problem."""
         problem = spec_problem(spec)
         if problem:
-            return Reply(False, problem)
+            return problem
         old = self.tasks.get(spec.task_id)
-        if old is not None:
-            if old.state is State.DELETED:
-                return Reply(False, f"task id {spec.task_id!r} belonged to a deleted task")
-            if old.spec == spec:
-                return Reply(True, "duplicate")
-            return Reply(False, f"task id {spec.task_id!r} is already used by a different task")
+        old_spec = old.spec if old is not None else earlier.get(spec.task_id)
+        if old is not None and old.state is State.DELETED:
+            return f"task id {spec.task_id!r} belonged to a deleted task"
+        if old_spec is not None:
+            if old_spec == spec:
+                return None
+            return f"task id {spec.task_id!r} is already used by a different task"
         try:
             parsed = cond.parse(spec.conditions)
         except cond.ConditionError as exc:
-            return Reply(False, str(exc))
+            return str(exc)
         for dep in cond.dependency_ids(parsed):
-            if dep not in self.tasks:
-                return Reply(False, f"conditions: unknown task {dep!r}")
+            if dep not in self.tasks and dep not in earlier:
+                return f"conditions: unknown task {dep!r}"
+        return ""
+
+    def submit(self, spec: TaskSpec, *, now: float) -> Reply:
+        """Queue a task. The same spec twice is accepted once (idempotent retry)."""
+        problem = self._submit_problem(spec, {})
+        if problem is None:
+            return Reply(True, "duplicate")
+        if problem:
+            return Reply(False, problem)
+        parsed = self.conditions_of_spec(spec)
         task = Task(spec=spec, seq=self.next_seq, submitted=now, retries_left=spec.retries)
         self.next_seq += 1
         self.tasks[spec.task_id] = task
@@ -219,6 +250,11 @@ class Queue:
         if task.state is not State.RUNNING or task.node != node or task.attempt != attempt:
             return Reply(False, "fenced: not the current attempt")
         self._end_attempt(task, why=f"released: {reason}", now=now)
+        failed_starts = sum(1 for a in task.attempts if a.why.startswith("released: cannot start"))
+        if failed_starts >= MAX_FAILED_STARTS:
+            task.reason = f"could not start after {failed_starts} tries: {reason}"
+            self._finalize(task, State.FAILED)
+            return Reply(True, "failed: could not start")
         self._requeue(task)
         return OK
 
@@ -337,8 +373,11 @@ class Queue:
 
     def queued(self) -> Iterator[Task]:
         """Queued tasks in submit order."""
-        for seq in sorted(self._queued):
-            yield self.tasks[self._queued[seq]]
+        if self._queued_unsorted:
+            self._queued = dict(sorted(self._queued.items()))
+            self._queued_unsorted = False
+        for task_id in list(self._queued.values()):
+            yield self.tasks[task_id]
 
     def running_on(self, node: str) -> list[Task]:
         """Tasks running on a node."""
@@ -361,6 +400,13 @@ class Queue:
                 parsed = ()
             self._parsed[task.spec.task_id] = parsed
         return parsed
+
+    def conditions_of_spec(self, spec: TaskSpec) -> tuple[cond.Condition, ...]:
+        """Parse a spec's conditions ('' or unparsable: none)."""
+        try:
+            return cond.parse(spec.conditions)
+        except cond.ConditionError:
+            return ()
 
     def pending_count(self) -> int:
         """Tasks queued or running."""
@@ -399,6 +445,8 @@ class Queue:
 
     def _requeue(self, task: Task) -> None:
         task.state = State.QUEUED
+        if self._queued and task.seq < next(reversed(self._queued)):
+            self._queued_unsorted = True  # re-sorted lazily by queued()
         self._queued[task.seq] = task.spec.task_id
         if self._has_queue_conditions(task):
             self._conditional.add(task.spec.task_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,10 +31,16 @@ class Probe(Protocol):
 
 
 class PsutilProbe:
-    """The real machine, with the disk measured where `path` lives."""
+    """The real machine, with the disk measured where `path` lives.
 
-    def __init__(self, path: str) -> None:
+    `available()` is cached for `cache_s` seconds: a scheduling pass runs on every Raft entry,
+    and reading /proc/meminfo and statvfs each time would cost more than the pass itself.
+    """
+
+    def __init__(self, path: str, cache_s: float = 0.2) -> None:
         self._path = path
+        self._cache_s = cache_s
+        self._cached: tuple[float, Resources] | None = None
 
     def total(self) -> Resources:
         disk = shutil.disk_usage(self._path)
@@ -44,11 +51,16 @@ class PsutilProbe:
         )
 
     def available(self) -> Resources:
-        return Resources(
+        now = time.monotonic()
+        if self._cached is not None and now - self._cached[0] < self._cache_s:
+            return self._cached[1]
+        value = Resources(
             memory=psutil.virtual_memory().available,
             cores=psutil.cpu_count() or 1,
             storage=shutil.disk_usage(self._path).free,
         )
+        self._cached = (now, value)
+        return value
 
 
 @dataclass

@@ -1,12 +1,14 @@
 """Which queued tasks this node should claim now. Pure: the caller passes every fact.
 
-Every node runs `plan` on its own copy of the replicated queue. To spread work and avoid two
-nodes racing for the same task, each node ranks the live nodes that could take a task (free
-capacity by the replicated reservations, tags) by load (reserved cores / offered cores), ties
-broken by a hash of (task, node). The best-ranked node claims at once; the others claim only
-after the task has waited `defer_s` per rank place, which covers a best node that cannot take
-it after all (local facts such as files or real free memory). The state machine still accepts
-only the first claim, so a race costs one rejected claim, never a double run.
+Every node runs `plan` on its own copy of the replicated queue and *deals* the queued tasks,
+in submit order, to the live nodes as if it were a central scheduler: each task goes to the
+candidate (free capacity by the replicated reservations, tags) that has not failed it, is least
+loaded (reserved / offered cores, counting tasks dealt so far) and wins a hash tie-break of
+(task, node). All nodes see the same replicated state, so they deal alike and each claims only
+its own share: no races and work spreads. A node claims a task dealt to another only after it
+has waited `defer_s` (covering local facts others cannot see: files, real free memory). The
+state machine still accepts only the first claim, so a race costs one rejected claim, never a
+double run.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 import conditions as cond
 from comrade.model import NodeState, Resources, Task
 from comrade.queue import Queue
+
+NOTHING = Resources()
 
 
 @dataclass(frozen=True)
@@ -48,52 +52,108 @@ def plan(
     local: LocalFacts,
     waited: Callable[[str], float],
     claiming: Iterable[str] = (),
-    defer_s: float = 0.05,
+    defer_s: float = 0.3,
     limit: int = 256,
+    freeing: Resources = NOTHING,
+    avoid: Iterable[str] = (),
 ) -> tuple[list[Claim], bool]:
-    """Claims this node should propose now, and whether some task was deferred to a better node.
+    """Claims this node should propose now, and whether some task was left to another node.
 
-    free: this node's free resources (already net of running tasks and claims in flight).
+    free: this node's free resources (net of running tasks and claims in flight).
     waited(task_id): seconds since this node first saw the task queued.
-    claiming: ids whose claim is in flight (skipped).
+    claiming: ids whose claim by this node is in flight (dealt to us, not claimed again).
+    freeing: resources of our tasks that ended but whose finish is not applied yet.
+    avoid: ids this node must not claim now (it could not start them); others may.
     """
     skip = set(claiming)
+    shunned = set(avoid)
     claims: list[Claim] = []
     deferred = False
     running_here = queue.running_on(me)
+    my_state = queue.nodes.get(me)
+    if my_state is None or not my_state.alive or free.cores <= 0:
+        return claims, deferred
     if any(not t.spec.concurrent for t in running_here):
         return claims, deferred
-    my_state = queue.nodes.get(me)
-    if my_state is None or not my_state.alive:
-        return claims, deferred
-    others = _capacity(queue, me)
-    my_offer = my_state.info.offered
-    my_reserved = queue.reserved(me)
-    busy = bool(running_here) or bool(skip)
+    worker = _Worker(my_state, local)
+    caps = {name: ns.info.offered - queue.reserved(name)
+            for name, ns in queue.nodes.items() if ns.alive}
+    caps[me] = caps[me] + freeing
+    dealt_to: dict[str, int] = {}  # tasks dealt this pass, per node (non-concurrent check)
+    busy = {name: bool(queue.running_on(name)) for name in caps}
+    busy[me] = bool(running_here) or bool(skip)
     for task in queue.queued():
         if free.cores <= 0 or len(claims) >= limit:
             break
-        task_id = task.spec.task_id
-        if task_id in skip:
-            continue
-        needs = task.spec.needs
-        if not fits(needs, free):
-            continue
-        if not task.spec.concurrent and (busy or claims):
-            continue
+        if all(c.cores <= 0 for c in caps.values()):
+            break
+        task_id, needs = task.spec.task_id, task.spec.needs
         conds = queue.conditions_of(task)
-        verdict = cond.evaluate(conds, task.seq, queue, _Worker(my_state, local))
-        if verdict.status is not cond.Status.READY:
+        if task_id in skip:
+            caps[me] = caps[me] - needs
             continue
-        rank = _rank(task, me, my_offer, my_reserved, others, conds)
-        if rank > 0 and waited(task_id) < defer_s * rank:
-            deferred = True
+        if cond.evaluate_queue(conds, task.seq, queue).status is not cond.Status.READY:
+            continue
+        tags = [c.argument for c in conds if c.scope == "worker" and c.predicate == "tag"]
+        best = _deal(task, needs, tags, caps, busy, dealt_to, queue, me, worker, conds)
+        if best is None:
+            continue
+        caps[best] = caps[best] - needs
+        dealt_to[best] = dealt_to.get(best, 0) + 1
+        mine_ok = (task_id not in shunned and fits(needs, free)
+                   and _runs_here(task, conds, worker, busy[me], claims))
+        if best != me:
+            if not mine_ok:
+                continue
+            if waited(task_id) < defer_s:
+                deferred = True  # dealt elsewhere; take it only if it is still queued later
+                continue
+        elif not mine_ok:
             continue
         claims.append(Claim(task_id, task.attempt + 1))
-        free = free - needs  # ranks use replicated loads only, so peers agree on them
+        free = free - needs
         if not task.spec.concurrent:
             break
     return claims, deferred
+
+
+def _runs_here(task: Task, conds: tuple[cond.Condition, ...], worker: _Worker, busy: bool,
+               claims: list[Claim]) -> bool:
+    if not task.spec.concurrent and (busy or claims):
+        return False
+    return cond.evaluate_worker(conds, worker).status is cond.Status.READY
+
+
+def _deal(
+    task: Task,
+    needs: Resources,
+    tags: list[str | None],
+    caps: dict[str, Resources],
+    busy: dict[str, bool],
+    dealt_to: dict[str, int],
+    queue: Queue,
+    me: str,
+    worker: _Worker,
+    conds: tuple[cond.Condition, ...],
+) -> str | None:
+    """The node this task is dealt to: the best-ranked candidate, or None if none fits."""
+    best: tuple[object, ...] | None = None
+    best_name = None
+    for name, cap in caps.items():
+        if not fits(needs, cap):
+            continue
+        ns = queue.nodes[name]
+        node_tags = worker.tags if name == me else ns.tags
+        if any(t not in node_tags for t in tags):
+            continue
+        if not task.spec.concurrent and (busy[name] or dealt_to.get(name)):
+            continue
+        offered = ns.info.offered
+        load = (offered.cores - cap.cores) / offered.cores if offered.cores > 0 else 1.0
+        key = (name in task.failed_on, load, _tiebreak(task.spec.task_id, name))
+        if best is None or key < best:
+            best, best_name = key, name
+    return best_name
 
 
 class _Worker:
@@ -107,44 +167,5 @@ class _Worker:
         return self._has_file(name)
 
 
-def _capacity(queue: Queue, me: str) -> list[tuple[str, NodeState, Resources]]:
-    """Other live nodes with their replicated free capacity (offer - reservations)."""
-    out = []
-    for name, ns in queue.nodes.items():
-        if name == me or not ns.alive:
-            continue
-        out.append((name, ns, ns.info.offered - queue.reserved(name)))
-    return out
-
-
-def _load(offer: Resources, reserved: Resources) -> float:
-    return reserved.cores / offer.cores if offer.cores > 0 else 1.0
-
-
 def _tiebreak(task_id: str, node: str) -> int:
     return zlib.crc32(f"{task_id}|{node}".encode())
-
-
-def _rank(
-    task: Task,
-    me: str,
-    my_offer: Resources,
-    my_reserved: Resources,
-    others: list[tuple[str, NodeState, Resources]],
-    conds: tuple[cond.Condition, ...],
-) -> int:
-    """How many other nodes should get this task before us (0 = we are the best)."""
-    needs = task.spec.needs
-    tags = [c.argument for c in conds if c.scope == "worker" and c.predicate == "tag"]
-    task_id = task.spec.task_id
-    failed_here = me in task.failed_on
-    mine = (failed_here, _load(my_offer, my_reserved), _tiebreak(task_id, me))
-    rank = 0
-    for name, ns, cap in others:
-        if not fits(needs, cap) or any(t not in ns.tags for t in tags):
-            continue
-        reserved = ns.info.offered - cap
-        theirs = (name in task.failed_on, _load(ns.info.offered, reserved), _tiebreak(task_id, name))
-        if theirs < mine:
-            rank += 1
-    return rank

@@ -40,6 +40,7 @@ class Service:
             "add_member": self.add_member,
             "remove_member": self.remove_member,
             "submit": self.submit,
+            "check": self.check,
             "queue": self.queue,
             "tasks": self.tasks,
             "wait_tasks": self.wait_tasks,
@@ -123,11 +124,23 @@ class Service:
 
     # ----- tasks ------------------------------------------------------------------------------
 
+    def check(self, specs: Sequence[TaskSpec]) -> list[tuple[int, str]]:
+        """Dry run of a submit: (index, problem) for every spec that would be refused."""
+        biggest = self._read(_largest)
+        problems = self._read(lambda q: q.check_submit(list(specs)))
+        for i, spec in enumerate(specs):
+            why = _impossible(spec, biggest)
+            if why:
+                problems.append((i, why))
+        return sorted(problems)
+
     def submit(self, specs: Sequence[TaskSpec]) -> list[tuple[str, bool, str]]:
         """Queue tasks; returns (id, accepted, detail) for each. Impossible tasks are refused."""
         biggest = self._read(_largest)
         for spec in specs:
-            _check_possible(spec, biggest)
+            why = _impossible(spec, biggest)
+            if why:
+                raise UsageError(why)
         replies = self._propose([("submit", s) for s in specs])
         return [(s.task_id, r.ok, r.detail) for s, r in zip(specs, replies, strict=False)]
 
@@ -156,14 +169,24 @@ class Service:
     def wait_tasks(self, ids: Sequence[str], timeout: float) -> dict[str, tuple[str, int | None]]:
         """Like `tasks`, but waits up to `timeout` s (at most 30) for all of them to finish."""
         deadline = time.monotonic() + min(max(timeout, 0.0), 30.0)
+        states = self.tasks(ids)
+        remaining = [t for t, (s, _) in states.items() if s not in _FINAL]
+        while remaining:
+            with self.node.applied_cv:
+                gen = self.node.applied_gen
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._wait_entry(gen, left)
+            states.update(self.tasks(remaining))  # only the unfinished ones, outside the cv
+            remaining = [t for t in remaining if states[t][0] not in _FINAL]
+        return states
+
+    def _wait_entry(self, gen: int, timeout: float) -> None:
+        """Sleep until an entry after number `gen` is applied, or `timeout` seconds pass."""
         cv = self.node.applied_cv
-        while True:
-            with cv:
-                states = self.tasks(ids)
-                left = deadline - time.monotonic()
-                if left <= 0 or tasks_final(states):
-                    return states
-                cv.wait(left)
+        with cv:
+            cv.wait_for(lambda: self.node.applied_gen != gen, timeout)
 
     def task(self, task_id: str) -> Task:
         """The whole record of one task."""
@@ -306,23 +329,20 @@ def _largest(q: Any) -> dict[str, Any]:
     return best
 
 
-def _check_possible(spec: TaskSpec, biggest: dict[str, Any]) -> None:
-    """Refuse a task that asks for more than any live node could ever offer."""
+def _impossible(spec: TaskSpec, biggest: dict[str, Any]) -> str:
+    """Why a task asks for more than any live node could ever offer ('' if it does not)."""
     if not biggest["cores"][1]:
-        return  # no node known yet: nothing to compare with
+        return ""  # no node known yet: nothing to compare with
     labels = {"memory": "MEM", "cores": "CORES", "storage": "STORAGE"}
     needs = spec.needs
     for field, label in labels.items():
         value, name = biggest[field]
         if getattr(needs, field) > value:
             unit = "" if field == "cores" else " bytes"
-            raise UsageError(
-                f"{label}: task {spec.task_id} asks for {getattr(needs, field)}{unit}, more than "
-                f"any node offers (largest: {name} with {value}{unit})"
-            )
+            return (f"{label}: task {spec.task_id} asks for {getattr(needs, field)}{unit}, more "
+                    f"than any node offers (largest: {name} with {value}{unit})")
+    return ""
 
 
-def tasks_final(states: dict[str, tuple[str, int | None]]) -> bool:
-    """True when every listed task is in a final state (or unknown)."""
-    return all(s in ("done", "failed", "deleted", "unknown") for s, _ in states.values())
+_FINAL = ("done", "failed", "deleted", "unknown")
 

@@ -105,23 +105,30 @@ def corrupt(path: str) -> None:
 
 def test_files_reach_a_node_without_the_upload_under_renamed_names(make_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cluster: Cluster = make_cluster(3, per_node_args=[["--cores", "1"]] * 3)
-    n1, _, n3 = cluster.nodes
+    n1 = cluster.nodes[0]
     src = write_inputs(tmp_path)
-    digest = sha(DATA)
-    tag(cluster, n3, "far")
+    digest, script_digest = sha(DATA), sha(SCRIPT.encode())
 
-    # Submitted through n1, pinned to n3: n3 gets the files from the nodes that stored them.
+    # Upload through n1 with a task no node may run: n1 stores the files and copies them to
+    # one more node; the third node (n3) did not receive them.
+    submit(cluster, "true", "worker:tag nowhere", "script.py;data.txt", "holder", cwd=src)
+    have = wait_for(lambda: len(holders(cluster, digest)) >= 2 and holders(cluster, digest),
+                    20, "two stored copies")
+    assert n1 in have and len(have) == 2
+    lacking = next(n for n in cluster.nodes if n not in have)
+    assert not os.path.exists(stored(lacking, script_digest))
+    tag(cluster, lacking, "far")
+
+    # Pinned there, the task gets both files from the nodes that stored them.
     t = submit(cluster, "python3 script.py data.txt", "worker:tag far", "script.py;data.txt",
                cwd=src)
     wait_ok(cluster, t)
     out = result_out(cluster, t)
     # The command was rewritten: the script got the renamed data file, and read it.
     assert out == f"lf_{digest[:12]}_data.txt\n" + DATA.decode(), out
-    assert os.path.isfile(stored(n1, digest))
-    with open(stored(n3, digest), "rb") as f:
+    with open(stored(lacking, digest), "rb") as f:
         assert f.read() == DATA
-    script_digest = sha(SCRIPT.encode())
-    assert os.path.isfile(stored(n3, script_digest))
+    assert os.path.isfile(stored(lacking, script_digest))
 
     # Printing the command's arguments shows the renamed names, the original text elsewhere.
     t2 = submit(cluster, 'set -- data.txt script.py "keep data.txt.bak"; echo "$@"', "",
@@ -225,7 +232,7 @@ def test_an_unobtainable_file_does_not_take_the_node_out_of_service(
     t = submit(cluster3, "cat data.txt", "worker:tag far", "data.txt", "needs-data", cwd=src)
     wait_for(lambda: int(queue_rows(cluster3)[t]["try"]) >= 2, 20, "the task to be tried twice")
     plain = submit(cluster3, "echo still working on $LEORONIC_NODE_NAME", "worker:tag far")
-    wait_ok(cluster3, plain, timeout=15)
+    wait_ok(cluster3, plain, timeout=8)
     assert result_out(cluster3, plain) == f"still working on {lacking.name}\n"
     r = cluster3.sh(f"leoronic_result {t}")
     assert r.rc != 0 and ("data.txt" in r.err or digest[:12] in r.err), r

@@ -242,4 +242,4 @@ def test_task_that_failed_on_a_prefers_b() -> None:
     b_claims, _ = run_plan(q, me="b")
     assert (a_claims, a_deferred) == ([], True)
     assert b_claims == [Claim(t, 2) for t in TASKS]
-    assert len(run_plan(q, me="a", wait=0.05)[0]) == len(TASKS)
+    assert len(run_plan(q, me="a", wait=0.3)[0]) == len(TASKS)

@@ -1,0 +1,328 @@
+"""Ghosts on a real cluster (issue #6): `leoronic ghost [TARGET]` runs tasks without Raft.
+
+Every test starts its own cluster of real `leoronic` workers on loopback and real ghost
+processes (`Cluster.start_ghost`), and observes the way an operator would: `leoronic_nodes`,
+`leoronic_get_queue`, `leoronic_result`, plus a task's replicated record (`task` RPC) for its
+attempt history. Tasks pinned to ghosts ask for 2G of memory while the workers offer 1G.
+Waits poll with deadlines; processes are killed with SIGKILL through `Cluster.kill`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from comrade import rpc
+from comrade.client import Client
+from tests.cluster import LEORONIC, Cluster, NodeProc, Result, free_port_pair, wait_for
+
+WORKER = ["--cores", "1", "--memory", "1G"]
+GHOST = ["--memory", "4G", "--cores", "2"]
+BIG = "2G"  # fits a ghost (4G), never a worker (1G)
+
+# ----- helpers ------------------------------------------------------------------------------
+
+_ROW = re.compile(r"^( *)(\S+)  (\S+:\d+)  (.+?)  (up|UNREACHABLE since \S+)$")
+
+
+@dataclass
+class Row:
+    """One node of `leoronic_nodes`."""
+
+    name: str
+    address: str
+    role: str  # leader / follower / ... for workers, "ghost of WORKER" for ghosts
+    status: str
+    indent: int
+    under: str  # the worker this row is printed under ("" for a top-level row)
+    tags: set[str] = field(default_factory=set)
+
+
+def nodes(cluster: Cluster, node: NodeProc | None = None) -> dict[str, Row]:
+    """`leoronic_nodes` (asked of `node`), parsed: name -> Row."""
+    r = cluster.sh("leoronic_nodes", node=node, timeout=30, LEORONIC_RETRY_S="5")
+    assert r.rc == 0, r
+    rows: dict[str, Row] = {}
+    current: Row | None = None
+    worker = ""
+    for line in r.out.splitlines()[1:]:
+        m = _ROW.match(line)
+        if m:
+            indent = len(m.group(1))
+            if indent == 0:
+                worker = m.group(2)
+            current = Row(m.group(2), m.group(3), m.group(4), m.group(5), indent,
+                          worker if indent else "")
+            rows[current.name] = current
+            continue
+        stripped = line.strip()
+        if current is not None and stripped.startswith("tags: "):
+            words = stripped[len("tags: "):].split()
+            current.tags = set() if words == ["-"] else set(words)
+    return rows
+
+
+def clairvoyant_of(cluster: Cluster, ghost: str, node: NodeProc | None = None) -> str:
+    """The worker named in the ghost's "ghost of WORKER" line ("" if not listed up)."""
+    row = nodes(cluster, node).get(ghost)
+    if row is None or row.status != "up":
+        return ""
+    m = re.fullmatch(r"ghost of (\S+)", row.role)
+    return m.group(1) if m else ""
+
+
+def start_ghosts(cluster: Cluster, specs: list[tuple[str, list[str]]], target: str = "",
+                 targets: list[str] | None = None, timeout: float = 40) -> list[NodeProc]:
+    """Start several ghosts at once (name, extra args; TARGET each from `targets`, else
+    `target`) and wait until all are listed up."""
+    ghosts = [cluster.start_ghost(*args, name=name,
+                                  target=targets[i] if targets else target, wait=False)
+              for i, (name, args) in enumerate(specs)]
+
+    def all_up() -> bool:
+        for g in ghosts:
+            if g.proc is not None and g.proc.poll() is not None:
+                raise AssertionError(f"ghost {g.name} exited: {g.log()[-3000:]}")
+        rows = nodes(cluster)
+        return all(g.name in rows and rows[g.name].status == "up" for g in ghosts)
+
+    wait_for(all_up, timeout, "the ghosts to attach", interval=0.3)
+    return ghosts
+
+
+def by_address(workers: list[NodeProc]) -> list[NodeProc]:
+    """Workers in the ghosts' address order (all on 127.0.0.1: by port)."""
+    return sorted(workers, key=lambda n: n.port)
+
+
+def add_task(cluster: Cluster, command: str, memory: str = BIG, conditions: str = "",
+             task_id: str = "", node: NodeProc | None = None) -> str:
+    """`leoronic_add_task MEM 1 1024 true CONDITIONS "" COMMAND [ID]`; must be accepted."""
+    fields = [memory, "1", "1024", "true", conditions, "", command] + ([task_id] if task_id else [])
+    r = cluster.sh("leoronic_add_task " + " ".join(shlex.quote(f) for f in fields), node=node)
+    assert r.rc == 0, r
+    return r.out.strip()
+
+
+def queue(cluster: Cluster, node: NodeProc | None = None) -> dict[str, list[str]]:
+    """`leoronic_get_queue` rows by id (ID STATE NODE TRY AGE COMMAND...); ids must be unique."""
+    r = cluster.sh("leoronic_get_queue", node=node, LEORONIC_RETRY_S="5")
+    assert r.rc == 0, r
+    lines = r.out.splitlines()
+    assert lines and lines[0].split()[:2] == ["ID", "STATE"], r
+    rows = [line.split() for line in lines[1:] if line.strip()]
+    ids = [row[0] for row in rows]
+    assert len(ids) == len(set(ids)), f"an id is listed twice: {r.out}"
+    return {row[0]: row for row in rows}
+
+
+def wait_done(cluster: Cluster, ids: list[str], node: NodeProc | None = None,
+              timeout: float = 40) -> None:
+    r = cluster.sh(f"leoronic_wait --timeout {timeout} " + " ".join(map(shlex.quote, ids)),
+                   node=node, timeout=timeout + 30)
+    assert r.rc == 0, r
+
+
+def result(cluster: Cluster, task_id: str, node: NodeProc | None = None) -> Result:
+    return cluster.sh(f"leoronic_result {shlex.quote(task_id)}", node=node)
+
+
+def record(cluster: Cluster, node: NodeProc, task_id: str) -> Any:
+    """The replicated record of a task (with `.attempts`), read through `node`."""
+    client = Client(node.address, Path(cluster.cookie_path).read_text().strip())
+    try:
+        return client.call("task", task_id, retry_s=5)
+    finally:
+        client.close()
+
+
+# ----- tests --------------------------------------------------------------------------------
+
+
+def test_ghosts_run_big_tagged_and_large_output_tasks(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = make_cluster(3, [WORKER] * 3)
+    workers = list(cluster.nodes)
+    ghosts = start_ghosts(cluster, [("g1", GHOST), ("g2", GHOST), ("g3", GHOST),
+                                    ("g4", GHOST + ["--tag", "gpu0"])])
+    ghost_names = {g.name for g in ghosts}
+    lowest = by_address(workers)[0]
+
+    # Listed under their clairvoyant (the lowest address: no TARGET), which is tagged.
+    rows = nodes(cluster)
+    for g in ghosts:
+        row = rows[g.name]
+        assert row.role == f"ghost of {lowest.name}", rows
+        assert row.indent == 4 and row.under == lowest.name, rows
+        assert row.address == g.address, rows
+    assert "gpu0" in rows["g4"].tags, rows
+    assert "clairvoyant" in rows[lowest.name].tags, rows
+    for w in workers:
+        assert rows[w.name].indent == 0, rows
+        if w is not lowest:
+            assert "clairvoyant" not in rows[w.name].tags, rows
+
+    big = add_task(cluster, 'echo "$LEORONIC_NODE_NAME"', task_id="big")
+    gpu = add_task(cluster, 'echo "$LEORONIC_NODE_NAME"', memory="1024",
+                   conditions="worker:tag gpu0", task_id="gpu")
+    seq = add_task(cluster, "seq 1 100000", task_id="seq")
+    wait_done(cluster, [big, gpu, seq])
+
+    r = result(cluster, big)
+    assert r.rc == 0 and r.out.strip() in ghost_names, r
+    r = result(cluster, gpu)
+    assert r.rc == 0 and r.out == "g4\n", r
+
+    # Output over the replicated tail: leoronic_result fetches the rest from the ghost.
+    expected = "".join(f"{i}\n" for i in range(1, 100001))
+    assert len(expected) > 64 * 1024
+    rec = record(cluster, workers[0], seq)
+    assert rec.node in ghost_names, rec
+    assert rec.outcome.stdout_bytes == len(expected), rec.outcome.stdout_bytes
+    assert len(rec.outcome.stdout_tail) < len(expected)  # the rest lives on the ghost only
+    ran_on = next(g for g in ghosts if g.name == rec.node)
+    served = rpc.call(ran_on.address, Path(cluster.cookie_path).read_text().strip(),
+                      "output", seq, rec.attempt, "out")
+    assert served == expected.encode()  # the ghost itself serves it
+    r = result(cluster, seq)
+    assert r.rc == 0, r
+    assert r.out == expected, (len(r.out), r.err)
+    assert "showing the last" not in r.err, r
+
+
+def test_ghost_target_picks_worker_by_address_order(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = make_cluster(3, [WORKER] * 3)
+    ordered = by_address(list(cluster.nodes))
+
+    g1, g4, g0, gx = start_ghosts(
+        cluster, [("g1", GHOST), ("g4", GHOST), ("g0", GHOST), ("gx", GHOST)],
+        targets=["1", "4", "", ordered[2].address])
+
+    rows = nodes(cluster)
+    assert rows[g1.name].role == f"ghost of {ordered[1].name}", rows  # 1 mod 3
+    assert rows[g4.name].role == f"ghost of {ordered[1].name}", rows  # 4 mod 3
+    assert rows[g0.name].role == f"ghost of {ordered[0].name}", rows  # lowest address
+    assert rows[gx.name].role == f"ghost of {ordered[2].name}", rows  # HOST:PORT
+    assert rows[g1.name].under == ordered[1].name and rows[gx.name].under == ordered[2].name
+    for w in ordered:
+        assert "clairvoyant" in rows[w.name].tags, rows
+
+
+def test_clairvoyant_killed_ghosts_switch_and_no_task_is_lost(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Default lease (10 s): longer than the ghosts' 5 s switch, so their tasks are not requeued.
+    cluster: Cluster = make_cluster(3, [WORKER] * 3)
+    ordered = by_address(list(cluster.nodes))
+    clairvoyant, successor = ordered[0], ordered[1]
+    survivor = successor  # ask a worker that stays up
+    ghosts = start_ghosts(cluster, [("g1", GHOST), ("g2", GHOST)])
+    for g in ghosts:
+        assert clairvoyant_of(cluster, g.name, survivor) == clairvoyant.name
+
+    log = tmp_path / "runs.log"
+    ids = [f"f{i}" for i in range(10)]
+    for tid in ids:  # 4 slots on the ghosts: about three rounds of 1 s
+        add_task(cluster, f'echo "$LEORONIC_TASK_ID $LEORONIC_ATTEMPT" >> {log}; sleep 1',
+                 task_id=tid, node=survivor)
+
+    def some_done_some_running() -> dict[str, list[str]] | None:
+        q = queue(cluster, survivor)
+        states = [q[t][1] for t in ids if t in q]
+        return q if "done" in states and "running" in states else None
+
+    before = wait_for(some_done_some_running, 30, "tasks to run on the ghosts", interval=0.1)
+    running_at_kill = [t for t in ids if before[t][1] == "running"]
+    cluster.kill(clairvoyant, signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    def switched() -> bool:
+        return all(clairvoyant_of(cluster, g.name, survivor) == successor.name for g in ghosts)
+
+    wait_for(switched, 20, f"the ghosts to attach to {successor.name}", interval=0.3)
+    switch_s = time.monotonic() - killed_at
+    rows = nodes(cluster, survivor)
+    assert "clairvoyant" in rows[successor.name].tags, rows
+    for g in ghosts:
+        assert rows[g.name].under == successor.name, rows
+
+    wait_done(cluster, ids, node=survivor, timeout=60)
+    q = queue(cluster, survivor)
+    for tid in ids:
+        row = q[tid]
+        assert row[1] == "done" and row[2] in {"g1", "g2"}, row
+        assert row[3] == "1", f"{tid} ran more than once: {row}"
+    for tid in running_at_kill:  # finished during the switch, delivered via the successor
+        rec = record(cluster, survivor, tid)
+        assert rec.attempt == 1 and len(rec.attempts) == 1, rec
+        assert rec.outcome is not None and rec.outcome.exit_code == 0, rec
+    runs = log.read_text().split("\n")
+    started = sorted(line.split()[0] for line in runs if line)
+    assert started == sorted(ids), f"each task must run exactly once: {runs}"
+    assert switch_s < 20, switch_s
+
+
+def test_ghost_killed_its_task_is_requeued_to_another_ghost(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = make_cluster(3, [WORKER + ["--lease", "3"]] * 3)
+    ghosts = start_ghosts(cluster, [("g1", GHOST), ("g2", GHOST)])
+    names = {g.name: g for g in ghosts}
+    # Attempt 1 must still be running when its ghost dies; attempt 2 ends quickly.
+    tid = add_task(cluster, 'if [ "$LEORONIC_ATTEMPT" = 1 ]; then sleep 60; fi; '
+                            'echo "$LEORONIC_NODE_NAME $LEORONIC_ATTEMPT"', task_id="victim")
+
+    def running_on() -> str:
+        row = queue(cluster).get(tid)
+        return row[2] if row and row[1] == "running" and row[2] in names else ""
+
+    first = wait_for(running_on, 30, "the task to run on a ghost", interval=0.1)
+    cluster.kill(names[first], signal.SIGKILL)
+    wait_done(cluster, [tid], timeout=40)
+
+    rec = record(cluster, cluster.nodes[0], tid)
+    other = ({"g1", "g2"} - {first}).pop()
+    assert rec.attempt == 2 and rec.node == other, rec
+    assert [a.node for a in rec.attempts] == [first, other], rec.attempts
+    row = queue(cluster)[tid]
+    assert row[1] == "done" and row[2] == other and row[3] == "2", row
+    r = result(cluster, tid)
+    assert r.rc == 0 and r.out == f"{other} 2\n", r
+
+
+def test_ghost_with_wrong_cookie_is_refused(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = make_cluster(3, [WORKER] * 3)
+    wrong = tmp_path / "wrong-cookie"
+    wrong.write_text(secrets.token_hex(16) + "\n")
+    wrong.chmod(0o600)
+
+    port = free_port_pair()
+    home = os.path.join(cluster.root, "gbad")
+    args = ["ghost", "--bind", "127.0.0.1", "--port", str(port), "--home", home,
+            "--name", "gbad", "--peer", cluster.nodes[0].address, *GHOST]
+    ghost = NodeProc(name="gbad", port=port, home=home, args=args)
+    cluster.nodes.append(ghost)  # stopped with the cluster
+    os.makedirs(home, exist_ok=True)
+    ghost.log_path = os.path.join(cluster.root, "gbad.out")
+    with open(ghost.log_path, "ab") as out:
+        ghost.proc = subprocess.Popen(
+            ["bash", LEORONIC, *args], stdout=out, stderr=subprocess.STDOUT,
+            env=cluster.env(ghost, LEORONIC_COOKIE=str(wrong)), start_new_session=True)
+
+    wait_for(lambda: "authentication failed" in ghost.log(), 30,
+             "the ghost to log the refusal", interval=0.2)
+
+    def gone_or_refused() -> bool:
+        return ghost.proc is not None and ghost.proc.poll() is not None
+
+    try:  # either it gives up (non-zero) or it keeps trying without ever being listed
+        wait_for(gone_or_refused, 15, "the refused ghost to exit", interval=0.2)
+    except AssertionError:
+        pass  # still running: it must not be listed
+    assert ghost.proc is not None
+    assert ghost.proc.poll() is None or ghost.proc.returncode != 0, ghost.log()
+    assert "gbad" not in nodes(cluster), ghost.log()
+    assert "gbad" not in nodes(cluster, cluster.nodes[1])
