@@ -37,7 +37,21 @@ class Relay:
 
     def handlers(self) -> dict[str, Any]:
         """Method name -> handler."""
-        return {"ghost_attach": self.attach, "ghost_poll": self.poll}
+        return {"ghost_attach": self.attach, "ghost_poll": self.poll, "ghost_report": self.report}
+
+    def report(self, name: str, free: Resources,
+               finished: Sequence[tuple[str, int, Outcome]]) -> bool:
+        """Relay results at once (a ghost's poll may be waiting); no claiming."""
+        self._check_ghost(name)
+        self.node.service._propose([("heartbeat", name, free, "")] + [
+            ("finish", tid, name, att, outcome) for tid, att, outcome in finished])
+        return True
+
+    def _check_ghost(self, name: str) -> None:
+        with self.node.lock:
+            ns = self.node.consumer.queue.nodes.get(name)
+            if ns is None or ns.info.kind != "ghost":
+                raise UsageError(f"ghost {name!r} is not attached; attach first")
 
     def attach(self, info: NodeInfo) -> dict[str, Any]:
         """Register a ghost with this worker as its clairvoyant; return the known workers."""
@@ -65,10 +79,7 @@ class Relay:
         timeout: float,
     ) -> dict[str, Any]:
         """Relay the ghost's heartbeat and results; return tasks claimed for it (may wait)."""
-        with self.node.lock:
-            ns = self.node.consumer.queue.nodes.get(name)
-            if ns is None or ns.info.kind != "ghost":
-                raise UsageError(f"ghost {name!r} is not attached; attach first")
+        self._check_ghost(name)
         ops: list[Any] = [("heartbeat", name, free, "")]
         ops += [("finish", tid, name, att, outcome) for tid, att, outcome in finished]
         self.node.service._propose(ops)

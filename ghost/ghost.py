@@ -114,6 +114,8 @@ class Ghost:
             "pack_dir": self._pack_dir,
         })
         self._stop = threading.Event()
+        self._finished_event = threading.Event()  # set when a task ends: report it at once
+        self._slot_freed = threading.Event()  # set when a task ends: a full ghost polls again
 
     # ----- life -------------------------------------------------------------------------------
 
@@ -125,8 +127,34 @@ class Ghost:
         self.server.start()
         self._discover()
         self._attach(choose(self.workers, self.cfg.target))
+        threading.Thread(target=self._reporter, name="reporter", daemon=True).start()
         while not self._stop.is_set():
             self._poll_once()
+
+    def _reporter(self) -> None:
+        """Deliver finished results as soon as they exist, even while a long poll waits."""
+        while not self._stop.is_set():
+            if not self._finished_event.wait(1.0):
+                continue
+            self._finished_event.clear()
+            with self.lock:
+                finished = list(self.state.finished)
+                reserved = self.state.reserved
+            if not finished:
+                continue
+            free = resources.free(self.probe, self.offer, reserved)
+            try:
+                rpc.call(self.clairvoyant, self.cfg.cookie, "ghost_report", self.name, free,
+                         finished, timeout=self.cfg.switch_after_s)
+            except LeoronicError as exc:
+                log.warning("could not report results yet: %s", exc)
+                continue  # the poll loop carries them, and handles failover
+            self._drop_reported(finished)
+
+    def _drop_reported(self, sent: list[tuple[str, int, Outcome]]) -> None:
+        keys = {(t, a) for t, a, _ in sent}
+        with self.lock:
+            self.state.finished = [f for f in self.state.finished if (f[0], f[1]) not in keys]
 
     def stop(self) -> None:
         """Stop polling, kill running tasks (their leases requeue them)."""
@@ -176,19 +204,28 @@ class Ghost:
         free = resources.free(self.probe, self.offer, reserved)
         files = _list_files(self.files_dir)
         started = time.monotonic()
+        # Full: nothing can be claimed for us, so do not park a long poll on the clairvoyant;
+        # heartbeat now, then sleep until a task ends or the next heartbeat is due.
+        full = free.cores <= 0
         try:
             with rpc.connect(self.clairvoyant, self.cfg.cookie,
                              timeout=self.cfg.switch_after_s) as conn:
-                reply = conn.call("ghost_poll", self.name, free, files, finished, self.cfg.poll_s)
+                reply = conn.call("ghost_poll", self.name, free, files, finished,
+                                  0.0 if full else self.cfg.poll_s)
         except LeoronicError as exc:
             self._failover(exc, started)
             return
-        with self.lock:
-            del self.state.finished[: len(finished)]
+        self._drop_reported(finished)
         self.workers = reply["workers"] or self.workers
         self._reconcile(set(map(tuple, reply["assigned"])))
         for spec, attempt in reply["tasks"]:
             self._start(spec, attempt)
+        if full and not reply["tasks"]:
+            with self.lock:
+                still_full = resources.free(self.probe, self.offer, self.state.reserved).cores <= 0
+            if still_full:
+                self._slot_freed.wait(self.cfg.poll_s)
+                self._slot_freed.clear()
 
     def _failover(self, exc: Exception, started: float) -> None:
         log.warning("clairvoyant %s did not answer: %s", self.clairvoyant, exc)
@@ -237,6 +274,8 @@ class Ghost:
         with self.lock:
             self._forget((task_id, attempt))
             self.state.finished.append((task_id, attempt, outcome))
+        self._finished_event.set()
+        self._slot_freed.set()
 
     def _crashed(self, task_id: str, attempt: int, reason: str) -> None:
         log.error("task %s attempt %d could not run: %s", task_id, attempt, reason)
@@ -245,6 +284,8 @@ class Ghost:
             self.state.finished.append((task_id, attempt, Outcome(
                 exit_code=127, start=time.time(), end=time.time(),
                 stderr_tail=f"leoronic ghost: could not start the task: {reason}\n".encode())))
+        self._finished_event.set()
+        self._slot_freed.set()
 
     def _prepare(self, spec: TaskSpec, workdir: str) -> str:
         if not spec.files:

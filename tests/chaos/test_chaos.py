@@ -93,13 +93,16 @@ def describe(t: Any) -> str:
     return f"{t.spec.task_id}: {t.state.value} attempt {t.attempt} on {t.node} [{attempts}]"
 
 
-def check_records(ids: Sequence[str], records: dict[str, Any], queue_listing: dict[str, list[str]],
+def check_records(ids: Sequence[str], records: dict[str, Any], queue_listing: dict[str, list[list[str]]],
                   runs: dict[str, list[tuple[int, str]]], explains: Callable[[str], bool],
-                  exact_node: Callable[[str], bool]) -> list[str]:
+                  isolated: str = "") -> list[str]:
     """Every promise about the final state; returns the ids that ran more than once.
 
     explains(why): an attempt that ended this way may explain a duplicate run.
-    exact_node(node): lines written by this node must name a recorded attempt (number, node).
+    isolated: the worker that ran tasks in isolated mode, if any. Its isolated runs carry the
+    attempt numbers of its private copy and are renumbered when merged, so its RUNLOG lines
+    are only counted against its recorded attempts; every other line must name a recorded
+    attempt (number, node), once.
     """
     problems = []
     missing = [i for i in ids if i not in queue_listing]
@@ -117,23 +120,31 @@ def check_records(ids: Sequence[str], records: dict[str, Any], queue_listing: di
         if not lines:
             problems.append(f"{tid} is done but never wrote its RUNLOG line: {describe(t)}")
             continue
-        finals = [a for a in t.attempts if a.why == "exit"]
+        finals = [a for a in t.attempts if a.why in ("exit", "isolated run")]
         if len(finals) != 1 or finals[0].exit_code != 0 or t.outcome is None \
                 or t.outcome.exit_code != 0:
             problems.append(f"{tid}: not exactly one successful final attempt: {describe(t)}")
-        if len(Counter(lines)) != len(lines):
+        exact = [ln for ln in lines if ln[1] != isolated]
+        if len(set(exact)) != len(exact):
             problems.append(f"{tid}: the same attempt on the same node ran twice: {lines} "
                             f"{describe(t)}")
         recorded = {(a.number, a.node) for a in t.attempts}
-        strays = [ln for ln in lines if exact_node(ln[1]) and ln not in recorded]
+        strays = [ln for ln in exact if ln not in recorded]
         if strays:
             problems.append(f"{tid}: ran as {strays} with no such attempt recorded: {describe(t)}")
+        if isolated:
+            ran = sum(1 for ln in lines if ln[1] == isolated)
+            kept = sum(1 for a in t.attempts if a.node == isolated)
+            if ran > kept:
+                problems.append(f"{tid}: ran {ran} times on {isolated} but only {kept} runs there "
+                                f"are recorded: {lines} {describe(t)}")
         if len(lines) > 1:
             duplicates.append(tid)
             if not any(explains(a.why) for a in t.attempts):
                 problems.append(f"{tid} ran {len(lines)} times ({lines}) but no attempt explains "
                                 f"it: {describe(t)}")
-    assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:30])
+    if problems:
+        raise AssertionError(f"{len(problems)} problems:\n" + "\n".join(problems[:30]))
     return duplicates
 
 
@@ -361,7 +372,6 @@ def test_thousand_tasks_survive_worker_and_leader_kills(chaos_cluster: Cluster, 
     duplicates = check_records(
         ids, records, listing, runs,
         explains=lambda why: why in ("node lost", "node left") or why.startswith("released: "),
-        exact_node=lambda node: True,
     )
     extra_runs = sum(len(runs[t]) - 1 for t in duplicates)
     report(capsys, f"chaos A (seed {SEED})", {
@@ -514,47 +524,64 @@ def ns_net() -> Iterator[netns.Net]:
         net.teardown()
 
 
-@pytest.mark.netns
-@pytest.mark.timeout(300)
-def test_partitioned_worker_runs_isolated_and_merges(ns_net: netns.Net, tmp_path: Path,
-                                                     capsys: Any) -> None:
+def _stamp() -> str:
+    return time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
+
+
+def partition_scenario(net: netns.Net, tmp_path: Path, capsys: Any, cut_leader: bool) -> None:
+    """Three workers, ~200 tasks; cut one worker (the leader, or a follower chosen by the
+    seed) off past --isolation-after, heal, and check every promise."""
     rng = random.Random(SEED)
     started = time.monotonic()
-    c = NsCluster(ns_net, tmp_path)
+    c = NsCluster(net, tmp_path)
     w1 = c.start(1)
     c.start(2, peer=w1)
     c.start(3, peer=w1)
     runlog = tmp_path / "RUNLOG"
     tasks = tmp_path / "partition.tasks"
     ids = task_file(tasks, "part", range(TASKS_B), runlog, rng)
+    timeline: list[str] = []
 
     leader = c.leader()
-    cut = rng.choice(c.workers)  # may be the leader: then the majority elects another
-    via = rng.choice([w for w in c.workers if w is not cut])
+    cut = leader if cut_leader else rng.choice([w for w in c.workers if w is not leader])
+    majority = [w for w in c.workers if w is not cut]
+    via = rng.choice(majority)
     r = c.sh(via, f"leoronic_add_tasks_from_file {shlex.quote(str(tasks))}", timeout=150,
              LEORONIC_RETRY_S="40")
     assert r.returncode == 0 and r.stdout.split() == ids, r
+    timeline.append(f"{_stamp()} submitted {len(ids)} tasks via {via.name}; leader {leader.name}")
+
+    def diagnostics() -> str:
+        views = []
+        for w in c.workers:
+            _, _, text = c.nodes(w)
+            views.append(f"--- leoronic_nodes asked of {w.name}:\n{text.rstrip()}")
+        return ("timeline:\n" + "\n".join(timeline) + "\n" + "\n".join(views) + "\n"
+                + c.logs_excerpt())
 
     # Cut one worker off while most tasks are still queued; hold the cut until it has been in
     # isolated mode for a while (isolated runs happen), well past --isolation-after.
     time.sleep(rng.uniform(0.5, 1.5))
-    c.net.cut(cut.index)
+    net.cut(cut.index)
     cut_at = time.monotonic()
+    timeline.append(f"{_stamp()} cut {cut.name}{' (leader)' if cut is leader else ''}")
     try:
         wait_for(lambda: "entering isolated mode" in c.node_log(cut), 25,
                  f"{cut.name} to enter isolated mode", interval=0.2)
         isolated_after = time.monotonic() - cut_at
+        timeline.append(f"{_stamp()} {cut.name} isolated after {isolated_after:.1f} s")
         time.sleep(rng.uniform(2.0, 4.0))
-        majority = [w for w in c.workers if w is not cut]
         quorum, rows, text = c.nodes(majority[0])
         assert quorum, f"the majority lost its quorum during the partition:\n{text}"
         assert rows.get(cut.name, ("", ""))[1] != "up", f"{cut.name} still shown up:\n{text}"
     finally:
-        c.net.heal(cut.index)
+        net.heal(cut.index)
     partition_s = time.monotonic() - cut_at
+    timeline.append(f"{_stamp()} healed after {partition_s:.1f} s")
 
     # Healed: the isolated worker rejoins, its results merge, every task becomes final.
     c.wait_registered(cut, timeout=60)
+    timeline.append(f"{_stamp()} {cut.name} registered again")
     results_file = Path(cut.home, "isolated.results")
 
     def settled() -> bool:
@@ -570,7 +597,8 @@ def test_partitioned_worker_runs_isolated_and_merges(ns_net: netns.Net, tmp_path
         raise AssertionError(f"{len(stuck)} tasks not final; isolated.results "
                              f"{results_file.stat().st_size if results_file.exists() else 0} bytes:\n"
                              + "\n".join(describe(records[t]) for t in stuck[:20])
-                             + "\n" + c.logs_excerpt()) from None
+                             + "\n" + diagnostics()) from None
+    timeline.append(f"{_stamp()} all tasks final on {majority[0].name}")
 
     snapshot: dict[str, Any] = {}
 
@@ -586,7 +614,8 @@ def test_partitioned_worker_runs_isolated_and_merges(ns_net: netns.Net, tmp_path
         diffs = [f"{tid}: " + " | ".join(f"{w.name}: {describe(v[1][tid])}"
                                          for w, v in zip(c.workers, views, strict=True))
                  for tid in ids if len({repr(v[1][tid]) for v in views}) > 1]
-        raise AssertionError("workers disagree:\n" + "\n".join(diffs[:20])) from None
+        raise AssertionError(f"workers disagree on {len(diffs)} tasks:\n" + "\n".join(diffs[:10])
+                             + "\n" + diagnostics()) from None
     _, records = snapshot["views"][0]
 
     r = c.sh(majority[0], "leoronic_get_queue", timeout=60)
@@ -596,18 +625,40 @@ def test_partitioned_worker_runs_isolated_and_merges(ns_net: netns.Net, tmp_path
     duplicates = check_records(
         ids, records, listing, runs,
         explains=lambda why: "isolated" in why or why == "node lost",
-        exact_node=lambda node: node != cut.name,  # isolated runs are renumbered on merge
+        isolated=cut.name,
     )
+    # Only the cut-off worker was ever silent: a worker of the majority declared lost means a
+    # stale decision (e.g. the cut-off leader's, replayed after the heal) was applied.
+    wrongly_lost = sorted({f"{tid} #{a.number} on {a.node}" for tid, t in records.items()
+                           for a in t.attempts if a.node != cut.name and a.why == "node lost"})
+    assert not wrongly_lost, (f"workers of the majority, never cut off, were declared lost and "
+                              f"their running tasks requeued: {wrongly_lost[:20]}\n" + diagnostics())
     isolated_runs = sum(1 for t in records.values() for a in t.attempts
                         if a.node == cut.name and "isolated" in a.why)
     assert isolated_runs > 0, ("the cut-off worker ran nothing in isolated mode: the partition "
-                               "did not test isolation\n" + c.logs_excerpt())
+                               "did not test isolation\n" + diagnostics())
     extra_runs = sum(len(runs[t]) - 1 for t in duplicates)
-    report(capsys, f"chaos B (seed {SEED})", {
-        "tasks": len(ids), "cut": f"{cut.name}{' (leader)' if cut is leader else ''}",
+    report(capsys, f"chaos B, {'leader' if cut_leader else 'follower'} cut (seed {SEED})", {
+        "tasks": len(ids), "cut": cut.name,
         "partition": f"{partition_s:.1f} s (isolated after {isolated_after:.1f} s)",
         "isolated runs": isolated_runs,
+        "tasks run twice on the cut worker": sum(
+            1 for t in ids if sum(1 for ln in runs[t] if ln[1] == cut.name) > 1),
         "duplicate runs": f"{extra_runs} (in {len(duplicates)} tasks)",
         "longest stall": f"{longest_stall(records):.1f} s",
         "total time": f"{time.monotonic() - started:.0f} s",
     })
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(300)
+def test_partitioned_follower_runs_isolated_and_merges(ns_net: netns.Net, tmp_path: Path,
+                                                       capsys: Any) -> None:
+    partition_scenario(ns_net, tmp_path, capsys, cut_leader=False)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(300)
+def test_partitioned_leader_runs_isolated_and_merges(ns_net: netns.Net, tmp_path: Path,
+                                                     capsys: Any) -> None:
+    partition_scenario(ns_net, tmp_path, capsys, cut_leader=True)

@@ -168,11 +168,7 @@ def test_tag_condition_waits_for_the_tag_and_runs_on_the_tagged_node(make_cluste
 
 @pytest.mark.parametrize("sig", [
     pytest.param(signal.SIGKILL, id="sigkill"),
-    pytest.param(signal.SIGTERM, id="sigterm", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: a node stopped with SIGTERM leaves the Raft membership but keeps its "
-        "raft/members.json, so relaunching it with the same home never asks to be re-added "
-        "and never registers (logs 'waiting for the cluster to register this node: no quorum' "
-        "forever); it should rejoin like a node restarted after SIGKILL"))),
+    pytest.param(signal.SIGTERM, id="sigterm"),
 ])
 def test_runtime_tags_survive_a_restart_of_the_node(make_cluster, sig: int) -> None:  # type: ignore[no-untyped-def]
     cluster: Cluster = make_cluster(3)

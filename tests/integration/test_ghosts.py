@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from comrade import rpc
 from comrade.client import Client
 from tests.cluster import LEORONIC, Cluster, NodeProc, Result, free_port_pair, wait_for
@@ -326,3 +328,16 @@ def test_ghost_with_wrong_cookie_is_refused(make_cluster, tmp_path) -> None:  # 
     assert ghost.proc.poll() is None or ghost.proc.returncode != 0, ghost.log()
     assert "gbad" not in nodes(cluster), ghost.log()
     assert "gbad" not in nodes(cluster, cluster.nodes[1])
+
+
+def test_busy_ghost_reports_results_without_waiting_out_its_long_poll(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = make_cluster(3, [WORKER] * 3)
+    start_ghosts(cluster, [("g1", ["--memory", "4G", "--cores", "1"])])
+    ids = [f"q{i}" for i in range(5)]
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text("".join(f'{BIG} 1 1024 true "" "" true {tid}\n' for tid in ids))
+    r = cluster.sh(f"leoronic_add_tasks_from_file {shlex.quote(str(tasks))}")
+    assert r.rc == 0 and r.out.split() == ids, r
+    # Five trivial tasks one after another on one core: well under a second each.
+    r = cluster.sh("leoronic_wait --timeout 5 " + " ".join(ids), timeout=40)
+    assert r.rc == 0, r
