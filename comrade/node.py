@@ -75,7 +75,10 @@ class Node:
         self._pending_finish: dict[tuple[str, int], tuple[Outcome, float]] = {}
         self._first_seen: dict[str, float] = {}
         self._avoid: dict[str, float] = {}
-        self._rewake = threading.Event()  # task id -> until when this node does not claim it
+        self._rewake = threading.Event()
+        self._file_locks: dict[str, threading.Lock] = {}
+        self._verified: dict[str, tuple[int, int]] = {}  # sha -> (size, mtime_ns) last verified
+        self._file_locks_guard = threading.Lock()  # task id -> until when this node does not claim it
         self._hb_seen: dict[str, float] = {}
         self._leader_since: float | None = None
         self.applied_cv = threading.Condition()  # notified after every applied entry
@@ -300,11 +303,30 @@ class Node:
             return spec.command
         refs = [FileRefT(name, sha, size) for name, sha, size in spec.files]
         for ref in refs:
-            # verify() re-hashes the local copy and drops it if corrupted; then fetch a good one.
-            if not (self.store.has(ref.sha256) and self.store.verify(ref.sha256)):
-                self.service.fetch_file(ref.sha256)
+            with self._file_lock(ref.sha256):  # tasks starting together fetch a file once
+                if not self._good_copy(ref.sha256):
+                    self.service.fetch_file(ref.sha256)
         mapping = place_files(self.store, workdir, refs, rename=spec.rename)
         return rewrite_command(spec.command, mapping) if spec.rename else spec.command
+
+    def _good_copy(self, sha: str) -> bool:
+        """True if the store holds an intact copy. The hash is re-checked whenever the file's
+        size or mtime changed since it was last verified (a corrupted copy is dropped)."""
+        try:
+            st = os.stat(self.store.path(sha))
+        except FileNotFoundError:
+            return False
+        stamp = (st.st_size, st.st_mtime_ns)
+        if self._verified.get(sha) == stamp:
+            return True
+        if not self.store.verify(sha):
+            return False
+        self._verified[sha] = stamp
+        return True
+
+    def _file_lock(self, sha: str) -> threading.Lock:
+        with self._file_locks_guard:
+            return self._file_locks.setdefault(sha, threading.Lock())
 
     def _report_finish(self, task_id: str, attempt: int, outcome: Outcome) -> None:
         self._pending_finish[(task_id, attempt)] = (outcome, time.monotonic())

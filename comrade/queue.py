@@ -141,10 +141,10 @@ class Queue:
         earlier: dict[str, TaskSpec] = {}
         for i, spec in enumerate(specs):
             problem = self._submit_problem(spec, earlier)
-            if problem is None:
-                earlier[spec.task_id] = spec
-            elif problem:
+            if problem:
                 problems.append((i, problem))
+            else:
+                earlier[spec.task_id] = spec
         return problems
 
     def _submit_problem(self, spec: Any, earlier: dict[str, TaskSpec]) -> str | None:

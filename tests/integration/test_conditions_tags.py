@@ -17,17 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, NodeProc, Result, wait_for
+from tests.cluster import Cluster, NodeProc, Result
 
 # ----- helpers ------------------------------------------------------------------------------
 
 
 def add_task(cluster: Cluster, command: str, conditions: str = "", task_id: str = "",
-             node: NodeProc | None = None, files: str = "", **env: str) -> Result:
+             node: NodeProc | None = None, files: str = "") -> Result:
     """`leoronic_add_task 1024 1 1024 true CONDITIONS FILES COMMAND [ID]`, every field quoted."""
     fields = ["1024", "1", "1024", "true", conditions, files, command] + ([task_id] if task_id else [])
-    return cluster.sh("leoronic_add_task " + " ".join(shlex.quote(f) for f in fields),
-                      node=node, **env)
+    return cluster.sh("leoronic_add_task " + " ".join(shlex.quote(f) for f in fields), node=node)
 
 
 def submit(cluster: Cluster, command: str, conditions: str = "", task_id: str = "",

@@ -178,12 +178,6 @@ def test_one_file_for_twenty_tasks_is_stored_once_per_node(cluster3: Cluster, tm
         assert os.listdir(os.path.join(node.home, "store", "tmp")) == [], node.name
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: tasks that start at the same time on a node that lacks their necessary file each "
-    "fetch it (Node._prepare: has() is false for all of them) and each publish their own copy; "
-    "the first task's work dir keeps a link to a copy the store no longer holds, so the file is "
-    "transferred and kept on disk more than once per node; concurrent fetches of one hash "
-    "should be coalesced"))
 def test_tasks_starting_together_share_one_fetched_copy(cluster3: Cluster, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

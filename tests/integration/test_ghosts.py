@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from comrade import rpc
 from comrade.client import Client
 from tests.cluster import LEORONIC, Cluster, NodeProc, Result, free_port_pair, wait_for

@@ -164,9 +164,6 @@ def test_tasks_from_file_all_or_nothing(cluster3: Cluster, tmp_path) -> None:  #
     assert set(queue(c)) == set(before)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a tasks file whose line 3 is refused by the node "
-                   "(id already used by a different task) still queues lines 1-2, and the "
-                   "message names the task, not the line")
 def test_tasks_file_with_conflicting_id_on_line_3_queues_nothing(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
     c = make_cluster(1)
     r = c.sh('leoronic_add_task 1024 1 1024 true "" "" "echo original" taken')
@@ -183,8 +180,6 @@ def test_tasks_file_with_conflicting_id_on_line_3_queues_nothing(make_cluster, t
     assert "line 3" in r.err, r
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a tasks file whose line 3 asks for more cores than "
-                   "any node offers is refused, but the message names the task id, not 'line 3'")
 def test_tasks_file_impossible_line_3_names_the_line(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
     c = make_cluster(1, [["--cores", "1"]])
     bad = tmp_path / "bad.txt"
@@ -242,8 +237,6 @@ def test_results_streams_exit_codes_large_output_wait_all_and_still_running(
     assert res.out == "", res
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: leoronic_wait --timeout 0.5 returns only after ~5 s "
-                   "(each server-side wait lasts 5 s whatever the client's deadline)")
 def test_wait_timeout_gives_up_in_time(make_cluster) -> None:  # type: ignore[no-untyped-def]
     c = make_cluster(1)
     r = c.sh('leoronic_add_task 1024 1 1024 true "" "" "sleep 30" slow')

@@ -610,3 +610,14 @@ def test_random_ops_never_raise_and_keep_invariants() -> None:
             check_invariants(replica)
     assert observe(replica) == observe(q)
     assert accepted > 1000 and seen == set(State), (accepted, seen)
+
+
+def test_check_submit_sees_earlier_specs_of_the_same_batch() -> None:
+    q = Queue()
+    first = TaskSpec("one", 1, 1, 1, True, "", (), "true")
+    second = TaskSpec("two", 1, 1, 1, True, "queue:after one", (), "true")
+    clash = TaskSpec("one", 1, 1, 1, True, "", (), "false")
+    assert q.check_submit([first, second]) == []
+    assert q.check_submit([second]) == [(0, "conditions: unknown task 'one'")]
+    assert q.check_submit([first, clash]) == [(1, "task id 'one' is already used by a different task")]
+    assert q.tasks == {}  # a dry run changes nothing

@@ -1,0 +1,224 @@
+"""Shrinking to the last box standing, isolated mode and the merge (issue #5), with real SIGKILLs.
+
+Three workers with short timings: a silent worker is lost after 3 s (`--lease 3`), leaves the
+Raft membership 6 s later (`--remove-after 6`), and a worker without quorum for 5 s enters
+isolated mode (`--isolation-after 5`). n1 is the survivor; n3 dies first, n2 second.
+
+Submitting needs a quorum, so the work the survivor must do alone is queued before the cut:
+dependents `queue:after gate` of a gate task that hangs on n2 (its first attempt) and so can
+only finish once n2 is gone. Tasks append `NAME on NODE` to a run log in the test's tmp dir, so
+every real execution is counted and compared with the attempts the record keeps.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.chaos.test_failover import (
+    add_tag,
+    nodes_view,
+    queue_states,
+    record,
+    result,
+    submit,
+    wait_done,
+)
+from tests.cluster import Cluster, NodeProc, wait_for
+
+ISO = ["--lease", "3", "--remove-after", "6", "--isolation-after", "5"]
+FINAL_WHYS = ("exit", "isolated run")
+
+
+def logged(log: Path, name: str, then: str = "") -> str:
+    """A command that records its run in `log`, then prints the same line."""
+    line = f'"{name} on $LEORONIC_NODE_NAME"'
+    return f"{then}echo {line} >> {shlex.quote(str(log))}; echo {line}"
+
+
+def runs(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def stays(check: Callable[[], Any], seconds: float, what: str, interval: float = 0.25) -> None:
+    """Assert `check()` stays truthy for `seconds` (polled; fails at the first falsy answer)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert check(), f"no longer true: {what}"
+        time.sleep(interval)  # poll interval, bounded by the deadline above
+
+
+def gate_command(log: Path) -> str:
+    """Hangs on n2 on its first attempt; finishes at once anywhere else."""
+    return logged(log, "gate", then='if [ "$LEORONIC_NODE_NAME" = n2 ] && '
+                                     '[ "$LEORONIC_ATTEMPT" = 1 ]; then sleep 300; fi; ')
+
+
+def queue_gated_work(cluster: Cluster, log: Path, deps: int = 4) -> tuple[str, list[str]]:
+    """The gate, running on n2, that n1 may also run; and dependents of it (still queued)."""
+    n1, n2 = cluster.nodes[0], cluster.nodes[1]
+    add_tag(cluster, n2, "gatekeeper", via=n1)
+    gate = submit(cluster, gate_command(log), "worker:tag gatekeeper", "gate", node=n1)
+    wait_for(lambda: record(cluster, n1, gate).node == "n2", 15, "the gate to run on n2",
+             interval=0.1)
+    add_tag(cluster, n1, "gatekeeper", via=n1)
+    ids = [submit(cluster, logged(log, f"dep{i}"), "queue:after gate", f"dep{i}", node=n1)
+           for i in range(deps)]
+    states = queue_states(cluster, n1)
+    assert states["gate"] == "running" and all(states[t] == "queued" for t in ids), states
+    return gate, ids
+
+
+def check_one_final_result_each(cluster: Cluster, via: NodeProc, ids: list[str],
+                                log: Path) -> dict[str, Any]:
+    """Every task done with exactly one final result; every run in the log is in the record."""
+    records = {}
+    counted = runs(log)
+    for tid in ids:
+        t = record(cluster, via, tid)
+        records[tid] = t
+        assert t.state.value == "done", (tid, t)
+        finals = [a for a in t.attempts if a.why in FINAL_WHYS]
+        assert len(finals) == 1, (tid, t.attempts)
+        final = finals[0]
+        assert final.exit_code == t.outcome.exit_code == 0 and final.node == t.node, \
+            (tid, t.attempts, t.node)
+        # Any other run that finished is a duplicate from the isolated side, and says so.
+        for a in t.attempts:
+            if a is not final and a.exit_code is not None:
+                assert "isolated" in a.why, (tid, t.attempts)
+        ran = [a for a in t.attempts if a.exit_code is not None]
+        logged_runs = [line for line in counted if line.split(" on ")[0] == tid]
+        assert len(logged_runs) == len(ran), (tid, logged_runs, t.attempts)
+        r = result(cluster, tid, node=via)
+        assert (r.rc, r.out) == (0, f"{tid} on {t.node}\n"), r
+    return records
+
+
+# ----- 5. shrinking to one, isolated mode, merge --------------------------------------------
+
+
+def test_shrink_to_the_last_worker_which_runs_isolated_and_merges(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = make_cluster(3, per_node_args=[ISO + ["--tag", "survivor"], ISO, ISO])
+    n1, n2, n3 = cluster.nodes
+    log = tmp_path / "runs.log"
+
+    # n3 dies: after lease + remove-after it is unreachable and no longer a Raft member.
+    cluster.kill(n3)
+
+    def n3_removed(asked: NodeProc) -> bool:
+        view = nodes_view(cluster, asked)
+        if view is None:
+            return False
+        role, status = view.rows.get("n3", ("", ""))
+        return view.quorum and role == "not a Raft member" and status.startswith("UNREACHABLE since")
+    wait_for(lambda: n3_removed(n1) and n3_removed(n2), 30, "n3 to leave the Raft membership",
+             interval=0.3)
+
+    # Work still runs on the two left.
+    two = [submit(cluster, logged(log, f"two{i}"), task_id=f"two{i}", node=n1) for i in range(4)]
+    wait_done(cluster, two, node=n2)
+    assert {record(cluster, n1, t).node for t in two} <= {"n1", "n2"}
+
+    # Queue the survivor's work, and one task running on n1 when the quorum goes.
+    gate, deps = queue_gated_work(cluster, log)
+    release = tmp_path / "release-held"
+    held = submit(cluster, logged(log, "held", then=f"while [ ! -e {release} ]; do sleep 0.05; done; "),
+                  "worker:tag survivor", "held", node=n1)
+    wait_for(lambda: record(cluster, n1, held).state.value == "running", 15, "held to run")
+
+    # n2 dies: n1 alone has no quorum, and after --isolation-after it says it is isolated.
+    cluster.kill(n2)
+    wait_for(lambda: (v := nodes_view(cluster, n1)) is not None and v.isolated and not v.quorum,
+             30, "n1 to enter isolated mode", interval=0.3)
+    assert "entering isolated mode" in n1.log()
+
+    # Isolated, n1 runs the gate (n2's task: n2 is lost in its copy) and then the dependents.
+    release.touch()
+    want = {f"{t} on n1" for t in [gate, held, *deps]}
+    wait_for(lambda: want <= set(runs(log)), 30, "n1 to run the queued work alone", interval=0.2)
+    # The results stay on n1 until the others return: not final in the replicated record yet.
+    for tid in deps:
+        r = result(cluster, tid, node=n1)
+        assert r.rc == 5 or (r.rc, r.out) == (0, f"{tid} on n1\n"), r
+    view = nodes_view(cluster, n1)
+    assert view is not None and view.isolated, view
+
+    # The others come back (same homes): n1 rejoins, the isolated results merge.
+    cluster.launch(n2)
+    cluster.launch(n3)
+    cluster.wait_registered(n2)
+    cluster.wait_registered(n3)
+
+    def all_up() -> bool:
+        for asked in cluster.nodes:
+            v = nodes_view(cluster, asked)
+            if v is None or v.isolated or not v.quorum:
+                return False
+            if any(status != "up" or role not in ("leader", "follower")
+                   for role, status in v.rows.values()):
+                return False
+        return True
+    wait_for(all_up, 30, "every worker to be an up Raft member again, n1 not isolated",
+             interval=0.3)
+    everything = two + [gate, held, *deps]
+    wait_done(cluster, everything, node=n3)
+    for asked in cluster.nodes:
+        states = queue_states(cluster, asked)
+        assert all(states[t] == "done" for t in everything), states
+
+    records = check_one_final_result_each(cluster, n3, everything, log)
+    # The dependents ran on n1 while it was isolated (and maybe again after, as duplicates).
+    for tid in deps:
+        assert any(a.node == "n1" and "isolated run" in a.why for a in records[tid].attempts), \
+            records[tid].attempts
+    # The gate's hung attempt on n2 ended without a result.
+    first = records[gate].attempts[0]
+    assert first.node == "n2" and first.exit_code is None, records[gate].attempts
+    # `held` ran on n1 on both sides of the cut: the normal run and the isolated one are both
+    # recorded, with exactly one used.
+    assert any("isolated" in a.why for a in records[held].attempts), records[held].attempts
+    merged = [line for line in n1.log().splitlines() if "merged" in line and "isolated" in line]
+    assert merged, n1.log()[-3000:]
+
+
+# ----- 6. --on-isolation wait ---------------------------------------------------------------
+
+
+def test_on_isolation_wait_keeps_the_last_worker_idle_until_the_others_return(make_cluster,  # type: ignore[no-untyped-def]
+                                                                               tmp_path) -> None:
+    cluster: Cluster = make_cluster(3, per_node_args=[ISO + ["--on-isolation", "wait"], ISO, ISO])
+    n1, n2, n3 = cluster.nodes
+    log = tmp_path / "runs.log"
+    gate, deps = queue_gated_work(cluster, log)
+
+    cluster.kill(n3)
+    cluster.kill(n2)
+    wait_for(lambda: (v := nodes_view(cluster, n1)) is not None and not v.quorum, 15,
+             "n1 to lose the quorum", interval=0.2)
+
+    # Well past --isolation-after: n1 neither says it is isolated nor runs anything.
+    def idle() -> bool:
+        v = nodes_view(cluster, n1)
+        return v is not None and not v.isolated and not v.quorum and runs(log) == []
+    stays(idle, 5 + 4, "n1 without quorum, not isolated, nothing run")
+    assert "entering isolated mode" not in n1.log()
+    states = queue_states(cluster, n1)
+    assert all(states[t] == "queued" for t in deps), states
+
+    cluster.launch(n2)
+    cluster.launch(n3)
+    cluster.wait_registered(n2)
+    cluster.wait_registered(n3)
+    wait_done(cluster, [gate, *deps], node=n1)
+
+    records = check_one_final_result_each(cluster, n1, [gate, *deps], log)
+    for tid in [gate, *deps]:
+        assert not any("isolated" in a.why for a in records[tid].attempts), records[tid].attempts
+    for tid in deps:
+        assert len(records[tid].attempts) == 1, records[tid].attempts
+    assert not any("isolat" in line for line in n1.log().splitlines()
+                   if "WARNING" in line), n1.log()[-3000:]
