@@ -14,8 +14,6 @@ import shlex
 import signal
 from pathlib import Path
 
-import pytest
-
 from tests.cluster import Cluster, NodeProc, Result, wait_for
 
 SCRIPT = "import sys\nprint(sys.argv[1])\nprint(open(sys.argv[1]).read(), end='')\n"

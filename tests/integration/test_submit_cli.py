@@ -13,8 +13,6 @@ import subprocess
 import time
 import uuid
 
-import pytest
-
 from tests.cluster import Cluster, Result, wait_for
 
 EXIT_TASK_FAILED = 1
