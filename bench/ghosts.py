@@ -22,14 +22,9 @@ itself a child subreaper, so task processes orphaned by a killed node are reaped
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import datetime
 import os
 import platform
 import re
-import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -40,65 +35,22 @@ from typing import Any
 
 import psutil
 
+from bench.common import (
+    Bench,
+    BenchParser,
+    CpuPair,
+    Deadline,
+    cpu_pairs_delta,
+    log,
+    process_cpu,
+    run_tasks_file,
+)
 from tests.cluster import Cluster, NodeProc, start_cluster, wait_for
 
-PR_SET_CHILD_SUBREAPER = 36
 MB = 1e6  # the issue's goals are in MB
 GOAL_GHOST_MB = 40
 GOAL_WORKER_MB = 60
 _ROW = re.compile(r"^( *)(\S+)  (\S+:\d+)  (.+?)  (up|UNREACHABLE since \S+)$")
-
-
-class Overtime(Exception):
-    """The global time limit was reached."""
-
-
-def _alarm(signum: int, frame: Any) -> None:
-    raise Overtime(f"global time limit reached (signal {signum})")
-
-
-class Deadline:
-    """The global time budget."""
-
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-
-    def left(self, cap: float | None = None, margin: float = 5.0) -> float:
-        left = self.end - time.monotonic() - margin
-        if left <= 0:
-            raise Overtime("global time limit reached")
-        return left if cap is None else min(cap, left)
-
-
-def become_subreaper() -> bool:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def kill_leftovers() -> int:
-    """SIGKILL and reap every descendant still alive; returns how many there were."""
-    left = psutil.Process().children(recursive=True)
-    for p in left:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(left, timeout=5)
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid == 0:
-            break
-    return len(left)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # ----- processes ----------------------------------------------------------------------------
@@ -119,23 +71,14 @@ def python_proc(node: NodeProc) -> psutil.Process | None:
     return None
 
 
-def cpu_of(node: NodeProc) -> tuple[float, float]:
+def cpu_of(node: NodeProc) -> CpuPair:
     """(own CPU s, CPU s of its reaped and live task processes) of a node's process tree."""
-    p = python_proc(node)
-    if p is None:
-        return (float("nan"), float("nan"))
-    try:
-        t = p.cpu_times()
-        kids = t.children_user + t.children_system
-        for child in p.children(recursive=True):
-            try:
-                c = child.cpu_times()
-                kids += c.user + c.system
-            except psutil.Error:
-                pass
-        return (t.user + t.system, kids)
-    except psutil.Error:
-        return (float("nan"), float("nan"))
+    return process_cpu(python_proc(node), live_children=True)
+
+
+def cpu_sample(cluster: Cluster) -> dict[str, CpuPair]:
+    """cpu_of() every node of the cluster, by name."""
+    return {node.name: cpu_of(node) for node in cluster.nodes}
 
 
 def rss_mb(node: NodeProc) -> tuple[float, float]:
@@ -199,53 +142,24 @@ def clairvoyant_name(cluster: Cluster, deadline: Deadline) -> str:
 # ----- the run --------------------------------------------------------------------------------
 
 def throughput(cluster: Cluster, n: int, prefix: str, deadline: Deadline) -> dict[str, Any]:
-    path = os.path.join(cluster.root, f"tasks-{prefix}.txt")
-    with open(path, "w") as f:
-        for i in range(n):
-            f.write(f'1024 1 1024 true "" "" "true" {prefix}-{i}\n')
-    script = (
-        "t0=$(date +%s.%N)\n"
-        f"leoronic_add_tasks_from_file {path} >/dev/null || exit $?\n"
-        "t1=$(date +%s.%N)\n"
-        "leoronic_wait || exit $?\n"
-        "t2=$(date +%s.%N)\n"
-        'echo "PHASES $t0 $t1 $t2"\n'
-    )
-    cpu0 = {node.name: cpu_of(node) for node in cluster.nodes}
-    t0 = time.perf_counter()
-    r = cluster.sh(script, timeout=deadline.left(600))
-    wall = time.perf_counter() - t0
-    cpu1 = {node.name: cpu_of(node) for node in cluster.nodes}
-    if r.rc != 0:
-        raise RuntimeError(f"throughput run failed: {r!r}")
-    phases = [float(x) for x in r.out.split("PHASES", 1)[1].split()]
-    cpu = {k: (cpu1[k][0] - cpu0[k][0], cpu1[k][1] - cpu0[k][1]) for k in cpu0}
-
-    q = cluster.sh("leoronic_get_queue", timeout=deadline.left(120))
-    if q.rc != 0:
-        raise RuntimeError(f"get-queue failed: {q!r}")
-    where: Counter[str] = Counter()
-    states: Counter[str] = Counter()
-    for line in q.out.splitlines()[1:]:
-        cols = line.split()
-        if cols and cols[0].startswith(f"{prefix}-"):
-            states[cols[1]] += 1
-            where[cols[2]] += 1
-    return {"n": n, "wall": wall, "submit_s": phases[1] - phases[0],
-            "wait_s": phases[2] - phases[1], "cpu": cpu, "where": where, "states": dict(states)}
+    timed = run_tasks_file(cluster, prefix, f"{prefix}-", n, deadline, (600, 120),
+                           lambda: cpu_sample(cluster))
+    return {"n": n, "wall": timed.wall_s, "submit_s": timed.submit_s, "wait_s": timed.wait_s,
+            "cpu": cpu_pairs_delta(timed.before, timed.after), "where": timed.nodes,
+            "states": dict(timed.states)}
 
 
 def idle_rss(cluster: Cluster, ghosts: list[NodeProc], idle_s: float) -> dict[str, Any]:
     """RSS after `idle_s` idle seconds, and each node's CPU share over those seconds."""
-    cpu0 = {node.name: cpu_of(node) for node in cluster.nodes}
+    cpu0 = cpu_sample(cluster)
     t0 = time.perf_counter()
     time.sleep(idle_s)  # let it settle: the figure is for an idle process
     wall = time.perf_counter() - t0
-    cpu1 = {node.name: cpu_of(node) for node in cluster.nodes}
+    cpu1 = cpu_sample(cluster)
     workers = [n for n in cluster.nodes if n not in ghosts]
     w = [rss_mb(n) for n in workers]
     g = [rss_mb(n) for n in ghosts]
-    cpu = {k: (cpu1[k][0] - cpu0[k][0], cpu1[k][1] - cpu0[k][1]) for k in cpu0}
+    cpu = cpu_pairs_delta(cpu0, cpu1)
     return {"workers": w, "ghosts": g, "cpu": cpu, "wall": wall}
 
 
@@ -311,58 +225,29 @@ def fmt_rss(values: list[tuple[float, float]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.ghosts",
-                                 description=(__doc__ or "").split("\n")[0])
+    ap = BenchParser("python -m bench.ghosts", __doc__)
     ap.add_argument("--ghosts", type=int, default=50, help="ghosts in the second run")
     ap.add_argument("--tasks", type=int, default=1000, help="tasks per throughput run")
     ap.add_argument("--idle-s", type=float, default=5.0, help="idle seconds before RSS")
-    ap.add_argument("--time-limit", type=float, default=900.0, help="global limit, seconds")
+    ap.add_time_limit(900.0)
     ap.add_argument("--skip-baseline", action="store_true", help="no 0-ghost run")
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir (node logs)")
-    args = ap.parse_args(argv)
-    if args.ghosts < 1 or args.tasks < 1:
-        ap.error("--ghosts and --tasks must be at least 1")
+    ap.add_keep()
+    args = ap.parse_positive(argv, "--ghosts", "--tasks")
 
-    deadline = Deadline(args.time_limit)
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.signal(signal.SIGTERM, _alarm)
-    signal.alarm(int(args.time_limit) + 1)
-    subreaper = become_subreaper()
     root = tempfile.mkdtemp(prefix="leoronic-bench-ghosts-")
-    load0 = os.getloadavg()
+    bench = Bench(args.time_limit, root, args.keep)
+    deadline = bench.deadline
     base: dict[str, Any] = {}
     ghost: dict[str, Any] = {}
-    rc = 0
-    try:
+    with bench:
         if not args.skip_baseline:
             base = run_phase(os.path.join(root, "g0"), 0, args.tasks, args.idle_s, deadline, "b0")
         ghost = run_phase(os.path.join(root, f"g{args.ghosts}"), args.ghosts, args.tasks,
                           args.idle_s, deadline, f"g{args.ghosts}")
-    except Overtime as exc:
-        log(f"ABORTED: {exc}")
-        rc = 3
-    except Exception as exc:  # report and still print what we have
-        log(f"FAILED: {type(exc).__name__}: {exc}")
-        rc = 1
-    finally:
-        signal.alarm(0)
-        left = kill_leftovers()
-        if left:
-            log(f"killed {left} leftover processes")
-        if not subreaper:
-            log("warning: could not become a child subreaper; orphans may survive")
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
 
     cores = psutil.cpu_count() or 1
-    print()
-    print("---- figures ----")
-    print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; "
-          f"cores: {cores}; memory {psutil.virtual_memory().total / 2**30:.1f} GiB; "
-          f"python {platform.python_version()}; load average at start {load0[0]:.2f}, "
-          f"at end {os.getloadavg()[0]:.2f}")
+    bench.print_figures_header(f"cores: {cores}; memory {psutil.virtual_memory().total / 2**30:.1f} "
+                               f"GiB; python {platform.python_version()}")
     for label, res in (("0 ghosts", base), (f"{args.ghosts} ghosts", ghost)):
         tp = res.get("tp")
         if not tp:
@@ -404,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"goals: idle ghost {g:.1f} MB < {GOAL_GHOST_MB} MB: "
               f"{'yes' if g < GOAL_GHOST_MB else 'NO'}; idle worker (max) {w:.1f} MB < "
               f"{GOAL_WORKER_MB} MB: {'yes' if w < GOAL_WORKER_MB else 'NO'}")
-    return rc
+    return bench.rc
 
 
 if __name__ == "__main__":

@@ -22,9 +22,6 @@ killed and reaped at the end.
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import datetime
 import os
 import platform
 import secrets
@@ -40,62 +37,20 @@ from typing import Any
 
 import psutil
 
+from bench.common import (
+    Bench,
+    BenchParser,
+    Deadline,
+    cpu_pairs_delta,
+    log,
+    process_cpu,
+    run_tasks_file,
+)
 from comrade.client import Client
 from comrade.model import TaskSpec
 from tests.cluster import Cluster, start_cluster
 
-PR_SET_CHILD_SUBREAPER = 36
 FINAL = ("done", "failed", "deleted")
-
-
-class Overtime(Exception):
-    """The global time limit was reached."""
-
-
-def _alarm(signum: int, frame: Any) -> None:
-    raise Overtime(f"global time limit reached (signal {signum})")
-
-
-def become_subreaper() -> bool:
-    """Orphaned descendants (e.g. tasks of a killed node) are re-parented to us, not init."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def kill_leftovers() -> int:
-    """SIGKILL and reap every descendant still alive; returns how many there were."""
-    me = psutil.Process()
-    left = me.children(recursive=True)
-    for p in left:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(left, timeout=5)
-    while True:  # reap re-parented orphans (we are their subreaper)
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid == 0:
-            break
-    return len(left)
-
-
-class Deadline:
-    """The global time budget."""
-
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-
-    def left(self, cap: float | None = None, margin: float = 5.0) -> float:
-        left = self.end - time.monotonic() - margin
-        if left <= 0:
-            raise Overtime("global time limit reached")
-        return left if cap is None else min(cap, left)
 
 
 def pct(values: Sequence[float], p: float) -> float:
@@ -109,10 +64,6 @@ def pct(values: Sequence[float], p: float) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # ----- baseline -----------------------------------------------------------------------------
@@ -136,18 +87,9 @@ def xargs_baseline(n: int, cores: int, deadline: Deadline) -> float:
 
 # ----- throughput ---------------------------------------------------------------------------
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(own CPU s, CPU s of its reaped children: the tasks it ran) of one process."""
-    try:
-        t = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return (float("nan"), float("nan"))
-    return (t.user + t.system, t.children_user + t.children_system)
-
-
 def cpu_snapshot(cluster: Cluster) -> dict[str, Any]:
-    """CPU counters of every node process and of the whole machine."""
-    nodes = {n.name: cpu_seconds(n.proc.pid) for n in cluster.nodes if n.proc is not None}
+    """CPU counters of every node process and of the whole machine, in CPU seconds."""
+    nodes = {n.name: process_cpu(n.proc.pid) for n in cluster.nodes if n.proc is not None}
     mine = psutil.Process().cpu_times()
     machine = psutil.cpu_times()
     return {"nodes": nodes, "cli": mine.children_user + mine.children_system,
@@ -156,49 +98,22 @@ def cpu_snapshot(cluster: Cluster) -> dict[str, Any]:
 
 
 def cpu_delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    nodes = {k: (b["nodes"][k][0] - a["nodes"][k][0], b["nodes"][k][1] - a["nodes"][k][1])
-             for k in a["nodes"]}
+    """CPU seconds spent between two cpu_snapshot()s, plus `own`: the nodes' and the CLI's."""
+    nodes = cpu_pairs_delta(a["nodes"], b["nodes"])
     own = sum(o + k for o, k in nodes.values()) + (b["cli"] - a["cli"])
     return {"nodes": nodes, "cli": b["cli"] - a["cli"], "busy": b["busy"] - a["busy"],
             "total": b["total"] - a["total"], "own": own}
 
 
 def throughput(cluster: Cluster, n: int, prefix: str, deadline: Deadline) -> dict[str, Any]:
-    path = os.path.join(cluster.root, f"tasks-{prefix}.txt")
-    with open(path, "w") as f:
-        for i in range(n):
-            f.write(f'1024 1 1024 true "" "" "true" {prefix}-bench-{i}\n')
-    script = (
-        "t0=$(date +%s.%N)\n"
-        f"leoronic_add_tasks_from_file {path} >/dev/null || exit $?\n"
-        "t1=$(date +%s.%N)\n"
-        "leoronic_wait || exit $?\n"
-        "t2=$(date +%s.%N)\n"
-        'echo "PHASES $t0 $t1 $t2"\n'
-    )
-    w0 = time.time()
-    c0 = cpu_snapshot(cluster)
-    t0 = time.perf_counter()
-    r = cluster.sh(script, timeout=deadline.left(400))
-    elapsed = time.perf_counter() - t0
-    cpu = cpu_delta(c0, cpu_snapshot(cluster))
-    if r.rc != 0:
-        raise RuntimeError(f"throughput run failed: {r!r}")
-    phases = [float(x) for x in r.out.split("PHASES", 1)[1].split()]
-    submit_s, wait_s = phases[1] - phases[0], phases[2] - phases[1]
-
-    q = cluster.sh("leoronic_get_queue", timeout=deadline.left(60))
-    if q.rc != 0:
-        raise RuntimeError(f"get-queue failed: {q!r}")
+    timed = run_tasks_file(cluster, prefix, f"{prefix}-bench-", n, deadline, (400, 60),
+                           lambda: cpu_snapshot(cluster))
+    w0, elapsed, states = timed.started, timed.wall_s, timed.states
+    cpu = cpu_delta(timed.before, timed.after)
+    submit_s, wait_s = timed.submit_s, timed.wait_s
     spread: Counter[str] = Counter()
-    states: Counter[str] = Counter()
-    for line in q.out.splitlines()[1:]:
-        cols = line.split()
-        if not cols or not cols[0].startswith(f"{prefix}-bench-"):
-            continue
-        states[cols[1]] += 1
-        # ID STATE NODE TRY AGE COMMAND; NODE is empty for a task that never ran
-        spread[cols[2] if not cols[2].isdigit() else "-"] += 1
+    for node, count in timed.nodes.items():  # the NODE column holds TRY for a task that never ran
+        spread[node if not node.isdigit() else "-"] += count
 
     # Per-task delays from the replicated records (one RPC each, after the timed part).
     client = Client(cluster.nodes[0].address, read_cookie_file(cluster))
@@ -293,34 +208,25 @@ def latency(cluster: Cluster, m: int, prefix: str, deadline: Deadline) -> dict[s
 # ----- main ---------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.throughput",
-                                 description=(__doc__ or "").split("\n")[0])
+    ap = BenchParser("python -m bench.throughput", __doc__)
     ap.add_argument("--tasks", type=int, default=2000, help="tasks in the throughput run")
     ap.add_argument("--latency-samples", type=int, default=50, help="idle latency samples")
-    ap.add_argument("--time-limit", type=float, default=600.0, help="global limit, seconds")
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir (node logs)")
-    args = ap.parse_args(argv)
-    if args.tasks < 1 or args.latency_samples < 1:
-        ap.error("--tasks and --latency-samples must be at least 1")
+    ap.add_time_limit(600.0)
+    ap.add_keep()
+    args = ap.parse_positive(argv, "--tasks", "--latency-samples")
 
-    deadline = Deadline(args.time_limit)
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.signal(signal.SIGTERM, _alarm)
-    signal.alarm(int(args.time_limit) + 1)
-    subreaper = become_subreaper()
     cores = psutil.cpu_count() or os.cpu_count() or 1
     prefix = f"r{secrets.token_hex(3)}"
     root = tempfile.mkdtemp(prefix="leoronic-bench-")
-    cluster: Cluster | None = None
+    bench = Bench(args.time_limit, root, args.keep)
+    deadline = bench.deadline
     tp: dict[str, Any] = {}
     lt: dict[str, Any] = {}
     xargs_runs: list[float] = []
-    load0 = os.getloadavg()
-    rc = 0
-    try:
+    with bench:
         log(f"starting 3 workers in {root} (run {prefix})")
         t0 = time.perf_counter()
-        cluster = start_cluster(os.path.join(root, "cluster"), 3)
+        cluster = bench.stop_on_exit(start_cluster(os.path.join(root, "cluster"), 3))
         log(f"cluster up in {time.perf_counter() - t0:.1f} s: "
             + ", ".join(f"{n.name}={n.address}" for n in cluster.nodes))
 
@@ -360,40 +266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(min {lt['min']:.1f}, max {lt['max']:.1f}); submit->claim proposed median "
             f"{lt['claim_med']:.1f} ms (p99 {lt['claim_p99']:.1f}), claim->spawn median "
             f"{lt['spawn_med']:.1f} ms (p99 {lt['spawn_p99']:.1f}); ran on {lt['ran_on']}")
-    except Overtime as exc:
-        log(f"ABORTED: {exc}")
-        rc = 3
-    except Exception as exc:  # report and still print what we have
-        log(f"FAILED: {type(exc).__name__}: {exc}")
-        rc = 1
-    finally:
-        signal.alarm(0)
-        if cluster is not None:
-            try:
-                cluster.stop()
-            except Exception as exc:  # noqa: BLE001 - keep cleaning up
-                log(f"cluster stop: {exc}")
-        left = kill_leftovers()
-        if left:
-            log(f"killed {left} leftover processes")
-        if not subreaper:
-            log("warning: could not become a child subreaper; orphans may survive")
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            import shutil
-
-            shutil.rmtree(root, ignore_errors=True)
 
     n = args.tasks
     xargs_s = statistics.mean(xargs_runs) if xargs_runs else float("nan")
     x_rate = n / xargs_s
-    print()
-    print("---- figures ----")
-    print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; "
-          f"uname -m: {platform.machine()}; cores: {cores}; "
-          f"python: {platform.python_version()}; load average at start {load0[0]:.2f}, "
-          f"at end {os.getloadavg()[0]:.2f}")
+    bench.print_figures_header(f"uname -m: {platform.machine()}; cores: {cores}; "
+                               f"python: {platform.python_version()}")
     if tp:
         rate = n / tp["elapsed"]
         print(f"throughput: {n} tasks in {tp['elapsed']:.2f} s = {rate:.0f} tasks/s "
@@ -410,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"claim proposed->spawned {lt['spawn_med']:.1f} ms (medians of {lt['m']})")
     else:
         print("latency: not measured")
-    return rc
+    return bench.rc
 
 
 if __name__ == "__main__":
