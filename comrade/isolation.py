@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ class Isolation:
         self.shadow: Queue | None = None
         self.since: float | None = None
         self.runners: dict[tuple[str, int], pykka.ActorRef[Any]] = {}
+        self.lock = threading.RLock()  # the shadow is changed from the actor and runner threads
 
     @property
     def active(self) -> bool:
@@ -56,14 +58,23 @@ class Isolation:
         for name in list(shadow.nodes):
             if name != self.node.name:
                 shadow.apply(("expire_node", name), wall_now)
+        # Results that ended here but were not committed before the cut: record them in the
+        # shadow so those tasks are not run again here (they still go to the cluster later).
+        for (task_id, attempt), (outcome, _) in list(self.node._pending_finish.items()):
+            shadow.apply(("finish", task_id, self.node.name, attempt, outcome), wall_now)
         # Tasks the replicated state says run here: our runners keep them (same attempt).
-        self.shadow = shadow
-        self.since = wall_now
+        with self.lock:
+            self.shadow = shadow
+            self.since = wall_now
         log.warning("no quorum for %.0f s: entering isolated mode; running the queue's tasks "
                     "that fit this node from its own copy", self.node.cfg.isolation_s)
 
     def step(self) -> None:
         """Reconcile and schedule against the shadow (NodeActor thread)."""
+        with self.lock:
+            self._step()
+
+    def _step(self) -> None:
         shadow = self.shadow
         if shadow is None:
             return
@@ -91,30 +102,33 @@ class Isolation:
         ref.tell(("start",))
 
     def _report(self, task_id: str, attempt: int, outcome: Outcome) -> None:
-        self.runners.pop((task_id, attempt), None)
-        start = outcome.start
-        with open(self.path, "ab") as f:
-            pickle.dump((task_id, start, outcome), f)
-            f.flush()
-            os.fsync(f.fileno())
-        if self.shadow is not None:
-            self.shadow.apply(("finish", task_id, self.node.name, attempt, outcome), time.time())
+        with self.lock:
+            with open(self.path, "ab") as f:
+                pickle.dump((task_id, outcome.start, outcome), f)
+                f.flush()
+                os.fsync(f.fileno())
+            if self.shadow is not None:  # record the finish before the runner is forgotten
+                self.shadow.apply(("finish", task_id, self.node.name, attempt, outcome),
+                                  time.time())
+            self.runners.pop((task_id, attempt), None)
         if self.node.actor is not None:
             self.node.actor.tell("wake")
 
     def _crashed(self, task_id: str, attempt: int, reason: str) -> None:
-        self.runners.pop((task_id, attempt), None)
         self.node.supervisor.child_failed(f"isolated task {task_id}", reason)
-        if self.shadow is not None:
-            self.shadow.apply(("release", task_id, self.node.name, attempt, reason[:200]),
-                              time.time())
+        with self.lock:
+            if self.shadow is not None:
+                self.shadow.apply(("release", task_id, self.node.name, attempt, reason[:200]),
+                                  time.time())
+            self.runners.pop((task_id, attempt), None)
 
     def leave(self) -> None:
         """Quorum is back: stop using the shadow; running isolated tasks finish and merge."""
         log.warning("quorum is back: leaving isolated mode after %.0f s",
                     time.time() - (self.since or time.time()))
-        self.shadow = None
-        self.since = None
+        with self.lock:
+            self.shadow = None
+            self.since = None
 
     def merge(self, propose: Callable[[list[Any]], Any]) -> int:
         """Propose the saved isolated results; clear them once committed. Returns the count."""

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -65,9 +66,9 @@ def load_members(path: str) -> list[str]:
 
 
 def save_members(path: str, members: Sequence[str]) -> None:
-    """Atomically write the member list."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    """Atomically write the member list (safe from several threads: a unique temp file each)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".members.")
+    with os.fdopen(fd, "w") as f:
         json.dump({"members": sorted(members)}, f)
     os.replace(tmp, path)
 

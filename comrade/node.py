@@ -68,6 +68,8 @@ class Node:
         self.note = ""  # why this node is not claiming, if it is not
         self.disk_note = ""  # set while $LEORONIC_HOME's disk is (nearly) full
         self._no_quorum_since: float | None = None
+        self._member_since: dict[str, float] = {}  # raft address -> when first seen a member
+        self._registered = threading.Event()  # set once this life's join is applied
         self._next_readd = 0.0
         self._runners: dict[tuple[str, int], pykka.ActorRef[Any]] = {}
         self._claimed_here: set[tuple[str, int]] = set()  # claims proposed in this life
@@ -169,6 +171,9 @@ class Node:
                 assert self.proposer is not None
                 self.proposer.propose_sync([("join", info)], timeout=5.0)
                 self._release_stale()
+                self._registered.set()
+                if self.actor is not None:
+                    self.actor.tell("wake")
                 return
             except ClusterError as exc:
                 if time.monotonic() > deadline:
@@ -253,6 +258,8 @@ class Node:
     def _plan_claims(self) -> list[Claim]:
         if self._stop.is_set() or self.note or self.disk_note or self.proposer is None:
             return []
+        if not self._registered.is_set():
+            return []  # not caught up with a previous life's claims yet
         now = time.monotonic()
         with self.lock:
             queue = self.consumer.queue
@@ -459,6 +466,8 @@ class Node:
         wall = time.time()
         with self.lock:
             alive = [(n, ns.last_seen) for n, ns in self.consumer.queue.nodes.items() if ns.alive]
+        if self.syncobj is None or not self.syncobj.hasQuorum:
+            return  # a leader cut off from the others must not judge them
         for name, last_seen in alive:
             if name == self.name:
                 continue
@@ -467,7 +476,7 @@ class Node:
             if min(replicated_age, local_age) > self.cfg.lease_s:
                 log.warning("node %s silent for over %.0f s: declaring it lost", name, self.cfg.lease_s)
                 assert self.proposer is not None
-                self.proposer.propose([("expire_node", name)])
+                self.proposer.propose([("expire_node", name, last_seen)])
                 self._hb_seen[name] = now  # do not repeat before the next lease
 
     def _remove_long_lost(self, wall_now: float) -> None:
@@ -478,7 +487,15 @@ class Node:
                     if ns.info.kind == "worker" and not ns.alive and ns.lost_since is not None
                     and wall_now - ns.lost_since > self.cfg.remove_after_s]
         members = set(self._members())
+        now = time.monotonic()
+        for raft in members:
+            self._member_since.setdefault(raft, now)
+        for raft in list(self._member_since):
+            if raft not in members:
+                del self._member_since[raft]
         for raft in lost:
+            if now - self._member_since.get(raft, now) < self.cfg.remove_after_s:
+                continue  # (re-)added recently: give it time to catch up and heartbeat
             if raft in members and raft != self.raft_addr:
                 log.warning("removing %s from the Raft membership: lost for over %.0f s",
                             raft, self.cfg.remove_after_s)

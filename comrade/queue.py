@@ -335,8 +335,16 @@ class Queue:
         ns.note = note
         return OK
 
-    def expire_node(self, node: str, *, now: float) -> Reply:
-        """Declare a node lost: its running tasks go back to the queue (attempt + 1 on claim)."""
+    def expire_node(self, node: str, seen: float | None = None, *, now: float) -> Reply:
+        """Declare a node lost: its running tasks go back to the queue (attempt + 1 on claim).
+
+        `seen` is the node's `last_seen` the proposer judged by: if a heartbeat was applied
+        since (a stale proposal from a leader that was cut off, committed after the heal), the
+        node is alive and the operation is refused.
+        """
+        ns = self.nodes.get(node)
+        if ns is not None and seen is not None and ns.last_seen > seen:
+            return Reply(False, f"node {node!r} heartbeated after this was proposed")
         return self._drop_node(node, "node lost", now)
 
     def leave(self, node: str, *, now: float) -> Reply:

@@ -621,3 +621,15 @@ def test_check_submit_sees_earlier_specs_of_the_same_batch() -> None:
     assert q.check_submit([second]) == [(0, "conditions: unknown task 'one'")]
     assert q.check_submit([first, clash]) == [(1, "task id 'one' is already used by a different task")]
     assert q.tasks == {}  # a dry run changes nothing
+
+
+def test_stale_expire_is_refused_after_a_newer_heartbeat() -> None:
+    q = Queue()
+    info = NodeInfo(name="n1", kind="worker", rpc="h:1", raft="h:2", offered=Resources(1, 1, 1))
+    assert q.apply(("join", info), 10.0).ok
+    assert q.apply(("heartbeat", "n1", Resources(1, 1, 1), ""), 20.0).ok
+    # Proposed by a leader that last saw a heartbeat at 10.0, applied after the one at 20.0:
+    assert not q.apply(("expire_node", "n1", 10.0), 30.0).ok
+    assert q.nodes["n1"].alive
+    assert q.apply(("expire_node", "n1", 20.0), 31.0).ok
+    assert not q.nodes["n1"].alive
