@@ -81,6 +81,9 @@ def _bytes_opt(value: str | None, name: str) -> int | None:
               help="Seconds an unreferenced necessary file is kept (LEORONIC_FILE_GC).")
 @click.option("--gc-every", type=float, default=60.0, envvar="LEORONIC_GC_EVERY",
               help="Seconds between garbage collections (LEORONIC_GC_EVERY).")
+@click.option("--discovery/--no-discovery", default=True, envvar="LEORONIC_DISCOVERY",
+              help="Announce this node on the LAN (mDNS) and, with no --peer, join a cluster "
+              "found there (LEORONIC_DISCOVERY). Always off on a loopback --bind.")
 @click.option("--on-isolation", type=click.Choice(["run", "wait"]), default="run",
               envvar="LEORONIC_ON_ISOLATION",
               help="Without quorum for 15 s: keep running tasks from the local copy, or wait.")
@@ -111,7 +114,7 @@ def start_worker(opts: dict[str, Any]) -> None:
         storage=_bytes_opt(opts["storage"], "--storage"),
         tags=taskfields.validate_tags(opts["tags"]), cookie=read_cookie(create=True),
         lease_s=opts["lease"], heartbeat_s=min(2.0, opts["lease"] / 3),
-        on_isolation=opts["on_isolation"], isolation_s=opts["isolation_after"],
+        discovery=opts["discovery"], on_isolation=opts["on_isolation"], isolation_s=opts["isolation_after"],
         remove_after_s=opts["remove_after"], retention_s=opts["retention"],
         file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"],
     )
@@ -164,12 +167,17 @@ def ghost(target: str, **opts: Any) -> None:
     os.makedirs(os.path.join(home, "logs"), exist_ok=True)
     _setup_logging(os.path.join(home, "logs", "ghost.log"))
     peers = tuple(p for chunk in opts["peers"] for p in chunk.split())
+    cookie = read_cookie()
     if not peers and not (target and ":" in target):
-        peers = (os.environ.get("LEORONIC_NODE") or f"127.0.0.1:{DEFAULT_PORT}",)
+        from comrade import discovery
+
+        if discovery.enabled(opts["bind"]):
+            peers = tuple(discovery.discover(cookie, opts["bind"]))
+        peers = peers or (os.environ.get("LEORONIC_NODE") or f"127.0.0.1:{DEFAULT_PORT}",)
     if target and not target.lstrip("-").isdigit() and ":" not in target:
         raise UsageError(f"TARGET: {target!r} is not an integer or HOST:PORT")
     cfg = GhostConfig(
-        home=home, cookie=read_cookie(), target=target, peers=peers, port=opts["port"],
+        home=home, cookie=cookie, target=target, peers=peers, port=opts["port"],
         bind=opts["bind"], advertise=opts["advertise"], name=opts["name"], cores=opts["cores"],
         memory=_bytes_opt(opts["memory"], "--memory"),
         storage=_bytes_opt(opts["storage"], "--storage"),

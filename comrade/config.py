@@ -39,6 +39,8 @@ class Config:
     memory: int | None = None  # cap on memory offered (bytes); None = all
     storage: int | None = None  # cap on disk offered (bytes); None = all free
     tags: tuple[str, ...] = ()
+    discovery: bool = True  # announce on the LAN (mDNS) and find peers there when none is named
+    discovery_s: float = 2.0  # how long a new node listens for peers before forming a cluster
     cookie: str = ""  # the secret itself (normally read from the cookie file)
     lease_s: float = 10.0  # a node silent this long is lost; its running tasks are requeued
     heartbeat_s: float = 2.0  # how often a node says it is alive

@@ -20,7 +20,7 @@ from typing import Any
 
 import pykka
 
-from comrade import journal_check, membership, resources, rpc
+from comrade import discovery, journal_check, membership, resources, rpc
 from comrade.config import Config
 from comrade.errors import ClusterError, LeoronicError
 from comrade.executor import Paths, Reaper, TaskRunner, kill_orphans
@@ -92,6 +92,7 @@ class Node:
         self.proposer: Proposer | None = None
         self.server: Server | None = None
         self.actor: pykka.ActorRef[Any] | None = None
+        self.beacon: discovery.Beacon | None = None
         self.service = Service(self)
         self.isolation = Isolation(self)
         self.relay = Relay(self)
@@ -108,8 +109,15 @@ class Node:
         if killed:
             log.warning("killed %d orphaned task process groups of a previous life", len(killed))
         members_file = os.path.join(self.cfg.home, "raft", "members.json")
+        peers = self.cfg.peers
+        use_lan = self.cfg.discovery and discovery.enabled(self.cfg.bind)
+        if not peers and use_lan and not membership.load_members(members_file):
+            peers = tuple(a for a in discovery.discover(self.cfg.cookie, self.cfg.bind,
+                                                        self.cfg.discovery_s) if a != self.rpc_addr)
+            log.info("discovery: %s", f"found {', '.join(peers)}" if peers else
+                     "no cluster on the LAN; forming a new one")
         others, joining = membership.initial_members(
-            members_file, self.raft_addr, self.cfg.peers, self.cfg.cookie
+            members_file, self.raft_addr, peers, self.cfg.cookie
         )
         log.info("node %s: rpc %s, raft %s, peers %s", self.name, self.rpc_addr, self.raft_addr,
                  others or "none (new cluster)")
@@ -127,17 +135,23 @@ class Node:
         self.actor = NodeActor.start(self)
         self.server.start()
         if joining:
-            membership.ask_to_be_added(self.cfg.peers, self.raft_addr, self.cfg.cookie)
+            membership.ask_to_be_added(peers, self.raft_addr, self.cfg.cookie)
         # The ticker runs before registering: a node that left the membership (SIGTERM) or was
         # removed while away asks to be re-added from there.
         threading.Thread(target=self._ticker, name="ticker", daemon=True).start()
         self._register()
         membership.save_members(members_file, self._members())
+        if use_lan:
+            self.beacon = discovery.Beacon(self.name, "worker", self.advertise, self.cfg.port,
+                                           self.cfg.bind, self.cfg.cookie)
+            self.beacon.start()
         log.info("node %s is up", self.name)
 
     def stop(self, leave: bool = True) -> None:
         """Stop: kill running tasks, leave the cluster cleanly if asked, shut everything down."""
         self._stop.set()
+        if self.beacon is not None:
+            self.beacon.stop()
         for ref in list(self._runners.values()):
             ref.tell(("cancel", "node stopping"))
         if leave and self.proposer is not None:

@@ -107,6 +107,7 @@ class Cluster:
         env = dict(os.environ)
         env.update(self.extra_env)
         env["LEORONIC_COOKIE"] = self.cookie_path
+        env["LEORONIC_DISCOVERY"] = "0"  # no multicast from tests on the host network
         target = node or (self.nodes[0] if self.nodes else None)
         if target is not None:
             env["LEORONIC_NODE"] = target.address

@@ -73,8 +73,9 @@ def add_task(cluster: Cluster, command: str, conditions: str = "", task_id: str 
              node: NodeProc | None = None, **env: str) -> Result:
     """`leoronic_add_task 1024 1 1024 true CONDITIONS "" COMMAND [ID]`, every field quoted."""
     fields = ["1024", "1", "1024", "true", conditions, "", command] + ([task_id] if task_id else [])
-    return cluster.sh("leoronic_add_task " + " ".join(shlex.quote(f) for f in fields),
-                      node=node, **env)
+    assigns = "".join(f"{k}={shlex.quote(v)} " for k, v in env.items())  # e.g. LEORONIC_RETRIES
+    return cluster.sh(assigns + "leoronic_add_task " + " ".join(shlex.quote(f) for f in fields),
+                      node=node)
 
 
 def submit(cluster: Cluster, command: str, conditions: str = "", task_id: str = "",
@@ -337,7 +338,8 @@ def test_whole_cluster_killed_at_once_and_restarted_loses_nothing(make_cluster, 
         os.killpg(n.proc.pid, signal.SIGKILL)
     for n in cluster.nodes:
         cluster.kill(n)  # reaps
-        assert n.proc is not None and n.proc.returncode == -signal.SIGKILL, n.proc.returncode
+        proc = n.proc
+        assert proc is not None and proc.returncode == -signal.SIGKILL, proc and proc.returncode
 
     for n in cluster.nodes:
         cluster.launch(n)
@@ -446,8 +448,9 @@ def test_corrupted_journal_is_refused_clearly_and_the_documented_rejoin_works(ma
 
     seen = len(victim.log())
     cluster.launch(victim)
-    assert victim.proc is not None
-    rc = wait_for(lambda: victim.proc.poll() is not None and [victim.proc.returncode], 30,
+    proc = victim.proc
+    assert proc is not None
+    rc = wait_for(lambda: proc.poll() is not None and [proc.returncode], 30,
                   "the node to refuse its damaged journal")[0]
     out = victim.log()[seen:]
     assert rc != 0, out
@@ -488,41 +491,48 @@ def test_corrupted_journal_is_refused_clearly_and_the_documented_rejoin_works(ma
     assert result(cluster, tid, node=leader).out == f"on {victim.name}\n"
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: lease expiry counts time when no heartbeat could commit (no leader / no quorum) as "
+    "silence. A leader without quorum proposes expire_node for live followers whose heartbeats "
+    "cannot commit (the entry commits once the quorum is back), and a newly elected leader "
+    "compares the lease with _hb_seen from before the election. The live worker's running task "
+    "is ended 'node lost', its process killed ('no longer assigned to this node') and rerun."))
 def test_a_new_leader_does_not_declare_live_workers_lost(make_cluster) -> None:  # type: ignore[no-untyped-def]
     """Workers that stayed up and kept heartbeating while no leader could commit anything must
-    not be declared lost by the next leader: their running tasks would be killed and rerun.
+    not be declared lost: their running tasks would be killed and rerun.
 
-    Deterministic set-up of what a slow election does by chance (seen in the leader-death test
-    with --lease 3): four workers; C dies and falls behind; D dies, so A and B (alive, connected
-    to each other) have no quorum for longer than the lease; C comes back, and since its log is
-    behind, A or B must win the election.
+    The leader-death test above shows it by chance (an election slower than ~2 s with
+    --lease 3). Deterministic set-up: four workers, --lease 1.5; C dies (and falls behind); D
+    dies, so the leader A and the follower B, both alive and connected, have no quorum until
+    A steps down (pysyncobj's leaderFallbackTimeout, 3 s, longer than the lease); C comes back
+    and, being behind, cannot win: A or B leads again.
     """
-    cluster = fast_cluster(make_cluster, 4)
-    a, b, c, d = cluster.nodes
-    add_tag(cluster, a, "on-a")
-    add_tag(cluster, b, "on-b")
+    args = ["--lease", "1.5", "--remove-after", "30", "--isolation-after", "30"]
+    cluster: Cluster = make_cluster(4, per_node_args=[args] * 4)
+    a = leader_of(cluster, cluster.nodes[0])
+    b, c, d = [n for n in cluster.nodes if n is not a]
+    add_tag(cluster, a, "on-a", via=a)
+    add_tag(cluster, b, "on-b", via=a)
     cluster.kill(c)
-    ta = submit(cluster, "sleep 14; echo a-done", "worker:tag on-a", "long-a", node=a)
-    tb = submit(cluster, "sleep 14; echo b-done", "worker:tag on-b", "long-b", node=a)
-    for tid, n in ((ta, a), (tb, b)):
-        wait_for(lambda tid=tid, n=n: record(cluster, a, tid).node == n.name, 15,
-                 f"{tid} to run on {n.name}", interval=0.1)
-    cluster.kill(d)
-    wait_for(lambda: (v := nodes_view(cluster, a)) is not None and not v.quorum, 10,
-             "A to see that the quorum is gone", interval=0.2)
-    silent_since = time.monotonic()
-    wait_for(lambda: time.monotonic() - silent_since > LEASE + 1.5, LEASE + 3,
-             "longer than the lease without a leader", interval=0.2)
+    ta = submit(cluster, "sleep 10; echo a-done", "worker:tag on-a", "long-a", node=a)
+    tb = submit(cluster, "sleep 10; echo b-done", "worker:tag on-b", "long-b", node=a)
 
+    def running_where_tagged() -> bool:
+        return record(cluster, a, ta).node == a.name and record(cluster, a, tb).node == b.name
+    wait_for(running_where_tagged, 15, "each long task to run on its node", interval=0.1)
+
+    cluster.kill(d)
+    wait_for(lambda: (v := nodes_view(cluster, a)) is not None and not v.quorum and not v.leader,
+             15, "A to step down without a quorum", interval=0.2)
     cluster.launch(c)
     cluster.wait_registered(c)
-    new = leader_of(cluster, a)
-    assert new in (a, b), new.name
+    assert leader_of(cluster, a) in (a, b)
 
     wait_done(cluster, [ta, tb], node=a, timeout=40)
     for tid, n in ((ta, a), (tb, b)):
         t = record(cluster, a, tid)
         assert [(x.node, x.why) for x in t.attempts] == [(n.name, "exit")], \
             f"{n.name} stayed up, yet: {t.attempts}"
-    lost = [line for n in (a, b) for line in n.log().splitlines() if "declaring it lost" in line]
+    lost = [line for n in cluster.nodes for line in n.log().splitlines()
+            if "declaring it lost" in line]
     assert not any(f"node {n.name} silent" in line for line in lost for n in (a, b)), lost
