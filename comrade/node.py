@@ -85,6 +85,7 @@ class Node:
         self._file_locks_guard = threading.Lock()  # task id -> until when this node does not claim it
         self._hb_seen: dict[str, float] = {}
         self._leader_since: float | None = None
+        self._judging_since: float | None = None  # leader with quorum since (monotonic)
         self.applied_cv = threading.Condition()  # notified after every applied entry
         self.applied_gen = 0  # entries applied so far (under applied_cv)
         self._stop = threading.Event()
@@ -227,6 +228,7 @@ class Node:
 
     def _on_raft_state(self, old: int, new: int) -> None:
         self._leader_since = time.monotonic() if new == _LEADER else None
+        self._judging_since = None
 
     def is_leader(self) -> bool:
         return self._leader_since is not None
@@ -472,21 +474,27 @@ class Node:
     def _expire_silent_nodes(self, now: float) -> None:
         """Leader: declare lost the nodes whose last heartbeat is older than the lease.
 
-        A node's last heartbeat is the later of when this leader saw one applied (monotonic)
-        and the replicated `last_seen` (the proposer's wall clock), so a new leader does not
-        wait a whole extra lease after an old leader died; boxes' clocks need only agree to
-        within a few seconds (NTP).
+        Heartbeats are judged by when this node saw them applied (its monotonic clock) and by
+        the replicated `last_seen` (the proposer's wall clock; boxes' clocks need only agree
+        within a few seconds, NTP). While nothing could commit (an election, a lost quorum) no
+        heartbeat could either, so after leading with a quorum again every node gets two
+        heartbeat periods to be heard before it is judged: a dead node is declared lost at
+        the latest `max(its last heartbeat + lease, judging start + 2 heartbeats)`.
         """
         wall = time.time()
         with self.lock:
             alive = [(n, ns.last_seen) for n, ns in self.consumer.queue.nodes.items() if ns.alive]
         if self.syncobj is None or not self.syncobj.hasQuorum:
+            self._judging_since = None
             return  # a leader cut off from the others must not judge them
+        if self._judging_since is None:
+            self._judging_since = now
+        grace_from = self._judging_since - self.cfg.lease_s + 2 * self.cfg.heartbeat_s
         for name, last_seen in alive:
             if name == self.name:
                 continue
             replicated_age = wall - last_seen
-            local_age = now - self._hb_seen.get(name, self._leader_since or now)
+            local_age = now - max(self._hb_seen.get(name, grace_from), grace_from)
             if min(replicated_age, local_age) > self.cfg.lease_s:
                 log.warning("node %s silent for over %.0f s: declaring it lost", name, self.cfg.lease_s)
                 assert self.proposer is not None

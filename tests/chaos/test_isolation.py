@@ -18,8 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import tests.cluster
 from tests.chaos.test_failover import (
     add_tag,
@@ -116,11 +114,7 @@ def check_one_final_result_each(cluster: Cluster, via: NodeProc, ids: list[str],
 # ----- 5. shrinking to one, isolated mode, merge --------------------------------------------
 
 
-def test_shrink_to_the_last_worker_which_runs_isolated_and_merges(make_cluster, tmp_path,  # type: ignore[no-untyped-def]
-                                                                 monkeypatch) -> None:
-    # n3's Raft address sorts lowest, so n1 and n2 open the connections to it when it returns:
-    # the other order hits the re-add bug pinned by test_a_removed_worker_is_added_back_...
-    ports_in_order(monkeypatch, 3, descending=True)
+def test_shrink_to_the_last_worker_which_runs_isolated_and_merges(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
     cluster: Cluster = make_cluster(3, per_node_args=[ISO + ["--tag", "survivor"], ISO, ISO])
     n1, n2, n3 = cluster.nodes
     log = tmp_path / "runs.log"
@@ -246,16 +240,11 @@ def test_on_isolation_wait_keeps_the_last_worker_idle_until_the_others_return(ma
 # ----- a removed worker comes back -----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a worker removed from the Raft membership (--remove-after) that returns is re-added "
-    "on its request, then removed again by the leader's _remove_long_lost within a tick "
-    "(its replicated state is still 'lost for over remove-after' until its join commits, and "
-    "the join cannot commit before it has a connection to the leader; when its Raft address "
-    "sorts above the leader's, pysyncobj leaves opening that connection to it, on its retry "
-    "timer). The add/remove loop repeats every 2 s forever; leoronic_nodes keeps showing it as "
-    "'not a Raft member' and the node itself as ISOLATED."))
 def test_a_removed_worker_is_added_back_when_it_returns(make_cluster, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    ports_in_order(monkeypatch, 3, descending=False)  # n3's Raft address sorts highest
+    # n3's Raft address sorts highest, so pysyncobj leaves opening its connections to n3, on
+    # n3's retry timer. (The leader used to remove it again before its join could commit, every
+    # time it was re-added: an endless add/remove loop.)
+    ports_in_order(monkeypatch, 3, descending=False)
     cluster: Cluster = make_cluster(3, per_node_args=[ISO, ISO, ISO])
     n1, n2, n3 = cluster.nodes
     cluster.kill(n3)
