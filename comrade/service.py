@@ -72,6 +72,13 @@ class Service:
                 log.info("retrying %d operations after an unknown outcome", len(ops))
 
     def _read(self, fn: Callable[[Any], Any]) -> Any:
+        """Apply `fn` to the queue readers should see: the replicated one, or while this node
+        is isolated its shadow copy (with the results it produced alone and the other nodes
+        marked lost), so `leoronic_result`, `get_queue` and `nodes` show what it is doing."""
+        iso = self.node.isolation
+        with iso.lock:
+            if iso.shadow is not None:
+                return fn(iso.shadow)
         with self.node.lock:
             return fn(self.node.consumer.queue)
 
