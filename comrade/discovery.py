@@ -20,9 +20,10 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
+if TYPE_CHECKING:  # zeroconf is imported only when discovery runs (it costs ~6 MB of RSS)
+    from zeroconf import Zeroconf
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ def enabled(bind: str) -> bool:
 
 
 def _zeroconf(bind: str) -> Zeroconf:
+    from zeroconf import IPVersion, Zeroconf
+
     if bind in ("0.0.0.0", "", "::"):
         return Zeroconf(ip_version=IPVersion.V4Only)
     return Zeroconf(interfaces=[bind], ip_version=IPVersion.V4Only)
@@ -55,6 +58,8 @@ class Beacon:
 
     def __init__(self, name: str, kind: str, advertise: str, port: int, bind: str,
                  cookie: str) -> None:
+        from zeroconf import ServiceInfo
+
         self._zc: Zeroconf | None = None
         self._info = ServiceInfo(
             SERVICE,
@@ -87,13 +92,15 @@ class Beacon:
 def discover(cookie: str, bind: str, seconds: float = 2.0, kind: str = "worker") -> list[str]:
     """HOST:PORT of the nodes of our cluster (same fingerprint, given kind) heard within
     `seconds`, in address order. [] if none, or if multicast is unavailable."""
+    from zeroconf import ServiceBrowser, ServiceStateChange
+
     mine = fingerprint(cookie)
     found: dict[str, str] = {}
     names: set[str] = set()
     lock = threading.Lock()
 
     def on_change(zeroconf: Zeroconf, service_type: str, name: str,
-                  state_change: ServiceStateChange) -> None:
+                  state_change: Any) -> None:
         if state_change is ServiceStateChange.Added:
             with lock:
                 names.add(name)
