@@ -222,6 +222,19 @@ class Cluster:
                         pass
 
 
+def wait_ok(cluster: Cluster, *ids: str, timeout: float = 30) -> None:
+    """`leoronic_wait --timeout` on the tasks; fail unless all succeeded."""
+    r = cluster.sh(f"leoronic_wait --timeout {timeout} " + " ".join(ids), timeout=timeout + 30)
+    assert r.rc == 0, r
+
+
+def result_out(cluster: Cluster, task_id: str) -> str:
+    """A finished task's stdout via `leoronic_result`; fail unless it exited 0."""
+    r = cluster.sh(f"leoronic_result {task_id}")
+    assert r.rc == 0, r
+    return r.out
+
+
 def start_cluster(root: str, count: int = 3, per_node_args: Sequence[Sequence[str]] = ()) -> Cluster:
     """Start `count` workers, each joining the first."""
     cluster = Cluster(root)

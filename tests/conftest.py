@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import netns
 from tests.cluster import Cluster, start_cluster
 
 
@@ -34,3 +35,20 @@ def make_cluster(tmp_path) -> Iterator:  # type: ignore[no-untyped-def,type-arg]
     finally:
         for c in made:
             c.stop()
+
+
+@pytest.fixture
+def ns_net() -> Iterator[netns.Net]:
+    """Three hosts in network namespaces on a private bridge (skipped without root/iproute2);
+    torn down, with every process started in them, afterwards."""
+    why = netns.available()
+    if why:
+        pytest.skip(f"network namespaces unavailable: {why}")
+    netns.remove_stale()
+    net = netns.Net(3)
+    try:
+        net.build()
+        net.wait_connected()
+        yield net
+    finally:
+        net.teardown()

@@ -534,20 +534,6 @@ class NsCluster:
         return "\n".join(out)
 
 
-@pytest.fixture
-def ns_net() -> Iterator[netns.Net]:
-    why = netns.available()
-    if why:
-        pytest.skip(f"partition test skipped: {why}")
-    netns.remove_stale()
-    net = netns.Net(3)
-    try:
-        net.build()
-        yield net
-    finally:
-        net.teardown()
-
-
 def _stamp() -> str:
     return time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, NodeProc, Result
+from tests.cluster import Cluster, NodeProc, Result, result_out, wait_ok
 
 # ----- helpers ------------------------------------------------------------------------------
 
@@ -72,17 +72,6 @@ def queue_line(cluster: Cluster, task_id: str) -> str:
     rows = [line for line in r.out.splitlines() if line.split()[:1] == [task_id]]
     assert len(rows) == 1, r
     return rows[0]
-
-
-def wait_ok(cluster: Cluster, *ids: str, timeout: float = 30) -> None:
-    r = cluster.sh(f"leoronic_wait --timeout {timeout} " + " ".join(ids), timeout=timeout + 30)
-    assert r.rc == 0, r
-
-
-def result_out(cluster: Cluster, task_id: str) -> str:
-    r = cluster.sh(f"leoronic_result {task_id}")
-    assert r.rc == 0, r
-    return r.out
 
 
 def logged(log: Path, label: str) -> str:

@@ -7,7 +7,6 @@ import os
 import secrets
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,9 @@ pytestmark = pytest.mark.netns
 
 
 @pytest.fixture
-def net() -> Iterator[netns.Net]:
-    why = netns.available()
-    if why:
-        pytest.skip(f"discovery test skipped: {why}")
-    netns.remove_stale()
-    n = netns.Net(3)
-    try:
-        n.build()
-        n.wait_connected()
-        yield n
-    finally:
-        n.teardown()
+def net(ns_net: netns.Net) -> netns.Net:
+    """The shared three-namespace network (tests/conftest.py)."""
+    return ns_net
 
 
 def _cookie(path: Path) -> str:

@@ -14,7 +14,7 @@ import shlex
 import signal
 from pathlib import Path
 
-from tests.cluster import Cluster, NodeProc, Result, wait_for
+from tests.cluster import Cluster, NodeProc, Result, result_out, wait_for, wait_ok
 
 SCRIPT = "import sys\nprint(sys.argv[1])\nprint(open(sys.argv[1]).read(), end='')\n"
 DATA = b"good data 123\n"
@@ -38,17 +38,6 @@ def submit(cluster: Cluster, command: str, conditions: str = "", files: str = ""
     r = add_task(cluster, command, conditions, files, task_id, cwd, **env)
     assert r.rc == 0, r
     return r.out.strip()
-
-
-def wait_ok(cluster: Cluster, *ids: str, timeout: float = 30) -> None:
-    r = cluster.sh(f"leoronic_wait --timeout {timeout} " + " ".join(ids), timeout=timeout + 30)
-    assert r.rc == 0, r
-
-
-def result_out(cluster: Cluster, task_id: str) -> str:
-    r = cluster.sh(f"leoronic_result {task_id}")
-    assert r.rc == 0, r
-    return r.out
 
 
 def queue_rows(cluster: Cluster) -> dict[str, dict[str, str]]:
