@@ -37,7 +37,15 @@ class Relay:
 
     def handlers(self) -> dict[str, Any]:
         """Method name -> handler."""
-        return {"ghost_attach": self.attach, "ghost_poll": self.poll, "ghost_report": self.report}
+        return {"ghost_attach": self.attach, "ghost_poll": self.poll, "ghost_report": self.report,
+                "ghost_release": self.release}
+
+    def release(self, name: str, task_id: str, attempt: int, reason: str) -> bool:
+        """A ghost could not start a task (e.g. a necessary file): back to the queue, as for a
+        worker (the state machine fails it after repeated "cannot start" releases)."""
+        self._check_ghost(name)
+        [reply] = self.node.service._propose([("release", task_id, name, attempt, reason[:200])])
+        return bool(reply.ok)
 
     def report(self, name: str, free: Resources,
                finished: Sequence[tuple[str, int, Outcome]]) -> bool:

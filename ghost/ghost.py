@@ -278,12 +278,22 @@ class Ghost:
         self._slot_freed.set()
 
     def _crashed(self, task_id: str, attempt: int, reason: str) -> None:
+        """Starting failed: release the task through the clairvoyant, as a worker would; if
+        the clairvoyant cannot be reached, report the attempt as failed (exit 127)."""
         log.error("task %s attempt %d could not run: %s", task_id, attempt, reason)
+        try:
+            rpc.call(self.clairvoyant, self.cfg.cookie, "ghost_release", self.name, task_id,
+                     attempt, reason, timeout=self.cfg.switch_after_s)
+            released = True
+        except LeoronicError as exc:
+            log.warning("could not release task %s: %s", task_id, exc)
+            released = False
         with self.lock:
             self._forget((task_id, attempt))
-            self.state.finished.append((task_id, attempt, Outcome(
-                exit_code=127, start=time.time(), end=time.time(),
-                stderr_tail=f"leoronic ghost: could not start the task: {reason}\n".encode())))
+            if not released:
+                self.state.finished.append((task_id, attempt, Outcome(
+                    exit_code=127, start=time.time(), end=time.time(),
+                    stderr_tail=f"leoronic ghost: could not start the task: {reason}\n".encode())))
         self._finished_event.set()
         self._slot_freed.set()
 

@@ -339,3 +339,42 @@ def test_busy_ghost_reports_results_without_waiting_out_its_long_poll(make_clust
     # Five trivial tasks one after another on one core: well under a second each.
     r = cluster.sh("leoronic_wait --timeout 5 " + " ".join(ids), timeout=40)
     assert r.rc == 0, r
+
+
+def test_ghost_releases_a_task_whose_file_no_node_can_supply(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Like a worker, a ghost that cannot get a necessary file releases the task; after
+    repeated releases it fails with a reason naming the file, and the ghost keeps working."""
+    cluster: Cluster = make_cluster(3, [WORKER] * 3)
+    start_ghosts(cluster, [("g1", GHOST)])
+    data = tmp_path / "data.txt"
+    data.write_text("good\n")
+    # Upload with a task no node may run, then corrupt every stored copy.
+    r = cluster.sh(f"cd {tmp_path} && leoronic_add_task 1024 1 1024 true 'worker:tag nowhere' "
+                   "data.txt 'cat data.txt' holder")
+    assert r.rc == 0, r
+
+    def copies() -> list[str]:
+        found = []
+        for node in cluster.nodes:
+            store = os.path.join(node.home, "store")
+            for root, _dirs, names in os.walk(store):
+                found += [os.path.join(root, n) for n in names if len(n) == 64]
+        return found
+    stored = wait_for(lambda: len(copies()) >= 2 and copies(), 20, "two stored copies")
+    for path in stored:
+        with open(path, "wb") as f:
+            f.write(b"evil\n")
+    r = cluster.sh(f"cd {tmp_path} && leoronic_add_task 2G 1 1024 true '' data.txt "
+                   "'cat data.txt' on-ghost")
+    assert r.rc == 0, r
+    r = cluster.sh("leoronic_wait --timeout 60 on-ghost", timeout=90)
+    assert r.rc == 1, r
+    r = result(cluster, "on-ghost")
+    assert r.rc == 1 and "could not start" in r.err and "evil" not in r.out, r
+    rec = record(cluster, cluster.nodes[0], "on-ghost")
+    assert all(a.node == "g1" and a.why.startswith("released: cannot start") for a in rec.attempts), \
+        rec.attempts
+    # The ghost is still in service.
+    add_task(cluster, "echo fine on $LEORONIC_NODE_NAME", task_id="after")
+    wait_done(cluster, ["after"])
+    assert result(cluster, "after").out == "fine on g1\n"
