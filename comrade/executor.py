@@ -10,6 +10,7 @@ A pid file per running task lets a restarted node kill the orphans of its previo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -87,10 +88,8 @@ class Reaper:
         while not self._stopped:
             for key, _ in self._sel.select():
                 if key.data is None:
-                    try:
+                    with contextlib.suppress(BlockingIOError):  # drained already: nothing to read
                         os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
                     self._register_new()
                     continue
                 proc, on_exit, fd = key.data
@@ -241,8 +240,10 @@ def kill_group(pid: int) -> None:
     """SIGKILL a task's whole process group (its pid is the group id)."""
     try:
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    except ProcessLookupError:
+        return  # already gone
+    except PermissionError as exc:
+        log.error("cannot kill task process group %d: %s", pid, exc)
 
 
 def read_tail(path: str, limit: int = TAIL_BYTES) -> bytes:
