@@ -23,7 +23,6 @@ import pykka
 
 from comrade import resources
 from comrade.errors import ClusterError
-from comrade.executor import TaskRunner
 from comrade.model import Outcome, TaskSpec
 from comrade.queue import Queue
 from comrade.scheduler import LocalFacts, plan
@@ -95,11 +94,8 @@ class Isolation:
                 self._start(shadow.tasks[c.task_id].spec, c.attempt)
 
     def _start(self, spec: TaskSpec, attempt: int) -> None:
-        n = self.node
-        ref = TaskRunner.start(spec, attempt, n.name, n.paths, n.reaper, n._prepare,
-                               self._report, time.time, self._crashed)
-        self.runners[(spec.task_id, attempt)] = ref
-        ref.tell(("start",))
+        self.runners[(spec.task_id, attempt)] = self.node.start_runner(
+            spec, attempt, self._report, self._crashed)
 
     def _report(self, task_id: str, attempt: int, outcome: Outcome) -> None:
         with self.lock:

@@ -16,6 +16,7 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -23,7 +24,7 @@ import pykka
 from comrade import discovery, journal_check, membership, resources, rpc
 from comrade.config import Config
 from comrade.errors import ClusterError, LeoronicError
-from comrade.executor import Paths, Reaper, TaskRunner, kill_orphans
+from comrade.executor import Paths, Reaper, Report, TaskRunner, kill_orphans
 from comrade.files import FileRef as FileRefT
 from comrade.files import FileStore, place_files, rewrite_command
 from comrade.isolation import Isolation
@@ -256,12 +257,16 @@ class Node:
             self._start_runner(spec, key[1])
 
     def _start_runner(self, spec: TaskSpec, attempt: int) -> None:
-        ref = TaskRunner.start(
-            spec, attempt, self.name, self.paths, self.reaper, self._prepare,
-            self._report_finish, time.time, self._runner_crashed,
-        )
-        self._runners[(spec.task_id, attempt)] = ref
+        self._runners[(spec.task_id, attempt)] = self.start_runner(
+            spec, attempt, self._report_finish, self._runner_crashed)
+
+    def start_runner(self, spec: TaskSpec, attempt: int, report: Report,
+                     crashed: Callable[[str, int, str], None]) -> pykka.ActorRef[Any]:
+        """Start a TaskRunner actor for one attempt here, reporting to the given callbacks."""
+        ref = TaskRunner.start(spec, attempt, self.name, self.paths, self.reaper, self._prepare,
+                               report, time.time, crashed)
         ref.tell(("start",))
+        return ref
 
     def schedule(self) -> None:
         """Propose finished results and claims for the queued tasks that fit here now."""

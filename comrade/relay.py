@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from comrade.errors import ClusterError, UsageError
@@ -65,8 +66,6 @@ class Relay:
         """Register a ghost with this worker as its clairvoyant; return the known workers."""
         if not isinstance(info, NodeInfo) or info.kind != "ghost":
             raise UsageError("ghost_attach: not a ghost")
-        from dataclasses import replace
-
         info = replace(info, clairvoyant=self.node.name)
         ops: list[Any] = [("join", info)]
         with self.node.lock:

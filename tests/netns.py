@@ -170,12 +170,12 @@ class Net:
 
     def wait_connected(self, timeout: float = 15.0) -> None:
         """Wait until host 1 reaches every other host."""
-        deadline = time.monotonic() + timeout
-        for i in range(2, self.count + 1):
-            while not self.reachable(1, i):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.ns(1)} cannot reach {self.addr(i)}")
-                time.sleep(0.2)  # the bridge port may take a moment to forward
+        from tests.cluster import wait_for
+
+        def all_reached() -> bool:  # the bridge ports may take a moment to forward
+            return all(self.reachable(1, i) for i in range(2, self.count + 1))
+
+        wait_for(all_reached, timeout, f"{self.ns(1)} to reach every other host", interval=0.2)
 
     def teardown(self) -> None:
         """Stop everything started in the namespaces (by PID) and delete them. Idempotent."""

@@ -236,7 +236,7 @@ def submit_chunk(cluster: Cluster, path: Path, via: NodeProc, expected: list[str
             log.append(f"{path.name} via {via.name}: ok (try {attempt})")
             return
         log.append(f"{path.name} via {via.name}: try {attempt} failed: {r}")
-        time.sleep(1)
+        time.sleep(1)  # pacing between retries of a refused submit (not a wait for a condition)
     raise AssertionError(f"submitting {path.name} failed 3 times: {log[-3:]}")
 
 
@@ -259,19 +259,50 @@ def final_states(cluster: Cluster, node: NodeProc, ids: Sequence[str]) -> dict[s
         client.close()
 
 
-def logs_excerpt(cluster: Cluster, pattern: str = r"WARNING|ERROR|Traceback", limit: int = 40) -> str:
-    """The warning lines of every node's log, for failure messages."""
+def warning_lines(paths: Sequence[str], limit: int = 40,
+                  pattern: str = r"WARNING|ERROR|Traceback") -> str:
+    """The last `limit` lines matching `pattern` of each log file, for failure messages."""
     out = []
-    for n in cluster.nodes:
-        for path in (n.log_path, os.path.join(n.home, "logs", "node.log")):
-            try:
-                lines = Path(path).read_text(errors="replace").splitlines()
-            except OSError:
-                continue
-            hits = [ln for ln in lines if re.search(pattern, ln)]
-            out.append(f"--- {path} ({len(hits)} matching lines, last {limit}):")
-            out.extend(hits[-limit:])
+    for path in paths:
+        try:
+            lines = Path(path).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        hits = [ln for ln in lines if re.search(pattern, ln)]
+        out.append(f"--- {path} ({len(hits)} matching lines, last {limit}):")
+        out.extend(hits[-limit:])
     return "\n".join(out)
+
+
+def wait_identical(names: Sequence[str], fetch: Callable[[], list[tuple[Any, dict[str, Any]]]],
+                   ids: Sequence[str], diagnostics: Callable[[], str] = lambda: "") -> dict[str, Any]:
+    """Wait until every worker holds the same queue rows and task records (`fetch` returns
+    one (rows, records) view per worker, in `names` order); return the records."""
+    snapshot: dict[str, Any] = {}
+
+    def identical() -> bool:
+        views = fetch()
+        snapshot["views"] = views
+        rows0, records0 = views[0]
+        return all(sorted(rows) == sorted(rows0) and records == records0
+                   for rows, records in views[1:])
+    try:
+        wait_for(identical, 30, "the three workers to hold identical state", interval=1.0)
+    except AssertionError:
+        views = snapshot["views"]
+        diffs = [f"{tid}: " + " | ".join(f"{name}: {describe(v[1][tid])}"
+                                         for name, v in zip(names, views, strict=True))
+                 for tid in ids if len({repr(v[1][tid]) for v in views}) > 1]
+        raise AssertionError(f"workers disagree on {len(diffs)} tasks:\n" + "\n".join(diffs[:20])
+                             + "\n" + diagnostics()) from None
+    records: dict[str, Any] = snapshot["views"][0][1]
+    return records
+
+
+def logs_excerpt(cluster: Cluster, limit: int = 40) -> str:
+    """The warning lines of every node's logs."""
+    return warning_lines([p for n in cluster.nodes
+                          for p in (n.log_path, os.path.join(n.home, "logs", "node.log"))], limit)
 
 
 @pytest.fixture
@@ -333,7 +364,7 @@ def test_thousand_tasks_survive_worker_and_leader_kills(chaos_cluster: Cluster, 
         events.append(f"{time.monotonic() - started:6.1f}s kill {victim.name}"
                       f"{' (leader)' if victim is leader else ''}, down {down:.1f} s, "
                       f"submit via {via.name}")
-        time.sleep(down)
+        time.sleep(down)  # fault schedule: how long the victim stays down
         cluster.launch(victim)
         cluster.wait_registered(victim, timeout=60)
         if submitter is not None:
@@ -360,23 +391,8 @@ def test_thousand_tasks_survive_worker_and_leader_kills(chaos_cluster: Cluster, 
             + "\n" + "\n".join(events) + "\n" + logs_excerpt(cluster)) from None
 
     # The replicated state is the same on every worker (followers may lag a moment).
-    snapshot: dict[str, Any] = {}
-
-    def identical() -> bool:
-        views = [fetch_all(cluster, n, ids) for n in cluster.nodes]
-        snapshot["views"] = views
-        first_rows, first_records = views[0]
-        return all(sorted(rows) == sorted(first_rows) and records == first_records
-                   for rows, records in views[1:])
-    try:
-        wait_for(identical, 30, "the three workers to hold identical state", interval=1.0)
-    except AssertionError:
-        views = snapshot["views"]
-        diffs = [f"{tid}: " + " | ".join(f"{n.name}: {describe(v[1][tid])}"
-                                         for n, v in zip(cluster.nodes, views, strict=True))
-                 for tid in ids if len({repr(v[1][tid]) for v in views}) > 1]
-        raise AssertionError("workers disagree:\n" + "\n".join(diffs[:20])) from None
-    _, records = snapshot["views"][0]
+    records = wait_identical([n.name for n in cluster.nodes],
+                             lambda: [fetch_all(cluster, n, ids) for n in cluster.nodes], ids)
 
     r = cluster.sh("leoronic_get_queue", node=cluster.nodes[1], timeout=60)
     assert r.rc == 0, r
@@ -521,17 +537,10 @@ class NsCluster:
             return ""
 
     def logs_excerpt(self, limit: int = 40) -> str:
-        out = []
-        for w in self.workers:
-            for path in (w.out_path, os.path.join(w.home, "logs", "node.log")):
-                try:
-                    lines = Path(path).read_text(errors="replace").splitlines()
-                except OSError:
-                    continue
-                hits = [ln for ln in lines if re.search(r"WARNING|ERROR|Traceback", ln)]
-                out.append(f"--- {path} ({len(hits)} warning lines, last {limit}):")
-                out.extend(hits[-limit:])
-        return "\n".join(out)
+        """The warning lines of every worker's logs."""
+        return warning_lines([p for w in self.workers
+                              for p in (w.out_path, os.path.join(w.home, "logs", "node.log"))],
+                             limit)
 
 
 def _stamp() -> str:
@@ -598,7 +607,7 @@ def partition_scenario(net: netns.Net, tmp_path: Path, capsys: Any, cut_leader: 
 
     # Cut one worker off while most tasks are still queued; hold the cut until it has been in
     # isolated mode for a while (isolated runs happen), well past --isolation-after.
-    time.sleep(rng.uniform(0.5, 1.5))
+    time.sleep(rng.uniform(0.5, 1.5))  # fault schedule: when the cut happens
     net.cut(cut.index)
     cut_at = time.monotonic()
     timeline.append(f"{_stamp()} cut {cut.name}{' (leader)' if cut is leader else ''}")
@@ -607,7 +616,7 @@ def partition_scenario(net: netns.Net, tmp_path: Path, capsys: Any, cut_leader: 
                  f"{cut.name} to enter isolated mode", interval=0.2)
         isolated_after = time.monotonic() - cut_at
         timeline.append(f"{_stamp()} {cut.name} isolated after {isolated_after:.1f} s")
-        time.sleep(rng.uniform(2.0, 4.0))
+        time.sleep(rng.uniform(2.0, 4.0))  # fault schedule: how long the partition lasts
         quorum, rows, text = c.nodes(majority[0])
         assert quorum, f"the majority lost its quorum during the partition:\n{text}"
         assert rows.get(cut.name, ("", ""))[1] != "up", f"{cut.name} still shown up:\n{text}"
@@ -627,7 +636,10 @@ def partition_scenario(net: netns.Net, tmp_path: Path, capsys: Any, cut_leader: 
                  and results_file.stat().st_size == 0, 60,
                  f"{cut.name} to merge its isolated results", interval=0.2)
         timeline.append(f"{_stamp()} {cut.name} merged its isolated results")
-        time.sleep(1.0)
+        # Keep the keepers running until that merge (and whatever the cut-off worker proposed
+        # before it) has reached every worker's copy.
+        wait_for(lambda: len({repr(c.call(w, "tasks", ids)) for w in c.workers}) == 1, 30,
+                 "every worker to apply the merge", interval=0.2)
     finally:
         release.touch()
     timeline.append(f"{_stamp()} keepers released")
@@ -648,23 +660,8 @@ def partition_scenario(net: netns.Net, tmp_path: Path, capsys: Any, cut_leader: 
                              + "\n" + diagnostics()) from None
     timeline.append(f"{_stamp()} all tasks final on {majority[0].name}")
 
-    snapshot: dict[str, Any] = {}
-
-    def identical() -> bool:
-        views = [c.call(w, "dump", ids) for w in c.workers]
-        snapshot["views"] = views
-        rows0, records0 = views[0]
-        return all(sorted(rows) == sorted(rows0) and records == records0 for rows, records in views[1:])
-    try:
-        wait_for(identical, 30, "the three workers to hold identical state", interval=1.0)
-    except AssertionError:
-        views = snapshot["views"]
-        diffs = [f"{tid}: " + " | ".join(f"{w.name}: {describe(v[1][tid])}"
-                                         for w, v in zip(c.workers, views, strict=True))
-                 for tid in ids if len({repr(v[1][tid]) for v in views}) > 1]
-        raise AssertionError(f"workers disagree on {len(diffs)} tasks:\n" + "\n".join(diffs[:10])
-                             + "\n" + diagnostics()) from None
-    _, records = snapshot["views"][0]
+    records = wait_identical([w.name for w in c.workers],
+                             lambda: [c.call(w, "dump", ids) for w in c.workers], ids, diagnostics)
 
     # Only the cut-off worker was ever silent: a worker of the majority declared lost means a
     # stale decision (e.g. the cut-off leader's, replayed after the heal) was applied.

@@ -391,21 +391,19 @@ def test_retries_move_a_failing_task_to_another_node(make_cluster, tmp_path) -> 
     r = cluster.sh(f"leoronic_wait --timeout 40 {a} {b}", timeout=70)
     assert r.rc == 1 and b in r.err and a not in r.err.split(":")[-1], r
 
-    t = record(cluster, n1, a)
-    assert t.state.value == "done", t
-    assert [(x.number, x.why, x.exit_code) for x in t.attempts] == \
-        [(1, "exit", 1), (2, "exit", 0)], t.attempts
-    assert t.attempts[1].node != t.attempts[0].node, t.attempts
-    r = result(cluster, a)
-    assert (r.rc, r.out) == (0, f"second on {t.attempts[1].node}\n"), r
+    def ran_twice_on_two_nodes(task_id: str, state: str, codes: tuple[int, int], said: str) -> None:
+        """Two attempts, both ended by exit with `codes`, the second on another node, whose
+        output (`said` on NODE) is the result."""
+        t = record(cluster, n1, task_id)
+        assert t.state.value == state, t
+        assert [(x.number, x.why, x.exit_code) for x in t.attempts] == \
+            [(1, "exit", codes[0]), (2, "exit", codes[1])], t.attempts
+        assert t.attempts[1].node != t.attempts[0].node, t.attempts
+        r = result(cluster, task_id)
+        assert (r.rc, r.out) == (codes[1], f"{said} on {t.attempts[1].node}\n"), r
 
-    t = record(cluster, n1, b)
-    assert t.state.value == "failed", t
-    assert [(x.number, x.why, x.exit_code) for x in t.attempts] == \
-        [(1, "exit", 3), (2, "exit", 3)], t.attempts
-    assert t.attempts[1].node != t.attempts[0].node, t.attempts
-    r = result(cluster, b)
-    assert (r.rc, r.out) == (3, f"always on {t.attempts[1].node}\n"), r
+    ran_twice_on_two_nodes(a, "done", (1, 0), "second")
+    ran_twice_on_two_nodes(b, "failed", (3, 3), "always")
 
 
 # ----- 8. a corrupted journal ---------------------------------------------------------------
