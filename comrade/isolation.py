@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import pykka
-
 from comrade import resources
 from comrade.errors import ClusterError
 from comrade.model import Outcome, TaskSpec
@@ -41,7 +39,7 @@ class Isolation:
         self.path = os.path.join(node.cfg.home, "isolated.results")
         self.shadow: Queue | None = None
         self.since: float | None = None
-        self.runners: dict[tuple[str, int], pykka.ActorRef[Any]] = {}
+        self.runners: set[tuple[str, int]] = set()
         self.lock = threading.RLock()  # the shadow is changed from the actor and runner threads
 
     @property
@@ -94,8 +92,8 @@ class Isolation:
                 self._start(shadow.tasks[c.task_id].spec, c.attempt)
 
     def _start(self, spec: TaskSpec, attempt: int) -> None:
-        self.runners[(spec.task_id, attempt)] = self.node.start_runner(
-            spec, attempt, self._report, self._crashed)
+        self.runners.add((spec.task_id, attempt))
+        self.node.start_runner(spec, attempt, self._report, self._crashed)
 
     def _report(self, task_id: str, attempt: int, outcome: Outcome) -> None:
         with self.lock:
@@ -106,7 +104,7 @@ class Isolation:
             if self.shadow is not None:  # record the finish before the runner is forgotten
                 self.shadow.apply(("finish", task_id, self.node.name, attempt, outcome),
                                   time.time())
-            self.runners.pop((task_id, attempt), None)
+            self.runners.discard((task_id, attempt))
         if self.node.actor is not None:
             self.node.actor.tell("wake")
 
@@ -116,7 +114,7 @@ class Isolation:
             if self.shadow is not None:
                 self.shadow.apply(("release", task_id, self.node.name, attempt, reason[:200]),
                                   time.time())
-            self.runners.pop((task_id, attempt), None)
+            self.runners.discard((task_id, attempt))
 
     def leave(self) -> None:
         """Quorum is back: stop using the shadow; running isolated tasks finish and merge."""

@@ -3,7 +3,7 @@
 This is the only module that knows all the others. Threads:
 - pysyncobj's tick thread applies committed entries and calls `_on_applied` (never blocks);
 - the `NodeActor` (pykka) reconciles running tasks with the replicated state and schedules;
-- one `TaskRunner` actor per running task, and the reaper thread that wakes them;
+- the `Executor` actor that runs this node's tasks, and the reaper thread that wakes it;
 - the ticker thread: heartbeats, the leader's lease checks, retries, membership file;
 - the RPC server's threads answer clients and ghosts.
 """
@@ -16,7 +16,6 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -24,7 +23,7 @@ import pykka
 from comrade import discovery, journal_check, membership, resources, rpc
 from comrade.config import Config
 from comrade.errors import ClusterError, LeoronicError
-from comrade.executor import Paths, Reaper, Report, TaskRunner, kill_orphans
+from comrade.executor import Crashed, Executor, Paths, Report, kill_orphans
 from comrade.files import FileRef as FileRefT
 from comrade.files import FileStore, place_files, rewrite_command
 from comrade.isolation import Isolation
@@ -64,7 +63,6 @@ class Node:
         self.files_dir = os.path.join(cfg.home, "files")
         self.consumer = ReplicatedQueue(on_applied=self._on_applied)
         self.lock = self.consumer.lock
-        self.reaper = Reaper()
         self.supervisor = Supervisor(RestartPolicy(), time.monotonic, self._escalate)
         self.note = ""  # why this node is not claiming, if it is not
         self.disk_note = ""  # set while $LEORONIC_HOME's disk is (nearly) full
@@ -72,7 +70,7 @@ class Node:
         self._member_since: dict[str, float] = {}  # raft address -> when first seen a member
         self._registered = threading.Event()  # set once this life's join is applied
         self._next_readd = 0.0
-        self._runners: dict[tuple[str, int], pykka.ActorRef[Any]] = {}
+        self._runners: dict[tuple[str, int], TaskSpec] = {}  # attempts the executor runs
         self._claimed_here: set[tuple[str, int]] = set()  # claims proposed in this life
         self._claims_in_flight: dict[str, tuple[int, Resources, float]] = {}
         self._pending_finish: dict[tuple[str, int], tuple[Outcome, float]] = {}
@@ -91,6 +89,7 @@ class Node:
         self.applied_gen = 0  # entries applied so far (under applied_cv)
         self._stop = threading.Event()
         self.syncobj: Any = None
+        self.executor: Executor | None = None
         self.proposer: Proposer | None = None
         self.server: Server | None = None
         self.actor: pykka.ActorRef[Any] | None = None
@@ -134,6 +133,7 @@ class Node:
             on_state_changed=self._on_raft_state,
         )
         self.proposer = Proposer(self.consumer)
+        self.executor = Executor(self.name, self.paths, self._prepare, time.time)
         self.actor = NodeActor.start(self)
         self.server.start()
         if joining:
@@ -154,8 +154,8 @@ class Node:
         self._stop.set()
         if self.beacon is not None:
             self.beacon.stop()
-        for ref in list(self._runners.values()):
-            ref.tell(("cancel", "node stopping"))
+        if self.executor is not None:
+            self.executor.stop()
         if leave and self.proposer is not None:
             try:
                 self.proposer.propose_sync([("leave", self.name)], timeout=3.0)
@@ -167,7 +167,6 @@ class Node:
         if self.proposer is not None:
             self.proposer.stop()
         pykka.ActorRegistry.stop_all(block=True, timeout=5)
-        self.reaper.stop()
         if self.syncobj is not None:
             self.syncobj.destroy()
 
@@ -245,9 +244,9 @@ class Node:
                         if k not in mine]
         for key in finished:
             self._pending_finish.pop(key, None)
-        for key, ref in list(self._runners.items()):
+        for key in list(self._runners):
             if key not in mine:
-                ref.tell(("cancel", "no longer assigned to this node"))
+                self.cancel_runner(key, "no longer assigned to this node")
                 del self._runners[key]
         for key, spec in mine.items():
             if key in self._runners or key in self._pending_finish:
@@ -257,16 +256,18 @@ class Node:
             self._start_runner(spec, key[1])
 
     def _start_runner(self, spec: TaskSpec, attempt: int) -> None:
-        self._runners[(spec.task_id, attempt)] = self.start_runner(
-            spec, attempt, self._report_finish, self._runner_crashed)
+        self._runners[(spec.task_id, attempt)] = spec
+        self.start_runner(spec, attempt, self._report_finish, self._runner_crashed)
 
-    def start_runner(self, spec: TaskSpec, attempt: int, report: Report,
-                     crashed: Callable[[str, int, str], None]) -> pykka.ActorRef[Any]:
-        """Start a TaskRunner actor for one attempt here, reporting to the given callbacks."""
-        ref = TaskRunner.start(spec, attempt, self.name, self.paths, self.reaper, self._prepare,
-                               report, time.time, crashed)
-        ref.tell(("start",))
-        return ref
+    def start_runner(self, spec: TaskSpec, attempt: int, report: Report, crashed: Crashed) -> None:
+        """Run one attempt here, reporting to the given callbacks."""
+        assert self.executor is not None
+        self.executor.start(spec, attempt, report, crashed)
+
+    def cancel_runner(self, key: tuple[str, int], why: str) -> None:
+        """Kill an attempt started with `start_runner` (it reports nothing)."""
+        if self.executor is not None:
+            self.executor.cancel(key, why)
 
     def schedule(self) -> None:
         """Propose finished results and claims for the queued tasks that fit here now."""

@@ -25,7 +25,7 @@ import pykka
 from comrade import packing, resources, rpc
 from comrade.config import split_address
 from comrade.errors import LeoronicError, UsageError
-from comrade.executor import Paths, Reaper, TaskRunner, kill_orphans
+from comrade.executor import Executor, Paths, kill_orphans
 from comrade.files import FileRef, FileStore, place_files, rewrite_command
 from comrade.model import NodeInfo, Outcome, Resources, TaskSpec
 
@@ -83,7 +83,7 @@ def choose(workers: Sequence[str], target: str, skip: Sequence[str] = ()) -> str
 
 @dataclass
 class _State:
-    running: dict[tuple[str, int], Any] = field(default_factory=dict)
+    running: dict[tuple[str, int], Resources] = field(default_factory=dict)  # -> needs
     finished: list[tuple[str, int, Outcome]] = field(default_factory=list)
     reserved: Resources = Resources()
 
@@ -102,8 +102,8 @@ class Ghost:
         self.tags = frozenset(cfg.tags) | frozenset(resources.automatic_tags())
         self.store = FileStore(os.path.join(cfg.home, "store"))
         self.files_dir = os.path.join(cfg.home, "files")
-        self.reaper = Reaper()
         self.state = _State()
+        self.executor = Executor(self.name, self.paths, self._prepare, time.time)
         self.lock = threading.Lock()
         self.workers: list[str] = list(cfg.peers)
         self.clairvoyant = ""
@@ -159,13 +159,9 @@ class Ghost:
     def stop(self) -> None:
         """Stop polling, kill running tasks (their leases requeue them)."""
         self._stop.set()
-        with self.lock:
-            refs = list(self.state.running.values())
-        for ref in refs:
-            ref.tell(("cancel", "ghost stopping"))
+        self.executor.stop()
         self.server.stop()
         pykka.ActorRegistry.stop_all(block=True, timeout=5)
-        self.reaper.stop()
 
     def _discover(self) -> None:
         """Learn the active workers from the peers (or the explicit target)."""
@@ -251,24 +247,22 @@ class Ghost:
     def _reconcile(self, assigned: set[tuple[str, int]]) -> None:
         """Kill runs the cluster no longer assigns to us (deleted, or requeued after a lease)."""
         with self.lock:
-            stale = [(k, ref) for k, ref in self.state.running.items() if k not in assigned]
-        for key, ref in stale:
-            ref.tell(("cancel", "no longer assigned to this ghost"))
+            stale = [k for k in self.state.running if k not in assigned]
+        for key in stale:
+            self.executor.cancel(key, "no longer assigned to this ghost")
             with self.lock:
                 self._forget(key)
 
     def _start(self, spec: TaskSpec, attempt: int) -> None:
-        ref = TaskRunner.start(spec, attempt, self.name, self.paths, self.reaper, self._prepare,
-                               self._report, time.time, self._crashed)
         with self.lock:
-            self.state.running[(spec.task_id, attempt)] = (ref, spec.needs)
+            self.state.running[(spec.task_id, attempt)] = spec.needs
             self.state.reserved = self.state.reserved + spec.needs
-        ref.tell(("start",))
+        self.executor.start(spec, attempt, self._report, self._crashed)
 
     def _forget(self, key: tuple[str, int]) -> None:
         entry = self.state.running.pop(key, None)
         if entry is not None:
-            self.state.reserved = self.state.reserved - entry[1]
+            self.state.reserved = self.state.reserved - entry
 
     def _report(self, task_id: str, attempt: int, outcome: Outcome) -> None:
         with self.lock:
