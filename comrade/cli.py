@@ -89,6 +89,10 @@ def _bytes_opt(value: str | None, name: str) -> int | None:
               help="Without quorum for 15 s: keep running tasks from the local copy, or wait.")
 @click.option("--isolation-after", type=float, default=15.0, envvar="LEORONIC_ISOLATION_AFTER",
               help="Seconds without quorum before isolated mode (LEORONIC_ISOLATION_AFTER).")
+@click.option("--claim-ahead", type=float, default=0.1, envvar="LEORONIC_CLAIM_AHEAD",
+              help="While every node is busy, claim ahead what this node starts in this many "
+              "seconds at its current rate, so short tasks run back to back; 0: never "
+              "(LEORONIC_CLAIM_AHEAD).")
 @click.option("--remove-after", type=float, default=30.0, envvar="LEORONIC_REMOVE_AFTER",
               help="Seconds a lost worker stays in the Raft membership (LEORONIC_REMOVE_AFTER).")
 @click.pass_context
@@ -116,7 +120,7 @@ def start_worker(opts: dict[str, Any]) -> None:
         lease_s=opts["lease"], heartbeat_s=min(2.0, opts["lease"] / 3),
         discovery=opts["discovery"], on_isolation=opts["on_isolation"], isolation_s=opts["isolation_after"],
         remove_after_s=opts["remove_after"], retention_s=opts["retention"],
-        file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"],
+        file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"], claim_ahead_s=opts["claim_ahead"],
     )
     from comrade.node import Node
 

@@ -45,6 +45,7 @@ class Config:
     lease_s: float = 10.0  # a node silent this long is lost; its running tasks are requeued
     heartbeat_s: float = 2.0  # how often a node says it is alive
     remove_after_s: float = 30.0  # a worker lost this long leaves the Raft membership
+    claim_ahead_s: float = 0.1  # claim ahead what this node starts in this long (0: never)
     isolation_s: float = 15.0  # without quorum this long, a worker enters isolated mode
     on_isolation: str = "run"  # "run": keep running tasks from the local copy; "wait": do not
     retention_s: float = 7 * 24 * 3600.0  # finished tasks' work dirs and outputs kept this long
@@ -70,6 +71,8 @@ class Config:
             raise UsageError(
                 f"--lease: {self.lease_s} s must be at least twice the heartbeat ({self.heartbeat_s} s)"
             )
+        if not 0 <= self.claim_ahead_s <= 10:
+            raise UsageError(f"--claim-ahead: {self.claim_ahead_s} s is not between 0 and 10")
         if self.on_isolation not in ("run", "wait"):
             raise UsageError(f"--on-isolation: {self.on_isolation!r} is not run or wait")
         if not self.cookie:

@@ -77,10 +77,14 @@ class Isolation:
             return
         me = self.node.name
         now = time.time()
-        for task in shadow.running_on(me):
-            key = (task.spec.task_id, task.attempt)
-            if key not in self.runners and key not in self.node._runners:
-                self._start(task.spec, task.attempt)
+        mine = sorted(shadow.running_on(me), key=lambda t: t.seq)
+        running = [t.spec for t in mine if (t.spec.task_id, t.attempt) in self.runners]
+        running += list(self.node._runners.values())
+        waiting = [((t.spec.task_id, t.attempt), t.spec) for t in mine
+                   if (t.spec.task_id, t.attempt) not in self.runners
+                   and (t.spec.task_id, t.attempt) not in self.node._runners]
+        for key, spec in self.node.fitting(waiting, running):  # claimed ahead: wait their turn
+            self._start(spec, key[1])
         if self.node.note or self.node.disk_note:
             return
         reserved = shadow.reserved(me)

@@ -16,6 +16,7 @@ import shutil
 import socket
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import pykka
@@ -32,7 +33,7 @@ from comrade.queue import Reply
 from comrade.relay import CLAIRVOYANT, Relay
 from comrade.replication import Proposer, ReplicatedQueue, make_syncobj
 from comrade.rpc import Server
-from comrade.scheduler import Claim, LocalFacts, plan
+from comrade.scheduler import Claim, LocalFacts, plan, plan_ahead
 from comrade.service import Service
 from comrade.supervisor import RestartPolicy, Supervisor
 
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 _LEADER = 2  # pysyncobj _RAFT_STATE.LEADER
 #: Seconds a node leaves alone a task it could not start (others may have the file).
 AVOID_S = 10.0
+#: A task claimed ahead that has not started after this many seconds goes back to the queue.
+GIVE_BACK_S = 1.0
+#: The most tasks a node holds claimed ahead.
+AHEAD_MAX = 64
 
 
 class Node:
@@ -75,6 +80,8 @@ class Node:
         self._claims_in_flight: dict[str, tuple[int, Resources, float]] = {}
         self._pending_finish: dict[tuple[str, int], tuple[Outcome, float]] = {}
         self._first_seen: dict[str, float] = {}
+        self._starts: deque[float] = deque()  # when attempts started here in the last second
+        self._waiting_since: dict[tuple[str, int], float] = {}  # claimed, not started yet
         self._avoid: dict[str, float] = {}
         self._rewake = threading.Event()
         self._unsent: list[Any] = []  # finishes waiting for the next pass's Raft entry
@@ -236,10 +243,14 @@ class Node:
     # ----- reconcile and schedule (NodeActor thread) -----------------------------------------
 
     def reconcile(self) -> None:
-        """Start runners for claims the state gave us; cancel runners the state took away."""
+        """Start the claims the state gave us as their resources free up here (a task claimed
+        ahead waits for a running one to end); cancel runners the state took away; give back
+        claims that could not start within GIVE_BACK_S."""
+        now = time.monotonic()
         with self.lock:
             queue = self.consumer.queue
-            mine = {(t.spec.task_id, t.attempt): t.spec for t in queue.running_on(self.name)}
+            mine = {(t.spec.task_id, t.attempt): t.spec
+                    for t in sorted(queue.running_on(self.name), key=lambda t: t.seq)}
             finished = [k for k in self._pending_finish
                         if k not in mine]
         for key in finished:
@@ -248,15 +259,43 @@ class Node:
             if key not in mine:
                 self.cancel_runner(key, "no longer assigned to this node")
                 del self._runners[key]
-        for key, spec in mine.items():
-            if key in self._runners or key in self._pending_finish:
-                continue
-            if key not in self._claimed_here:
-                continue  # a previous life's claim: released in _release_stale
+        for key in list(self._waiting_since):
+            if key not in mine:
+                del self._waiting_since[key]
+        waiting = [(key, spec) for key, spec in mine.items()
+                   if key not in self._runners and key not in self._pending_finish
+                   and key in self._claimed_here]  # a previous life's: see _release_stale
+        start = self.fitting(waiting, list(self._runners.values()))
+        for key, spec in start:
+            self._waiting_since.pop(key, None)
             self._start_runner(spec, key[1])
+        give_back = []
+        for key, _ in waiting[len(start):]:
+            since = self._waiting_since.setdefault(key, now)
+            if since <= now - GIVE_BACK_S:
+                self._waiting_since[key] = float("inf")  # once
+                self._avoid[key[0]] = now + GIVE_BACK_S
+                give_back.append(("release", key[0], self.name, key[1],
+                                  f"not started here within {GIVE_BACK_S:.0f} s of being claimed"))
+        if give_back and self.proposer is not None:
+            self.proposer.propose(give_back)
+
+    def fitting(self, waiting: list[tuple[tuple[str, int], TaskSpec]],
+                running: list[TaskSpec]) -> list[tuple[tuple[str, int], TaskSpec]]:
+        """The first of the `waiting` claims (in claim order) that fit here beside `running`;
+        with nothing running, the first always starts (it fitted when it was claimed)."""
+        free = resources.free(self.probe, self.offer, sum((s.needs for s in running), Resources()))
+        start: list[tuple[tuple[str, int], TaskSpec]] = []
+        for key, spec in waiting:
+            if not (spec.needs.fits_in(free) or not (running or start)):
+                break
+            free = free - spec.needs
+            start.append((key, spec))
+        return start
 
     def _start_runner(self, spec: TaskSpec, attempt: int) -> None:
         self._runners[(spec.task_id, attempt)] = spec
+        self._starts.append(time.monotonic())
         self.start_runner(spec, attempt, self._report_finish, self._runner_crashed)
 
     def start_runner(self, spec: TaskSpec, attempt: int, report: Report, crashed: Crashed) -> None:
@@ -304,13 +343,19 @@ class Node:
                 if task is not None and task.state is State.RUNNING and task.attempt == att:
                     freeing = freeing + task.spec.needs
             free = resources.free(self.probe, self.offer, reserved - freeing)
-            if free.cores <= 0:
-                return []
             local = LocalFacts(tags=self.local_tags, has_file=self._has_file)
             self._avoid = {t: until for t, until in self._avoid.items() if until > now}
             claims, deferred = plan(queue, self.name, free, local, self._waited,
                                     claiming=self._claims_in_flight, avoid=self._avoid,
                                     freeing=freeing)
+            left = free
+            for c in claims:
+                left = left - queue.tasks[c.task_id].spec.needs
+            room = self._ahead_room(queue, now)
+            if left.cores <= 0 and room > 0:
+                claims += plan_ahead(queue, self.name, room, local,
+                                     claiming=set(self._claims_in_flight) | {c.task_id for c in claims},
+                                     avoid=self._avoid)
             for c in claims:
                 self._claims_in_flight[c.task_id] = (c.attempt, queue.tasks[c.task_id].spec.needs, now)
                 self._claimed_here.add((c.task_id, c.attempt))
@@ -318,6 +363,20 @@ class Node:
             self._rewake.set()  # one timer at a time: look again when deferred tasks fall due
             threading.Timer(0.1, self._wake_again).start()
         return claims
+
+    def _ahead_room(self, queue: Any, now: float) -> int:
+        """How many more tasks to claim ahead: what this node starts in `claim_ahead_s` at the
+        rate of the last second, less the claims waiting here or in flight. Long tasks start
+        rarely, so they are never claimed ahead; short ones queue up to start back to back."""
+        while self._starts and self._starts[0] < now - 1.0:
+            self._starts.popleft()
+        want = min(AHEAD_MAX, int(len(self._starts) * self.cfg.claim_ahead_s))
+        if want <= 0:
+            return 0
+        waiting = sum(1 for t in queue.running_on(self.name)
+                      if (t.spec.task_id, t.attempt) not in self._runners
+                      and (t.spec.task_id, t.attempt) not in self._pending_finish)
+        return want - waiting - len(self._claims_in_flight)
 
     def _wake_again(self) -> None:
         self._rewake.clear()

@@ -94,6 +94,7 @@ class Queue:
         self._conditional: set[str] = set()  # queued tasks with queue-scope conditions
         self._parsed: dict[str, tuple[cond.Condition, ...]] = {}
         self._settle = True  # a final state was reached: re-check dependents
+        self._reserved: dict[str, tuple[int, Resources]] = {}  # node -> (applied, reserved)
         for task in sorted(self.tasks.values(), key=lambda t: t.seq):
             if task.state is State.QUEUED:
                 self._queued[task.seq] = task.spec.task_id
@@ -392,10 +393,14 @@ class Queue:
         return [self.tasks[t] for t in self._running.get(node, ())]
 
     def reserved(self, node: str) -> Resources:
-        """Resources reserved by the tasks running on a node."""
+        """Resources reserved by the tasks running on a node (cached until the next operation)."""
+        cached = self._reserved.get(node)
+        if cached is not None and cached[0] == self.applied:
+            return cached[1]
         total = Resources()
         for task in self.running_on(node):
             total = total + task.spec.needs
+        self._reserved[node] = (self.applied, total)
         return total
 
     def conditions_of(self, task: Task) -> tuple[cond.Condition, ...]:

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -103,16 +104,26 @@ class Proposer:
 
     Each `propose` call is delivered in order inside one entry with whatever else is waiting;
     with nothing in flight it goes at once (low latency when idle), under load batches grow
-    (high throughput). `callback(replies, error)` gets this call's replies, or None and a
-    pysyncobj FAIL_REASON (or -1 for our own timeout): the outcome is then unknown and the
-    caller retries with the same ids, which the state machine makes idempotent.
+    (high throughput). Under sustained load (at least `busy_ops` operations sent in the last
+    `busy_window_s`) the next entry also waits until `linger_s` after the previous one: every
+    entry costs a few Raft messages per follower whatever it carries, so a busy node sends at
+    most one entry per `linger_s`, and each carries more. A lone request never waits.
+
+    `callback(replies, error)` gets this call's replies, or None and a pysyncobj FAIL_REASON
+    (or -1 for our own timeout): the outcome is then unknown and the caller retries with the
+    same ids, which the state machine makes idempotent.
     """
 
     def __init__(
-        self, consumer: ReplicatedQueue, max_in_flight: int = 4, answer_s: float = 4.0
+        self, consumer: ReplicatedQueue, max_in_flight: int = 4, answer_s: float = 4.0,
+        linger_s: float = 0.05, busy_ops: int = 20, busy_window_s: float = 0.1,
     ) -> None:
         self._consumer = consumer
         self._max_in_flight = max_in_flight
+        self._linger_s = linger_s
+        self._busy_window_s = busy_window_s
+        self._busy_ops = busy_ops
+        self._sent: deque[tuple[float, int]] = deque()  # (monotonic, operations) of recent entries
         self._answer_s = answer_s  # an entry unanswered this long has an unknown outcome
         self._cv = threading.Condition()
         self._waiting: list[_Pending] = []
@@ -161,6 +172,10 @@ class Proposer:
                 ):
                     self._cv.wait(timeout=0.5)
                     self._expire_overdue()
+                linger = self._linger_left()
+                if linger > 0 and not self._stopped:
+                    self._cv.wait(timeout=linger)
+                    continue
                 if self._stopped:
                     waiting, self._waiting = self._waiting, []
                     for p in waiting:
@@ -174,7 +189,26 @@ class Proposer:
                     count += len(p.ops)
                 self._next_id += 1
                 entry_id = self._next_id
+                self._sent.append((time.monotonic(), count))
             self._send(entry_id, batch)
+
+    def _linger_left(self) -> float:
+        """Seconds the next entry should still wait to carry more (called with the lock held):
+        until `linger_s` after the previous entry, or until the node is no longer busy."""
+        now = time.monotonic()
+        sent = self._sent
+        while sent and sent[0][0] < now - self._busy_window_s:
+            sent.popleft()
+        recent = sum(n for _, n in sent)
+        if recent < self._busy_ops or sum(len(p.ops) for p in self._waiting) >= MAX_BATCH:
+            return 0.0
+        quiet_at = now
+        for when, n in sent:  # busy until enough of the recent entries leave the window
+            recent -= n
+            if recent < self._busy_ops:
+                quiet_at = when + self._busy_window_s
+                break
+        return min(self._linger_s - (now - sent[-1][0]), quiet_at - now)
 
     def _expire_overdue(self) -> None:
         """Give up on entries unanswered for too long (called with the lock held)."""

@@ -117,6 +117,59 @@ def plan(
     return claims, deferred
 
 
+def plan_ahead(
+    queue: Queue,
+    me: str,
+    room: int,
+    local: LocalFacts,
+    claiming: Iterable[str] = (),
+    avoid: Iterable[str] = (),
+) -> list[Claim]:
+    """Claims ahead: up to `room` queued tasks for this node to start the moment its running
+    tasks end, although it has no free resources now (the caller makes sure of that).
+
+    A task is claimed ahead only if no other live node could start it now (otherwise the deal
+    gives it to that node), if it is concurrent and could ever run here (offer, tags, worker
+    conditions), and if it is this node's share: among the live workers whose offer and tags
+    fit it, this node wins the hash tie-break, so nodes claiming ahead together take
+    different tasks.
+    """
+    my_state = queue.nodes.get(me)
+    if room <= 0 or my_state is None or not my_state.alive:
+        return []
+    if any(not t.spec.concurrent for t in queue.running_on(me)):
+        return []
+    worker = _Worker(my_state, local)
+    open_others = [(name, cap) for name, ns in queue.nodes.items() if ns.alive and name != me
+                   for cap in [ns.info.offered - queue.reserved(name)] if cap.cores > 0]
+    workers = sorted(name for name, ns in queue.nodes.items()
+                     if ns.alive and ns.info.kind == "worker")
+    skip = set(claiming) | set(avoid)
+    claims: list[Claim] = []
+    scan = 64 + 4 * room * max(1, len(workers))
+    for i, task in enumerate(queue.queued()):
+        if i >= scan or len(claims) >= room:
+            break
+        task_id = task.spec.task_id
+        if task_id in skip or not task.spec.concurrent:
+            continue
+        needs = task.spec.needs
+        if not fits(needs, my_state.info.offered):
+            continue
+        conds = queue.conditions_of(task)
+        tags = [c.argument for c in conds if c.scope == "worker" and c.predicate == "tag"]
+        if _share(task, needs, tags, workers, queue, worker, me) != me:
+            continue
+        if any(fits(needs, cap) and _tagged(queue, worker, me, name, tags) for name, cap in open_others):
+            continue  # another node can start it now
+        if conds and cond.evaluate_queue(conds, task.seq, queue).status is not cond.Status.READY:
+            continue
+        if conds and not _runs_here(task, conds, worker, False, claims):
+            continue
+        claims.append(Claim(task_id, task.attempt + 1))
+    return claims
+
+
 def _runs_here(task: Task, conds: tuple[cond.Condition, ...], worker: _Worker, busy: bool,
                claims: list[Claim]) -> bool:
     if not task.spec.concurrent and (busy or claims):
@@ -142,10 +195,9 @@ def _deal(
     for name, cap in caps.items():
         if not fits(needs, cap):
             continue
-        ns = queue.nodes[name]
-        node_tags = worker.tags if name == me else ns.tags
-        if any(t not in node_tags for t in tags):
+        if not _tagged(queue, worker, me, name, tags):
             continue
+        ns = queue.nodes[name]
         if not task.spec.concurrent and (busy[name] or dealt_to.get(name)):
             continue
         offered = ns.info.offered
@@ -154,6 +206,23 @@ def _deal(
         if best is None or key < best:
             best, best_name = key, name
     return best_name
+
+
+def _share(task: Task, needs: Resources, tags: list[str | None], workers: list[str], queue: Queue,
+           worker: _Worker, me: str) -> str | None:
+    """The worker whose share of the backlog a task is: one of those whose offer and tags fit
+    it (preferring those it has not failed on), picked by a hash of its id."""
+    fit = [n for n in workers if (not tags or _tagged(queue, worker, me, n, tags))
+           and fits(needs, queue.nodes[n].info.offered)]
+    if task.failed_on:
+        fit = [n for n in fit if n not in task.failed_on] or fit
+    return fit[zlib.crc32(task.spec.task_id.encode()) % len(fit)] if fit else None
+
+
+def _tagged(queue: Queue, worker: _Worker, me: str, name: str, tags: list[str | None]) -> bool:
+    """True if node `name` carries every tag in `tags` (this node: with its local tags)."""
+    node_tags = worker.tags if name == me else queue.nodes[name].tags
+    return all(t in node_tags for t in tags)
 
 
 class _Worker:

@@ -9,7 +9,7 @@ import pytest
 
 from comrade.model import NodeInfo, Outcome, Resources, TaskSpec
 from comrade.queue import Queue
-from comrade.scheduler import Claim, LocalFacts, fits, plan
+from comrade.scheduler import Claim, LocalFacts, fits, plan, plan_ahead
 
 GiB = 1024**3
 BIG = Resources(64 * GiB, 64, 64 * GiB)
@@ -243,3 +243,79 @@ def test_task_that_failed_on_a_prefers_b() -> None:
     assert (a_claims, a_deferred) == ([], True)
     assert b_claims == [Claim(t, 2) for t in TASKS]
     assert len(run_plan(q, me="a", wait=0.3)[0]) == len(TASKS)
+
+
+# ----- claiming ahead -------------------------------------------------------------------------
+
+TWO = Resources(GiB, 2, GiB)
+
+
+def busy_cluster(names: Iterable[str] = ("a", "b", "c"), extra: Iterable[TaskSpec] = (),
+                 offered: Resources = TWO) -> Queue:
+    """Every node runs two one-core tasks (full); 40 more wait, then `extra`."""
+    names = list(names)
+    running = [spec(f"run-{n}-{i}") for n in names for i in range(2)]
+    q = build([node(n, offered) for n in names], running + [spec(t) for t in TASKS] + list(extra))
+    ok(q, *[("claim", f"run-{n}-{i}", n, 1) for n in names for i in range(2)])
+    return q
+
+
+def test_ahead_each_full_node_takes_its_own_share() -> None:
+    q = busy_cluster()
+    shares = {me: ids(plan_ahead(q, me, 100, NO_FILES)) for me in "abc"}
+    assert all(shares.values())
+    assert sum(len(s) for s in shares.values()) == len(TASKS)
+    assert set().union(*map(set, shares.values())) == set(TASKS)
+    for me in "abc":
+        assert shares[me] == sorted(shares[me], key=TASKS.index)  # in submit order
+
+
+def test_ahead_room_limits_and_claims_are_next_attempts() -> None:
+    q = busy_cluster()
+    claims = plan_ahead(q, "a", 3, NO_FILES)
+    assert len(claims) == 3 and all(c.attempt == 1 for c in claims)
+    assert plan_ahead(q, "a", 0, NO_FILES) == []
+
+
+def test_ahead_nothing_while_another_node_can_start_the_task_now() -> None:
+    q = busy_cluster(names=("a", "b"))
+    ok(q, ("finish", "run-b-0", "b", 1, Outcome(0, 0.0, 1.0)))  # b has a free core
+    assert plan_ahead(q, "a", 100, NO_FILES) == []
+
+
+def test_ahead_skips_non_concurrent_and_in_flight_and_avoided() -> None:
+    q = busy_cluster(names=("a",), extra=[spec("alone", concurrent=False)])
+    got = ids(plan_ahead(q, "a", 100, NO_FILES, claiming=TASKS[:5], avoid=TASKS[5:10]))
+    assert got == TASKS[10:]
+
+
+def test_ahead_nothing_next_to_a_non_concurrent_task() -> None:
+    q = build([node("a", TWO)], [spec("alone", concurrent=False), spec("next")])
+    ok(q, ("claim", "alone", "a", 1))
+    assert plan_ahead(q, "a", 100, NO_FILES) == []
+
+
+def test_ahead_respects_offer_tags_and_conditions() -> None:
+    extra = [spec("big", cores=3), spec("tagged", conditions="worker:tag x"),
+             spec("later", conditions="queue:after run-a-0")]
+    q = busy_cluster(names=("a",), extra=extra)
+    assert not {"big", "tagged", "later"} & set(ids(plan_ahead(q, "a", 100, NO_FILES)))
+    tagged = LocalFacts(frozenset({"x"}), lambda name: False)
+    assert "tagged" in ids(plan_ahead(q, "a", 100, tagged))
+
+
+def test_ahead_a_task_only_one_node_can_run_is_that_nodes_share() -> None:
+    q = busy_cluster(names=("a", "b"), extra=[spec("x-only", conditions="worker:tag x")])
+    ok(q, ("add_tag", "b", "x"))
+    assert "x-only" in ids(plan_ahead(q, "b", 100, NO_FILES))
+    assert "x-only" not in ids(plan_ahead(q, "a", 100, NO_FILES))
+
+
+def test_ahead_not_for_a_lost_or_unknown_node() -> None:
+    q = busy_cluster(names=("a", "b"))
+    ok(q, ("expire_node", "b"))
+    assert plan_ahead(q, "b", 100, NO_FILES) == []
+    assert plan_ahead(q, "zz", 100, NO_FILES) == []
+    claims = plan_ahead(q, "a", 100, NO_FILES)  # b's share, and b's requeued tasks, fall to a
+    assert claims[:2] == [Claim("run-b-0", 2), Claim("run-b-1", 2)]
+    assert ids(claims[2:]) == TASKS

@@ -1,0 +1,132 @@
+"""A node's claims on its own copy of the queue: claims that fit start at once, claims made
+ahead wait for a running task to end, and a claim that cannot start in time is given back.
+
+The node is built without starting it (no network); the executor and the proposer are fakes
+that record what the node asks of them, and the clock is the test's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from comrade import node as node_mod
+from comrade.config import Config
+from comrade.model import NodeInfo, Outcome, Resources, TaskSpec
+from comrade.node import GIVE_BACK_S, Node
+from comrade.resources import FixedProbe
+
+GiB = 1024**3
+
+
+class FakeExecutor:
+    def __init__(self) -> None:
+        self.started: list[tuple[str, int]] = []
+        self.cancelled: list[tuple[str, int]] = []
+
+    def start(self, spec: TaskSpec, attempt: int, report: Any, crashed: Any) -> None:
+        self.started.append((spec.task_id, attempt))
+
+    def cancel(self, key: tuple[str, int], why: str) -> None:
+        self.cancelled.append(key)
+
+
+class FakeProposer:
+    def __init__(self) -> None:
+        self.ops: list[Any] = []
+
+    def propose(self, ops: list[Any], callback: Any = None) -> None:
+        self.ops.extend(ops)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(node_mod.time, "monotonic", c)
+    return c
+
+
+def make_node(tmp_path: Any, cores: int = 2) -> tuple[Node, FakeExecutor, FakeProposer]:
+    cfg = Config(home=str(tmp_path), name="a", cookie="secret", discovery=False, cores=cores)
+    n = Node(cfg, probe=FixedProbe(Resources(8 * GiB, 8, 100 * GiB)))
+    ex, prop = FakeExecutor(), FakeProposer()
+    n.executor, n.proposer = ex, prop  # type: ignore[assignment]
+    n._registered.set()
+    info = NodeInfo("a", "worker", "a:1", "a:2", n.offer, frozenset())
+    apply(n, ("join", info))
+    return n, ex, prop
+
+
+def apply(n: Node, *ops: Any) -> None:
+    replies = n.consumer.queue.apply_batch(list(ops), 0.0)
+    assert all(r.ok for r in replies), replies
+
+
+def claim(n: Node, *task_ids: str) -> None:
+    """Submit and claim tasks for node a as this life of the node would."""
+    for t in task_ids:
+        apply(n, ("submit", TaskSpec(t, 1, 1, 1, True, "", (), "true")), ("claim", t, "a", 1))
+        n._claimed_here.add((t, 1))
+
+
+def test_claims_start_while_cores_last_then_wait(tmp_path: Any, clock: Clock) -> None:
+    n, ex, prop = make_node(tmp_path, cores=2)
+    claim(n, "t1", "t2", "t3", "t4")
+    n.reconcile()
+    assert ex.started == [("t1", 1), ("t2", 1)]
+    n.reconcile()
+    assert ex.started == [("t1", 1), ("t2", 1)]  # nothing twice, t3 and t4 wait
+    n._report_finish("t1", 1, Outcome(0, 0.0, 1.0))  # t1 ended: its core is free at once
+    n.reconcile()
+    assert ex.started == [("t1", 1), ("t2", 1), ("t3", 1)]
+    assert prop.ops == []
+
+
+def test_a_claim_that_cannot_start_in_time_is_given_back_once(tmp_path: Any, clock: Clock) -> None:
+    n, ex, prop = make_node(tmp_path, cores=1)
+    claim(n, "long", "waits")
+    n.reconcile()
+    assert ex.started == [("long", 1)]
+    clock.now += GIVE_BACK_S - 0.01
+    n.reconcile()
+    assert prop.ops == []
+    clock.now += 0.02
+    n.reconcile()
+    n.reconcile()
+    assert [op[:4] for op in prop.ops] == [("release", "waits", "a", 1)]
+    assert "not started here" in prop.ops[0][4]
+    apply(n, *prop.ops)  # committed: back in the queue, and this node leaves it alone a while
+    assert n.consumer.queue.tasks["waits"].state.value == "queued"
+    assert "waits" in n._avoid
+    n.reconcile()
+    assert ex.started == [("long", 1)]
+
+
+def test_a_claim_taken_away_is_cancelled(tmp_path: Any, clock: Clock) -> None:
+    n, ex, prop = make_node(tmp_path, cores=2)
+    claim(n, "t1")
+    n.reconcile()
+    apply(n, ("delete", "t1"))
+    n.reconcile()
+    assert ex.cancelled == [("t1", 1)]
+
+
+def test_room_to_claim_ahead_follows_the_start_rate(tmp_path: Any, clock: Clock) -> None:
+    n, ex, prop = make_node(tmp_path, cores=2)
+    q = n.consumer.queue
+    assert n._ahead_room(q, clock.now) == 0  # nothing started yet: never claim ahead
+    n._starts.extend([clock.now - 0.5] * 100)  # 100 starts in the last second
+    assert n._ahead_room(q, clock.now) == int(100 * n.cfg.claim_ahead_s)
+    claim(n, "t1", "t2", "t3")  # t3 waits here: one less to claim ahead
+    n.reconcile()
+    assert n._ahead_room(q, clock.now) == int(100 * n.cfg.claim_ahead_s) - 1
+    clock.now += 1.0  # those starts are over a second old: the rate is 0 again
+    assert n._ahead_room(q, clock.now) <= 0

@@ -1,0 +1,89 @@
+"""Proposer: operations from many callers go into few Raft entries, in order, exactly once; a
+lone request goes at once, a busy node lingers so each entry carries more."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from pysyncobj import FAIL_REASON
+
+from comrade.queue import Reply
+from comrade.replication import Proposer
+
+
+class FakeRaft:
+    """Stands in for the ReplicatedQueue: commits every entry at once, recording it."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[float, list[Any]]] = []
+        self.lock = threading.Lock()
+
+    def apply_ops(self, ops: list[Any], now: float, callback: Any) -> None:
+        with self.lock:
+            self.entries.append((time.monotonic(), list(ops)))
+        callback([Reply(True, f"ok {op[1]}") for op in ops], FAIL_REASON.SUCCESS)
+
+
+def make(linger_s: float = 0.1, busy_ops: int = 10) -> tuple[FakeRaft, Proposer]:
+    raft = FakeRaft()
+    return raft, Proposer(raft, linger_s=linger_s, busy_ops=busy_ops, busy_window_s=0.2)  # type: ignore[arg-type]
+
+
+def test_a_lone_request_does_not_linger() -> None:
+    raft, p = make(linger_s=2.0)
+    try:
+        t0 = time.monotonic()
+        assert p.propose_sync([("op", 1)], timeout=5.0) == [Reply(True, "ok 1")]
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        p.stop()
+
+
+def test_a_busy_node_sends_fewer_bigger_entries_in_order() -> None:
+    raft, p = make(linger_s=0.1, busy_ops=10)
+    got: list[Reply] = []
+    done = threading.Event()
+    n = 60
+
+    def collect(replies: list[Reply] | None, err: int) -> None:
+        assert replies is not None, err
+        got.extend(replies)
+        if len(got) == n:
+            done.set()
+
+    try:
+        t0 = time.monotonic()
+        for i in range(n):
+            p.propose([("op", i)], collect)
+            time.sleep(0.01)  # load pacing: one operation every 10 ms for 0.6 s
+        assert done.wait(5.0)
+        span = time.monotonic() - t0
+        assert [r.detail for r in got] == [f"ok {i}" for i in range(n)]
+        ops = [op for _, entry in raft.entries for op in entry]
+        assert ops == [("op", i) for i in range(n)]
+        # Without lingering each operation would be an entry of its own (60); with it, a busy
+        # proposer sends about one entry per linger_s after the first busy_ops operations.
+        assert len(raft.entries) <= 12 + span / 0.1, [len(e) for _, e in raft.entries]
+        busy = [t for t, _ in raft.entries][10:]  # once 10 operations went out in 0.2 s
+        gaps = [b - a for a, b in zip(busy, busy[1:], strict=False)]
+        assert gaps and all(g >= 0.09 for g in gaps[:-1]), gaps  # a linger apart
+    finally:
+        p.stop()
+
+
+def test_quiet_again_means_no_linger() -> None:
+    raft, p = make(linger_s=2.0, busy_ops=5)
+    try:
+        p.propose_sync([("op", i) for i in range(10)], timeout=5.0)  # busy now
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:  # the busy window (0.2 s) passes
+            t0 = time.monotonic()
+            p.propose_sync([("op", "late")], timeout=5.0)
+            if time.monotonic() - t0 < 0.5:
+                break
+        else:
+            raise AssertionError("a lone request still lingered once the node was quiet")
+    finally:
+        p.stop()
