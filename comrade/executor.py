@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import threading
@@ -129,6 +130,10 @@ class _Run:
     attempt: int
     report: Report
     crashed: Crashed
+    workdir: str = ""
+    out: str = ""  # stdout file
+    err: str = ""  # stderr file
+    pidfile: str = ""
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     cancelled: str = ""
@@ -185,7 +190,8 @@ class ExecutorActor(pykka.ThreadingActor):
         self.prepare = prepare  # (spec, workdir) -> command to run (files placed, renamed)
         self.clock = clock
         self.reaper = reaper
-        self.base_env = dict(os.environ)
+        self.base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+        self.bash = shutil.which("bash") or "bash"  # found once, not on every start
         self.runs: dict[Key, _Run] = {}
 
     def on_receive(self, message: Any) -> Any:
@@ -210,10 +216,12 @@ class ExecutorActor(pykka.ThreadingActor):
         if key in self.runs:
             return
         self.runs[key] = run
+        run.workdir = workdir = self.paths.workdir(*key)
+        run.out, run.err = self.paths.output(*key, "out"), self.paths.output(*key, "err")
+        run.pidfile = self.paths.pidfile(*key)
         try:
-            workdir = self.paths.workdir(*key)
             _mkdir(workdir)
-            _mkdir(os.path.dirname(self.paths.output(run.spec.task_id, run.attempt, "out")))
+            _mkdir(os.path.dirname(run.out))
         except OSError as exc:
             self._cannot_start(key, exc)
             return
@@ -235,20 +243,18 @@ class ExecutorActor(pykka.ThreadingActor):
         if run is None or run.cancelled:
             self.runs.pop(key, None)
             return
-        spec, attempt = run.spec, run.attempt
-        workdir = self.paths.workdir(*key)
-        env = dict(self.base_env)
-        env.update(LEORONIC_TASK_ID=spec.task_id, LEORONIC_NODE_NAME=self.node_name,
-                   LEORONIC_ATTEMPT=str(attempt), LEORONIC_WORKDIR=workdir)
+        env = dict(self.base_env)  # bytes already: Popen would encode every variable per task
+        env[b"LEORONIC_TASK_ID"] = os.fsencode(run.spec.task_id)
+        env[b"LEORONIC_NODE_NAME"] = os.fsencode(self.node_name)
+        env[b"LEORONIC_ATTEMPT"] = b"%d" % run.attempt
+        env[b"LEORONIC_WORKDIR"] = os.fsencode(run.workdir)
         try:
-            with open(self.paths.output(spec.task_id, attempt, "out"), "wb") as out, open(
-                self.paths.output(spec.task_id, attempt, "err"), "wb"
-            ) as err:
+            with open(run.out, "wb") as out, open(run.err, "wb") as err:
                 run.started = self.clock()
                 run.proc = subprocess.Popen(
-                    ["bash", "-c", command], cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=err, env=env, start_new_session=True, close_fds=True)
-            write_pidfile(self.paths.pidfile(spec.task_id, attempt), run.proc.pid)
+                    ["bash", "-c", command], executable=self.bash, cwd=run.workdir, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=err, env=env, start_new_session=True, close_fds=True)
+            write_pidfile(run.pidfile, run.proc.pid)
         except Exception as exc:
             self._cannot_start(key, exc)
             return
@@ -276,11 +282,11 @@ class ExecutorActor(pykka.ThreadingActor):
         if run is None:
             return
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.paths.pidfile(*key))
+            os.unlink(run.pidfile)
         # A process killed by a signal reports -N; shells report 128+N: use the shell's form.
         code = 128 - rc if rc < 0 else rc
-        out_tail, out_size = read_tail_size(self.paths.output(key[0], key[1], "out"))
-        err_tail, err_size = read_tail_size(self.paths.output(key[0], key[1], "err"))
+        out_tail, out_size = read_tail_size(run.out)
+        err_tail, err_size = read_tail_size(run.err)
         outcome = Outcome(exit_code=code, start=run.started, end=end, stdout_tail=out_tail,
                           stderr_tail=err_tail, stdout_bytes=out_size, stderr_bytes=err_size)
         if run.cancelled:

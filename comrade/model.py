@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import cached_property
 
 #: Bytes of stdout and of stderr kept in the replicated record of a finished attempt.
 TAIL_BYTES = 64 * 1024
@@ -70,9 +71,10 @@ class TaskSpec:
     retries: int = 0  # extra attempts after a non-zero exit
     rename: bool = True  # rename necessary files and rewrite the command
 
-    @property
+    @cached_property
     def needs(self) -> Resources:
-        """Resources the task reserves while it runs; storage includes its necessary files."""
+        """Resources the task reserves while it runs; storage includes its necessary files.
+        (Computed once per object: the spec is immutable and the scheduler asks often.)"""
         return Resources(self.memory, self.cores, self.storage + sum(f[2] for f in self.files))
 
 

@@ -45,7 +45,7 @@ AVOID_S = 10.0
 #: A task claimed ahead that has not started after this many seconds goes back to the queue.
 GIVE_BACK_S = 1.0
 #: The most tasks a node holds claimed ahead.
-AHEAD_MAX = 64
+AHEAD_MAX = 24
 
 
 class Node:
@@ -81,6 +81,7 @@ class Node:
         self._pending_finish: dict[tuple[str, int], tuple[Outcome, float]] = {}
         self._first_seen: dict[str, float] = {}
         self._starts: deque[float] = deque()  # when attempts started here in the last second
+        self._run_s: float | None = None  # moving average of how long tasks ran here
         self._waiting_since: dict[tuple[str, int], float] = {}  # claimed, not started yet
         self._avoid: dict[str, float] = {}
         self._rewake = threading.Event()
@@ -365,12 +366,16 @@ class Node:
         return claims
 
     def _ahead_room(self, queue: Any, now: float) -> int:
-        """How many more tasks to claim ahead: what this node starts in `claim_ahead_s` at the
-        rate of the last second, less the claims waiting here or in flight. Long tasks start
-        rarely, so they are never claimed ahead; short ones queue up to start back to back."""
+        """How many more tasks to claim ahead: what this node starts in `claim_ahead_s`, less
+        the claims waiting here or in flight. The start rate is the last second's, or (sooner
+        known, while tasks run) the running tasks over their average run time here. Long
+        tasks start rarely, so they are never claimed ahead; short ones start back to back."""
         while self._starts and self._starts[0] < now - 1.0:
             self._starts.popleft()
-        want = min(AHEAD_MAX, int(len(self._starts) * self.cfg.claim_ahead_s))
+        rate = float(len(self._starts))
+        if self._run_s is not None and self._runners:
+            rate = max(rate, len(self._runners) / max(self._run_s, 0.001))
+        want = min(AHEAD_MAX, int(rate * self.cfg.claim_ahead_s))
         if want <= 0:
             return 0
         waiting = sum(1 for t in queue.running_on(self.name)
@@ -428,6 +433,8 @@ class Node:
         """A runner ended: the finish is proposed by the next scheduling pass, in the same Raft
         entry as the claim that reuses the freed slot."""
         self._pending_finish[(task_id, attempt)] = (outcome, time.monotonic())
+        took = max(0.0, outcome.end - outcome.start)
+        self._run_s = took if self._run_s is None else 0.8 * self._run_s + 0.2 * took
         self._runners.pop((task_id, attempt), None)
         with self._unsent_lock:
             self._unsent.append(("finish", task_id, self.name, attempt, outcome))

@@ -226,11 +226,13 @@ class Queue:
             return Reply(False, "fenced: not the current attempt")
         if not isinstance(outcome, Outcome) or not _is_int(outcome.exit_code):
             return Reply(False, "not an outcome")
-        outcome = replace(
-            outcome,
-            stdout_tail=bytes(outcome.stdout_tail[-TAIL_BYTES:]),
-            stderr_tail=bytes(outcome.stderr_tail[-TAIL_BYTES:]),
-        )
+        if not all(type(t) is bytes and len(t) <= TAIL_BYTES
+                   for t in (outcome.stdout_tail, outcome.stderr_tail)):
+            outcome = replace(
+                outcome,
+                stdout_tail=bytes(outcome.stdout_tail[-TAIL_BYTES:]),
+                stderr_tail=bytes(outcome.stderr_tail[-TAIL_BYTES:]),
+            )
         self._end_attempt(task, why="exit", now=outcome.end, exit_code=outcome.exit_code)
         task.outcome = outcome
         if outcome.exit_code == 0:

@@ -14,7 +14,7 @@ double run.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import conditions as cond
@@ -146,7 +146,8 @@ def plan_ahead(
                      if ns.alive and ns.info.kind == "worker")
     skip = set(claiming) | set(avoid)
     claims: list[Claim] = []
-    scan = 64 + 4 * room * max(1, len(workers))
+    scan = 32 + 2 * room * max(1, len(workers))  # each worker's share is about 1/workers
+    fit_cache: dict[tuple[Resources, tuple[str | None, ...]], list[str]] = {}
     for i, task in enumerate(queue.queued()):
         if i >= scan or len(claims) >= room:
             break
@@ -154,11 +155,14 @@ def plan_ahead(
         if task_id in skip or not task.spec.concurrent:
             continue
         needs = task.spec.needs
-        if not fits(needs, my_state.info.offered):
-            continue
         conds = queue.conditions_of(task)
-        tags = [c.argument for c in conds if c.scope == "worker" and c.predicate == "tag"]
-        if _share(task, needs, tags, workers, queue, worker, me) != me:
+        tags = tuple(c.argument for c in conds if c.scope == "worker" and c.predicate == "tag")
+        fit = fit_cache.get((needs, tags))
+        if fit is None:  # the workers whose offer and tags fit: the same for alike tasks
+            fit = [n for n in workers if fits(needs, queue.nodes[n].info.offered)
+                   and _tagged(queue, worker, me, n, tags)]
+            fit_cache[(needs, tags)] = fit
+        if _share(task, fit) != me:
             continue
         if any(fits(needs, cap) and _tagged(queue, worker, me, name, tags) for name, cap in open_others):
             continue  # another node can start it now
@@ -208,18 +212,15 @@ def _deal(
     return best_name
 
 
-def _share(task: Task, needs: Resources, tags: list[str | None], workers: list[str], queue: Queue,
-           worker: _Worker, me: str) -> str | None:
-    """The worker whose share of the backlog a task is: one of those whose offer and tags fit
-    it (preferring those it has not failed on), picked by a hash of its id."""
-    fit = [n for n in workers if (not tags or _tagged(queue, worker, me, n, tags))
-           and fits(needs, queue.nodes[n].info.offered)]
+def _share(task: Task, fit: list[str]) -> str | None:
+    """The worker whose share of the backlog a task is: one of the workers that `fit` it
+    (preferring those it has not failed on), picked by a hash of its id."""
     if task.failed_on:
         fit = [n for n in fit if n not in task.failed_on] or fit
     return fit[zlib.crc32(task.spec.task_id.encode()) % len(fit)] if fit else None
 
 
-def _tagged(queue: Queue, worker: _Worker, me: str, name: str, tags: list[str | None]) -> bool:
+def _tagged(queue: Queue, worker: _Worker, me: str, name: str, tags: Sequence[str | None]) -> bool:
     """True if node `name` carries every tag in `tags` (this node: with its local tags)."""
     node_tags = worker.tags if name == me else queue.nodes[name].tags
     return all(t in node_tags for t in tags)
