@@ -13,6 +13,7 @@ leoronic_add_tasks_from_file() { _leoronic add-tasks-from-file "$@"; }
 leoronic_get_queue() { _leoronic get-queue "$@"; }
 leoronic_result() { _leoronic result "$@"; }
 leoronic_wait() { _leoronic wait "$@"; }
+leoronic_task_info() { _leoronic task-info "$@"; }
 leoronic_del_task() { _leoronic del-task "$@"; }
 leoronic_task_format() { _leoronic task-format "$@"; }
 leoronic_nodes() { _leoronic nodes "$@"; }

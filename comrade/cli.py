@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 a task failed, 2 bad input, 3 cluster unreachable / no quoru
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -288,6 +289,57 @@ def result(task_id: str) -> None:
     for warning in {warn_out, warn_err} - {""}:
         click.echo(f"leoronic: {warning}", err=True)
     sys.exit(task.outcome.exit_code if state != "deleted" else 1)
+
+
+@main.command("task-info")
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per task, one per line.")
+@friendly
+def task_info(task_ids: Sequence[str], as_json: bool) -> None:
+    """Everything recorded about tasks: resources, every attempt, the result."""
+    client = Client()
+    for task_id in task_ids:
+        record = _record(client.call("task", task_id))
+        click.echo(json.dumps(record) if as_json else _describe(record))
+
+
+def _record(task: Any) -> dict[str, Any]:
+    """A task's replicated record as plain JSON-able data (times: seconds since the epoch)."""
+    spec, out = task.spec, task.outcome
+    return {
+        "id": spec.task_id, "state": task.state.value, "node": task.node, "attempt": task.attempt,
+        "submitted": task.submitted, "command": spec.command, "reason": task.reason,
+        "memory": spec.memory, "cores": spec.cores, "storage": spec.storage,
+        "concurrent": spec.concurrent, "conditions": spec.conditions,
+        "files": [name for name, _, _ in spec.files], "retries_left": task.retries_left,
+        "attempts": [{"number": a.number, "node": a.node, "claimed": a.start, "ended": a.end,
+                      "exit_code": a.exit_code, "why": a.why} for a in task.attempts],
+        "result": None if out is None else {
+            "exit_code": out.exit_code, "start": out.start, "end": out.end,
+            "stdout_bytes": out.stdout_bytes, "stderr_bytes": out.stderr_bytes},
+    }
+
+
+def _describe(r: dict[str, Any]) -> str:
+    """The human form of `_record`."""
+    def when(t: float | None) -> str:
+        return "-" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    lines = [f"{r['id']}: {r['state']}" + (f" on {r['node']}, attempt {r['attempt']}" if r["node"] else "")
+             + (f" ({r['reason']})" if r["reason"] else ""),
+             f"  needs memory {_size(r['memory'])}, {r['cores']} cores, disk {_size(r['storage'])}; "
+             f"{'concurrent' if r['concurrent'] else 'alone on its node'}; "
+             f"conditions: {r['conditions'] or '-'}; files: {' '.join(r['files']) or '-'}",
+             f"  submitted {when(r['submitted'])}; command: {r['command']}"]
+    for a in r["attempts"]:
+        code = "" if a["exit_code"] is None else f", exit {a['exit_code']}"
+        lines.append(f"  attempt {a['number']} on {a['node']}: claimed {when(a['claimed'])}, "
+                     f"ended {when(a['ended'])}{code}{', ' + a['why'] if a['why'] else ''}")
+    res = r["result"]
+    if res is not None:
+        lines.append(f"  result: exit {res['exit_code']}, ran {when(res['start'])} to {when(res['end'])}"
+                     f" ({res['end'] - res['start']:.3f} s); stdout {res['stdout_bytes']} B, "
+                     f"stderr {res['stderr_bytes']} B")
+    return "\n".join(lines)
 
 
 @main.command("wait")

@@ -145,3 +145,47 @@ def test_work_spreads_and_nodes_listing(make_cluster, tmp_path) -> None:  # type
     # Afterwards nothing is listed as running.
     after = c.sh("leoronic_nodes")
     assert after.rc == 0 and after.out.count("running: -") == 3, after
+
+
+Span = tuple[str, float, float]
+
+
+def claimed_ahead(c: Cluster, log: Path, ids: list[str]) -> tuple[dict[str, list[Span]], int]:
+    """Per node, the tasks' own (node, start, end) in start order; and how many tasks were
+    claimed (replicated claim time, from `leoronic_task_info --json`) before the task that
+    ran before them on the same node had ended: claimed ahead, while the node was full."""
+    import json
+
+    spans = intervals(log)
+    assert sorted(spans) == sorted(ids), spans
+    r = c.sh("leoronic_task_info --json " + " ".join(ids))
+    assert r.rc == 0, r
+    claimed = {rec["id"]: rec["attempts"][-1]["claimed"] for rec in map(json.loads, r.out.splitlines())}
+    by_node: dict[str, list[Span]] = defaultdict(list)
+    ahead = 0
+    for task, (node, start, end) in sorted(spans.items(), key=lambda kv: kv[1][1]):
+        mine = by_node[node]
+        if mine and claimed[task] < mine[-1][2]:
+            ahead += 1
+        mine.append((task, start, end))
+    return by_node, ahead
+
+
+@pytest.mark.parametrize("claim_ahead", ["0.1", "0"])
+def test_short_tasks_claimed_ahead_never_overrun_a_node(make_cluster, tmp_path, claim_ahead) -> None:  # type: ignore[no-untyped-def]
+    c = make_cluster(3, per_node_args=[["--cores", "1", "--claim-ahead", claim_ahead]] * 3)
+    log = tmp_path / "short.log"
+    ids = submit_file(c, tmp_path / "short.txt", [
+        f"1024 1 1024 true '' '' '{logged(log, 0)}' q-{i}" for i in range(240)
+    ])
+    w = c.sh("leoronic_wait", timeout=120)
+    assert w.rc == 0, w
+    by_node, ahead = claimed_ahead(c, log, ids)
+    assert len(by_node) == 3, {n: len(s) for n, s in by_node.items()}
+    for node, spans in by_node.items():  # one core each: never two at once, claimed ahead or not
+        for a, b in zip(spans, spans[1:], strict=False):
+            assert a[2] <= b[1], f"{node} ran two 1-core tasks at once: {a} {b}"
+    if claim_ahead == "0":
+        assert ahead == 0, f"{ahead} tasks were claimed while their node was full"
+    else:
+        assert ahead > 0, "no task was claimed ahead although every node was busy"

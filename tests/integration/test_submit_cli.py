@@ -287,3 +287,36 @@ def test_del_task_queued_running_and_finished(cluster3: Cluster) -> None:
         d = c.sh(f"{cmd} nosuchtask")
         err = one_line_error(d, EXIT_USAGE)
         assert "nosuchtask" in err, (cmd, d)
+
+
+def test_task_info_shows_every_attempt_and_the_result(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    c = make_cluster(1)
+    r = c.sh("LEORONIC_RETRIES=1 leoronic_add_task 2K 1 3K true '' '' 'echo out; exit 3' info-1")
+    assert (r.rc, r.out) == (0, "info-1\n"), r
+    assert c.sh("leoronic_wait info-1").rc == EXIT_TASK_FAILED
+    r = c.sh("leoronic_task_info info-1 --json")
+    assert r.rc == 0, r
+    rec = json.loads(r.out)
+    assert (rec["id"], rec["state"], rec["node"], rec["attempt"]) == ("info-1", "failed", "n1", 2)
+    assert (rec["memory"], rec["cores"], rec["storage"], rec["concurrent"]) == (2048, 1, 3072, True)
+    assert [(a["number"], a["node"], a["exit_code"], a["why"]) for a in rec["attempts"]] == [
+        (1, "n1", 3, "exit"), (2, "n1", 3, "exit")]
+    for a in rec["attempts"]:
+        assert rec["submitted"] <= a["claimed"] <= a["ended"]
+    res = rec["result"]
+    assert (res["exit_code"], res["stdout_bytes"], res["stderr_bytes"]) == (3, 4, 0)
+    assert rec["attempts"][1]["claimed"] <= res["start"] <= res["end"] <= rec["attempts"][1]["ended"]
+
+    human = c.sh("leoronic_task_info info-1")
+    assert human.rc == 0, human
+    assert human.out.startswith("info-1: failed on n1, attempt 2\n"), human
+    assert "  needs memory 2.0K, 1 cores, disk 3.0K; concurrent;" in human.out, human
+    assert re.search(r"^  attempt 2 on n1: claimed \S+ \S+, ended \S+ \S+, exit 3, exit$", human.out,
+                     re.M), human
+    assert "  result: exit 3, ran " in human.out and "stdout 4 B, stderr 0 B" in human.out, human
+
+    bad = c.sh("leoronic_task_info info-1 nope")
+    assert bad.rc == EXIT_USAGE, bad
+    assert bad.err.strip().splitlines() == ["leoronic: ID: no task 'nope'"], bad
