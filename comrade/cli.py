@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from comrade import packing, taskfields
+from comrade import taskfields
 from comrade.client import Client, read_cookie
 from comrade.config import DEFAULT_PORT, Config, default_home
 from comrade.errors import EXIT_USAGE, LeoronicError, TaskFailed, UsageError
@@ -491,7 +491,7 @@ def get_all_files(dest: str) -> None:
             click.echo(f"leoronic: node {n['name']} ({n['rpc']}): not reachable: {exc}", err=True)
             unreachable += 1
             continue
-        packing.unpack(data, os.path.join(dest, n["name"]))
+        _unpack(data, os.path.join(dest, n["name"]))
         click.echo(f"{n['name']}: {os.path.join(dest, n['name'])}")
     if unreachable:
         sys.exit(3)
@@ -514,9 +514,15 @@ def get_files(task_id: str, dest: str) -> None:
             click.echo(f"leoronic: node {name} is unknown", err=True)
             continue
         data = Client(nodes[name], client.cookie).call("pack_dir", "task", task_id, retry_s=2)
-        packing.unpack(data, dest)
+        _unpack(data, dest)
         click.echo(f"{name}: {dest}")
 
 
 if __name__ == "__main__":
     main()
+
+
+def _unpack(data: bytes, dest: str) -> None:
+    from comrade import packing  # tarfile: imported only by the two commands that need it
+
+    packing.unpack(data, dest)

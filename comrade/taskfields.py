@@ -108,6 +108,48 @@ def parse_fields(args: Sequence[str], where: str = "") -> Fields:
         raise UsageError(f"{where}{exc}") from None
 
 
+_WS = " \t\r\n"  # shlex's whitespace
+_PIECE = r"""[^ \t\r\n'"\\]+|'[^']*'|"(?:[^"\\]|\\.)*"|\\."""
+_TOKEN = re.compile(f"(?:{_PIECE})+", re.S)
+_PIECES = re.compile(r"""([^ \t\r\n'"\\]+)|'([^']*)'|"((?:[^"\\]|\\.)*)"|\\(.)""", re.S)
+_DQ_ESCAPE = re.compile(r'\\(["\\])')
+_SIMPLE = re.compile(r"""[^'"\\]*|"[^"\\]*"|'[^']*'""")
+
+
+def split_fields(line: str) -> list[str]:
+    """`shlex.split(line)`, exactly, but about three times faster for well-formed lines (a tasks
+    file can have a million): a regular expression splits the line; anything it does not
+    consume whole (an unclosed quote, a trailing backslash) goes to shlex, which decides and
+    raises its own error. tests/unit/test_taskfields.py checks both agree."""
+    fields: list[str] = []
+    pos, end = 0, len(line)
+    while True:
+        while pos < end and line[pos] in _WS:
+            pos += 1
+        if pos == end:
+            return fields
+        m = _TOKEN.match(line, pos)
+        if m is None or (m.end() < end and line[m.end()] not in _WS):
+            return shlex.split(line, comments=False)
+        token = m.group()
+        if _SIMPLE.fullmatch(token):  # most fields: bare, or one "..." or '...' without escapes
+            fields.append(token[1:-1] if token[0] in "'\"" else token)
+        else:
+            fields.append("".join(_unquote(p) for p in _PIECES.finditer(token)))
+        pos = m.end()
+
+
+def _unquote(piece: re.Match[str]) -> str:
+    bare, single, double, escaped = piece.groups()
+    if bare is not None:
+        return bare
+    if single is not None:
+        return single
+    if double is not None:  # inside "...", a backslash escapes only " and itself
+        return _DQ_ESCAPE.sub(r"\1", double)
+    return escaped
+
+
 def parse_task_file(text: str) -> list[tuple[int, list[str]]]:
     """Split a tasks file into (line number, fields); `#` comments and blank lines skipped."""
     rows = []
@@ -116,7 +158,7 @@ def parse_task_file(text: str) -> list[tuple[int, list[str]]]:
         if not stripped or stripped.startswith("#"):
             continue
         try:
-            rows.append((number, shlex.split(line, comments=False)))
+            rows.append((number, split_fields(line)))
         except ValueError as exc:
             raise UsageError(f"line {number}: cannot split into fields: {exc}") from None
     return rows

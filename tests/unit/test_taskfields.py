@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import re
+import shlex
+from collections.abc import Callable
 
 import pytest
 
@@ -16,6 +19,7 @@ from comrade.taskfields import (
     parse_cores,
     parse_fields,
     parse_task_file,
+    split_fields,
     validate_tags,
 )
 
@@ -207,3 +211,40 @@ def test_validate_tags(tags: list[str], expected: tuple[str, ...]) -> None:
 def test_validate_tags_errors(tags: list[str], msg: str) -> None:
     with pytest.raises(UsageError, match=f"^{re.escape(msg)}$"):
         validate_tags(tags)
+
+
+# ----- splitting a tasks-file line: exactly shlex.split ----------------------------------------
+
+_ALPHABET = ["a", "b", " ", "\t", "'", '"', "\\", "#", "$", "é", "\r", "x y", '""', "''", ";"]
+
+
+def _shlex_or_error(split: Callable[[str], list[str]], line: str) -> object:
+    try:
+        return split(line)
+    except ValueError as exc:
+        return ("error", str(exc))
+
+
+def test_split_fields_is_shlex_split_on_random_lines() -> None:
+    rng = random.Random(7)
+    for _ in range(50000):
+        line = "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 16)))
+        assert _shlex_or_error(split_fields, line) == _shlex_or_error(
+            lambda s: shlex.split(s, comments=False), line), repr(line)
+
+
+@pytest.mark.parametrize("line, fields", [
+    ('1024 1 1024 true "" "" "echo hi" t-1', ["1024", "1", "1024", "true", "", "", "echo hi", "t-1"]),
+    ("1 1 1 false '' '' 'a \"b\" \\\\c'", ["1", "1", "1", "false", "", "", 'a "b" \\\\c']),
+    ('x "a\\"b\\\\c\\$d" e\\ f', ["x", 'a"b\\c\\$d', "e f"]),
+    ("  lead  and\ttabs  ", ["lead", "and", "tabs"]),
+    ('ab"c d"\'e f\'g', ["abc de fg"]),
+])
+def test_split_fields_examples(line: str, fields: list[str]) -> None:
+    assert split_fields(line) == fields == shlex.split(line, comments=False)
+
+
+@pytest.mark.parametrize("line", ['a "open', "a 'open", "trailing \\"])
+def test_split_fields_unbalanced_lines_raise_like_shlex(line: str) -> None:
+    with pytest.raises(ValueError):
+        split_fields(line)
