@@ -259,7 +259,12 @@ class ExecutorActor(pykka.ThreadingActor):
             self._cannot_start(key, exc)
             return
         ref = self.actor_ref
-        self.reaper.watch(run.proc, lambda rc: ref.tell(("exited", key, rc)))
+
+        def exited(rc: int) -> None:  # on the reaper thread
+            with contextlib.suppress(pykka.ActorDeadError):  # stopping: the exit is moot
+                ref.tell(("exited", key, rc))
+
+        self.reaper.watch(run.proc, exited)
 
     def _cannot_start(self, key: Key, exc: BaseException) -> None:
         run = self.runs.pop(key, None)

@@ -283,7 +283,7 @@ class Node:
 
     def fitting(self, waiting: list[tuple[tuple[str, int], TaskSpec]],
                 running: list[TaskSpec]) -> list[tuple[tuple[str, int], TaskSpec]]:
-        """The first of the `waiting` claims (in claim order) that fit here beside `running`;
+        """The first of the `waiting` claims (in submit order) that fit here beside `running`;
         with nothing running, the first always starts (it fitted when it was claimed)."""
         free = resources.free(self.probe, self.offer, sum((s.needs for s in running), Resources()))
         start: list[tuple[tuple[str, int], TaskSpec]] = []
