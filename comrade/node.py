@@ -352,8 +352,8 @@ class Node:
             left = free
             for c in claims:
                 left = left - queue.tasks[c.task_id].spec.needs
-            room = self._ahead_room(queue, now)
-            if left.cores <= 0 and room > 0:
+            room, want = self._ahead_room(queue, now)
+            if left.cores <= 0 and room > 0 and room >= want // 4:  # top up in chunks
                 claims += plan_ahead(queue, self.name, room, local,
                                      claiming=set(self._claims_in_flight) | {c.task_id for c in claims},
                                      avoid=self._avoid)
@@ -365,11 +365,12 @@ class Node:
             threading.Timer(0.1, self._wake_again).start()
         return claims
 
-    def _ahead_room(self, queue: Any, now: float) -> int:
-        """How many more tasks to claim ahead: what this node starts in `claim_ahead_s`, less
-        the claims waiting here or in flight. The start rate is the last second's, or (sooner
-        known, while tasks run) the running tasks over their average run time here. Long
-        tasks start rarely, so they are never claimed ahead; short ones start back to back."""
+    def _ahead_room(self, queue: Any, now: float) -> tuple[int, int]:
+        """(room, want): this node wants claimed ahead what it starts in `claim_ahead_s`;
+        room is that less the claims waiting here or in flight. The start rate is the last
+        second's, or (sooner known, while tasks run) the running tasks over their average run
+        time here. Long tasks start rarely, so they are never claimed ahead; short ones start
+        back to back."""
         while self._starts and self._starts[0] < now - 1.0:
             self._starts.popleft()
         rate = float(len(self._starts))
@@ -377,11 +378,11 @@ class Node:
             rate = max(rate, len(self._runners) / max(self._run_s, 0.001))
         want = min(AHEAD_MAX, int(rate * self.cfg.claim_ahead_s))
         if want <= 0:
-            return 0
+            return 0, 0
         waiting = sum(1 for t in queue.running_on(self.name)
                       if (t.spec.task_id, t.attempt) not in self._runners
                       and (t.spec.task_id, t.attempt) not in self._pending_finish)
-        return want - waiting - len(self._claims_in_flight)
+        return want - waiting - len(self._claims_in_flight), want
 
     def _wake_again(self) -> None:
         self._rewake.clear()
