@@ -83,6 +83,8 @@ class Node:
         self._starts: deque[float] = deque()  # when attempts started here in the last second
         self._run_s: float | None = None  # moving average of how long tasks ran here
         self._waiting_since: dict[tuple[str, int], float] = {}  # claimed, not started yet
+        self._waiting_n = 0  # claims waiting here to start, as of the last reconcile
+        self._planned_gen = -1  # applied_gen when claims were last planned
         self._avoid: dict[str, float] = {}
         self._rewake = threading.Event()
         self._unsent: list[Any] = []  # finishes waiting for the next pass's Raft entry
@@ -270,6 +272,7 @@ class Node:
         for key, spec in start:
             self._waiting_since.pop(key, None)
             self._start_runner(spec, key[1])
+        self._waiting_n = len(waiting) - len(start)
         give_back = []
         for key, _ in waiting[len(start):]:
             since = self._waiting_since.setdefault(key, now)
@@ -310,9 +313,18 @@ class Node:
             self.executor.cancel(key, why)
 
     def schedule(self) -> None:
-        """Propose finished results and claims for the queued tasks that fit here now."""
+        """Propose finished results and claims for the queued tasks that fit here now.
+
+        Planning is skipped while nothing was applied since the last plan and claims still
+        wait here to start: the node is full and the queue it would plan from is the same, so
+        a pass after a task ended here only starts the next waiting claim."""
         finishes = self._take_unsent()
-        claims = self._plan_claims()
+        gen = self.applied_gen
+        if gen == self._planned_gen and self._waiting_n > 0:
+            claims: list[Claim] = []
+        else:
+            self._planned_gen = gen
+            claims = self._plan_claims()
         ops = finishes + [("claim", c.task_id, self.name, c.attempt) for c in claims]
         if ops and self.proposer is not None:
             self.proposer.propose(ops)

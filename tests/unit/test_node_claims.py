@@ -148,3 +148,24 @@ def test_room_to_claim_ahead_is_known_from_run_times_before_a_second_passes(
     n._report_finish("t3", 1, Outcome(0, 10.0, 70.0))
     n._starts.clear()
     assert n._ahead_room(q, clock.now)[0] == 0  # nothing runs: no rate from run times
+
+
+def test_planning_is_skipped_only_while_claims_wait_and_nothing_new_was_applied(
+        tmp_path: Any, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    n, ex, prop = make_node(tmp_path, cores=1)
+    plans: list[int] = []
+    monkeypatch.setattr(n, "_plan_claims", lambda: plans.append(n.applied_gen) or [])
+    claim(n, "t1", "t2")
+    n.reconcile()  # t1 runs, t2 waits
+    n.schedule()
+    n.schedule()  # same queue, a claim waits here: no new plan
+    assert plans == [0]
+    n.applied_gen += 1  # an entry was applied
+    n.schedule()
+    n.schedule()
+    assert plans == [0, 1]
+    n._report_finish("t1", 1, Outcome(0, 0.0, 1.0))
+    n.reconcile()  # t2 starts: nothing waits any more
+    n.schedule()
+    assert plans == [0, 1, 1]
+    assert [op[:2] for op in prop.ops] == [("finish", "t1")]
