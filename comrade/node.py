@@ -326,8 +326,8 @@ class Node:
             self._planned_gen = gen
             claims = self._plan_claims()
         ops = finishes + [("claim", c.task_id, self.name, c.attempt) for c in claims]
-        if ops and self.proposer is not None:
-            self.proposer.propose(ops)
+        if ops and self.proposer is not None:  # claims for free resources: no lingering
+            self.proposer.propose(ops, urgent=any(not c.ahead for c in claims))
 
     def _plan_claims(self) -> list[Claim]:
         if self._stop.is_set() or self.note or self.disk_note or self.proposer is None:

@@ -91,12 +91,14 @@ def make_syncobj(
 
 
 class _Pending:
-    __slots__ = ("ops", "callback", "since")
+    __slots__ = ("ops", "callback", "since", "urgent")
 
-    def __init__(self, ops: list[Any], callback: Callable[[list[Reply] | None, int], None]):
+    def __init__(self, ops: list[Any], callback: Callable[[list[Reply] | None, int], None],
+                 urgent: bool = False):
         self.ops = ops
         self.callback = callback
         self.since = time.monotonic()
+        self.urgent = urgent
 
 
 class Proposer:
@@ -134,11 +136,13 @@ class Proposer:
         self._thread.start()
 
     def propose(
-        self, ops: list[Any], callback: Callable[[list[Reply] | None, int], None] | None = None
+        self, ops: list[Any], callback: Callable[[list[Reply] | None, int], None] | None = None,
+        urgent: bool = False,
     ) -> None:
-        """Queue `ops` for the next Raft entry; never blocks."""
+        """Queue `ops` for the next Raft entry; never blocks. `urgent`: that entry does not
+        linger (say, a claim for resources that are free now)."""
         with self._cv:
-            self._waiting.append(_Pending(list(ops), callback or _ignore))
+            self._waiting.append(_Pending(list(ops), callback or _ignore, urgent))
             self._cv.notify()
 
     def propose_sync(self, ops: list[Any], timeout: float = 5.0) -> list[Reply]:
@@ -201,6 +205,8 @@ class Proposer:
             sent.popleft()
         recent = sum(n for _, n in sent)
         if recent < self._busy_ops or sum(len(p.ops) for p in self._waiting) >= MAX_BATCH:
+            return 0.0
+        if any(p.urgent for p in self._waiting):
             return 0.0
         quiet_at = now
         for when, n in sent:  # busy until enough of the recent entries leave the window

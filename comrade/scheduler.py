@@ -34,10 +34,11 @@ class LocalFacts:
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim to propose: run `task_id` as attempt `attempt`."""
+    """A claim to propose: run `task_id` as attempt `attempt` (`ahead`: claimed ahead)."""
 
     task_id: str
     attempt: int
+    ahead: bool = False
 
 
 def fits(needs: Resources, free: Resources) -> bool:
@@ -170,7 +171,7 @@ def plan_ahead(
             continue
         if conds and not _runs_here(task, conds, worker, False, claims):
             continue
-        claims.append(Claim(task_id, task.attempt + 1))
+        claims.append(Claim(task_id, task.attempt + 1, ahead=True))
     return claims
 
 

@@ -35,7 +35,7 @@ class FakeProposer:
     def __init__(self) -> None:
         self.ops: list[Any] = []
 
-    def propose(self, ops: list[Any], callback: Any = None) -> None:
+    def propose(self, ops: list[Any], callback: Any = None, urgent: bool = False) -> None:
         self.ops.extend(ops)
 
 

@@ -87,3 +87,16 @@ def test_quiet_again_means_no_linger() -> None:
             raise AssertionError("a lone request still lingered once the node was quiet")
     finally:
         p.stop()
+
+
+def test_an_urgent_request_does_not_linger_even_when_busy() -> None:
+    raft, p = make(linger_s=2.0, busy_ops=5)
+    try:
+        p.propose_sync([("op", i) for i in range(10)], timeout=5.0)  # busy now
+        t0 = time.monotonic()
+        done = threading.Event()
+        p.propose([("op", "urgent")], lambda replies, err: done.set(), urgent=True)
+        assert done.wait(5.0)
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        p.stop()

@@ -273,7 +273,7 @@ def test_ahead_each_full_node_takes_its_own_share() -> None:
 def test_ahead_room_limits_and_claims_are_next_attempts() -> None:
     q = busy_cluster()
     claims = plan_ahead(q, "a", 3, NO_FILES)
-    assert len(claims) == 3 and all(c.attempt == 1 for c in claims)
+    assert len(claims) == 3 and all(c.attempt == 1 and c.ahead for c in claims)
     assert plan_ahead(q, "a", 0, NO_FILES) == []
 
 
@@ -317,5 +317,5 @@ def test_ahead_not_for_a_lost_or_unknown_node() -> None:
     assert plan_ahead(q, "b", 100, NO_FILES) == []
     assert plan_ahead(q, "zz", 100, NO_FILES) == []
     claims = plan_ahead(q, "a", 100, NO_FILES)  # b's share, and b's requeued tasks, fall to a
-    assert claims[:2] == [Claim("run-b-0", 2), Claim("run-b-1", 2)]
+    assert claims[:2] == [Claim("run-b-0", 2, ahead=True), Claim("run-b-1", 2, ahead=True)]
     assert ids(claims[2:]) == TASKS
