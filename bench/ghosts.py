@@ -122,9 +122,10 @@ def start(root: str, n_ghosts: int, deadline: Deadline) -> tuple[Cluster, list[N
             ghosts.append(cluster.start_ghost("--cores", "1", name=f"g{i + 1}", wait=False))
         if ghosts:
             def all_up() -> bool:
-                dead = [g.name for g in ghosts if g.proc is not None and g.proc.poll() is not None]
+                dead = [g for g in ghosts if g.proc is not None and g.proc.poll() is not None]
                 if dead:
-                    raise RuntimeError(f"ghosts exited: {dead}: {ghosts[0].log()[-2000:]}")
+                    raise RuntimeError(f"ghosts exited: {[g.name for g in dead]}; the log of "
+                                       f"{dead[0].name}: {dead[0].log()[-2000:]}")
                 return ghosts_up(cluster, cluster.nodes[0], ghosts, 30) == len(ghosts)
             wait_for(all_up, deadline.left(240), f"{n_ghosts} ghosts to attach", interval=1.0)
     except BaseException:

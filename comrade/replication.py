@@ -146,7 +146,8 @@ class Proposer:
             self._cv.notify()
 
     def propose_sync(self, ops: list[Any], timeout: float = 5.0) -> list[Reply]:
-        """Propose and wait; raise ClusterError when the outcome is unknown after `timeout`."""
+        """Propose and wait; raise ClusterError when the outcome is unknown after `timeout`.
+        Urgent: someone (a client, a ghost) is waiting for the answer."""
         done = threading.Event()
         box: dict[str, Any] = {}
 
@@ -154,7 +155,7 @@ class Proposer:
             box["r"], box["e"] = replies, err
             done.set()
 
-        self.propose(ops, cb)
+        self.propose(ops, cb, urgent=True)
         if not done.wait(timeout):
             raise ClusterError("no quorum: the cluster did not commit the change in time")
         if box["r"] is None:

@@ -129,8 +129,9 @@ def plan_ahead(
     """Claims ahead: up to `room` queued tasks for this node to start the moment its running
     tasks end, although it has no free resources now (the caller makes sure of that).
 
-    A task is claimed ahead only if no other live node could start it now (otherwise the deal
-    gives it to that node), if it is concurrent and could ever run here (offer, tags, worker
+    A task is claimed ahead only if no other live worker could start it now (otherwise the
+    deal gives it to that worker; ghosts, whose claims go through a relay, get what is left
+    beyond the bounded claims ahead), if it is concurrent and could ever run here (offer, tags, worker
     conditions), and if it is this node's share: among the live workers whose offer and tags
     fit it, this node wins the hash tie-break, so nodes claiming ahead together take
     different tasks.
@@ -141,7 +142,8 @@ def plan_ahead(
     if any(not t.spec.concurrent for t in queue.running_on(me)):
         return []
     worker = _Worker(my_state, local)
-    open_others = [(name, cap) for name, ns in queue.nodes.items() if ns.alive and name != me
+    open_others = [(name, cap) for name, ns in queue.nodes.items()
+                   if ns.alive and name != me and ns.info.kind == "worker"
                    for cap in [ns.info.offered - queue.reserved(name)] if cap.cores > 0]
     workers = sorted(name for name, ns in queue.nodes.items()
                      if ns.alive and ns.info.kind == "worker")

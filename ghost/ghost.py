@@ -24,7 +24,7 @@ import pykka
 
 from comrade import packing, resources, rpc
 from comrade.config import split_address
-from comrade.errors import LeoronicError, UsageError
+from comrade.errors import AuthError, LeoronicError, UsageError
 from comrade.executor import Executor, Paths, kill_orphans
 from comrade.files import FileRef, FileStore, place_files, rewrite_command
 from comrade.model import NodeInfo, Outcome, Resources, TaskSpec
@@ -126,10 +126,29 @@ class Ghost:
             log.warning("killed %d orphaned task process groups of a previous life", len(killed))
         self.server.start()
         self._discover()
-        self._attach(choose(self.workers, self.cfg.target))
+        self._first_attach()
         threading.Thread(target=self._reporter, name="reporter", daemon=True).start()
         while not self._stop.is_set():
             self._poll_once()
+
+    def _first_attach(self, patience_s: float = 60.0) -> None:
+        """Attach to the chosen worker; a busy cluster may not answer in time (say, many
+        ghosts starting at once): try it and the next ones for `patience_s` before giving up."""
+        deadline = time.monotonic() + patience_s
+        skip: list[str] = []
+        while True:
+            worker = choose(self.workers, self.cfg.target, skip)
+            try:
+                self._attach(worker)
+                return
+            except AuthError:
+                raise  # a wrong cookie does not get better by waiting
+            except LeoronicError as exc:
+                if time.monotonic() > deadline or self._stop.is_set():
+                    raise
+                log.warning("cannot attach to %s yet: %s", worker, exc)
+                skip = [] if len(skip) + 1 >= len(self.workers) else skip + [worker]
+                self._stop.wait(1.0)  # pacing between attempts
 
     def _reporter(self) -> None:
         """Deliver finished results as soon as they exist, even while a long poll waits."""
