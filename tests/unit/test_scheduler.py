@@ -319,3 +319,10 @@ def test_ahead_not_for_a_lost_or_unknown_node() -> None:
     claims = plan_ahead(q, "a", 100, NO_FILES)  # b's share, and b's requeued tasks, fall to a
     assert claims[:2] == [Claim("run-b-0", 2, ahead=True), Claim("run-b-1", 2, ahead=True)]
     assert ids(claims[2:]) == TASKS
+
+
+def test_ahead_past_an_idle_ghost_which_gets_tasks_through_its_relay() -> None:
+    q = busy_cluster(names=("a",))
+    ghost = NodeInfo("g", "ghost", "g:1", "", TWO, frozenset(), clairvoyant="a")
+    ok(q, ("join", ghost))
+    assert ids(plan_ahead(q, "a", 100, NO_FILES)) == TASKS  # g is idle, but not a worker
