@@ -55,16 +55,20 @@ class Isolation:
         for name in list(shadow.nodes):
             if name != self.node.name:
                 shadow.apply(("expire_node", name), wall_now)
-        # Results that ended here but were not committed before the cut: record them in the
-        # shadow so those tasks are not run again here (they still go to the cluster later).
-        for (task_id, attempt), (outcome, _) in list(self.node._pending_finish.items()):
-            shadow.apply(("finish", task_id, self.node.name, attempt, outcome), wall_now)
+        self._absorb_pending(shadow, wall_now)
         # Tasks the replicated state says run here: our runners keep them (same attempt).
         with self.lock:
             self.shadow = shadow
             self.since = wall_now
         log.warning("no quorum for %.0f s: entering isolated mode; running the queue's tasks "
                     "that fit this node from its own copy", self.node.cfg.isolation_s)
+
+    def _absorb_pending(self, shadow: Queue, wall_now: float) -> None:
+        """Results that ended here but are not committed (they go to the cluster once quorum
+        is back): record them in the shadow, so those tasks are not run again here. Called on
+        entering and on every step: a task started before the cut may end during it."""
+        for (task_id, attempt), (outcome, _) in list(self.node._pending_finish.items()):
+            shadow.apply(("finish", task_id, self.node.name, attempt, outcome), wall_now)  # fenced if done
 
     def step(self) -> None:
         """Reconcile and schedule against the shadow (NodeActor thread)."""
@@ -77,12 +81,14 @@ class Isolation:
             return
         me = self.node.name
         now = time.time()
+        self._absorb_pending(shadow, now)
         mine = sorted(shadow.running_on(me), key=lambda t: t.seq)
         running = [t.spec for t in mine if (t.spec.task_id, t.attempt) in self.runners]
         running += list(self.node._runners.values())
         waiting = [((t.spec.task_id, t.attempt), t.spec) for t in mine
                    if (t.spec.task_id, t.attempt) not in self.runners
-                   and (t.spec.task_id, t.attempt) not in self.node._runners]
+                   and (t.spec.task_id, t.attempt) not in self.node._runners
+                   and (t.spec.task_id, t.attempt) not in self.node._pending_finish]
         for key, spec in self.node.fitting(waiting, running):  # claimed ahead: wait their turn
             self._start(spec, key[1])
         if self.node.note or self.node.disk_note:

@@ -267,6 +267,7 @@ class Node:
                 del self._waiting_since[key]
         waiting = [(key, spec) for key, spec in mine.items()
                    if key not in self._runners and key not in self._pending_finish
+                   and key not in self.isolation.runners  # still running since isolated mode
                    and key in self._claimed_here]  # a previous life's: see _release_stale
         start = self.fitting(waiting, list(self._runners.values()))
         for key, spec in start:

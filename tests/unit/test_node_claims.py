@@ -169,3 +169,21 @@ def test_planning_is_skipped_only_while_claims_wait_and_nothing_new_was_applied(
     n.schedule()
     assert plans == [0, 1, 1]
     assert [op[:2] for op in prop.ops] == [("finish", "t1")]
+
+
+def test_isolated_mode_does_not_rerun_a_task_that_ended_during_it(tmp_path: Any, clock: Clock) -> None:
+    n, ex, prop = make_node(tmp_path, cores=1)
+    claim(n, "t1", "t2")
+    n.reconcile()  # t1 runs; t2 (claimed ahead) waits for the core
+    n.isolation.enter(1000.0)  # no quorum for a while: work from the shadow copy
+    n.isolation.step()
+    assert ex.started == [("t1", 1)]  # t1 keeps its runner; t2 still waits
+    n._report_finish("t1", 1, Outcome(0, 0.0, 1.0))  # t1 ends: its finish cannot commit
+    n.isolation.step()
+    n.isolation.step()
+    assert ex.started == [("t1", 1), ("t2", 1)]  # t2 takes the core; t1 is not run again
+    assert n.isolation.shadow is not None
+    assert n.isolation.shadow.tasks["t1"].state.value == "done"
+    n.isolation.leave()
+    n.reconcile()  # back with the cluster: t2 runs in isolated mode's runner, not twice
+    assert ex.started == [("t1", 1), ("t2", 1)]
