@@ -44,6 +44,8 @@ _LEADER = 2  # pysyncobj _RAFT_STATE.LEADER
 AVOID_S = 10.0
 #: A task claimed ahead that has not started after this many seconds goes back to the queue.
 GIVE_BACK_S = 1.0
+#: A release of a claim given back that has not been applied is proposed again after this.
+RELEASE_RETRY_S = 3.0
 #: The most tasks a node holds claimed ahead.
 AHEAD_MAX = 24
 
@@ -83,6 +85,7 @@ class Node:
         self._starts: deque[float] = deque()  # when attempts started here in the last second
         self._run_s: float | None = None  # moving average of how long tasks ran here
         self._waiting_since: dict[tuple[str, int], float] = {}  # claimed, not started yet
+        self._given_back: dict[tuple[str, int], float] = {}  # release proposed at (monotonic)
         self._waiting_n = 0  # claims waiting here to start, as of the last reconcile
         self._planned_gen = -1  # applied_gen when claims were last planned
         self._avoid: dict[str, float] = {}
@@ -248,7 +251,8 @@ class Node:
     def reconcile(self) -> None:
         """Start the claims the state gave us as their resources free up here (a task claimed
         ahead waits for a running one to end); cancel runners the state took away; give back
-        claims that could not start within GIVE_BACK_S."""
+        claims that could not start within GIVE_BACK_S (a claim given back never starts here;
+        the release is proposed again every RELEASE_RETRY_S until it is applied)."""
         now = time.monotonic()
         with self.lock:
             queue = self.consumer.queue
@@ -262,11 +266,13 @@ class Node:
             if key not in mine:
                 self.cancel_runner(key, "no longer assigned to this node")
                 del self._runners[key]
-        for key in list(self._waiting_since):
-            if key not in mine:
-                del self._waiting_since[key]
+        for table in (self._waiting_since, self._given_back):
+            for key in list(table):
+                if key not in mine:
+                    del table[key]
         waiting = [(key, spec) for key, spec in mine.items()
                    if key not in self._runners and key not in self._pending_finish
+                   and key not in self._given_back
                    and key not in self.isolation.runners  # still running since isolated mode
                    and key in self._claimed_here]  # a previous life's: see _release_stale
         start = self.fitting(waiting, list(self._runners.values()))
@@ -274,16 +280,19 @@ class Node:
             self._waiting_since.pop(key, None)
             self._start_runner(spec, key[1])
         self._waiting_n = len(waiting) - len(start)
-        give_back = []
-        for key, _ in waiting[len(start):]:
-            since = self._waiting_since.setdefault(key, now)
-            if since <= now - GIVE_BACK_S:
-                self._waiting_since[key] = float("inf")  # once
-                self._avoid[key[0]] = now + GIVE_BACK_S
-                give_back.append(("release", key[0], self.name, key[1],
-                                  f"not started here within {GIVE_BACK_S:.0f} s of being claimed"))
+        give_back = [key for key, _ in waiting[len(start):]
+                     if self._waiting_since.setdefault(key, now) <= now - GIVE_BACK_S]
+        give_back += [key for key, since in self._given_back.items()
+                      if since <= now - RELEASE_RETRY_S]
+        for key in give_back:
+            self._waiting_since.pop(key, None)
+            self._given_back[key] = now
+            self._avoid[key[0]] = now + GIVE_BACK_S
         if give_back and self.proposer is not None:
-            self.proposer.propose(give_back)
+            self.proposer.propose([
+                ("release", tid, self.name, attempt,
+                 f"not started here within {GIVE_BACK_S:.0f} s of being claimed")
+                for tid, attempt in give_back])
 
     def fitting(self, waiting: list[tuple[tuple[str, int], TaskSpec]],
                 running: list[TaskSpec]) -> list[tuple[tuple[str, int], TaskSpec]]:

@@ -108,6 +108,31 @@ def test_a_claim_that_cannot_start_in_time_is_given_back_once(tmp_path: Any, clo
     assert "waits" in n._avoid
     n.reconcile()
     assert ex.started == [("long", 1)]
+    assert n._given_back == {}
+
+
+def test_a_claim_given_back_never_starts_here_and_its_release_is_retried(
+        tmp_path: Any, clock: Clock) -> None:
+    n, ex, prop = make_node(tmp_path, cores=1)
+    claim(n, "long", "waits")
+    n.reconcile()
+    clock.now += GIVE_BACK_S + 0.01
+    n.reconcile()  # "waits" given back; the release is not applied yet (slow, or no quorum)
+    assert [op[:2] for op in prop.ops] == [("release", "waits")]
+    n._report_finish("long", 1, Outcome(0, 0.0, 1.0))  # the core is free now
+    n.reconcile()
+    assert ex.started == [("long", 1)]  # but a claim given back does not start here
+    clock.now += node_mod.RELEASE_RETRY_S - 0.1
+    n.reconcile()
+    assert len(prop.ops) == 1  # not yet proposed again
+    clock.now += 0.2
+    n.reconcile()
+    assert [op[:2] for op in prop.ops if op[0] == "release"] == [("release", "waits")] * 2
+    apply(n, prop.ops[0])  # the first release is applied at last; the second is fenced
+    replies = n.consumer.queue.apply_batch([prop.ops[-1]], 0.0)
+    assert not replies[0].ok
+    n.reconcile()
+    assert n._given_back == {} and ex.started == [("long", 1)]
 
 
 def test_a_claim_taken_away_is_cancelled(tmp_path: Any, clock: Clock) -> None:
