@@ -15,6 +15,7 @@ A pid file per running task lets a restarted node kill the orphans of its previo
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -289,14 +290,14 @@ class ExecutorActor(pykka.ThreadingActor):
             return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(run.pidfile)
+        if run.cancelled:
+            return  # nobody wants its outcome
         # A process killed by a signal reports -N; shells report 128+N: use the shell's form.
         code = 128 - rc if rc < 0 else rc
         out_tail, out_size = read_tail_size(run.out)
         err_tail, err_size = read_tail_size(run.err)
         outcome = Outcome(exit_code=code, start=run.started, end=end, stdout_tail=out_tail,
                           stderr_tail=err_tail, stdout_bytes=out_size, stderr_bytes=err_size)
-        if run.cancelled:
-            return
         try:
             run.report(key[0], key[1], outcome)
         except Exception:
@@ -323,7 +324,9 @@ def _mkdir(path: str) -> None:
         os.makedirs(path, exist_ok=True)
 
 
-_BOOT_TIME: list[float] = []
+@functools.cache
+def _boot_time_and_tick() -> tuple[float, int]:
+    return psutil.boot_time(), os.sysconf("SC_CLK_TCK")
 
 
 def created(pid: int) -> float:
@@ -331,9 +334,8 @@ def created(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as f:
         stat = f.read()
     ticks = int(stat[stat.rindex(b")") + 2:].split()[19])
-    if not _BOOT_TIME:
-        _BOOT_TIME.append(psutil.boot_time())
-    return _BOOT_TIME[0] + ticks / os.sysconf("SC_CLK_TCK")
+    boot, per_second = _boot_time_and_tick()
+    return boot + ticks / per_second
 
 
 def write_pidfile(path: str, pid: int) -> None:

@@ -86,10 +86,7 @@ class Isolation:
         running = [t.spec for t in mine if (t.spec.task_id, t.attempt) in self.runners]
         running += list(self.node._runners.values())
         waiting = [((t.spec.task_id, t.attempt), t.spec) for t in mine
-                   if (t.spec.task_id, t.attempt) not in self.runners
-                   and (t.spec.task_id, t.attempt) not in self.node._runners
-                   and (t.spec.task_id, t.attempt) not in self.node._pending_finish
-                   and (t.spec.task_id, t.attempt) not in self.node._given_back]
+                   if not self.node.handled((t.spec.task_id, t.attempt))]
         for key, spec in self.node.fitting(waiting, running):  # claimed ahead: wait their turn
             self._start(spec, key[1])
         if self.node.note or self.node.disk_note:

@@ -88,13 +88,13 @@ class Node:
         self._given_back: dict[tuple[str, int], float] = {}  # release proposed at (monotonic)
         self._waiting_n = 0  # claims waiting here to start, as of the last reconcile
         self._planned_gen = -1  # applied_gen when claims were last planned
-        self._avoid: dict[str, float] = {}
+        self._avoid: dict[str, float] = {}  # task id -> until when this node does not claim it
         self._rewake = threading.Event()
         self._unsent: list[Any] = []  # finishes waiting for the next pass's Raft entry
         self._unsent_lock = threading.Lock()
-        self._file_locks: dict[str, threading.Lock] = {}
+        self._file_locks: dict[str, threading.Lock] = {}  # sha -> lock: one fetch of a file
         self._verified: dict[str, tuple[int, int]] = {}  # sha -> (size, mtime_ns) last verified
-        self._file_locks_guard = threading.Lock()  # task id -> until when this node does not claim it
+        self._file_locks_guard = threading.Lock()
         self._hb_seen: dict[str, float] = {}
         self._leader_since: float | None = None
         self._judging_since: float | None = None  # leader with quorum since (monotonic)
@@ -271,9 +271,7 @@ class Node:
                 if key not in mine:
                     del table[key]
         waiting = [(key, spec) for key, spec in mine.items()
-                   if key not in self._runners and key not in self._pending_finish
-                   and key not in self._given_back
-                   and key not in self.isolation.runners  # still running since isolated mode
+                   if not self.handled(key)
                    and key in self._claimed_here]  # a previous life's: see _release_stale
         start = self.fitting(waiting, list(self._runners.values()))
         for key, spec in start:
@@ -294,6 +292,12 @@ class Node:
                  f"not started here within {GIVE_BACK_S:.0f} s of being claimed")
                 for tid, attempt in give_back])
 
+    def handled(self, key: tuple[str, int]) -> bool:
+        """True if this node must not start this attempt now: it runs it (or isolated mode's
+        runner does), it ended here and the finish is not applied yet, or it was given back."""
+        return (key in self._runners or key in self._pending_finish or key in self._given_back
+                or key in self.isolation.runners)
+
     def fitting(self, waiting: list[tuple[tuple[str, int], TaskSpec]],
                 running: list[TaskSpec]) -> list[tuple[tuple[str, int], TaskSpec]]:
         """The first of the `waiting` claims (in submit order) that fit here beside `running`;
@@ -301,7 +305,7 @@ class Node:
         free = resources.free(self.probe, self.offer, sum((s.needs for s in running), Resources()))
         start: list[tuple[tuple[str, int], TaskSpec]] = []
         for key, spec in waiting:
-            if not (spec.needs.fits_in(free) or not (running or start)):
+            if (running or start) and not spec.needs.fits_in(free):
                 break
             free = free - spec.needs
             start.append((key, spec))
@@ -374,7 +378,7 @@ class Node:
             left = free
             for c in claims:
                 left = left - queue.tasks[c.task_id].spec.needs
-            room, want = self._ahead_room(queue, now)
+            room, want = self._ahead_room(now)
             if left.cores <= 0 and room > 0 and room >= want // 4:  # top up in chunks
                 claims += plan_ahead(queue, self.name, room, local,
                                      claiming=set(self._claims_in_flight) | {c.task_id for c in claims},
@@ -387,12 +391,12 @@ class Node:
             threading.Timer(0.1, self._wake_again).start()
         return claims
 
-    def _ahead_room(self, queue: Any, now: float) -> tuple[int, int]:
+    def _ahead_room(self, now: float) -> tuple[int, int]:
         """(room, want): this node wants claimed ahead what it starts in `claim_ahead_s`;
-        room is that less the claims waiting here or in flight. The start rate is the last
-        second's, or (sooner known, while tasks run) the running tasks over their average run
-        time here. Long tasks start rarely, so they are never claimed ahead; short ones start
-        back to back."""
+        room is that less the claims waiting here (as the last reconcile found them, given
+        back ones included) or in flight. The start rate is the last second's, or (sooner
+        known, while tasks run) the running tasks over their average run time here. Long
+        tasks start rarely, so they are never claimed ahead; short ones start back to back."""
         while self._starts and self._starts[0] < now - 1.0:
             self._starts.popleft()
         rate = float(len(self._starts))
@@ -401,9 +405,7 @@ class Node:
         want = min(AHEAD_MAX, int(rate * self.cfg.claim_ahead_s))
         if want <= 0:
             return 0, 0
-        waiting = sum(1 for t in queue.running_on(self.name)
-                      if (t.spec.task_id, t.attempt) not in self._runners
-                      and (t.spec.task_id, t.attempt) not in self._pending_finish)
+        waiting = self._waiting_n + len(self._given_back)
         return want - waiting - len(self._claims_in_flight), want
 
     def _wake_again(self) -> None:

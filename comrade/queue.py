@@ -177,11 +177,9 @@ class Queue:
             return Reply(True, "duplicate")
         if problem:
             return Reply(False, problem)
-        parsed = self.conditions_of_spec(spec)
         task = Task(spec=spec, seq=self.next_seq, submitted=now, retries_left=spec.retries)
         self.next_seq += 1
         self.tasks[spec.task_id] = task
-        self._parsed[spec.task_id] = parsed
         self._queued[task.seq] = spec.task_id
         self._pending[task.seq] = spec.task_id
         if self._has_queue_conditions(task):
@@ -415,13 +413,6 @@ class Queue:
                 parsed = ()
             self._parsed[task.spec.task_id] = parsed
         return parsed
-
-    def conditions_of_spec(self, spec: TaskSpec) -> tuple[cond.Condition, ...]:
-        """Parse a spec's conditions ('' or unparsable: none)."""
-        try:
-            return cond.parse(spec.conditions)
-        except cond.ConditionError:
-            return ()
 
     def pending_count(self) -> int:
         """Tasks queued or running."""

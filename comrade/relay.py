@@ -52,8 +52,7 @@ class Relay:
                finished: Sequence[tuple[str, int, Outcome]]) -> bool:
         """Relay results at once (a ghost's poll may be waiting); no claiming."""
         self._check_ghost(name)
-        self.node.service._propose([("heartbeat", name, free, "")] + [
-            ("finish", tid, name, att, outcome) for tid, att, outcome in finished])
+        self.node.service._propose(_heartbeat_and_finishes(name, free, finished))
         return True
 
     def _check_ghost(self, name: str) -> None:
@@ -87,9 +86,7 @@ class Relay:
     ) -> dict[str, Any]:
         """Relay the ghost's heartbeat and results; return tasks claimed for it (may wait)."""
         self._check_ghost(name)
-        ops: list[Any] = [("heartbeat", name, free, "")]
-        ops += [("finish", tid, name, att, outcome) for tid, att, outcome in finished]
-        self.node.service._propose(ops)
+        self.node.service._propose(_heartbeat_and_finishes(name, free, finished))
         deadline = time.monotonic() + min(max(timeout, 0.0), 10.0)
         have = frozenset(files)
         while True:
@@ -134,3 +131,10 @@ class Relay:
         with self.node.lock:
             return sorted(ns.info.rpc for ns in self.node.consumer.queue.nodes.values()
                           if ns.info.kind == "worker" and ns.alive)
+
+
+def _heartbeat_and_finishes(name: str, free: Resources,
+                            finished: Sequence[tuple[str, int, Outcome]]) -> list[Any]:
+    """The operations relaying a ghost's heartbeat and finished results."""
+    return [("heartbeat", name, free, "")] + [
+        ("finish", tid, name, att, outcome) for tid, att, outcome in finished]

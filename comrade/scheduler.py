@@ -95,7 +95,7 @@ def plan(
             continue
         if cond.evaluate_queue(conds, task.seq, queue).status is not cond.Status.READY:
             continue
-        tags = [c.argument for c in conds if c.scope == "worker" and c.predicate == "tag"]
+        tags = _tags(conds)
         best = _deal(task, needs, tags, caps, busy, dealt_to, queue, me, worker, conds)
         if best is None:
             continue
@@ -131,10 +131,10 @@ def plan_ahead(
 
     A task is claimed ahead only if no other live worker could start it now (otherwise the
     deal gives it to that worker; ghosts, whose claims go through a relay, get what is left
-    beyond the bounded claims ahead), if it is concurrent and could ever run here (offer, tags, worker
-    conditions), and if it is this node's share: among the live workers whose offer and tags
-    fit it, this node wins the hash tie-break, so nodes claiming ahead together take
-    different tasks.
+    beyond the bounded claims ahead), if it is concurrent and could ever run here (offer,
+    tags, worker conditions), and if it is this node's share: among the live workers whose
+    offer and tags fit it, this node wins the hash tie-break, so nodes claiming ahead
+    together take different tasks.
     """
     my_state = queue.nodes.get(me)
     if room <= 0 or my_state is None or not my_state.alive:
@@ -159,7 +159,7 @@ def plan_ahead(
             continue
         needs = task.spec.needs
         conds = queue.conditions_of(task)
-        tags = tuple(c.argument for c in conds if c.scope == "worker" and c.predicate == "tag")
+        tags = _tags(conds)
         fit = fit_cache.get((needs, tags))
         if fit is None:  # the workers whose offer and tags fit: the same for alike tasks
             fit = [n for n in workers if fits(needs, queue.nodes[n].info.offered)
@@ -177,6 +177,11 @@ def plan_ahead(
     return claims
 
 
+def _tags(conds: tuple[cond.Condition, ...]) -> tuple[str | None, ...]:
+    """The tags a task's `worker:tag` conditions ask for."""
+    return tuple(c.argument for c in conds if c.scope == "worker" and c.predicate == "tag")
+
+
 def _runs_here(task: Task, conds: tuple[cond.Condition, ...], worker: _Worker, busy: bool,
                claims: list[Claim]) -> bool:
     if not task.spec.concurrent and (busy or claims):
@@ -187,7 +192,7 @@ def _runs_here(task: Task, conds: tuple[cond.Condition, ...], worker: _Worker, b
 def _deal(
     task: Task,
     needs: Resources,
-    tags: list[str | None],
+    tags: tuple[str | None, ...],
     caps: dict[str, Resources],
     busy: dict[str, bool],
     dealt_to: dict[str, int],

@@ -187,7 +187,7 @@ class Service:
             nonlocal done
             while done < len(remaining):
                 t = q.tasks.get(remaining[done])
-                if t is None or not t.state.final:
+                if t is not None and not t.state.final:  # an unknown task counts as final
                     return
                 done += 1
 

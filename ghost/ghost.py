@@ -135,20 +135,29 @@ class Ghost:
         """Attach to the chosen worker; a busy cluster may not answer in time (say, many
         ghosts starting at once): try it and the next ones for `patience_s` before giving up."""
         deadline = time.monotonic() + patience_s
-        skip: list[str] = []
         while True:
-            worker = choose(self.workers, self.cfg.target, skip)
+            error = self._attach_any(self.cfg.target, [])
+            if error is None:
+                return
+            if isinstance(error, AuthError) or time.monotonic() > deadline or self._stop.is_set():
+                raise error  # a wrong cookie does not get better by waiting
+            self._stop.wait(1.0)  # pacing between rounds
+
+    def _attach_any(self, target: str, skip: list[str]) -> LeoronicError | None:
+        """Attach to the first worker that answers, trying them in `choose` order (not those
+        in `skip` first); None once attached, else the last error."""
+        skip = list(skip)
+        error: LeoronicError | None = None
+        for _ in range(max(1, len(self.workers))):  # none known: choose() says so
+            worker = choose(self.workers, target, skip)
             try:
                 self._attach(worker)
-                return
-            except AuthError:
-                raise  # a wrong cookie does not get better by waiting
+                return None
             except LeoronicError as exc:
-                if time.monotonic() > deadline or self._stop.is_set():
-                    raise
-                log.warning("cannot attach to %s yet: %s", worker, exc)
-                skip = [] if len(skip) + 1 >= len(self.workers) else skip + [worker]
-                self._stop.wait(1.0)  # pacing between attempts
+                log.warning("cannot attach to %s: %s", worker, exc)
+                error = exc
+                skip.append(worker)
+        return error
 
     def _reporter(self) -> None:
         """Deliver finished results as soon as they exist, even while a long poll waits."""
@@ -247,15 +256,8 @@ class Ghost:
         deadline = started + self.cfg.switch_after_s
         while not self._stop.is_set():
             if time.monotonic() >= deadline:
-                skip = [self.clairvoyant]
-                for _ in range(len(self.workers)):
-                    nxt = choose(self.workers, "", skip)
-                    try:
-                        self._attach(nxt)
-                        return
-                    except LeoronicError as err:
-                        log.warning("cannot attach to %s: %s", nxt, err)
-                        skip.append(nxt)
+                if self._attach_any("", [self.clairvoyant]) is None:
+                    return
                 deadline = time.monotonic() + 1.0
             try:  # the old clairvoyant may be back before the switch time
                 rpc.call(self.clairvoyant, self.cfg.cookie, "ping", timeout=1.0)

@@ -22,6 +22,7 @@ Needs root and iproute2: `available()` says why not when they are missing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -195,13 +196,16 @@ class Net:
         for ns in [*self.namespaces, self.bridge_ns]:
             if ns in present:
                 _kill_pids_in(ns)
+        from tests.cluster import wait_for
+
         deadline = time.monotonic() + 10
         for ns in [*self.namespaces, self.bridge_ns]:
             if ns not in present:
                 continue
-            while _ip("netns", "pids", ns, check=False).stdout.split() and \
-                    time.monotonic() < deadline:
-                time.sleep(0.05)  # SIGKILLed processes take a moment to go
+            with contextlib.suppress(AssertionError):  # still there at the deadline: delete anyway
+                wait_for(lambda ns=ns: not _ip("netns", "pids", ns, check=False).stdout.split(),
+                         max(0.1, deadline - time.monotonic()),
+                         f"the SIGKILLed processes in {ns} to go", interval=0.05)
             _ip("netns", "del", ns, check=False)
         self.built = False
 

@@ -146,33 +146,31 @@ def test_a_claim_taken_away_is_cancelled(tmp_path: Any, clock: Clock) -> None:
 
 def test_room_to_claim_ahead_follows_the_start_rate(tmp_path: Any, clock: Clock) -> None:
     n, ex, prop = make_node(tmp_path, cores=2)
-    q = n.consumer.queue
-    assert n._ahead_room(q, clock.now)[0] == 0  # nothing started yet: never claim ahead
+    assert n._ahead_room(clock.now)[0] == 0  # nothing started yet: never claim ahead
     n._starts.extend([clock.now - 0.5] * 100)  # 100 starts in the last second
-    assert n._ahead_room(q, clock.now)[0] == int(100 * n.cfg.claim_ahead_s)
+    assert n._ahead_room(clock.now)[0] == int(100 * n.cfg.claim_ahead_s)
     claim(n, "t1", "t2", "t3")  # t3 waits here: one less to claim ahead
     n.reconcile()
-    assert n._ahead_room(q, clock.now)[0] == int(100 * n.cfg.claim_ahead_s) - 1
+    assert n._ahead_room(clock.now)[0] == int(100 * n.cfg.claim_ahead_s) - 1
     clock.now += 1.0  # those starts are over a second old: the rate is 0 again
-    assert n._ahead_room(q, clock.now)[0] <= 0
+    assert n._ahead_room(clock.now)[0] <= 0
 
 
 def test_room_to_claim_ahead_is_known_from_run_times_before_a_second_passes(
         tmp_path: Any, clock: Clock) -> None:
     n, ex, prop = make_node(tmp_path, cores=2)
-    q = n.consumer.queue
     claim(n, "t1", "t2", "t3")
     n.reconcile()  # t1, t2 run; t3 waits
     n._starts.clear()  # as if the starts were long ago: only the run times tell
-    assert n._ahead_room(q, clock.now)[0] == 0  # no run time known yet
+    assert n._ahead_room(clock.now)[0] == 0  # no run time known yet
     n._report_finish("t1", 1, Outcome(0, 10.0, 10.01))  # ran 10 ms
     n.reconcile()  # t3 starts in t1's place: t2 and t3 run
     # two running tasks of about 10 ms: 200 starts a second, so 20 in claim_ahead_s = 0.1 s
-    assert n._ahead_room(q, clock.now)[0] == min(node_mod.AHEAD_MAX, int(2 / 0.01 * 0.1))
+    assert n._ahead_room(clock.now)[0] == min(node_mod.AHEAD_MAX, int(2 / 0.01 * 0.1))
     n._report_finish("t2", 1, Outcome(0, 10.0, 70.0))  # a long task pulls the average up
     n._report_finish("t3", 1, Outcome(0, 10.0, 70.0))
     n._starts.clear()
-    assert n._ahead_room(q, clock.now)[0] == 0  # nothing runs: no rate from run times
+    assert n._ahead_room(clock.now)[0] == 0  # nothing runs: no rate from run times
 
 
 def test_planning_is_skipped_only_while_claims_wait_and_nothing_new_was_applied(
