@@ -1,0 +1,161 @@
+"""The executor with real `bash` processes: what a task sees (work dir, environment, stdin,
+session), what its outcome records (exit codes, signals, output tails), cancelling, pid files
+and killing a previous life's orphans.
+
+The executor enters each task's work dir around the spawn and returns to its home, so the
+fixture puts the test process's own working directory back afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from comrade.executor import Executor, Paths, kill_orphans, write_pidfile
+from comrade.model import Outcome, TaskSpec
+from tests.cluster import wait_for
+
+
+class Recorder:
+    """The executor's callbacks: outcomes and crashes by task id."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, Outcome] = {}
+        self.crashes: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    def report(self, task_id: str, attempt: int, outcome: Outcome) -> None:
+        with self.lock:
+            self.outcomes[task_id] = outcome
+
+    def crashed(self, task_id: str, attempt: int, reason: str) -> None:
+        with self.lock:
+            self.crashes[task_id] = reason
+
+    def outcome(self, task_id: str, timeout: float = 10.0) -> Outcome:
+        return wait_for(lambda: self.outcomes.get(task_id), timeout, f"task {task_id} to end")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def paths(tmp_path: Any) -> Iterator[Paths]:
+    p = Paths(str(tmp_path / "home"))
+    for d in (p.work, p.outputs, p.running):
+        os.makedirs(d)
+    cwd = os.getcwd()
+    try:
+        yield p
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.fixture
+def run(paths: Paths) -> Iterator[tuple[Executor, Recorder]]:
+    ex = Executor("node-x", paths, lambda spec, workdir: spec.command, time.time)
+    try:
+        yield ex, Recorder()
+    finally:
+        ex.stop()
+
+
+def spec(task_id: str, command: str) -> TaskSpec:
+    return TaskSpec(task_id, 1024, 1, 1024, True, "", (), command)
+
+
+def start(run: tuple[Executor, Recorder], task_id: str, command: str, attempt: int = 1) -> None:
+    ex, rec = run
+    ex.start(spec(task_id, command), attempt, rec.report, rec.crashed)
+
+
+def test_task_runs_in_its_fresh_work_dir_with_its_environment(run, paths) -> None:  # type: ignore[no-untyped-def]
+    script = ('echo "$LEORONIC_TASK_ID $LEORONIC_NODE_NAME $LEORONIC_ATTEMPT"; pwd; '
+              'echo "$LEORONIC_WORKDIR"; cat; echo "read $?"; echo oops >&2; exit 3')
+    start(run, "t1", script, attempt=2)
+    out = run[1].outcome("t1")
+    workdir = paths.workdir("t1", 2)
+    assert out.exit_code == 3
+    assert out.stdout_tail.decode().splitlines() == [
+        "t1 node-x 2", workdir, workdir, "read 0"]  # stdin is /dev/null: cat ends at once
+    assert out.stderr_tail == b"oops\n" and out.stderr_bytes == 5
+    assert out.stdout_bytes == len(out.stdout_tail) and out.start <= out.end
+    with open(paths.output("t1", 2, "out"), "rb") as f:
+        assert f.read() == out.stdout_tail
+    assert os.listdir(paths.running) == [], "the pid file outlives the task"
+    assert os.getcwd() == paths.home, "the executor did not return to its home"
+
+
+def test_task_leads_its_own_session_and_process_group(run) -> None:  # type: ignore[no-untyped-def]
+    start(run, "s", 'echo "$$ $(ps -o sid= -p $$) $(ps -o pgid= -p $$)"')
+    pid, sid, pgid = run[1].outcome("s").stdout_tail.split()
+    assert pid == sid == pgid
+
+
+def test_a_task_killed_by_a_signal_exits_as_a_shell_reports_it(run) -> None:  # type: ignore[no-untyped-def]
+    start(run, "k", "kill -TERM $$")
+    assert run[1].outcome("k").exit_code == 128 + signal.SIGTERM
+
+
+def test_only_the_last_64_kib_of_output_are_kept_in_the_outcome(run) -> None:  # type: ignore[no-untyped-def]
+    start(run, "big", "head -c 100000 /dev/zero | tr '\\0' x; echo end")
+    out = run[1].outcome("big")
+    assert out.stdout_bytes == 100004 and len(out.stdout_tail) == 64 * 1024
+    assert out.stdout_tail.endswith(b"xend\n")
+
+
+def test_cancel_kills_the_whole_group_and_reports_nothing(run, paths) -> None:  # type: ignore[no-untyped-def]
+    ex, rec = run
+    start(run, "c", "sleep 60 & echo $! > child; wait")
+    child_file = os.path.join(paths.workdir("c", 1), "child")
+    child = int(wait_for(lambda: _read(child_file), 10, "the task's child to start"))
+    ex.cancel(("c", 1), "test")
+    wait_for(lambda: not _alive(child), 10, "the task's child to be killed")
+    wait_for(lambda: not os.listdir(paths.running), 10, "the pid file to go")
+    assert "c" not in rec.outcomes and "c" not in rec.crashes
+
+
+def test_a_task_that_cannot_start_is_reported_as_crashed(run, paths) -> None:  # type: ignore[no-untyped-def]
+    os.makedirs(paths.output("bad", 1, "out"))  # a directory where its stdout file belongs
+    start(run, "bad", "true")
+    reason = wait_for(lambda: run[1].crashes.get("bad"), 10, "the crash report")
+    assert reason.startswith("cannot start: ") and "Is a directory" in reason, reason
+    assert os.getcwd() == paths.home
+    assert os.listdir(paths.running) == [] and "bad" not in run[1].outcomes
+
+
+def test_orphans_of_a_previous_life_are_killed_and_stale_pid_files_ignored(paths) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    orphan = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        write_pidfile(paths.pidfile("alive", 1), orphan.pid)
+        stale = subprocess.Popen(["true"], start_new_session=True)
+        stale.wait()
+        write_pidfile(paths.pidfile("gone", 1), stale.pid)
+        # A pid file whose pid is live but was recorded with another creation time (pid reuse).
+        os.symlink(f"{os.getpid()} 12345.0", paths.pidfile("reused", 1))
+        assert kill_orphans(paths) == [orphan.pid]
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        assert os.listdir(paths.running) == []
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
