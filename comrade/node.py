@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -48,6 +49,8 @@ GIVE_BACK_S = 1.0
 RELEASE_RETRY_S = 3.0
 #: The most tasks a node holds claimed ahead.
 AHEAD_MAX = 24
+#: A claim with no answer this long stops holding resources here (its entry was lost).
+CLAIM_FORGET_S = 10.0
 
 
 class Node:
@@ -341,7 +344,24 @@ class Node:
             claims = self._plan_claims()
         ops = finishes + [("claim", c.task_id, self.name, c.attempt) for c in claims]
         if ops and self.proposer is not None:  # claims for free resources: no lingering
-            self.proposer.propose(ops, urgent=any(not c.ahead for c in claims))
+            self.proposer.propose(ops, self._claims_answered(claims) if claims else None,
+                                  urgent=any(not c.ahead for c in claims))
+
+    def _claims_answered(self, claims: list[Claim]) -> Callable[[list[Reply] | None, int], None]:
+        """The callback of a proposal carrying `claims`: a claim refused, or whose entry was
+        lost (a leader cut off or changed before it committed), stops holding its resources
+        here at once, and the node plans again, rather than after CLAIM_FORGET_S."""
+        keys = [(c.task_id, c.attempt) for c in claims]
+
+        def answered(replies: list[Reply] | None, err: int) -> None:
+            with self.lock:
+                for tid, att in keys:
+                    held = self._claims_in_flight.get(tid)
+                    if held is not None and held[0] == att:
+                        del self._claims_in_flight[tid]
+            if replies is None and self.actor is not None:
+                self.actor.tell("wake")  # nothing was applied to wake the node: plan again
+        return answered
 
     def _plan_claims(self) -> list[Claim]:
         if self._stop.is_set() or self.note or self.disk_note or self.proposer is None:
@@ -354,7 +374,7 @@ class Node:
             for tid, (att, _, since) in list(self._claims_in_flight.items()):
                 task = queue.get(tid)
                 if task is None or task.state is not State.QUEUED or task.attempt >= att \
-                        or now - since > 10:
+                        or now - since > CLAIM_FORGET_S:
                     del self._claims_in_flight[tid]
             if any(not queue.tasks[t].spec.concurrent for t in self._claims_in_flight
                    if t in queue.tasks):

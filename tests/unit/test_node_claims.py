@@ -34,9 +34,11 @@ class FakeExecutor:
 class FakeProposer:
     def __init__(self) -> None:
         self.ops: list[Any] = []
+        self.callbacks: list[Any] = []
 
     def propose(self, ops: list[Any], callback: Any = None, urgent: bool = False) -> None:
         self.ops.extend(ops)
+        self.callbacks.append(callback)
 
 
 class Clock:
@@ -210,3 +212,37 @@ def test_isolated_mode_does_not_rerun_a_task_that_ended_during_it(tmp_path: Any,
     n.isolation.leave()
     n.reconcile()  # back with the cluster: t2 runs in isolated mode's runner, not twice
     assert ex.started == [("t1", 1), ("t2", 1)]
+
+
+def test_a_claim_whose_entry_is_lost_frees_its_core_at_once(tmp_path: Any, clock: Clock) -> None:
+    """A leader cut off before the claim committed: pysyncobj answers LEADER_CHANGED, and the
+    node claims again with that core rather than holding it for CLAIM_FORGET_S."""
+    from pysyncobj import FAIL_REASON
+    n, ex, prop = make_node(tmp_path, cores=1)
+    apply(n, ("submit", TaskSpec("t1", 1, 1, 1, True, "", (), "true")))
+    n.schedule()
+    assert [op[:4] for op in prop.ops] == [("claim", "t1", "a", 1)]
+    clock.now += 1.0
+    n.applied_gen += 1  # something else was applied: a pass plans again
+    n.schedule()
+    assert len(prop.ops) == 1, "the claim in flight holds the only core"
+    prop.callbacks[0](None, FAIL_REASON.LEADER_CHANGED)
+    n.applied_gen += 1
+    n.schedule()
+    assert [op[:4] for op in prop.ops] == [("claim", "t1", "a", 1)] * 2
+    assert clock.now - 1000.0 < node_mod.CLAIM_FORGET_S
+
+
+def test_a_refused_claim_frees_its_core_at_once(tmp_path: Any, clock: Clock) -> None:
+    n, ex, prop = make_node(tmp_path, cores=1)
+    apply(n, ("submit", TaskSpec("t1", 1, 1, 1, True, "", (), "true")))
+    n.schedule()
+    replies = n.consumer.queue.apply_batch([("claim", "t1", "a", 2)], 0.0)  # refused: stale
+    assert not replies[0].ok
+    n.applied_gen += 1
+    n.schedule()
+    assert len(prop.ops) == 1
+    prop.callbacks[0](replies, 0)
+    n.applied_gen += 1
+    n.schedule()
+    assert [op[:4] for op in prop.ops] == [("claim", "t1", "a", 1)] * 2
