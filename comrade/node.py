@@ -10,6 +10,7 @@ This is the only module that knows all the others. Threads:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ import pykka
 from comrade import discovery, journal_check, membership, resources, rpc
 from comrade.config import Config
 from comrade.errors import ClusterError, LeoronicError
-from comrade.executor import Crashed, Executor, Paths, Report, kill_orphans
+from comrade.executor import Crashed, Executor, Paths, Report, kill_orphans, output_task_id
 from comrade.files import FileRef as FileRefT
 from comrade.files import FileStore, place_files, rewrite_command
 from comrade.isolation import Isolation
@@ -60,7 +61,7 @@ class Node:
         cfg.validate()
         self.cfg = cfg
         self.paths = Paths(cfg.home)
-        for sub in ("raft", "work", "outputs", "running", "files", "store", "logs"):
+        for sub in ("raft", "work", "outputs", "files", "store", "logs"):
             os.makedirs(os.path.join(cfg.home, sub), exist_ok=True)
         self.name = cfg.name or f"{socket.gethostname()}-{cfg.port}"
         self.advertise = cfg.advertise or membership.advertise_address(cfg.bind, cfg.peers)
@@ -520,15 +521,18 @@ class Node:
                        if t.state is State.DELETED or (t.state.final and t.attempts
                        and (t.attempts[-1].end or now) < now - self.cfg.retention_s)}
         files = self.store.gc(keep, self.cfg.file_gc_s, now)
+        running = {k[0] for k in self._runners}
         dirs = []
         for name in os.listdir(self.paths.work):
             task_id = name.rsplit("-a", 1)[0]
-            if task_id in expired:
-                if any(k[0] == task_id for k in self._runners):
-                    continue
+            if task_id in expired and task_id not in running:
                 shutil.rmtree(os.path.join(self.paths.work, name), ignore_errors=True)
-                shutil.rmtree(os.path.join(self.paths.outputs, task_id), ignore_errors=True)
                 dirs.append(name)
+        for name in os.listdir(self.paths.outputs):
+            task_id = output_task_id(name)
+            if task_id in expired and task_id not in running:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.paths.outputs, name))
         if files or dirs:
             log.info("garbage: removed %d stored files and %d work dirs", len(files), len(dirs))
         return files, dirs

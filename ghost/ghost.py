@@ -93,7 +93,7 @@ class Ghost:
 
     def __init__(self, cfg: GhostConfig, probe: resources.Probe | None = None) -> None:
         self.cfg = cfg
-        for sub in ("work", "outputs", "running", "files", "store", "logs"):
+        for sub in ("work", "outputs", "files", "store", "logs"):
             os.makedirs(os.path.join(cfg.home, sub), exist_ok=True)
         self.paths = Paths(cfg.home)
         self.name = cfg.name or f"ghost-{socket.gethostname()}-{cfg.port}"

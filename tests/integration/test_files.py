@@ -329,6 +329,9 @@ def test_deleted_and_expired_work_dirs_are_collected(make_cluster, tmp_path: Pat
     r = cluster.sh(f"leoronic_del_task {long}")
     assert r.rc == 0 and r.out.startswith(f"{long} deleted"), r
     wait_for(lambda: not os.path.exists(wd), 20, "the deleted task's work dir to go")
+    outputs = os.path.join(os.path.dirname(os.path.dirname(wd)), "outputs")
+    wait_for(lambda: not [f for f in os.listdir(outputs) if f.startswith(f"{long}.")], 20,
+             "the deleted task's output files to go")
 
     # A finished task's work dir goes after the retention (0 s); its result stays readable.
     done = submit(cluster, "echo kept > result.txt; echo finished", task_id="done")
@@ -336,6 +339,9 @@ def test_deleted_and_expired_work_dirs_are_collected(make_cluster, tmp_path: Pat
     ran_on = queue_rows(cluster)[done]["node"]
     wd = os.path.join(homes[ran_on], "work", f"{done}-a1")
     wait_for(lambda: not os.path.exists(wd), 20, "the finished task's work dir to go")
-    assert result_out(cluster, done) == "finished\n"
+    outputs = os.path.join(homes[ran_on], "outputs")
+    wait_for(lambda: not [f for f in os.listdir(outputs) if f.startswith(f"{done}.")], 20,
+             "the finished task's output files to go")
+    assert result_out(cluster, done) == "finished\n"  # from the replicated tail
     r = cluster.sh(f"leoronic_get_files {done} {tmp_path / 'gone'}")
     assert r.rc != 0 and done in r.err, r

@@ -1,6 +1,6 @@
 """The executor with real `bash` processes: what a task sees (work dir, environment, stdin,
-session), what its outcome records (exit codes, signals, output tails), cancelling, pid files
-and killing a previous life's orphans.
+session), what its outcome records (exit codes, signals, output tails), cancelling, and killing
+a previous life's orphans.
 
 The executor enters each task's work dir around the spawn and returns to its home, so the
 fixture puts the test process's own working directory back afterwards."""
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from comrade.executor import Executor, Paths, kill_orphans, write_pidfile
+from comrade.executor import Executor, Paths, kill_orphans, output_task_id
 from comrade.model import Outcome, TaskSpec
 from tests.cluster import wait_for
 
@@ -44,7 +44,7 @@ class Recorder:
 @pytest.fixture
 def paths(tmp_path: Any) -> Iterator[Paths]:
     p = Paths(str(tmp_path / "home"))
-    for d in (p.work, p.outputs, p.running):
+    for d in (p.work, p.outputs):
         os.makedirs(d)
     cwd = os.getcwd()
     try:
@@ -84,7 +84,7 @@ def test_task_runs_in_its_fresh_work_dir_with_its_environment(run, paths) -> Non
     assert out.stdout_bytes == len(out.stdout_tail) and out.start <= out.end
     with open(paths.output("t1", 2, "out"), "rb") as f:
         assert f.read() == out.stdout_tail
-    assert os.listdir(paths.running) == [], "the pid file outlives the task"
+    assert sorted(os.listdir(paths.outputs)) == ["t1.2.err", "t1.2.out"]
     assert os.getcwd() == paths.home, "the executor did not return to its home"
 
 
@@ -113,36 +113,44 @@ def test_cancel_kills_the_whole_group_and_reports_nothing(run, paths) -> None:  
     child = int(wait_for(lambda: _read(child_file), 10, "the task's child to start"))
     ex.cancel(("c", 1), "test")
     wait_for(lambda: not _alive(child), 10, "the task's child to be killed")
-    wait_for(lambda: not os.listdir(paths.running), 10, "the pid file to go")
     assert "c" not in rec.outcomes and "c" not in rec.crashes
 
 
 def test_a_task_that_cannot_start_is_reported_as_crashed(run, paths) -> None:  # type: ignore[no-untyped-def]
-    os.makedirs(paths.output("bad", 1, "out"))  # a directory where its stdout file belongs
+    os.mkdir(paths.output("bad", 1, "out"))  # a directory where its stdout file belongs
     start(run, "bad", "true")
     reason = wait_for(lambda: run[1].crashes.get("bad"), 10, "the crash report")
     assert reason.startswith("cannot start: ") and "Is a directory" in reason, reason
     assert os.getcwd() == paths.home
-    assert os.listdir(paths.running) == [] and "bad" not in run[1].outcomes
+    assert "bad" not in run[1].outcomes
 
 
-def test_orphans_of_a_previous_life_are_killed_and_stale_pid_files_ignored(paths) -> None:  # type: ignore[no-untyped-def]
+def test_orphans_of_a_previous_life_are_killed_by_their_mark(paths, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Processes started with this home's LEORONIC_WORKDIR die with their whole group (a
+    member that dropped the variable too); a process marked with another home lives."""
     import subprocess
-    orphan = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    env = dict(os.environ)
+    mine = subprocess.Popen(  # a task's bash and, in its group, a child without the mark
+        ["bash", "-c", "env -u LEORONIC_WORKDIR sleep 60 & wait"], start_new_session=True,
+        env={**env, "LEORONIC_WORKDIR": os.path.join(paths.work, "t-a1")})
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True,
+                             env={**env, "LEORONIC_WORKDIR": str(tmp_path / "elsewhere" / "work" / "t-a1")})
     try:
-        write_pidfile(paths.pidfile("alive", 1), orphan.pid)
-        stale = subprocess.Popen(["true"], start_new_session=True)
-        stale.wait()
-        write_pidfile(paths.pidfile("gone", 1), stale.pid)
-        # A pid file whose pid is live but was recorded with another creation time (pid reuse).
-        os.symlink(f"{os.getpid()} 12345.0", paths.pidfile("reused", 1))
-        assert kill_orphans(paths) == [orphan.pid]
-        assert orphan.wait(timeout=10) == -signal.SIGKILL
-        assert os.listdir(paths.running) == []
+        unmarked = int(wait_for(lambda: _children(mine.pid), 10, "the unmarked child"))
+        assert kill_orphans(paths) == [mine.pid]
+        assert mine.wait(timeout=10) == -signal.SIGKILL
+        wait_for(lambda: not _alive(unmarked), 10, "the unmarked member of the group to die")
+        assert other.poll() is None, "a process of another home was killed"
     finally:
-        if orphan.poll() is None:
-            orphan.kill()
-            orphan.wait()
+        for p in (mine, other):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_output_names_give_back_their_task_id(paths) -> None:  # type: ignore[no-untyped-def]
+    for task_id in ("t1", "a.b.c", "x-a2"):
+        assert output_task_id(os.path.basename(paths.output(task_id, 12, "err"))) == task_id
 
 
 def _read(path: str) -> str:
@@ -159,3 +167,11 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _children(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
