@@ -109,7 +109,7 @@ def main(ctx: click.Context, **opts: Any) -> None:
 @friendly
 def start_worker(opts: dict[str, Any]) -> None:
     """Build the config, start the node, block until SIGTERM/SIGINT, then leave cleanly."""
-    home = os.path.abspath(opts["home"] or default_home())
+    home = opts["home"] or default_home()
     os.makedirs(os.path.join(home, "logs"), exist_ok=True)
     _setup_logging(os.path.join(home, "logs", "node.log"))
     cfg = Config(
@@ -168,7 +168,7 @@ def ghost(target: str, **opts: Any) -> None:
     """
     from ghost.ghost import Ghost, GhostConfig
 
-    home = os.path.abspath(opts["home"] or default_home())
+    home = opts["home"] or default_home()
     os.makedirs(os.path.join(home, "logs"), exist_ok=True)
     _setup_logging(os.path.join(home, "logs", "ghost.log"))
     peers = tuple(p for chunk in opts["peers"] for p in chunk.split())

@@ -52,6 +52,10 @@ class Config:
     file_gc_s: float = 3600.0  # stored files no unfinished task refers to are removed after this
     gc_every_s: float = 60.0  # how often the node collects garbage
 
+    def __post_init__(self) -> None:
+        # Absolute: the executor changes directory around each task start.
+        object.__setattr__(self, "home", os.path.abspath(self.home))
+
     @property
     def raft_port(self) -> int:
         """The Raft port: the RPC port + 1."""

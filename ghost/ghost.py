@@ -51,6 +51,10 @@ class GhostConfig:
     poll_s: float = 2.0  # long-poll length; also the heartbeat period
     switch_after_s: float = 5.0  # clairvoyant silent this long: attach to the next worker
 
+    def __post_init__(self) -> None:
+        # Absolute: the executor changes directory around each task start.
+        object.__setattr__(self, "home", os.path.abspath(self.home))
+
 
 def address_key(addr: str) -> tuple[Any, ...]:
     """Sort key for HOST:PORT by numeric IP (then port); names sort after addresses."""
