@@ -29,6 +29,7 @@ from comrade.errors import ClusterError, LeoronicError
 from comrade.executor import Crashed, Executor, Paths, Report, kill_orphans, output_task_id
 from comrade.files import FileRef as FileRefT
 from comrade.files import FileStore, place_files, rewrite_command
+from comrade.homelock import lock_home
 from comrade.isolation import Isolation
 from comrade.model import NodeInfo, Outcome, Resources, State, TaskSpec
 from comrade.queue import Reply
@@ -60,6 +61,7 @@ class Node:
     def __init__(self, cfg: Config, probe: resources.Probe | None = None) -> None:
         cfg.validate()
         self.cfg = cfg
+        self._home_lock: int | None = None  # fd of HOME/lock, held from start on
         self.paths = Paths(cfg.home)
         for sub in ("raft", "work", "outputs", "files", "store", "logs"):
             os.makedirs(os.path.join(cfg.home, sub), exist_ok=True)
@@ -120,6 +122,7 @@ class Node:
 
     def start(self) -> None:
         """Join or form the cluster and start serving; returns once the node is registered."""
+        self._home_lock = lock_home(self.cfg.home)  # before anything touches the home
         raft_dir = os.path.join(self.cfg.home, "raft")
         journal_check.check_journal(os.path.join(raft_dir, "journal"))
         journal_check.check_dump(os.path.join(raft_dir, "dump"))

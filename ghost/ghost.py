@@ -27,6 +27,7 @@ from comrade.config import split_address
 from comrade.errors import AuthError, LeoronicError, UsageError
 from comrade.executor import Executor, Paths, kill_orphans
 from comrade.files import FileRef, FileStore, place_files, rewrite_command
+from comrade.homelock import lock_home
 from comrade.model import NodeInfo, Outcome, Resources, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class Ghost:
 
     def __init__(self, cfg: GhostConfig, probe: resources.Probe | None = None) -> None:
         self.cfg = cfg
+        self._home_lock: int | None = None  # fd of HOME/lock, held from start on
         for sub in ("work", "outputs", "files", "store", "logs"):
             os.makedirs(os.path.join(cfg.home, sub), exist_ok=True)
         self.paths = Paths(cfg.home)
@@ -125,6 +127,7 @@ class Ghost:
 
     def run(self) -> None:
         """Attach and work until stopped."""
+        self._home_lock = lock_home(self.cfg.home)  # before anything touches the home
         killed = kill_orphans(self.paths)
         if killed:
             log.warning("killed %d orphaned task process groups of a previous life", len(killed))

@@ -12,7 +12,7 @@ import shlex
 
 import pytest
 
-from tests.cluster import Cluster, Result, free_port_pair
+from tests.cluster import Cluster, Result, free_port_pair, result_out, wait_for, wait_ok
 
 EXIT_USAGE = 2
 EXIT_CLUSTER = 3
@@ -109,3 +109,27 @@ def test_bad_cookie_bad_inputs_and_unreachable_node(make_cluster, tmp_path) -> N
         err = one_line_error(r, EXIT_CLUSTER)
         assert f"cannot reach node 127.0.0.1:{port}" in err, r
     assert queue_ids(c) == before
+
+
+def test_a_second_process_on_the_same_home_stops_and_kills_nothing(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`bash leoronic` typed twice on one home: the second worker (or a ghost) must not take
+    the first one's running tasks for orphans of a previous life."""
+    c = make_cluster(1)
+    n1 = c.nodes[0]
+    gate = tmp_path / "gate"
+    r = add_task(c, "1024", "1", "1024", "true", "", "",
+                 f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.05; done; echo survived", "keep")
+    assert r.rc == 0, r
+    wait_for(lambda: "running" in c.sh("leoronic_get_queue").out, 20, "the task to run")
+    for extra in ([], ["ghost", "--peer", n1.address]):
+        port = str(free_port_pair())
+        r = c.cli(*extra, "--bind", "127.0.0.1", "--port", port, "--home", n1.home,
+                  "--name", "dup", timeout=30)
+        err = one_line_error(r, EXIT_USAGE)
+        assert "--home" in err and "in use by another leoronic process" in err, r
+        assert n1.proc is not None and f"pid {n1.proc.pid}" in err, r
+    queued = c.sh("leoronic_get_queue").out
+    assert "keep" in queued and "running" in queued, queued
+    gate.touch()
+    wait_ok(c, "keep")
+    assert result_out(c, "keep") == "survived\n"
