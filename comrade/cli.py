@@ -419,6 +419,8 @@ def nodes() -> None:
         click.echo(f"{info['self']} is ISOLATED (no quorum) since {_when(info['isolated_since'])}: "
                    "running queued tasks from its own copy; results merge when the others return")
     rows = info["nodes"]
+    if not rows:
+        click.echo("no node registered yet: the cluster is starting (or electing a leader)")
     workers = [n for n in rows if n["kind"] != "ghost"]
     ghosts = [n for n in rows if n["kind"] == "ghost"]
     for n in workers:
