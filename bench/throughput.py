@@ -1,6 +1,7 @@
 """Throughput and idle latency of a 3-worker Leoronic cluster on loopback, against xargs.
 
-    .venv/bin/python -m bench.throughput [--tasks N] [--latency-samples M] [--time-limit S]
+    .venv/bin/python -m bench.throughput [--tasks N] [--rounds K] [--latency-samples M]
+                                         [--time-limit S]
 
 1. Starts 3 real `leoronic` workers on 127.0.0.1 (tests/cluster.py), each offering all the
    machine's cores; always stops them (by PID) and kills anything left behind.
@@ -9,6 +10,9 @@
    `leoronic_add_tasks_from_file FILE && leoronic_wait` through the same shell functions a user
    types; phases (submit, run) split by timestamps inside that script; spread over nodes from
    `leoronic_get_queue`; per-task delays from the replicated records.
+   With --rounds K, steps 2-3 alternate K times on the same cluster (xargs, Leoronic, xargs,
+   ..., xargs): each round's ratio uses the xargs runs on either side of it, and the figures
+   give every round's ratio and their median (the machine may be shared and drift).
 4. Idle latency: M times, one `true` task submitted with the Python client; submit -> process
    spawned (outcome.start - submitted), submit -> claim applied, claim -> spawned, and the
    submit RPC round trip.
@@ -205,22 +209,47 @@ def latency(cluster: Cluster, m: int, prefix: str, deadline: Deadline) -> dict[s
     }
 
 
+def log_run(tp: dict[str, Any], n: int, cores: int) -> None:
+    """The details of one throughput run, to the log."""
+    log(f"  {tp['elapsed']:.2f} s end to end: submit (CLI) {tp['submit_s']:.2f} s, "
+        f"wait {tp['wait_s']:.2f} s")
+    log(f"  states {tp['states']}; attempts per task {tp['attempts']}")
+    log(f"  spread over nodes (get-queue NODE): {tp['spread']}")
+    log(f"  CLI start -> first task submitted {tp['cli_to_first_submit']:.2f} s; "
+        f"submits spanned {tp['submit_span']:.2f} s")
+    log(f"  submit proposed -> claim proposed: median {tp['claim_med']:.3f} s, "
+        f"p99 {tp['claim_p99']:.3f} s, max {tp['claim_max']:.3f} s")
+    log(f"  claim proposed -> spawned: median {tp['spawn_med'] * 1000:.1f} ms, "
+        f"p99 {tp['spawn_p99'] * 1000:.1f} ms; process ran: median "
+        f"{tp['run_med'] * 1000:.1f} ms, p99 {tp['run_p99'] * 1000:.1f} ms")
+    log(f"  first spawn -> last exit {tp['run_span']:.2f} s; "
+        f"average processes alive {tp['avg_running']:.2f}")
+    cpu = tp["cpu"]
+    log("  CPU during the run: " + ", ".join(
+        f"{k} {own:.2f} s (+ tasks {kids:.2f} s)" for k, (own, kids) in cpu["nodes"].items())
+        + f", CLI {cpu['cli']:.2f} s: {cpu['own']:.2f} CPU s = "
+        f"{1000 * cpu['own'] / n:.2f} ms CPU per task; machine busy "
+        f"{100 * cpu['busy'] / cpu['total']:.0f}% of {cores} cores (all processes)")
+
+
 # ----- main ---------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = BenchParser("python -m bench.throughput", __doc__)
     ap.add_argument("--tasks", type=int, default=2000, help="tasks in the throughput run")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="throughput runs, each between two xargs runs")
     ap.add_argument("--latency-samples", type=int, default=50, help="idle latency samples")
     ap.add_time_limit(600.0)
     ap.add_keep()
-    args = ap.parse_positive(argv, "--tasks", "--latency-samples")
+    args = ap.parse_positive(argv, "--tasks", "--rounds", "--latency-samples")
 
     cores = psutil.cpu_count() or os.cpu_count() or 1
     prefix = f"r{secrets.token_hex(3)}"
     root = tempfile.mkdtemp(prefix="leoronic-bench-")
     bench = Bench(args.time_limit, root, args.keep)
     deadline = bench.deadline
-    tp: dict[str, Any] = {}
+    rounds: list[dict[str, Any]] = []
     lt: dict[str, Any] = {}
     xargs_runs: list[float] = []
     with bench:
@@ -233,32 +262,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"baseline: seq {args.tasks} | xargs -P {cores} -I{{}} bash -c true")
         xargs_runs.append(xargs_baseline(args.tasks, cores, deadline))
         log(f"  {xargs_runs[-1]:.2f} s = {args.tasks / xargs_runs[-1]:.0f} tasks/s")
-
-        log(f"throughput: {args.tasks} tasks via leoronic_add_tasks_from_file && leoronic_wait")
-        tp = throughput(cluster, args.tasks, prefix, deadline)
-        log(f"  {tp['elapsed']:.2f} s end to end: submit (CLI) {tp['submit_s']:.2f} s, "
-            f"wait {tp['wait_s']:.2f} s")
-        log(f"  states {tp['states']}; attempts per task {tp['attempts']}")
-        log(f"  spread over nodes (get-queue NODE): {tp['spread']}")
-        log(f"  CLI start -> first task submitted {tp['cli_to_first_submit']:.2f} s; "
-            f"submits spanned {tp['submit_span']:.2f} s")
-        log(f"  submit proposed -> claim proposed: median {tp['claim_med']:.3f} s, "
-            f"p99 {tp['claim_p99']:.3f} s, max {tp['claim_max']:.3f} s")
-        log(f"  claim proposed -> spawned: median {tp['spawn_med'] * 1000:.1f} ms, "
-            f"p99 {tp['spawn_p99'] * 1000:.1f} ms; process ran: median "
-            f"{tp['run_med'] * 1000:.1f} ms, p99 {tp['run_p99'] * 1000:.1f} ms")
-        log(f"  first spawn -> last exit {tp['run_span']:.2f} s; "
-            f"average processes alive {tp['avg_running']:.2f}")
-        cpu = tp["cpu"]
-        log("  CPU during the run: " + ", ".join(
-            f"{k} {own:.2f} s (+ tasks {kids:.2f} s)" for k, (own, kids) in cpu["nodes"].items())
-            + f", CLI {cpu['cli']:.2f} s: {cpu['own']:.2f} CPU s = "
-            f"{1000 * cpu['own'] / args.tasks:.2f} ms CPU per task; machine busy "
-            f"{100 * cpu['busy'] / cpu['total']:.0f}% of {cores} cores (all processes)")
-
-        log("baseline again (the box may be shared: the ratio uses the mean of both)")
-        xargs_runs.append(xargs_baseline(args.tasks, cores, deadline))
-        log(f"  {xargs_runs[-1]:.2f} s = {args.tasks / xargs_runs[-1]:.0f} tasks/s")
+        for k in range(args.rounds):
+            log(f"throughput{f' (round {k + 1} of {args.rounds})' if args.rounds > 1 else ''}: "
+                f"{args.tasks} tasks via leoronic_add_tasks_from_file && leoronic_wait")
+            rounds.append(throughput(cluster, args.tasks, f"{prefix}{k}", deadline))
+            log_run(rounds[-1], args.tasks, cores)
+            log("baseline again (the box may be shared: the ratio uses the mean of both sides)")
+            xargs_runs.append(xargs_baseline(args.tasks, cores, deadline))
+            log(f"  {xargs_runs[-1]:.2f} s = {args.tasks / xargs_runs[-1]:.0f} tasks/s")
 
         log(f"idle latency: {args.latency_samples} single tasks via Client.submit")
         lt = latency(cluster, args.latency_samples, prefix, deadline)
@@ -268,18 +279,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{lt['spawn_med']:.1f} ms (p99 {lt['spawn_p99']:.1f}); ran on {lt['ran_on']}")
 
     n = args.tasks
-    xargs_s = statistics.mean(xargs_runs) if xargs_runs else float("nan")
-    x_rate = n / xargs_s
+    x_rate = n / statistics.mean(xargs_runs) if xargs_runs else float("nan")
     bench.print_figures_header(f"uname -m: {platform.machine()}; cores: {cores}; "
                                f"python: {platform.python_version()}")
-    if tp:
+    ratios = [(n / tp["elapsed"]) / (n / statistics.mean(xargs_runs[k:k + 2]))
+              for k, tp in enumerate(rounds) if len(xargs_runs) > k + 1]
+    for k, tp in enumerate(rounds[:len(ratios)]):
         rate = n / tp["elapsed"]
-        print(f"throughput: {n} tasks in {tp['elapsed']:.2f} s = {rate:.0f} tasks/s "
-              f"(xargs -P {cores}: {x_rate:.0f} tasks/s; ratio {100 * rate / x_rate:.0f}%)")
+        print(f"throughput{f' round {k + 1}' if len(rounds) > 1 else ''}: {n} tasks in "
+              f"{tp['elapsed']:.2f} s = {rate:.0f} tasks/s (xargs -P {cores}: "
+              f"{rate / ratios[k]:.0f} tasks/s; ratio {100 * ratios[k]:.0f}%)")
         print(f"  phases: submit (CLI) {tp['submit_s']:.2f} s + wait {tp['wait_s']:.2f} s; "
               f"nodes {tp['spread']}; {1000 * tp['cpu']['own'] / n:.1f} ms CPU per task "
-              f"(xargs runs: {', '.join(f'{n / x:.0f}' for x in xargs_runs)} tasks/s)")
-    else:
+              f"(xargs runs: {', '.join(f'{n / x:.0f}' for x in xargs_runs[k:k + 2])} tasks/s)")
+    if len(ratios) > 1:
+        print(f"throughput, median of {len(ratios)} rounds: ratio "
+              f"{100 * statistics.median(ratios):.0f}% (rounds: "
+              f"{', '.join(f'{100 * r:.0f}%' for r in ratios)})")
+    if not ratios:
         print(f"throughput: not measured (xargs -P {cores}: {x_rate:.0f} tasks/s)")
     if lt:
         print(f"latency submit->start: median {lt['med']:.1f} ms, p99 {lt['p99']:.1f} ms; "
