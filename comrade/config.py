@@ -53,8 +53,9 @@ class Config:
     gc_every_s: float = 60.0  # how often the node collects garbage
 
     def __post_init__(self) -> None:
-        # Absolute: the executor changes directory around each task start.
-        object.__setattr__(self, "home", os.path.abspath(self.home))
+        # Absolute (the executor changes directory around each task start) and canonical (the
+        # mark by which a restarted node finds its orphans holds it).
+        object.__setattr__(self, "home", os.path.realpath(self.home))
 
     @property
     def raft_port(self) -> int:

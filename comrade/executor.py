@@ -47,7 +47,7 @@ class Paths:
     home: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "home", os.path.abspath(self.home))  # the executor chdirs
+        object.__setattr__(self, "home", os.path.realpath(self.home))  # the executor chdirs
 
     @property
     def work(self) -> str:

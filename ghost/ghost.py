@@ -53,8 +53,9 @@ class GhostConfig:
     switch_after_s: float = 5.0  # clairvoyant silent this long: attach to the next worker
 
     def __post_init__(self) -> None:
-        # Absolute: the executor changes directory around each task start.
-        object.__setattr__(self, "home", os.path.abspath(self.home))
+        # Absolute (the executor changes directory around each task start) and canonical (the
+        # mark by which a restarted node finds its orphans holds it).
+        object.__setattr__(self, "home", os.path.realpath(self.home))
 
 
 def address_key(addr: str) -> tuple[Any, ...]:
