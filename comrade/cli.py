@@ -520,11 +520,11 @@ def get_files(task_id: str, dest: str) -> None:
         click.echo(f"{name}: {dest}")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _unpack(data: bytes, dest: str) -> None:
     from comrade import packing  # tarfile: imported only by the two commands that need it
 
     packing.unpack(data, dest)
+
+
+if __name__ == "__main__":
+    main()

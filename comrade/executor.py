@@ -65,6 +65,11 @@ class Paths:
         return os.path.join(self.outputs, f"{task_id}.{attempt}.{stream}")
 
 
+def workdir_task_id(name: str) -> str:
+    """The task id of a work dir's name (`ID-aATTEMPT`)."""
+    return name.rsplit("-a", 1)[0]
+
+
 def output_task_id(name: str) -> str:
     """The task id of an output file's name (ids may hold dots; attempts and streams do not)."""
     return name.rsplit(".", 2)[0]

@@ -1,4 +1,6 @@
-"""One process per home: a worker or ghost holds an exclusive lock on `HOME/lock` for its life.
+"""Taking over a home: one process per home, and the orphans of its previous life killed.
+
+A worker or ghost holds an exclusive lock on `HOME/lock` for its life.
 
 A second `leoronic` started on the same home (say, `bash leoronic` typed twice) would take
 the first one's task processes for orphans of a previous life and kill them, and share its
@@ -10,9 +12,23 @@ task processes do not inherit it (the fd is close-on-exec).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 
 from comrade.errors import UsageError
+from comrade.executor import Paths, kill_orphans
+
+log = logging.getLogger(__name__)
+
+
+def take_home(paths: Paths) -> int:
+    """Start-up of a worker or ghost, before anything touches the home: take its lock (returns
+    the fd; keep it open), then kill the task processes its previous life left running."""
+    fd = lock_home(paths.home)
+    killed = kill_orphans(paths)
+    if killed:
+        log.warning("killed %d orphaned task process groups of a previous life", len(killed))
+    return fd
 
 
 def lock_home(home: str) -> int:

@@ -113,8 +113,7 @@ class Isolation:
                 self.shadow.apply(("finish", task_id, self.node.name, attempt, outcome),
                                   time.time())
             self.runners.discard((task_id, attempt))
-        if self.node.actor is not None:
-            self.node.actor.tell("wake")
+        self.node.wake()
 
     def _crashed(self, task_id: str, attempt: int, reason: str) -> None:
         self.node.supervisor.child_failed(f"isolated task {task_id}", reason)

@@ -26,10 +26,10 @@ import pykka
 from comrade import discovery, journal_check, membership, resources, rpc
 from comrade.config import Config
 from comrade.errors import ClusterError, LeoronicError
-from comrade.executor import Crashed, Executor, Paths, Report, kill_orphans, output_task_id
+from comrade.executor import Crashed, Executor, Paths, Report, output_task_id, workdir_task_id
 from comrade.files import FileRef as FileRefT
 from comrade.files import FileStore, place_files, rewrite_command
-from comrade.homelock import lock_home
+from comrade.homelock import take_home
 from comrade.isolation import Isolation
 from comrade.model import NodeInfo, Outcome, Resources, State, TaskSpec
 from comrade.queue import Reply
@@ -122,13 +122,10 @@ class Node:
 
     def start(self) -> None:
         """Join or form the cluster and start serving; returns once the node is registered."""
-        self._home_lock = lock_home(self.cfg.home)  # before anything touches the home
+        self._home_lock = take_home(self.paths)
         raft_dir = os.path.join(self.cfg.home, "raft")
         journal_check.check_journal(os.path.join(raft_dir, "journal"))
         journal_check.check_dump(os.path.join(raft_dir, "dump"))
-        killed = kill_orphans(self.paths)
-        if killed:
-            log.warning("killed %d orphaned task process groups of a previous life", len(killed))
         members_file = os.path.join(self.cfg.home, "raft", "members.json")
         peers = self.cfg.peers
         use_lan = self.cfg.discovery and discovery.enabled(self.cfg.bind)
@@ -207,8 +204,7 @@ class Node:
                 self.proposer.propose_sync([("join", info)], timeout=5.0)
                 self._release_stale()
                 self._registered.set()
-                if self.actor is not None:
-                    self.actor.tell("wake")
+                self.wake()
                 return
             except ClusterError as exc:
                 if time.monotonic() > deadline:
@@ -243,8 +239,7 @@ class Node:
         with self.applied_cv:
             self.applied_gen += 1
             self.applied_cv.notify_all()
-        if self.actor is not None:
-            self.actor.tell("wake")
+        self.wake()
 
     def _on_raft_state(self, old: int, new: int) -> None:
         self._leader_since = time.monotonic() if new == _LEADER else None
@@ -254,6 +249,11 @@ class Node:
         return self._leader_since is not None
 
     # ----- reconcile and schedule (NodeActor thread) -----------------------------------------
+
+    def wake(self) -> None:
+        """Ask the NodeActor for a reconcile-and-schedule pass (any thread; it coalesces)."""
+        if self.actor is not None:
+            self.actor.tell("wake")
 
     def reconcile(self) -> None:
         """Start the claims the state gave us as their resources free up here (a task claimed
@@ -363,8 +363,8 @@ class Node:
                     held = self._claims_in_flight.get(tid)
                     if held is not None and held[0] == att:
                         del self._claims_in_flight[tid]
-            if replies is None and self.actor is not None:
-                self.actor.tell("wake")  # nothing was applied to wake the node: plan again
+            if replies is None:
+                self.wake()  # nothing was applied to wake the node: plan again
         return answered
 
     def _plan_claims(self) -> list[Claim]:
@@ -434,8 +434,7 @@ class Node:
 
     def _wake_again(self) -> None:
         self._rewake.clear()
-        if self.actor is not None:
-            self.actor.tell("wake")
+        self.wake()
 
     def _waited(self, task_id: str) -> float:
         now = time.monotonic()
@@ -487,8 +486,7 @@ class Node:
         self._runners.pop((task_id, attempt), None)
         with self._unsent_lock:
             self._unsent.append(("finish", task_id, self.name, attempt, outcome))
-        if self.actor is not None:
-            self.actor.tell("wake")
+        self.wake()
 
     def _take_unsent(self) -> list[Any]:
         with self._unsent_lock:
@@ -527,7 +525,7 @@ class Node:
         running = {k[0] for k in self._runners}
         dirs = []
         for name in os.listdir(self.paths.work):
-            task_id = name.rsplit("-a", 1)[0]
+            task_id = workdir_task_id(name)
             if task_id in expired and task_id not in running:
                 shutil.rmtree(os.path.join(self.paths.work, name), ignore_errors=True)
                 dirs.append(name)
@@ -560,8 +558,7 @@ class Node:
                     self._expire_silent_nodes(now)
                     self._remove_long_lost(time.time())
                 self._watch_quorum(now)
-                if self.actor is not None:
-                    self.actor.tell("wake")
+                self.wake()
             except Exception:
                 log.exception("ticker step failed")
 

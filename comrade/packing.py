@@ -7,6 +7,7 @@ import os
 import tarfile
 
 from comrade.errors import UsageError
+from comrade.executor import workdir_task_id
 
 
 def pack(root: str, *names: str) -> bytes:
@@ -32,7 +33,7 @@ def pack_work(work: str, what: str, task_id: str, owner: str) -> bytes:
     if what == "work":
         return pack(work, ".")
     if what == "task":
-        dirs = sorted(d for d in os.listdir(work) if d.rsplit("-a", 1)[0] == task_id)
+        dirs = sorted(d for d in os.listdir(work) if workdir_task_id(d) == task_id)
         if not dirs:
             raise UsageError(f"ID: no work dir of task {task_id!r} on {owner}")
         return pack(work, *dirs)

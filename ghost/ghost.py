@@ -25,9 +25,9 @@ import pykka
 from comrade import packing, resources, rpc
 from comrade.config import split_address
 from comrade.errors import AuthError, LeoronicError, UsageError
-from comrade.executor import Executor, Paths, kill_orphans
+from comrade.executor import Executor, Paths
 from comrade.files import FileRef, FileStore, place_files, rewrite_command
-from comrade.homelock import lock_home
+from comrade.homelock import take_home
 from comrade.model import NodeInfo, Outcome, Resources, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -128,10 +128,7 @@ class Ghost:
 
     def run(self) -> None:
         """Attach and work until stopped."""
-        self._home_lock = lock_home(self.cfg.home)  # before anything touches the home
-        killed = kill_orphans(self.paths)
-        if killed:
-            log.warning("killed %d orphaned task process groups of a previous life", len(killed))
+        self._home_lock = take_home(self.paths)
         self.server.start()
         self._discover()
         self._first_attach()
