@@ -1,14 +1,16 @@
 """Chaos (issue #5): many tasks while workers, leaders and links keep failing; nothing is lost.
 
 Part A (loopback, always runs): three workers with short timings run 1,000 small tasks while
-a seeded schedule SIGKILLs a random follower every few seconds (twice the leader instead) and
-restarts it with the same home before the next kill, so a majority is always up. Submits go
+a seeded schedule SIGKILLs a random follower once it has finished a few more tasks (twice the
+leader instead), keeps it down 0.5-5 s (either side of the 3 s lease) and restarts it with the
+same home before the next kill, so a majority is always up. Submits go
 in chunks of 100 through a node that is not about to be killed, concurrently with the kills
 (a submit may straddle a leader change: the CLI and the node retry with the same ids).
 
 Part B (network namespaces, root only): three workers in three namespaces on a private
-bridge (tests/netns.py); one is cut off for longer than --isolation-after, so it runs tasks
-from its own copy while the majority goes on; then the link is healed and its results merge.
+bridge (tests/netns.py); one is cut off once a few tasks ran, and kept cut off past
+--isolation-after until it has recorded a few results from its own copy while the majority
+goes on; then the link is healed and its results merge.
 
 Both check the README's "Fault tolerance" promises the way an operator would see them:
 every task has exactly one final record and it is `done`; every task ran (its command
@@ -36,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,7 @@ from typing import Any
 import pytest
 
 from comrade.client import Client
+from comrade.isolation import load_results
 from tests import netns
 from tests.cluster import LEORONIC, UTILITIES, Cluster, NodeProc, start_cluster, wait_for
 
@@ -81,6 +84,13 @@ def read_runlog(runlog: Path) -> dict[str, list[tuple[int, str]]]:
         assert m, f"malformed RUNLOG line {line!r}"
         runs[m.group(1)].append((int(m.group(2)), m.group(3)))
     return runs
+
+
+def runs_by_node(runlog: Path) -> Counter[str]:
+    """How many runs each node has finished so far: RUNLOG's complete lines, by node."""
+    text = runlog.read_text() if runlog.exists() else ""
+    return Counter(line.split()[-1] for line in text.splitlines(keepends=True)
+                   if line.endswith("\n") and line.strip())
 
 
 def longest_stall(records: dict[str, Any]) -> float:
@@ -356,7 +366,17 @@ def test_thousand_tasks_survive_worker_and_leader_kills(chaos_cluster: Cluster, 
                     errors.append(exc)
             submitter = threading.Thread(target=submit, name=f"submit-{turn}")
             submitter.start()
-        time.sleep(rng.uniform(1.0, 2.5))  # let tasks start on the victim
+        # Fault schedule: kill once the victim has finished a few more tasks (so it is running
+        # some), or at once when every task is final and no submit is under way.
+        more, ran_before = rng.randint(2, 8), runs_by_node(runlog)[victim.name]
+
+        def time_to_kill(victim: NodeProc = victim, more: int = more, ran_before: int = ran_before,
+                         submitter: threading.Thread | None = submitter, via: NodeProc = via) -> bool:
+            if runs_by_node(runlog)[victim.name] >= ran_before + more:
+                return True
+            return (submitter is None and not pending
+                    and all(s in FINAL for s in final_states(cluster, via, ids).values()))
+        wait_for(time_to_kill, 60, f"{victim.name} to finish {more} more tasks", interval=0.05)
         cluster.kill(victim, signal.SIGKILL)
         kills += 1
         leader_kills += victim is leader
@@ -605,9 +625,12 @@ def partition_scenario(net: netns.Net, tmp_path: Path, capsys: Any, cut_leader: 
         return ("timeline:\n" + "\n".join(timeline) + "\n" + "\n".join(views) + "\n"
                 + c.logs_excerpt())
 
-    # Cut one worker off while most tasks are still queued; hold the cut until it has been in
-    # isolated mode for a while (isolated runs happen), well past --isolation-after.
-    time.sleep(rng.uniform(0.5, 1.5))  # fault schedule: when the cut happens
+    # Cut one worker off once a few tasks ran, while most are still queued; hold the cut until
+    # it has been in isolated mode for a while: until it recorded a few isolated results.
+    first, isolated_goal = rng.randint(5, 20), rng.randint(3, 10)  # the fault schedule
+    wait_for(lambda: sum(runs_by_node(runlog).values()) >= first, 60,
+             f"{first} tasks to run before the cut", interval=0.05)
+    results_file = Path(cut.home, "isolated.results")
     net.cut(cut.index)
     cut_at = time.monotonic()
     timeline.append(f"{_stamp()} cut {cut.name}{' (leader)' if cut is leader else ''}")
@@ -616,7 +639,8 @@ def partition_scenario(net: netns.Net, tmp_path: Path, capsys: Any, cut_leader: 
                  f"{cut.name} to enter isolated mode", interval=0.2)
         isolated_after = time.monotonic() - cut_at
         timeline.append(f"{_stamp()} {cut.name} isolated after {isolated_after:.1f} s")
-        time.sleep(rng.uniform(2.0, 4.0))  # fault schedule: how long the partition lasts
+        wait_for(lambda: len(load_results(str(results_file))) >= isolated_goal, 30,
+                 f"{cut.name} to record {isolated_goal} isolated results", interval=0.05)
         quorum, rows, text = c.nodes(majority[0])
         assert quorum, f"the majority lost its quorum during the partition:\n{text}"
         assert rows.get(cut.name, ("", ""))[1] != "up", f"{cut.name} still shown up:\n{text}"
@@ -630,7 +654,6 @@ def partition_scenario(net: netns.Net, tmp_path: Path, capsys: Any, cut_leader: 
     timeline.append(f"{_stamp()} {cut.name} registered again")
     # The keepers run on until the cut-off worker has merged its isolated results: whatever
     # else it proposed while cut off reaches the log before that merge.
-    results_file = Path(cut.home, "isolated.results")
     try:
         wait_for(lambda: "quorum is back" in c.node_log(cut) and results_file.exists()
                  and results_file.stat().st_size == 0, 60,
