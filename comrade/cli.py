@@ -234,8 +234,7 @@ def _submit(rows: list[taskfields.Fields], retries: int | None, no_rename: bool,
     client = Client()
     specs, uploads = client.build_specs(rows, retries=retries or 0, rename=not no_rename)
     client.upload(uploads)
-    for task_id in client.submit(specs, labels):
-        click.echo(task_id)
+    click.echo("\n".join(client.submit(specs, labels)))  # one write for a million ids
 
 
 # ----- reading --------------------------------------------------------------------------------

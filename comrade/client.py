@@ -16,7 +16,7 @@ from comrade import rpc
 from comrade.config import DEFAULT_PORT, default_cookie_path
 from comrade.errors import AuthError, ClusterError, LeoronicError, UsageError
 from comrade.files import DEFAULT_MAX_FILE_BYTES, LocalFile, read_files_field
-from comrade.model import TaskSpec
+from comrade.model import TAIL_BYTES, TAILS_BUDGET, TaskSpec
 from comrade.taskfields import Fields
 
 #: Seconds a command keeps retrying a node that is unreachable or has no quorum.
@@ -149,15 +149,19 @@ class Client:
                 self.call("file_put", f.ref.sha256, data)
                 missing.discard(f.ref.sha256)
 
-    def submit(self, specs: Sequence[TaskSpec], labels: Sequence[str] = (), batch: int = 1000) -> list[str]:
+    def submit(self, specs: Sequence[TaskSpec], labels: Sequence[str] = (), batch: int = 1000,
+               first: int = 50) -> list[str]:
         """Check every spec first (nothing is queued if one would be refused; the error is
-        prefixed with its label, e.g. "line 3: "), then submit in batches."""
+        prefixed with its label, e.g. "line 3: "), then submit in batches. The first batch is
+        small (`first`), so the cluster starts working while the rest is still being sent."""
         for index, problem in self.call("check", list(specs))[:1]:
             label = labels[index] if index < len(labels) else ""
             raise UsageError(f"{label}{problem}")
         ids = []
-        for start in range(0, len(specs), batch):
-            chunk = list(specs[start : start + batch])
+        start, size = 0, min(first, batch)
+        while start < len(specs):
+            chunk = list(specs[start : start + size])
+            start, size = start + size, batch
             for task_id, ok, detail in self.call("submit", chunk):
                 if not ok:
                     raise UsageError(f"task {task_id}: {detail}")
@@ -173,13 +177,16 @@ class Client:
         size = outcome.stdout_bytes if stream == "out" else outcome.stderr_bytes
         if size <= len(tail):
             return tail, ""
+        showing = (f"the queue no longer keeps its last {TAIL_BYTES // 1024} KiB either (it keeps "
+                   f"{TAILS_BUDGET // 2**20} MiB of the newest tails)" if outcome.tails_dropped
+                   else f"showing the last {len(tail)} bytes")
         nodes = self.call("nodes")["nodes"]
         addr = next((n["rpc"] for n in nodes if n["name"] == task.node), None)
         if addr is None:
-            return tail, f"node {task.node} is unknown; showing the last {len(tail)} bytes"
+            return tail, f"node {task.node} is unknown; {showing}"
         try:
             data = Client(addr, self.cookie).call("output", task.spec.task_id, task.attempt, stream,
                                                   retry_s=2)
             return data, ""
         except ClusterError as exc:
-            return tail, f"node {task.node} unreachable ({exc}); showing the last {len(tail)} bytes"
+            return tail, f"node {task.node} unreachable ({exc}); {showing}"

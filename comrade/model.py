@@ -12,6 +12,10 @@ from functools import cached_property
 
 #: Bytes of stdout and of stderr kept in the replicated record of a finished attempt.
 TAIL_BYTES = 64 * 1024
+#: The most output-tail bytes the replicated queue keeps over all finished tasks (on every
+#: node). Beyond it the oldest finished tasks' tails are dropped from their records; their full
+#: output stays in files on the node that ran them, where `leoronic_result` reads it.
+TAILS_BUDGET = 64 * 1024 * 1024
 
 
 class State(StrEnum):
@@ -101,6 +105,7 @@ class Outcome:
     stderr_tail: bytes = b""
     stdout_bytes: int = 0  # full size of the output kept on the node
     stderr_bytes: int = 0
+    tails_dropped: bool = False  # the queue dropped the tails to stay within TAILS_BUDGET
 
 
 @dataclass

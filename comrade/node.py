@@ -347,9 +347,13 @@ class Node:
             self._planned_gen = gen
             claims = self._plan_claims()
         ops = finishes + [("claim", c.task_id, self.name, c.attempt) for c in claims]
-        if ops and self.proposer is not None:  # claims for free resources: no lingering
+        if ops and self.proposer is not None:
+            # No lingering for claims of resources free now, nor for finishes once nothing is
+            # queued: no more work will ride along, and someone may be waiting for the end.
+            urgent = any(not c.ahead for c in claims) or (
+                bool(finishes) and self.consumer.queue.queued_count() == 0)
             self.proposer.propose(ops, self._claims_answered(claims) if claims else None,
-                                  urgent=any(not c.ahead for c in claims))
+                                  urgent=urgent)
 
     def _claims_answered(self, claims: list[Claim]) -> Callable[[list[Reply] | None, int], None]:
         """The callback of a proposal carrying `claims`: a claim refused, or whose entry was

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import conditions as cond
 from comrade.model import (
     TAIL_BYTES,
+    TAILS_BUDGET,
     Attempt,
     NodeInfo,
     NodeState,
@@ -56,11 +57,16 @@ _OUTCOME = {
 class Queue:
     """The replicated task queue. Mutated only through `apply`; read through the accessors."""
 
-    def __init__(self) -> None:
+    def __init__(self, tails_budget: int = TAILS_BUDGET) -> None:
         self.tasks: dict[str, Task] = {}  # insertion order is submit order
         self.nodes: dict[str, NodeState] = {}
         self.next_seq = 1
         self.applied = 0  # operations applied, for equality checks across replicas
+        self.tails_budget = tails_budget
+        # Finished tasks whose record holds output tails, oldest finish first -> their bytes.
+        # Replicated state (in the snapshot): which tails go first must be the same everywhere.
+        self._tails: dict[str, int] = {}
+        self._tail_bytes = 0
         self._derive()
 
     # ----- snapshot -------------------------------------------------------------------------
@@ -72,6 +78,7 @@ class Queue:
             "nodes": self.nodes,
             "next_seq": self.next_seq,
             "applied": self.applied,
+            "tails": list(self._tails),
         }
 
     @classmethod
@@ -82,6 +89,13 @@ class Queue:
         q.nodes = data["nodes"]
         q.next_seq = data["next_seq"]
         q.applied = data["applied"]
+        order = data.get("tails")
+        if order is None:  # a snapshot from before the budget: oldest end first
+            held = [(t.outcome.end, t.seq, t.spec.task_id) for t in q.tasks.values()
+                     if t.outcome is not None]
+            order = [task_id for _, _, task_id in sorted(held)]
+        for task_id in order:
+            q._keep_tails(q.tasks[task_id])
         q._derive()
         return q
 
@@ -232,7 +246,8 @@ class Queue:
                 stderr_tail=bytes(outcome.stderr_tail[-TAIL_BYTES:]),
             )
         self._end_attempt(task, why="exit", now=outcome.end, exit_code=outcome.exit_code)
-        task.outcome = outcome
+        task.outcome = replace(outcome, tails_dropped=False) if outcome.tails_dropped else outcome
+        self._keep_tails(task)
         if outcome.exit_code == 0:
             self._finalize(task, State.DONE)
         elif task.retries_left > 0:
@@ -269,6 +284,7 @@ class Queue:
         if task.state is State.RUNNING:
             self._end_attempt(task, why="deleted", now=now)
         task.outcome = None
+        self._keep_tails(task)
         task.reason = "deleted by user"
         self._finalize(task, State.DELETED)
         return OK
@@ -388,6 +404,10 @@ class Queue:
         for task_id in list(self._queued.values()):
             yield self.tasks[task_id]
 
+    def queued_count(self) -> int:
+        """How many tasks are queued."""
+        return len(self._queued)
+
     def running_on(self, node: str) -> list[Task]:
         """Tasks running on a node."""
         return [self.tasks[t] for t in self._running.get(node, ())]
@@ -448,6 +468,24 @@ class Queue:
         task.attempts[-1] = replace(last, end=now, exit_code=exit_code, why=why)
         if task.node is not None:
             self._running.get(task.node, set()).discard(task.spec.task_id)
+
+    def _keep_tails(self, task: Task) -> None:
+        """Account for the output tails `task.outcome` now holds (it was just set or cleared),
+        then drop the oldest finished tasks' tails while the total is over the budget."""
+        task_id = task.spec.task_id
+        self._tail_bytes -= self._tails.pop(task_id, 0)
+        o = task.outcome
+        size = len(o.stdout_tail) + len(o.stderr_tail) if o is not None else 0
+        if size:
+            self._tails[task_id] = size
+            self._tail_bytes += size
+        while self._tail_bytes > self.tails_budget and self._tails:
+            old_id = next(iter(self._tails))
+            self._tail_bytes -= self._tails.pop(old_id)
+            old = self.tasks[old_id]
+            if old.outcome is not None:
+                old.outcome = replace(old.outcome, stdout_tail=b"", stderr_tail=b"",
+                                      tails_dropped=True)
 
     def _requeue(self, task: Task) -> None:
         task.state = State.QUEUED

@@ -633,3 +633,89 @@ def test_stale_expire_is_refused_after_a_newer_heartbeat() -> None:
     assert q.nodes["n1"].alive
     assert q.apply(("expire_node", "n1", 20.0), 31.0).ok
     assert not q.nodes["n1"].alive
+
+
+# ----- the output-tails budget ----------------------------------------------------------------
+
+def finish_with_tails(q: Queue, tid: str, out_bytes: int, err_bytes: int = 0, code: int = 0) -> None:
+    """Submit, claim on a and finish `tid` with tails of the given sizes."""
+    ok(q, ("submit", spec(tid)))
+    ok(q, ("claim", tid, "a", 1))
+    ok(q, ("finish", tid, "a", 1, out(code, stdout_tail=b"o" * out_bytes, stderr_tail=b"e" * err_bytes,
+                                      stdout_bytes=out_bytes, stderr_bytes=err_bytes)))
+
+
+def tails(q: Queue, tid: str) -> tuple[int, int, bool]:
+    task = q.get(tid)
+    assert task is not None and task.outcome is not None
+    return len(task.outcome.stdout_tail), len(task.outcome.stderr_tail), task.outcome.tails_dropped
+
+
+def test_oldest_finished_tails_dropped_beyond_the_budget(q: Queue) -> None:
+    q.tails_budget = 1000
+    finish_with_tails(q, "t1", 300, 100)
+    finish_with_tails(q, "t2", 400)
+    finish_with_tails(q, "t3", 200)
+    assert [tails(q, t) for t in ("t1", "t2", "t3")] == [(300, 100, False), (400, 0, False),
+                                                         (200, 0, False)]
+    finish_with_tails(q, "t4", 1)  # 1001 bytes: the oldest, t1, goes
+    assert tails(q, "t1") == (0, 0, True)
+    assert [tails(q, t) for t in ("t2", "t3", "t4")] == [(400, 0, False), (200, 0, False),
+                                                         (1, 0, False)]
+    task = q.get("t1")
+    assert task is not None and task.outcome is not None
+    assert (task.outcome.stdout_bytes, task.outcome.stderr_bytes, task.state) == (300, 100, State.DONE)
+    finish_with_tails(q, "t5", 0)  # no tails: costs nothing, drops nothing
+    assert tails(q, "t2") == (400, 0, False)
+
+
+def test_deleted_and_retried_tasks_give_their_tails_back(q: Queue) -> None:
+    q.tails_budget = 1000
+    finish_with_tails(q, "t1", 600)
+    ok(q, ("delete", "t1"))
+    finish_with_tails(q, "t2", 900)  # fits: t1's 600 bytes were given back
+    assert tails(q, "t2") == (900, 0, False)
+    ok(q, ("submit", spec("r", retries=1)))
+    ok(q, ("claim", "r", "b", 1))
+    ok(q, ("finish", "r", "b", 1, out(1, stdout_tail=b"x" * 50)))  # retried: its tails count
+    assert state(q, "r") is State.QUEUED and tails(q, "t2") == (900, 0, False)
+    ok(q, ("claim", "r", "b", 2))
+    ok(q, ("finish", "r", "b", 2, out(0, stdout_tail=b"y" * 80)))  # replaces them: 980 in all
+    assert tails(q, "r") == (80, 0, False) and tails(q, "t2") == (900, 0, False)
+
+
+def test_a_node_cannot_mark_its_own_tails_dropped(q: Queue) -> None:
+    ok(q, ("submit", spec("t")))
+    ok(q, ("claim", "t", "a", 1))
+    ok(q, ("finish", "t", "a", 1, out(0, stdout_tail=b"hi", tails_dropped=True)))
+    assert tails(q, "t") == (2, 0, False)
+
+
+def test_tails_budget_survives_a_snapshot_in_drop_order(q: Queue) -> None:
+    q.tails_budget = 1000
+    for tid in ("t1", "t2", "t3"):
+        finish_with_tails(q, tid, 300)
+    r = Queue.restore(pickle.loads(pickle.dumps(q.snapshot())))
+    r.tails_budget = 1000
+    for queue in (q, r):
+        finish_with_tails(queue, "t4", 300)
+    assert [tails(r, t) for t in ("t1", "t2", "t3", "t4")] == \
+        [tails(q, t) for t in ("t1", "t2", "t3", "t4")] == \
+        [(0, 0, True), (300, 0, False), (300, 0, False), (300, 0, False)]
+
+
+def test_snapshot_without_tails_order_rebuilds_it_oldest_end_first() -> None:
+    q = Queue(tails_budget=1000)
+    ok(q, ("join", info("a")))
+    for tid, end in (("late", 9.0), ("early", 3.0)):
+        ok(q, ("submit", spec(tid)))
+        ok(q, ("claim", tid, "a", 1))
+        ok(q, ("finish", tid, "a", 1, Outcome(0, 1.0, end, stdout_tail=b"z" * 400)))
+    data = q.snapshot()
+    del data["tails"]  # written before the budget existed
+    r = Queue.restore(data)
+    r.tails_budget = 1000
+    ok(r, ("submit", spec("new")))
+    ok(r, ("claim", "new", "a", 1))
+    ok(r, ("finish", "new", "a", 1, out(0, stdout_tail=b"n" * 400)))
+    assert tails(r, "early") == (0, 0, True) and tails(r, "late") == (400, 0, False)
