@@ -78,6 +78,9 @@ def _bytes_opt(value: str | None, name: str) -> int | None:
               help="Seconds of silence after which a node's running tasks are requeued (LEORONIC_LEASE).")
 @click.option("--retention", type=float, default=7 * 24 * 3600.0, envvar="LEORONIC_RETENTION",
               help="Seconds finished tasks' work dirs and outputs are kept (LEORONIC_RETENTION).")
+@click.option("--forget-after", type=float, default=30 * 24 * 3600.0, envvar="LEORONIC_FORGET_AFTER",
+              help="Seconds after a task finished that the cluster forgets its record; the "
+              "leader's setting counts (LEORONIC_FORGET_AFTER; default 30 days).")
 @click.option("--file-gc", type=float, default=3600.0, envvar="LEORONIC_FILE_GC",
               help="Seconds an unreferenced necessary file is kept (LEORONIC_FILE_GC).")
 @click.option("--gc-every", type=float, default=60.0, envvar="LEORONIC_GC_EVERY",
@@ -121,6 +124,7 @@ def start_worker(opts: dict[str, Any]) -> None:
         lease_s=opts["lease"], heartbeat_s=min(2.0, opts["lease"] / 3),
         discovery=opts["discovery"], on_isolation=opts["on_isolation"], isolation_s=opts["isolation_after"],
         remove_after_s=opts["remove_after"], retention_s=opts["retention"],
+        forget_after_s=opts["forget_after"],
         file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"], claim_ahead_s=opts["claim_ahead"],
     )
     from comrade.node import Node

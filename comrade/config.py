@@ -6,6 +6,7 @@ The CLI takes its defaults from here; every option is also an environment variab
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -49,6 +50,7 @@ class Config:
     isolation_s: float = 15.0  # without quorum this long, a worker enters isolated mode
     on_isolation: str = "run"  # "run": keep running tasks from the local copy; "wait": do not
     retention_s: float = 7 * 24 * 3600.0  # finished tasks' work dirs and outputs kept this long
+    forget_after_s: float = 30 * 24 * 3600.0  # leader: finished tasks' records kept this long
     file_gc_s: float = 3600.0  # stored files no unfinished task refers to are removed after this
     gc_every_s: float = 60.0  # how often the node collects garbage
 
@@ -72,6 +74,11 @@ class Config:
                 raise UsageError(f"--{name}: must be a positive number, got {value}")
         for peer in self.peers:
             split_address(peer, "--peer")
+        for option, attr, positive in _DURATIONS:
+            value = getattr(self, attr)
+            if not (value > 0 if positive else value >= 0) or not math.isfinite(value):
+                more = "more than 0" if positive else "0 or more"
+                raise UsageError(f"--{option}: must be a number of seconds, {more}; got {value:g}")
         if self.heartbeat_s * 2 > self.lease_s:
             raise UsageError(
                 f"--lease: {self.lease_s} s must be at least twice the heartbeat ({self.heartbeat_s} s)"
@@ -82,6 +89,15 @@ class Config:
             raise UsageError(f"--on-isolation: {self.on_isolation!r} is not run or wait")
         if not self.cookie:
             raise UsageError("cookie: empty; put a secret in ~/.leoronic_cookie or LEORONIC_COOKIE")
+
+
+#: Duration options: (option, Config field, must be more than 0 rather than 0 or more).
+_DURATIONS = (
+    ("lease", "lease_s", True), ("gc-every", "gc_every_s", True),
+    ("retention", "retention_s", False), ("forget-after", "forget_after_s", False),
+    ("file-gc", "file_gc_s", False), ("isolation-after", "isolation_s", False),
+    ("remove-after", "remove_after_s", False),
+)
 
 
 def split_address(text: str, what: str = "address") -> tuple[str, int]:

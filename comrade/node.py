@@ -53,6 +53,8 @@ RELEASE_RETRY_S = 3.0
 AHEAD_MAX = 24
 #: A claim with no answer this long stops holding resources here (its entry was lost).
 CLAIM_FORGET_S = 10.0
+#: Task ids per `forget` operation (the leader forgets old tasks in entries of this size).
+FORGET_BATCH = 5000
 
 
 class Node:
@@ -516,8 +518,9 @@ class Node:
         """Remove unreferenced stored files and expired work dirs/outputs; return what went.
 
         A stored file goes when no queued or running task refers to it and it is older than
-        `file_gc_s`. A task's work dirs and outputs go when the task was deleted, is unknown,
-        or finished more than `retention_s` ago.
+        `file_gc_s`. A task's work dirs and outputs go when the task was deleted, finished more
+        than `retention_s` ago, or is unknown (its record was forgotten) once this node has
+        caught up with the log.
         """
         with self.lock:
             q = self.consumer.queue
@@ -525,17 +528,21 @@ class Node:
             expired = {tid for tid, t in q.tasks.items()
                        if t.state is State.DELETED or (t.state.final and t.attempts
                        and (t.attempts[-1].end or now) < now - self.cfg.retention_s)}
-        files = self.store.gc(keep, self.cfg.file_gc_s, now)
+            known = set(q.tasks) if self._registered.is_set() else None
         running = {k[0] for k in self._runners}
+
+        def gone(task_id: str) -> bool:
+            return task_id not in running and (
+                task_id in expired or (known is not None and task_id not in known))
+
+        files = self.store.gc(keep, self.cfg.file_gc_s, now)
         dirs = []
         for name in os.listdir(self.paths.work):
-            task_id = workdir_task_id(name)
-            if task_id in expired and task_id not in running:
+            if gone(workdir_task_id(name)):
                 shutil.rmtree(os.path.join(self.paths.work, name), ignore_errors=True)
                 dirs.append(name)
         for name in os.listdir(self.paths.outputs):
-            task_id = output_task_id(name)
-            if task_id in expired and task_id not in running:
+            if gone(output_task_id(name)):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.paths.outputs, name))
         if files or dirs:
@@ -544,7 +551,7 @@ class Node:
 
     def _ticker(self) -> None:
         next_hb = 0.0
-        next_gc = time.monotonic() + self.cfg.gc_every_s
+        next_gc = next_forget = time.monotonic() + self.cfg.gc_every_s
         while not self._stop.wait(0.25):
             now = time.monotonic()
             try:
@@ -561,10 +568,22 @@ class Node:
                 if self.is_leader():
                     self._expire_silent_nodes(now)
                     self._remove_long_lost(time.time())
+                    if now >= next_forget:
+                        next_forget = now + self.cfg.gc_every_s
+                        self._forget_old(time.time())
                 self._watch_quorum(now)
                 self.wake()
             except Exception:
                 log.exception("ticker step failed")
+
+    def _forget_old(self, wall_now: float) -> None:
+        """Leader: propose forgetting the tasks that finished more than `forget_after_s` ago,
+        so the queue every node holds stays bounded over weeks of work."""
+        with self.lock:
+            old = self.consumer.queue.forgettable(wall_now - self.cfg.forget_after_s)
+        assert self.proposer is not None
+        for start in range(0, len(old), FORGET_BATCH):
+            self.proposer.propose([("forget", old[start:start + FORGET_BATCH])])
 
     def _heartbeat(self) -> None:
         with self.lock:

@@ -13,7 +13,7 @@ every copy is identical. Rules that keep it safe:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -288,6 +288,46 @@ class Queue:
         task.reason = "deleted by user"
         self._finalize(task, State.DELETED)
         return OK
+
+    def forget(self, task_ids: list[str], *, now: float) -> Reply:
+        """Drop the records of finished tasks (the leader proposes `forgettable` ones); their
+        ids can be used again. Tasks a queued task still depends on are kept."""
+        if not isinstance(task_ids, list) or not all(isinstance(t, str) for t in task_ids):
+            return Reply(False, "not a list of task ids")
+        needed = self._needed()
+        forgotten = 0
+        for task_id in task_ids:
+            task = self.tasks.get(task_id)
+            if task is None or not task.state.final or needed(task):
+                continue
+            del self.tasks[task_id]
+            self._tail_bytes -= self._tails.pop(task_id, 0)
+            self._parsed.pop(task_id, None)
+            forgotten += 1
+        return Reply(True, f"forgot {forgotten} of {len(task_ids)}")
+
+    def forgettable(self, ended_before: float) -> list[str]:
+        """Finished tasks whose last attempt ended (or, never run, that were submitted) before
+        `ended_before` and that no queued task depends on: what `forget` would drop."""
+        needed = self._needed()
+        return [tid for tid, t in self.tasks.items() if t.state.final and not needed(t)
+                and ((t.attempts[-1].end or ended_before) if t.attempts else t.submitted)
+                < ended_before]
+
+    def _needed(self) -> Callable[[Task], bool]:
+        """Whether a finished task must be kept for a queued task's conditions: named by its
+        `queue:after`/`after_ok`, or submitted before one with a `queue:all_with_cmd_*`
+        condition (whose verdict it could change)."""
+        named: set[str] = set()
+        cmd_before = 0
+        for task_id in self._conditional:
+            waiting = self.tasks[task_id]
+            for c in self.conditions_of(waiting):
+                if c.predicate in ("after", "after_ok") and c.argument is not None:
+                    named.add(c.argument)
+                elif c.predicate.startswith("all_with_cmd"):
+                    cmd_before = max(cmd_before, waiting.seq)
+        return lambda task: task.spec.task_id in named or task.seq < cmd_before
 
     def merge_isolated(
         self, node: str, runs: list[tuple[str, float, Outcome]], *, now: float
@@ -574,6 +614,7 @@ _OPS: dict[str, Any] = {
     "finish": Queue.finish,
     "release": Queue.release,
     "delete": Queue.delete,
+    "forget": Queue.forget,
     "join": Queue.join,
     "heartbeat": Queue.heartbeat,
     "expire_node": Queue.expire_node,

@@ -345,3 +345,42 @@ def test_deleted_and_expired_work_dirs_are_collected(make_cluster, tmp_path: Pat
     assert result_out(cluster, done) == "finished\n"  # from the replicated tail
     r = cluster.sh(f"leoronic_get_files {done} {tmp_path / 'gone'}")
     assert r.rc != 0 and done in r.err, r
+
+
+def test_finished_records_are_forgotten_after_forget_after(make_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With `--forget-after 1` the cluster forgets a finished task's record (every node's copy)
+    and each node then removes its work dir and outputs (the files' own retention is a week);
+    a task still waiting on it by `queue:after_ok` keeps it until it has run."""
+    keep = ["--gc-every", "0.5", "--forget-after", "1"]
+    cluster: Cluster = make_cluster(3, per_node_args=[keep] * 3)
+    homes = {n.name: n.home for n in cluster.nodes}
+    gate = tmp_path / "gate"
+    first = submit(cluster, "echo first", task_id="first")
+    wait_ok(cluster, first)
+    ran_on = queue_rows(cluster)[first]["node"]
+    later = submit(cluster, f"while [ ! -e {gate} ]; do sleep 0.05; done", task_id="blocker")
+    waiting = submit(cluster, "echo waited", conditions=f"queue:after_ok {first}; queue:after {later}",
+                     task_id="waiting")
+
+    gone = submit(cluster, "echo gone", task_id="gone")
+    wait_ok(cluster, gone)
+    gone_on = queue_rows(cluster)[gone]["node"]
+    wait_for(lambda: gone not in queue_rows(cluster), 30, "the finished task to be forgotten")
+    r = cluster.sh(f"leoronic_result {gone}")
+    assert r.rc == 2 and r.err.strip() == f"leoronic: ID: no task '{gone}'", r
+    for node in cluster.nodes:  # every node's copy forgot it
+        r = cluster.sh(f"LEORONIC_NODE={node.address} leoronic_task_info {gone}")
+        assert r.rc == 2 and "no task" in r.err, (node.name, r)
+    outputs = os.path.join(homes[gone_on], "outputs")
+    wait_for(lambda: not [f for f in os.listdir(outputs) if f.startswith(f"{gone}.")], 20,
+             "the forgotten task's output files to go")
+    assert not os.path.exists(os.path.join(homes[gone_on], "work", f"{gone}-a1"))
+
+    # "first" is kept while "waiting" depends on it, then forgotten once that has run.
+    assert queue_rows(cluster)[first]["state"] == "done"
+    assert [f for f in os.listdir(os.path.join(homes[ran_on], "outputs")) if f.startswith("first.")]
+    gate.touch()
+    wait_ok(cluster, waiting)
+    assert result_out(cluster, waiting) == "waited\n"
+    wait_for(lambda: not {first, later, waiting} & set(queue_rows(cluster)), 30,
+             "every finished task to be forgotten")

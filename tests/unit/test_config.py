@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from comrade.config import Config
+from comrade.errors import UsageError
 from comrade.executor import Paths
 from ghost.ghost import GhostConfig
 
@@ -26,3 +27,25 @@ def test_a_relative_or_symlinked_home_is_made_absolute_and_canonical(
         assert Config(home=home).home == expected, home
         assert GhostConfig(home=home, cookie="c").home == expected, home
         assert Paths(home).work == os.path.join(expected, "work"), home
+
+
+@pytest.mark.parametrize("option, field, value, expected", [
+    ("--lease", "lease_s", -1.0, "more than 0; got -1"),
+    ("--lease", "lease_s", 0.0, "more than 0; got 0"),
+    ("--gc-every", "gc_every_s", 0.0, "more than 0; got 0"),
+    ("--retention", "retention_s", -5.0, "0 or more; got -5"),
+    ("--forget-after", "forget_after_s", float("nan"), "0 or more; got nan"),
+    ("--file-gc", "file_gc_s", float("inf"), "0 or more; got inf"),
+    ("--isolation-after", "isolation_s", -0.5, "0 or more; got -0.5"),
+    ("--remove-after", "remove_after_s", -1.0, "0 or more; got -1"),
+])
+def test_bad_durations_are_refused_naming_the_option(option: str, field: str, value: float,
+                                                      expected: str, tmp_path: Any) -> None:
+    with pytest.raises(UsageError) as err:
+        Config(home=str(tmp_path), cookie="c", **{field: value}).validate()
+    assert str(err.value) == f"{option}: must be a number of seconds, {expected}"
+
+
+def test_zero_durations_that_mean_at_once_are_accepted(tmp_path: Any) -> None:
+    Config(home=str(tmp_path), cookie="c", retention_s=0, forget_after_s=0, file_gc_s=0,
+           isolation_s=0, remove_after_s=0).validate()

@@ -546,6 +546,16 @@ def check_invariants(q: Queue) -> None:
         if len(running) > 1:
             assert all(t.spec.concurrent for t in running), name
     assert q.pending_count() == len(q.tasks) - sum(t.state.final for t in q.tasks.values())
+    # Forgetting never takes a task a queued one depends on by id.
+    for t in q.queued():
+        for c in q.conditions_of(t):
+            if c.predicate in ("after", "after_ok"):
+                assert c.argument in q.tasks, (t.spec.task_id, c)
+    # The tails budget accounts for exactly the tails the records hold.
+    held = {tid: len(t.outcome.stdout_tail) + len(t.outcome.stderr_tail)
+            for tid, t in q.tasks.items() if t.outcome is not None}
+    assert q._tails == {tid: n for tid, n in held.items() if n}
+    assert q._tail_bytes == sum(held.values()) <= q.tails_budget
 
 
 IDS = [f"t{i}" for i in range(24)]
@@ -573,6 +583,8 @@ def random_op(rng: random.Random, q: Queue) -> Any:
     if kind == 6:
         return ("release", tid, current, task.attempt if task else 1, "r")
     if kind == 7:
+        if rng.random() < 0.25:
+            return ("forget", rng.sample(IDS, rng.randrange(1, 8)) if rng.random() < 0.9 else tid)
         return ("delete", tid) if rng.random() < 0.3 else ("release", tid, node, attempt, "")
     if kind == 8:
         return rng.choice([("join", info(node)), ("leave", node), ("expire_node", node)])
@@ -595,7 +607,7 @@ def random_op(rng: random.Random, q: Queue) -> Any:
 
 def test_random_ops_never_raise_and_keep_invariants() -> None:
     rng = random.Random(1234)
-    q, replica = Queue(), Queue()
+    q, replica = Queue(tails_budget=3 * TAIL_BYTES), Queue(tails_budget=3 * TAIL_BYTES)
     accepted, seen = 0, set()
     for step in range(3000):
         batch = [random_op(rng, q) for _ in range(rng.choice([1, 1, 2, 3]))]
@@ -607,6 +619,7 @@ def test_random_ops_never_raise_and_keep_invariants() -> None:
         assert replica.apply_batch(batch, float(step)) == replies
         if step % 500 == 250:
             replica = Queue.restore(pickle.loads(pickle.dumps(q.snapshot())))
+            replica.tails_budget = q.tails_budget
             check_invariants(replica)
     assert observe(replica) == observe(q)
     assert accepted > 1000 and seen == set(State), (accepted, seen)
@@ -719,3 +732,47 @@ def test_snapshot_without_tails_order_rebuilds_it_oldest_end_first() -> None:
     ok(r, ("claim", "new", "a", 1))
     ok(r, ("finish", "new", "a", 1, out(0, stdout_tail=b"n" * 400)))
     assert tails(r, "early") == (0, 0, True) and tails(r, "late") == (400, 0, False)
+
+
+# ----- forgetting finished tasks --------------------------------------------------------------
+
+def run_to_end(q: Queue, tid: str, code: int = 0, end: float = 2.0, **kw: Any) -> None:
+    ok(q, ("submit", spec(tid, **kw)))
+    ok(q, ("claim", tid, "a", 1))
+    ok(q, ("finish", tid, "a", 1, Outcome(code, 1.0, end, stdout_tail=b"x")))
+
+
+def test_forget_drops_old_finished_records_and_frees_their_ids(q: Queue) -> None:
+    run_to_end(q, "old", end=5.0)
+    run_to_end(q, "new", end=50.0)
+    ok(q, ("submit", spec("never")), now=3.0)
+    ok(q, ("delete", "never"))  # deleted before it ran: judged by its submission time
+    ok(q, ("submit", spec("waiting")), now=1.0)
+    assert q.forgettable(10.0) == ["old", "never"]
+    assert ok(q, ("forget", ["old", "never", "new", "waiting", "unknown"])).detail == "forgot 3 of 5"
+    assert set(q.tasks) == {"waiting"}  # "new" went too: the op decides by state, not age
+    assert q._tails == {} and q._tail_bytes == 0
+    ok(q, ("submit", spec("old", command="echo again")))  # the id is free again
+    assert state(q, "old") is State.QUEUED
+
+
+def test_forget_keeps_what_a_queued_task_depends_on(q: Queue) -> None:
+    run_to_end(q, "dep")
+    run_to_end(q, "x-early", command="x-job")
+    run_to_end(q, "other")
+    ok(q, ("submit", spec("after", conditions="queue:after_ok dep; worker:tag nowhere")))
+    ok(q, ("submit", spec("all", conditions="queue:all_with_cmd_ok ^x; worker:tag nowhere")))
+    run_to_end(q, "later")  # submitted after every waiting task: nothing depends on it
+    assert q.forgettable(100.0) == ["later"]
+    assert ok(q, ("forget", ["dep", "x-early", "other", "later"])).detail == "forgot 1 of 4"
+    ok(q, ("delete", "all"))  # no queued all_with_cmd task left: only "dep" is still needed
+    assert q.forgettable(100.0) == ["x-early", "other", "all"]
+    ok(q, ("delete", "after"))
+    assert q.forgettable(100.0) == ["dep", "x-early", "other", "after", "all"]
+
+
+def test_forget_refuses_what_is_not_a_list_of_ids(q: Queue) -> None:
+    run_to_end(q, "t")
+    for bad in ("t", ["t", 5], None, [["t"]]):
+        no(q, ("forget", bad), "not a list of task ids")
+    assert "t" in q.tasks
