@@ -163,6 +163,12 @@ def _setup_logging(path: str) -> None:
 @click.option("--memory", default=None, envvar="LEORONIC_MEMORY")
 @click.option("--storage", default=None, envvar="LEORONIC_STORAGE")
 @click.option("--tag", "tags", multiple=True, envvar="LEORONIC_TAGS")
+@click.option("--retention", type=float, default=7 * 24 * 3600.0, envvar="LEORONIC_RETENTION",
+              help="Seconds finished tasks' work dirs and outputs are kept (LEORONIC_RETENTION).")
+@click.option("--file-gc", type=float, default=3600.0, envvar="LEORONIC_FILE_GC",
+              help="Seconds an unreferenced necessary file is kept (LEORONIC_FILE_GC).")
+@click.option("--gc-every", type=float, default=60.0, envvar="LEORONIC_GC_EVERY",
+              help="Seconds between garbage collections (LEORONIC_GC_EVERY).")
 @friendly
 def ghost(target: str, **opts: Any) -> None:
     """Start a ghost: runs tasks for the cluster without joining Raft.
@@ -190,8 +196,10 @@ def ghost(target: str, **opts: Any) -> None:
         bind=opts["bind"], advertise=opts["advertise"], name=opts["name"], cores=opts["cores"],
         memory=_bytes_opt(opts["memory"], "--memory"),
         storage=_bytes_opt(opts["storage"], "--storage"),
-        tags=taskfields.validate_tags(opts["tags"]),
+        tags=taskfields.validate_tags(opts["tags"]), retention_s=opts["retention"],
+        file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"],
     )
+    cfg.validate()
     g = Ghost(cfg)
     signal.signal(signal.SIGTERM, lambda *_: g.stop())
     signal.signal(signal.SIGINT, lambda *_: g.stop())

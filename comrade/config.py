@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from comrade.errors import UsageError
@@ -74,11 +75,7 @@ class Config:
                 raise UsageError(f"--{name}: must be a positive number, got {value}")
         for peer in self.peers:
             split_address(peer, "--peer")
-        for option, attr, positive in _DURATIONS:
-            value = getattr(self, attr)
-            if not (value > 0 if positive else value >= 0) or not math.isfinite(value):
-                more = "more than 0" if positive else "0 or more"
-                raise UsageError(f"--{option}: must be a number of seconds, {more}; got {value:g}")
+        check_durations(self, _DURATIONS)
         if self.heartbeat_s * 2 > self.lease_s:
             raise UsageError(
                 f"--lease: {self.lease_s} s must be at least twice the heartbeat ({self.heartbeat_s} s)"
@@ -98,6 +95,16 @@ _DURATIONS = (
     ("file-gc", "file_gc_s", False), ("isolation-after", "isolation_s", False),
     ("remove-after", "remove_after_s", False),
 )
+
+
+def check_durations(config: object, durations: Sequence[tuple[str, str, bool]]) -> None:
+    """Raise UsageError naming the first duration option that is negative (or 0 where it
+    must be more), not a number or infinite. `durations`: (option, field, must be > 0)."""
+    for option, attr, positive in durations:
+        value = getattr(config, attr)
+        if not (value > 0 if positive else value >= 0) or not math.isfinite(value):
+            more = "more than 0" if positive else "0 or more"
+            raise UsageError(f"--{option}: must be a number of seconds, {more}; got {value:g}")
 
 
 def split_address(text: str, what: str = "address") -> tuple[str, int]:

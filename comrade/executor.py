@@ -28,7 +28,7 @@ import selectors
 import shutil
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,25 @@ def workdir_task_id(name: str) -> str:
 def output_task_id(name: str) -> str:
     """The task id of an output file's name (ids may hold dots; attempts and streams do not)."""
     return name.rsplit(".", 2)[0]
+
+
+def task_files(paths: Paths) -> dict[str, list[str]]:
+    """The work dirs and output files under a home, by task id (absolute paths)."""
+    found: dict[str, list[str]] = {}
+    for folder, task_of in ((paths.work, workdir_task_id), (paths.outputs, output_task_id)):
+        for name in os.listdir(folder):
+            found.setdefault(task_of(name), []).append(os.path.join(folder, name))
+    return found
+
+
+def remove_task_files(items: Iterable[str]) -> None:
+    """Remove work dirs (whole trees) and output files; those already gone are skipped."""
+    for path in items:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 class Reaper:

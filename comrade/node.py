@@ -10,10 +10,8 @@ This is the only module that knows all the others. Threads:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import socket
 import threading
 import time
@@ -26,7 +24,7 @@ import pykka
 from comrade import discovery, journal_check, membership, resources, rpc
 from comrade.config import Config
 from comrade.errors import ClusterError, LeoronicError
-from comrade.executor import Crashed, Executor, Paths, Report, output_task_id, workdir_task_id
+from comrade.executor import Crashed, Executor, Paths, Report, remove_task_files, task_files
 from comrade.files import FileRef as FileRefT
 from comrade.files import FileStore, place_files, rewrite_command
 from comrade.homelock import take_home
@@ -537,14 +535,10 @@ class Node:
 
         files = self.store.gc(keep, self.cfg.file_gc_s, now)
         dirs = []
-        for name in os.listdir(self.paths.work):
-            if gone(workdir_task_id(name)):
-                shutil.rmtree(os.path.join(self.paths.work, name), ignore_errors=True)
-                dirs.append(name)
-        for name in os.listdir(self.paths.outputs):
-            if gone(output_task_id(name)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(self.paths.outputs, name))
+        for task_id, items in task_files(self.paths).items():
+            if gone(task_id):
+                remove_task_files(items)
+                dirs += [os.path.basename(p) for p in items if os.path.dirname(p) == self.paths.work]
         if files or dirs:
             log.info("garbage: removed %d stored files and %d work dirs", len(files), len(dirs))
         return files, dirs

@@ -10,6 +10,7 @@ their results go through the new clairvoyant. It serves `output` and `pack_dir` 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -23,14 +24,17 @@ from typing import Any
 import pykka
 
 from comrade import packing, resources, rpc
-from comrade.config import split_address
+from comrade.config import check_durations, split_address
 from comrade.errors import AuthError, LeoronicError, UsageError
-from comrade.executor import Executor, Paths
+from comrade.executor import Executor, Paths, remove_task_files, task_files
 from comrade.files import FileRef, FileStore, place_files, rewrite_command
 from comrade.homelock import take_home
 from comrade.model import NodeInfo, Outcome, Resources, TaskSpec
 
 log = logging.getLogger(__name__)
+
+#: Task ids per `tasks` question when collecting garbage.
+GC_ASK_BATCH = 5000
 
 
 @dataclass(frozen=True)
@@ -51,11 +55,19 @@ class GhostConfig:
     tags: tuple[str, ...] = ()
     poll_s: float = 2.0  # long-poll length; also the heartbeat period
     switch_after_s: float = 5.0  # clairvoyant silent this long: attach to the next worker
+    retention_s: float = 7 * 24 * 3600.0  # finished tasks' work dirs and outputs kept this long
+    file_gc_s: float = 3600.0  # stored files no running task refers to are removed after this
+    gc_every_s: float = 60.0  # how often the ghost collects garbage
 
     def __post_init__(self) -> None:
         # Absolute (the executor changes directory around each task start) and canonical (the
         # mark by which a restarted node finds its orphans holds it).
         object.__setattr__(self, "home", os.path.realpath(self.home))
+
+    def validate(self) -> None:
+        """Raise UsageError naming the first option that is wrong and why."""
+        check_durations(self, (("retention", "retention_s", False), ("file-gc", "file_gc_s", False),
+                               ("gc-every", "gc_every_s", True)))
 
 
 def address_key(addr: str) -> tuple[Any, ...]:
@@ -89,7 +101,7 @@ def choose(workers: Sequence[str], target: str, skip: Sequence[str] = ()) -> str
 
 @dataclass
 class _State:
-    running: dict[tuple[str, int], Resources] = field(default_factory=dict)  # -> needs
+    running: dict[tuple[str, int], TaskSpec] = field(default_factory=dict)
     finished: list[tuple[str, int, Outcome]] = field(default_factory=list)
     reserved: Resources = Resources()
 
@@ -133,6 +145,7 @@ class Ghost:
         self._discover()
         self._first_attach()
         threading.Thread(target=self._reporter, name="reporter", daemon=True).start()
+        threading.Thread(target=self._collector, name="gc", daemon=True).start()
         while not self._stop.is_set():
             self._poll_once()
 
@@ -183,6 +196,41 @@ class Ghost:
                 log.warning("could not report results yet: %s", exc)
                 continue  # the poll loop carries them, and handles failover
             self._drop_reported(finished)
+
+    def _collector(self) -> None:
+        while not self._stop.wait(self.cfg.gc_every_s):
+            try:
+                self.collect_garbage(time.time())
+            except LeoronicError as exc:
+                log.warning("garbage collection skipped: %s", exc)
+            except Exception:
+                log.exception("garbage collection failed")
+
+    def collect_garbage(self, now: float) -> list[str]:
+        """Remove the work dirs and outputs of tasks not running here that the cluster says
+        were deleted, or that finished (or were forgotten) and whose files are older than
+        `retention_s`; and stored files no running task refers to, older than `file_gc_s`.
+        Returns the task ids whose files went. Without an answer from the clairvoyant nothing
+        but stored files goes (LeoronicError)."""
+        with self.lock:
+            running = {key[0] for key in self.state.running}
+            keep = {f[1] for spec in self.state.running.values() for f in spec.files}
+        self.store.gc(keep, self.cfg.file_gc_s, now)
+        found = {t: items for t, items in task_files(self.paths).items() if t not in running}
+        ids = sorted(found)
+        states: dict[str, tuple[str, Any]] = {}
+        for start in range(0, len(ids), GC_ASK_BATCH):
+            states.update(rpc.call(self.clairvoyant, self.cfg.cookie, "tasks",
+                                   ids[start:start + GC_ASK_BATCH], timeout=self.cfg.switch_after_s))
+        cutoff = now - self.cfg.retention_s
+        gone = [t for t in ids if states.get(t, ("",))[0] == "deleted" or (
+            states.get(t, ("",))[0] in ("done", "failed", "unknown")
+            and _last_written(found[t]) < cutoff)]
+        for task_id in gone:
+            remove_task_files(found[task_id])
+        if gone:
+            log.info("garbage: removed the work dirs and outputs of %d tasks", len(gone))
+        return gone
 
     def _drop_reported(self, sent: list[tuple[str, int, Outcome]]) -> None:
         keys = {(t, a) for t, a, _ in sent}
@@ -281,14 +329,14 @@ class Ghost:
 
     def _start(self, spec: TaskSpec, attempt: int) -> None:
         with self.lock:
-            self.state.running[(spec.task_id, attempt)] = spec.needs
+            self.state.running[(spec.task_id, attempt)] = spec
             self.state.reserved = self.state.reserved + spec.needs
         self.executor.start(spec, attempt, self._report, self._crashed)
 
     def _forget(self, key: tuple[str, int]) -> None:
         entry = self.state.running.pop(key, None)
         if entry is not None:
-            self.state.reserved = self.state.reserved - entry
+            self.state.reserved = self.state.reserved - entry.needs
 
     def _report(self, task_id: str, attempt: int, outcome: Outcome) -> None:
         with self.lock:
@@ -341,6 +389,15 @@ class Ghost:
 
     def _pack_dir(self, what: str, task_id: str = "") -> bytes:
         return packing.pack_work(self.paths.work, what, task_id, self.name)
+
+
+def _last_written(items: list[str]) -> float:
+    """The newest modification time of some paths (0 for those already gone)."""
+    times = [0.0]
+    for path in items:
+        with contextlib.suppress(FileNotFoundError):
+            times.append(os.stat(path).st_mtime)
+    return max(times)
 
 
 def _list_files(files_dir: str) -> list[str]:

@@ -378,3 +378,42 @@ def test_ghost_releases_a_task_whose_file_no_node_can_supply(make_cluster, tmp_p
     add_task(cluster, "echo fine on $LEORONIC_NODE_NAME", task_id="after")
     wait_done(cluster, ["after"])
     assert result(cluster, "after").out == "fine on g1\n"
+
+
+def test_ghost_collects_garbage_like_a_worker(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A ghost removes the work dirs and outputs of tasks finished longer than its
+    `--retention` ago (the result still reads back from the replicated tail) and of deleted
+    tasks, but not of a task still running there."""
+    cluster: Cluster = make_cluster(1, [WORKER])
+    (g1,) = start_ghosts(cluster, [("g1", GHOST + ["--retention", "0", "--gc-every", "0.5"])])
+    gate = tmp_path / "gate"
+    long = add_task(cluster, f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done",
+                    task_id="long")
+    short = add_task(cluster, "echo short-output", task_id="short")
+    wait_done(cluster, [short])
+    assert queue(cluster)[short][2] == "g1"
+    work, outputs = os.path.join(g1.home, "work"), os.path.join(g1.home, "outputs")
+
+    def files_of(task_id: str) -> list[str]:
+        return [n for n in os.listdir(work) if n.startswith(f"{task_id}-a")] + \
+            [n for n in os.listdir(outputs) if n.startswith(f"{task_id}.")]
+
+    wait_for(lambda: not files_of(short), 20, "the finished task's files to go")
+    r = result(cluster, short)
+    assert r.rc == 0 and r.out == "short-output\n", r
+    wait_for(lambda: queue(cluster)[long][1] == "running", 20, "the long task to run")
+    assert files_of(long)  # still running: kept through several collections
+    wait_for(lambda: "started" in (open(os.path.join(outputs, "long.1.out")).read()), 20,
+             "the long task to write")
+    r = cluster.sh(f"leoronic_del_task {long}")
+    assert r.rc == 0, r
+    wait_for(lambda: not files_of(long), 20, "the deleted task's files to go")
+    assert nodes(cluster)["g1"].status == "up"
+
+
+def test_ghost_refuses_a_bad_duration(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = make_cluster(1, [WORKER])
+    r = cluster.cli("ghost", "--home", os.path.join(cluster.root, "bad"), "--retention", "-1",
+                    "--peer", cluster.nodes[0].address, timeout=30)
+    assert r.rc == 2 and r.err.strip() == \
+        "leoronic: --retention: must be a number of seconds, 0 or more; got -1", r

@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from comrade.executor import Executor, Paths, kill_orphans, output_task_id
+from comrade.executor import (
+    Executor,
+    Paths,
+    kill_orphans,
+    output_task_id,
+    remove_task_files,
+    task_files,
+)
 from comrade.model import Outcome, TaskSpec
 from tests.cluster import wait_for
 
@@ -175,3 +182,23 @@ def _children(pid: int) -> str:
             return f.read().strip()
     except FileNotFoundError:
         return ""
+
+
+def test_task_files_by_id_and_their_removal(tmp_path: Any) -> None:
+    paths = Paths(str(tmp_path))
+    for d in (paths.work, paths.outputs):
+        os.makedirs(d)
+    for task_id, attempt in (("a.b-c", 1), ("a.b-c", 2), ("x-a1", 1)):  # ids may hold . and -a
+        os.makedirs(os.path.join(paths.workdir(task_id, attempt), "sub"))
+        for stream in ("out", "err"):
+            with open(paths.output(task_id, attempt, stream), "w") as f:
+                f.write("data")
+    found = task_files(paths)
+    assert {t: sorted(os.path.relpath(p, paths.home) for p in items) for t, items in found.items()} == {
+        "a.b-c": ["outputs/a.b-c.1.err", "outputs/a.b-c.1.out", "outputs/a.b-c.2.err",
+                  "outputs/a.b-c.2.out", "work/a.b-c-a1", "work/a.b-c-a2"],
+        "x-a1": ["outputs/x-a1.1.err", "outputs/x-a1.1.out", "work/x-a1-a1"],
+    }
+    os.unlink(paths.output("a.b-c", 1, "out"))  # already gone: skipped
+    remove_task_files(found["a.b-c"])
+    assert task_files(paths) == {"x-a1": found["x-a1"]}
