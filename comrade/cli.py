@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -139,11 +140,16 @@ def start_worker(opts: dict[str, Any]) -> None:
     node.stop(leave=True)
 
 
+#: The log file is rotated at this size, keeping this many older files (path.1 ... path.N).
+LOG_BYTES, LOG_BACKUPS = 10 * 2**20, 5
+
+
 def _setup_logging(path: str) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(path)):
+    rotating = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS)
+    for handler in (logging.StreamHandler(sys.stderr), rotating):
         handler.setFormatter(fmt)
         root.addHandler(handler)
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)

@@ -49,3 +49,26 @@ def test_bad_durations_are_refused_naming_the_option(option: str, field: str, va
 def test_zero_durations_that_mean_at_once_are_accepted(tmp_path: Any) -> None:
     Config(home=str(tmp_path), cookie="c", retention_s=0, forget_after_s=0, file_gc_s=0,
            isolation_s=0, remove_after_s=0).validate()
+
+
+def test_the_log_file_rotates(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from comrade import cli
+
+    monkeypatch.setattr(cli, "LOG_BYTES", 1000)
+    root = logging.getLogger()
+    before = list(root.handlers)
+    path = tmp_path / "node.log"
+    try:
+        cli._setup_logging(str(path))
+        for i in range(200):
+            logging.getLogger("leoronic.test").info("line %d of a long enough log message", i)
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+            handler.close()
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == ["node.log"] + [f"node.log.{i}" for i in range(1, cli.LOG_BACKUPS + 1)]
+    assert all(p.stat().st_size <= 1000 for p in tmp_path.iterdir())
+    assert "line 199 " in path.read_text()
