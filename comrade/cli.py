@@ -52,7 +52,30 @@ def _bytes_opt(value: str | None, name: str) -> int | None:
     return None if value is None else taskfields.parse_bytes(value, name)
 
 
-@click.group(invoke_without_command=True,
+class _Cli(click.Group):
+    """The `leoronic` command group; a bad option or argument is one line on stderr,
+    `leoronic: MESSAGE (see COMMAND --help)`, and exit 2, like every other bad input."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as exc:
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            click.echo(f"leoronic: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_Cli, invoke_without_command=True,
              context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--port", type=int, default=DEFAULT_PORT, envvar="LEORONIC_PORT",
               help="Port for clients and ghosts (LEORONIC_PORT); Raft uses PORT+1.")
