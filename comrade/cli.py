@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import wraps
@@ -26,6 +27,7 @@ from comrade import taskfields
 from comrade.client import Client, read_cookie
 from comrade.config import DEFAULT_PORT, Config, default_home
 from comrade.errors import EXIT_USAGE, LeoronicError, TaskFailed, UsageError
+from comrade.model import State
 
 EXIT_NOT_FINISHED = 5
 
@@ -281,19 +283,29 @@ def _submit(rows: list[taskfields.Fields], retries: int | None, no_rename: bool,
 # ----- reading --------------------------------------------------------------------------------
 
 @main.command("get-queue")
+@click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in State]),
+              help="Only tasks in this state; repeatable.")
+@click.option("--node", default="", help="Only tasks whose current (or last) attempt is on NODE.")
+@click.option("--summary", is_flag=True, help="Counts of tasks per state instead of the table.")
 @friendly
-def get_queue() -> None:
+def get_queue(states: Sequence[str], node: str, summary: bool) -> None:
     """A table of tasks: id, state, node, attempt, age, command."""
-    rows = Client().call("queue")
+    rows = Client().call("queue", list(states), node)
+    if summary:
+        counts = Counter(row[1] for row in rows)
+        click.echo("  ".join(f"{s.value} {counts[s.value]}" for s in State) + f"  total {len(rows)}")
+        return
     now = time.time()
-    click.echo(f"{'ID':<14} {'STATE':<8} {'NODE':<20} {'TRY':>3} {'AGE':>7}  COMMAND")
-    for tid, state, node, attempt, submitted, command, reason, code in rows:
+    lines = [f"{'ID':<14} {'STATE':<8} {'NODE':<20} {'TRY':>3} {'AGE':>7}  COMMAND"]
+    for tid, state, where, attempt, submitted, command, reason, code in rows:
         shown = command.replace("\n", "; ")
         if len(shown) > 60:
             shown = shown[:57] + "..."
         extra = f"  [exit {code}]" if code not in (None, 0) else ""
         extra += f"  [{reason}]" if reason and state == "failed" else ""
-        click.echo(f"{tid:<14} {state:<8} {node:<20} {attempt:>3} {_age(now - submitted):>7}  {shown}{extra}")
+        age = _age(now - submitted)
+        lines.append(f"{tid:<14} {state:<8} {where:<20} {attempt:>3} {age:>7}  {shown}{extra}")
+    click.echo("\n".join(lines))  # one write: a queue may hold a million tasks
 
 
 def _age(seconds: float) -> str:

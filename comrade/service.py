@@ -151,13 +151,17 @@ class Service:
         replies = self._propose([("submit", s) for s in specs])
         return [(s.task_id, r.ok, r.detail) for s, r in zip(specs, replies, strict=False)]
 
-    def queue(self) -> list[tuple[Any, ...]]:
-        """One row per task: id, state, node, attempt, submitted, command, reason, exit code."""
+    def queue(self, states: Sequence[str] = (), node: str = "") -> list[tuple[Any, ...]]:
+        """One row per task: id, state, node, attempt, submitted, command, reason, exit code;
+        only tasks in `states` (if given) last placed on `node` (if given)."""
+        wanted = set(states)
+
         def rows(q: Any) -> list[tuple[Any, ...]]:
             return [
                 (t.spec.task_id, t.state.value, t.node or "", t.attempt, t.submitted,
                  t.spec.command, t.reason, t.outcome.exit_code if t.outcome else None)
                 for t in q.tasks.values()
+                if (not wanted or t.state.value in wanted) and (not node or t.node == node)
             ]
         return self._read(rows)
 

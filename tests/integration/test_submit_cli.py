@@ -25,9 +25,9 @@ _ROW = re.compile(
 )
 
 
-def queue(c: Cluster) -> dict[str, dict[str, str]]:
-    """`leoronic_get_queue` parsed: id -> row (state, node, attempt, age, command)."""
-    r = c.sh("leoronic_get_queue")
+def queue(c: Cluster, options: str = "") -> dict[str, dict[str, str]]:
+    """`leoronic_get_queue [OPTIONS]` parsed: id -> row (state, node, attempt, age, command)."""
+    r = c.sh(f"leoronic_get_queue {options}")
     assert r.rc == 0, r
     lines = r.out.splitlines()
     assert lines and lines[0].split() == ["ID", "STATE", "NODE", "TRY", "AGE", "COMMAND"], r
@@ -320,3 +320,24 @@ def test_task_info_shows_every_attempt_and_the_result(make_cluster) -> None:  # 
     bad = c.sh("leoronic_task_info info-1 nope")
     assert bad.rc == EXIT_USAGE, bad
     assert bad.err.strip().splitlines() == ["leoronic: ID: no task 'nope'"], bad
+
+
+def test_get_queue_filters_by_state_and_node_and_sums_up(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    c: Cluster = make_cluster(1)
+    for fields in ('"" "" "true" ok', '"" "" "exit 3" bad', '"worker:tag nowhere" "" "true" stuck'):
+        r = c.sh(f"leoronic_add_task 1024 1 1024 true {fields}")
+        assert r.rc == 0, r
+    r = c.sh("leoronic_wait ok bad")
+    assert r.rc == EXIT_TASK_FAILED, r
+    node = queue(c)["ok"]["node"]
+    assert set(queue(c, "--state failed")) == {"bad"}
+    assert set(queue(c, "--state done --state failed")) == {"ok", "bad"}
+    assert set(queue(c, "--state queued")) == {"stuck"}
+    assert set(queue(c, f"--node {node}")) == {"ok", "bad"}
+    assert queue(c, "--node elsewhere") == {}
+    r = c.sh("leoronic_get_queue --summary")
+    assert r.rc == 0 and r.out == "queued 1  running 0  done 1  failed 1  deleted 0  total 3\n", r
+    r = c.sh("leoronic_get_queue --state failed --summary")
+    assert r.rc == 0 and r.out.endswith("failed 1  deleted 0  total 1\n"), r
+    err = one_line_error(c.sh("leoronic_get_queue --state finished"), EXIT_USAGE)
+    assert "'--state'" in err and "'finished' is not one of" in err, err
