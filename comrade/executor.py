@@ -381,10 +381,13 @@ class ExecutorActor(pykka.ThreadingActor):
 
 
 def _mkdir(path: str) -> None:
+    """Create a fresh, empty work dir. One already there is stale: left by an earlier task
+    with the same id whose record was forgotten before its files were collected."""
     try:
         os.mkdir(path)
     except FileExistsError:
-        pass
+        shutil.rmtree(path)
+        os.mkdir(path)
     except FileNotFoundError:
         os.makedirs(path, exist_ok=True)
 

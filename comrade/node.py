@@ -520,6 +520,9 @@ class Node:
         than `retention_s` ago, or is unknown (its record was forgotten) once this node has
         caught up with the log.
         """
+        # Files first, the queue after: a task that has files when they are listed had its
+        # claim applied here before, so it counts as known below (unless it was forgotten).
+        found = task_files(self.paths)
         with self.lock:
             q = self.consumer.queue
             keep = {f[1] for t in q.tasks.values() if not t.state.final for f in t.spec.files}
@@ -535,7 +538,7 @@ class Node:
 
         files = self.store.gc(keep, self.cfg.file_gc_s, now)
         dirs = []
-        for task_id, items in task_files(self.paths).items():
+        for task_id, items in found.items():
             if gone(task_id):
                 remove_task_files(items)
                 dirs += [os.path.basename(p) for p in items if os.path.dirname(p) == self.paths.work]

@@ -95,7 +95,8 @@ class Queue:
                      if t.outcome is not None]
             order = [task_id for _, _, task_id in sorted(held)]
         for task_id in order:
-            q._keep_tails(q.tasks[task_id])
+            if task_id in q.tasks:
+                q._keep_tails(q.tasks[task_id])
         q._derive()
         return q
 

@@ -95,6 +95,16 @@ def test_task_runs_in_its_fresh_work_dir_with_its_environment(run, paths) -> Non
     assert os.getcwd() == paths.home, "the executor did not return to its home"
 
 
+def test_a_stale_work_dir_of_the_same_id_is_emptied_first(run, paths) -> None:  # type: ignore[no-untyped-def]
+    stale = paths.workdir("again", 1)  # left by a forgotten task that had the same id
+    os.makedirs(os.path.join(stale, "sub"))
+    with open(os.path.join(stale, "old.txt"), "w") as f:
+        f.write("old")
+    start(run, "again", "ls -A; pwd")
+    out = run[1].outcome("again")
+    assert out.exit_code == 0 and out.stdout_tail.decode().splitlines() == [stale]
+
+
 def test_task_leads_its_own_session_and_process_group(run) -> None:  # type: ignore[no-untyped-def]
     start(run, "s", 'echo "$$ $(ps -o sid= -p $$) $(ps -o pgid= -p $$)"')
     pid, sid, pgid = run[1].outcome("s").stdout_tail.split()
@@ -172,7 +182,7 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or before the read
         return False
 
 
