@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import os
 import signal
 import sys
@@ -173,7 +172,9 @@ def _setup_logging(path: str) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    rotating = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS)
+    from logging.handlers import RotatingFileHandler  # only nodes and ghosts log to a file
+
+    rotating = RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS)
     for handler in (logging.StreamHandler(sys.stderr), rotating):
         handler.setFormatter(fmt)
         root.addHandler(handler)
