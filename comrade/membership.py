@@ -20,7 +20,8 @@ from typing import Any
 
 from comrade import rpc
 from comrade.config import split_address
-from comrade.errors import ClusterError, LeoronicError
+from comrade.errors import EXIT_AUTH, EXIT_USAGE, AuthError, ClusterError, LeoronicError, UsageError
+from comrade.queue import PROTOCOL
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +100,49 @@ def _ask_peers(peers: Sequence[str], cookie: str, method: str, *args: Any) -> An
             try:
                 return rpc.call(peer, cookie, method, *args)
             except LeoronicError as exc:
-                if exc.exit_code == 4:
+                if exc.exit_code in (EXIT_AUTH, EXIT_USAGE):  # waiting will not mend these
                     raise
                 last = exc
         time.sleep(0.5)  # retry pacing while peers start up
     raise ClusterError(f"no peer answered {method}: {last}")
 
 
+def protocol_mismatch(theirs: int, ours: int, who: str, where: str) -> str:
+    """The one-line refusal when two workers run different state machine versions."""
+    return (f"protocol: {who} runs version {theirs} of the replicated state, {where} "
+            f"{ours}: stop every worker and upgrade them together (README: Upgrading)")
+
+
+def check_protocol(contacts: Sequence[str], cookie: str, timeout_s: float = 3.0) -> None:
+    """Before joining or rejoining a cluster: ask the first of `contacts` (RPC addresses) that
+    answers within `timeout_s` in all which state machine version it runs, and raise
+    UsageError if it is not ours. If none answers (the whole cluster is down, say for an
+    upgrade), go on."""
+    deadline = time.monotonic() + timeout_s
+    for addr in contacts:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            theirs = rpc.call(addr, cookie, "ping", timeout=left).get("protocol", 0)
+        except AuthError:
+            raise
+        except LeoronicError:
+            continue
+        if theirs != PROTOCOL:
+            raise UsageError(protocol_mismatch(theirs, PROTOCOL, f"the cluster at {addr}", "this node"))
+        return
+
+
+def rpc_of_raft(raft_addr: str) -> str:
+    """A worker's RPC address from its Raft address (Raft uses the RPC port + 1)."""
+    host, port = raft_addr.rsplit(":", 1)
+    return f"{host}:{int(port) - 1}"
+
+
 def ask_to_be_added(peers: Sequence[str], self_raft: str, cookie: str) -> None:
     """Ask the cluster (through any peer) to add us to the Raft membership."""
-    _ask_peers(peers, cookie, "add_member", self_raft)
+    _ask_peers(peers, cookie, "add_member", self_raft, PROTOCOL)
     log.info("added to the cluster as %s", self_raft)
 
 

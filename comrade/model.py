@@ -141,6 +141,7 @@ class NodeInfo:
     tags: frozenset[str] = frozenset()
     clairvoyant: str = ""  # for a ghost: the worker relaying for it
     pid: int = 0
+    protocol: int = 0  # the state machine version it runs (0: before versions were announced)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from comrade.files import FileStore, place_files, rewrite_command
 from comrade.homelock import take_home
 from comrade.isolation import Isolation
 from comrade.model import NodeInfo, Outcome, Resources, State, TaskSpec
-from comrade.queue import Reply
+from comrade.queue import PROTOCOL, Reply
 from comrade.relay import CLAIRVOYANT, Relay
 from comrade.replication import Proposer, ReplicatedQueue, make_syncobj
 from comrade.rpc import Server
@@ -137,6 +137,8 @@ class Node:
         others, joining = membership.initial_members(
             members_file, self.raft_addr, peers, self.cfg.cookie
         )
+        membership.check_protocol(list(peers) if joining else
+                                  [membership.rpc_of_raft(m) for m in others], self.cfg.cookie)
         log.info("node %s: rpc %s, raft %s, peers %s", self.name, self.rpc_addr, self.raft_addr,
                  others or "none (new cluster)")
         self.server = Server(self.cfg.bind, self.cfg.port, self.cfg.cookie,
@@ -196,6 +198,7 @@ class Node:
             offered=self.offer,
             tags=self.local_tags,
             pid=os.getpid(),
+            protocol=PROTOCOL,
         )
         deadline = time.monotonic() + 60
         while True:
@@ -701,7 +704,7 @@ class Node:
         addrs += [p for p in self.cfg.peers if p not in addrs]
         for addr in addrs:
             try:
-                rpc.call(addr, self.cfg.cookie, "add_member", self.raft_addr, timeout=2.0)
+                rpc.call(addr, self.cfg.cookie, "add_member", self.raft_addr, PROTOCOL, timeout=2.0)
                 return
             except LeoronicError as exc:
                 log.debug("re-add via %s failed: %s", addr, exc)

@@ -41,6 +41,12 @@ class Reply(NamedTuple):
 
 OK = Reply(True)
 
+#: The version of the replicated state machine: bumped whenever an operation is added or changes
+#: meaning, since workers of different versions would apply the same log differently. Workers
+#: compare it when one joins or restarts into a cluster (`membership.check_protocol`).
+#: 1: `forget` and the output-tails budget.
+PROTOCOL = 1
+
 #: A task that could not be started this many times (e.g. no node can supply a necessary file
 #: with the right hash) fails with the reason instead of bouncing forever.
 MAX_FAILED_STARTS = 5

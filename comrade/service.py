@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from comrade import packing, rpc
 from comrade.errors import ClusterError, LeoronicError, UsageError
+from comrade.membership import protocol_mismatch
 from comrade.model import Resources, Task, TaskSpec
+from comrade.queue import PROTOCOL
 
 if TYPE_CHECKING:
     from comrade.node import Node
@@ -87,14 +89,17 @@ class Service:
     def ping(self) -> dict[str, Any]:
         """Who this node is."""
         return {"name": self.node.name, "kind": "worker", "rpc": self.node.rpc_addr,
-                "raft": self.node.raft_addr}
+                "raft": self.node.raft_addr, "protocol": PROTOCOL}
 
     def members(self) -> list[str]:
         """The Raft member addresses, this node included."""
         return self.node._members()
 
-    def add_member(self, raft_addr: str) -> bool:
-        """Add a node to the Raft membership (waits for the change to commit)."""
+    def add_member(self, raft_addr: str, protocol: int = 0) -> bool:
+        """Add a node to the Raft membership (waits for the change to commit), if it runs this
+        node's version of the replicated state machine (older nodes do not say: 0)."""
+        if protocol != PROTOCOL:
+            raise UsageError(protocol_mismatch(protocol, PROTOCOL, "the joining node", "this cluster"))
         return self._change_membership("add", raft_addr)
 
     def remove_member(self, raft_addr: str) -> bool:

@@ -133,3 +133,39 @@ def test_a_second_process_on_the_same_home_stops_and_kills_nothing(make_cluster,
     gate.touch()
     wait_ok(c, "keep")
     assert result_out(c, "keep") == "survived\n"
+
+
+def test_workers_of_another_state_machine_version_never_join(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A worker refuses to join a cluster that runs another version of the replicated state
+    (here an older one, which does not announce its version), and a cluster refuses to add
+    such a worker: their copies of the queue would differ."""
+    from comrade import rpc
+    from comrade.errors import LeoronicError
+    from comrade.queue import PROTOCOL
+
+    c = make_cluster(1)
+    cookie = open(c.cookie_path).read().strip()
+    old_port = free_port_pair()
+    old = rpc.Server("127.0.0.1", old_port, cookie, {  # what an older worker answers
+        "ping": lambda: {"name": "old", "kind": "worker", "rpc": f"127.0.0.1:{old_port}",
+                         "raft": f"127.0.0.1:{old_port + 1}"},
+        "members": lambda: [f"127.0.0.1:{old_port + 1}"],
+    })
+    old.start()
+    try:
+        r = c.cli("--bind", "127.0.0.1", "--port", str(free_port_pair()), "--no-discovery",
+                  "--home", str(tmp_path / "new"), "--peer", f"127.0.0.1:{old_port}", timeout=60)
+    finally:
+        old.stop()
+    err = one_line_error(r, EXIT_USAGE)
+    assert err == (f"leoronic: protocol: the cluster at 127.0.0.1:{old_port} runs version 0 of "
+                   f"the replicated state, this node {PROTOCOL}: stop every worker and upgrade "
+                   "them together (README: Upgrading)\n"), r
+
+    # An older worker asks to be added without a version: refused, the membership unchanged.
+    n1 = c.nodes[0]
+    with pytest.raises(LeoronicError) as refused:
+        rpc.call(n1.address, cookie, "add_member", "127.0.0.1:9")
+    assert "the joining node runs version 0 of the replicated state, this cluster" in str(refused.value)
+    assert rpc.call(n1.address, cookie, "members") == [f"127.0.0.1:{n1.port + 1}"]
+    assert rpc.call(n1.address, cookie, "ping")["protocol"] == PROTOCOL
