@@ -409,20 +409,22 @@ def wait(task_ids: Sequence[str], timeout: float | None) -> None:
     if unknown:
         raise UsageError(f"ID: no task {unknown[0]!r}")
     total = len(states)
+    final = ("done", "failed", "deleted", "unknown")
     with click.progressbar(length=total, label="tasks finished", file=sys.stderr) if show \
             else _NoBar() as bar:
-        finished_before = 0
-        while True:
-            done = sum(1 for s, _ in states.values() if s in ("done", "failed", "deleted"))
-            bar.update(done - finished_before)
-            finished_before = done
-            if done == total:
-                break
+        pending = [t for t, (s, _) in states.items() if s not in final]
+        bar.update(total - len(pending))
+        while pending:  # only unfinished tasks are asked about again
             if deadline is not None and time.monotonic() > deadline:
-                _fail(f"{total - done} of {total} tasks not finished after {timeout} s",
+                _fail(f"{len(pending)} of {total} tasks not finished after {timeout} s",
                       EXIT_NOT_FINISHED)
             left = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
-            states = client.call("wait_tasks", list(states), left)
+            # "unknown" now: it finished and its record was forgotten (--forget-after) between
+            # two looks; its outcome is lost, so it does not count as a success.
+            states.update(client.call("wait_tasks", pending, left))
+            still = [t for t in pending if states[t][0] not in final]
+            bar.update(len(pending) - len(still))
+            pending = still
     bad = [t for t, (s, _) in states.items() if s != "done"]
     if bad:
         raise TaskFailed(f"{len(bad)} of {total} tasks did not succeed: {', '.join(sorted(bad)[:10])}")
