@@ -549,6 +549,18 @@ class Node:
             log.info("garbage: removed %d stored files and %d work dirs", len(files), len(dirs))
         return files, dirs
 
+    def prune_bookkeeping(self) -> None:
+        """Drop what this node remembers per task once the task no longer needs it, so a node
+        that runs millions of tasks keeps its memory flat: the claims this life made, for
+        tasks now final, gone, or past that attempt; when it first saw tasks no longer queued."""
+        with self.lock:
+            tasks = self.consumer.queue.tasks
+            self._claimed_here = {
+                (tid, att) for tid, att in self._claimed_here
+                if (t := tasks.get(tid)) is not None and not t.state.final and t.attempt <= att}
+            self._first_seen = {tid: at for tid, at in self._first_seen.items()
+                                if (t := tasks.get(tid)) is not None and t.state is State.QUEUED}
+
     def _ticker(self) -> None:
         next_hb = 0.0
         next_gc = next_forget = time.monotonic() + self.cfg.gc_every_s
@@ -565,6 +577,7 @@ class Node:
                 if now >= next_gc:
                     next_gc = now + self.cfg.gc_every_s
                     self.collect_garbage(time.time())
+                    self.prune_bookkeeping()
                 if self.is_leader():
                     self._expire_silent_nodes(now)
                     self._remove_long_lost(time.time())

@@ -548,6 +548,7 @@ class Queue:
         self._queued.pop(task.seq, None)
         self._pending.pop(task.seq, None)
         self._conditional.discard(task.spec.task_id)
+        self._parsed.pop(task.spec.task_id, None)  # a cache for deciding runs: parsed again if asked
         if task.node is not None:
             self._running.get(task.node, set()).discard(task.spec.task_id)
 

@@ -246,3 +246,20 @@ def test_a_refused_claim_frees_its_core_at_once(tmp_path: Any, clock: Clock) -> 
     n.applied_gen += 1
     n.schedule()
     assert [op[:4] for op in prop.ops] == [("claim", "t1", "a", 1)] * 2
+
+
+def test_per_task_bookkeeping_is_pruned(tmp_path: Any, clock: Clock) -> None:
+    """A node that runs millions of tasks must not remember each one: after a pruning pass only
+    the claims of tasks still queued or running here, and the first sightings of queued tasks,
+    remain."""
+    n, _, _ = make_node(tmp_path)
+    claim(n, "done1", "running")
+    apply(n, ("finish", "done1", "a", 1, Outcome(0, 1.0, 2.0)))
+    apply(n, ("submit", TaskSpec("waiting", 1, 1, 1, True, "", (), "true")))
+    n._claimed_here.add(("waiting", 1))  # a claim proposed, not applied yet
+    n._claimed_here.add(("gone", 1))  # a task forgotten since
+    for t in ("done1", "running", "waiting", "gone"):
+        n._waited(t)
+    n.prune_bookkeeping()
+    assert n._claimed_here == {("running", 1), ("waiting", 1)}
+    assert set(n._first_seen) == {"waiting"}
