@@ -242,6 +242,16 @@ class FileStore:
         """Whether content with this hash is stored (not re-verified)."""
         return os.path.isfile(self.path(sha256))
 
+    def keep_alive(self, sha256: str) -> bool:
+        """Whether content with this hash is stored; if so its modification time becomes now,
+        so that garbage collection (by age, for files no task refers to yet) keeps it for a
+        whole period while the task that was just told it exists gets queued."""
+        try:
+            os.utime(self.path(sha256))
+            return True
+        except FileNotFoundError:
+            return False
+
     def path(self, sha256: str) -> str:
         """The path where this content is, or would be, stored."""
         self._check(sha256)

@@ -30,7 +30,7 @@ from comrade.files import FileStore, place_files, rewrite_command
 from comrade.homelock import take_home
 from comrade.isolation import Isolation
 from comrade.model import NodeInfo, Outcome, Resources, State, TaskSpec
-from comrade.queue import PROTOCOL, Reply
+from comrade.queue import PROTOCOL, Reply, forgettable_in
 from comrade.relay import CLAIRVOYANT, Relay
 from comrade.replication import Proposer, ReplicatedQueue, make_syncobj
 from comrade.rpc import Server
@@ -526,13 +526,14 @@ class Node:
         # Files first, the queue after: a task that has files when they are listed had its
         # claim applied here before, so it counts as known below (unless it was forgotten).
         found = task_files(self.paths)
-        with self.lock:
-            q = self.consumer.queue
-            keep = {f[1] for t in q.tasks.values() if not t.state.final for f in t.spec.files}
-            expired = {tid for tid, t in q.tasks.items()
-                       if t.state is State.DELETED or (t.state.final and t.attempts
-                       and (t.attempts[-1].end or now) < now - self.cfg.retention_s)}
-            known = set(q.tasks) if self._registered.is_set() else None
+        with self.lock:  # copy under the lock, scan outside it (a final state never changes)
+            tasks = list(self.consumer.queue.tasks.values())
+            registered = self._registered.is_set()
+        keep = {f[1] for t in tasks if not t.state.final for f in t.spec.files}
+        expired = {t.spec.task_id for t in tasks
+                   if t.state is State.DELETED or (t.state.final and t.attempts
+                   and (t.attempts[-1].end or now) < now - self.cfg.retention_s)}
+        known = {t.spec.task_id for t in tasks} if registered else None
         running = {k[0] for k in self._runners}
 
         def gone(task_id: str) -> bool:
@@ -592,8 +593,9 @@ class Node:
     def _forget_old(self, wall_now: float) -> None:
         """Leader: propose forgetting the tasks that finished more than `forget_after_s` ago,
         so the queue every node holds stays bounded over weeks of work."""
-        with self.lock:
-            old = self.consumer.queue.forgettable(wall_now - self.cfg.forget_after_s)
+        with self.lock:  # copy under the lock, scan outside it: a million records take a while
+            tasks, needed = list(self.consumer.queue.tasks.values()), self.consumer.queue.needed()
+        old = forgettable_in(tasks, needed, wall_now - self.cfg.forget_after_s)
         assert self.proposer is not None
         for start in range(0, len(old), FORGET_BATCH):
             self.proposer.propose([("forget", old[start:start + FORGET_BATCH])])

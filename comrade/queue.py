@@ -301,7 +301,7 @@ class Queue:
         ids can be used again. Tasks a queued task still depends on are kept."""
         if not isinstance(task_ids, list) or not all(isinstance(t, str) for t in task_ids):
             return Reply(False, "not a list of task ids")
-        needed = self._needed()
+        needed = self.needed()
         forgotten = 0
         for task_id in task_ids:
             task = self.tasks.get(task_id)
@@ -316,12 +316,9 @@ class Queue:
     def forgettable(self, ended_before: float) -> list[str]:
         """Finished tasks whose last attempt ended (or, never run, that were submitted) before
         `ended_before` and that no queued task depends on: what `forget` would drop."""
-        needed = self._needed()
-        return [tid for tid, t in self.tasks.items() if t.state.final and not needed(t)
-                and ((t.attempts[-1].end or ended_before) if t.attempts else t.submitted)
-                < ended_before]
+        return forgettable_in(list(self.tasks.values()), self.needed(), ended_before)
 
-    def _needed(self) -> Callable[[Task], bool]:
+    def needed(self) -> Callable[[Task], bool]:
         """Whether a finished task must be kept for a queued task's conditions: named by its
         `queue:after`/`after_ok`, or submitted before one with a `queue:all_with_cmd_*`
         condition (whose verdict it could change)."""
@@ -614,6 +611,15 @@ def spec_problem(spec: Any) -> str:
 def _facts(t: Task) -> cond.TaskFacts:
     return cond.TaskFacts(task_id=t.spec.task_id, seq=t.seq, command=t.spec.command,
                           outcome=_OUTCOME[t.state])
+
+
+def forgettable_in(tasks: Iterable[Task], needed: Callable[[Task], bool],
+                   ended_before: float) -> list[str]:
+    """`Queue.forgettable` over given records: a node copies the records under its lock and
+    scans them outside it (the `forget` operation checks each id again when applied)."""
+    return [t.spec.task_id for t in tasks if t.state.final and not needed(t)
+            and ((t.attempts[-1].end or ended_before) if t.attempts else t.submitted)
+            < ended_before]
 
 
 _OPS: dict[str, Any] = {

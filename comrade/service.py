@@ -288,8 +288,9 @@ class Service:
     # ----- files ------------------------------------------------------------------------------
 
     def file_missing(self, shas: Sequence[str]) -> list[str]:
-        """Which of these hashes this node's store lacks."""
-        return [s for s in shas if not self.node.store.has(s)]
+        """Which of these hashes this node's store lacks (those it has are kept alive: a client
+        that is told a file is here submits a task using it without uploading it)."""
+        return [s for s in shas if not self.node.store.keep_alive(s)]
 
     def file_put(self, sha: str, data: bytes, copies: int = 2) -> bool:
         """Store a file (hash-checked) and pass it on until `copies` nodes hold it."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,15 @@ def test_place_files_basename_clash(store: FileStore, tmp_path: Path) -> None:
     refs = [FileRef("a/x", a, 1), FileRef("b/x", b, 1)]
     with pytest.raises(FileError):
         place_files(store, str(tmp_path / "work"), refs, rename=False)
+
+
+def test_a_file_confirmed_present_is_kept_for_a_whole_period(store: FileStore) -> None:
+    """A client asks which files are missing, is told this one is not, and submits without
+    uploading it: collection must not take it in between, however old it was."""
+    digest = store.put_bytes(b"uploaded long ago, unreferenced since")
+    old = time.time() - 7200
+    os.utime(store.path(digest), (old, old))
+    assert store.keep_alive(digest)
+    assert store.gc(keep=set(), older_than_s=3600, now=time.time()) == []
+    assert store.has(digest)
+    assert not store.keep_alive("0" * 64)
