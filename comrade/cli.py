@@ -53,6 +53,20 @@ def _bytes_opt(value: str | None, name: str) -> int | None:
     return None if value is None else taskfields.parse_bytes(value, name)
 
 
+def _garbage_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--retention, --file-gc and --gc-every, the same for workers and ghosts."""
+    for option in (
+        click.option("--gc-every", type=float, default=60.0, envvar="LEORONIC_GC_EVERY",
+                     help="Seconds between garbage collections (LEORONIC_GC_EVERY)."),
+        click.option("--file-gc", type=float, default=3600.0, envvar="LEORONIC_FILE_GC",
+                     help="Seconds an unreferenced necessary file is kept (LEORONIC_FILE_GC)."),
+        click.option("--retention", type=float, default=7 * 24 * 3600.0, envvar="LEORONIC_RETENTION",
+                     help="Seconds finished tasks' work dirs and outputs are kept (LEORONIC_RETENTION)."),
+    ):
+        command = option(command)
+    return command
+
+
 class _Cli(click.Group):
     """The `leoronic` command group; a bad option or argument is one line on stderr,
     `leoronic: MESSAGE (see COMMAND --help)`, and exit 2, like every other bad input."""
@@ -101,15 +115,10 @@ class _Cli(click.Group):
               help="Tag this node; repeatable (LEORONIC_TAGS, space-separated).")
 @click.option("--lease", type=float, default=10.0, envvar="LEORONIC_LEASE",
               help="Seconds of silence after which a node's running tasks are requeued (LEORONIC_LEASE).")
-@click.option("--retention", type=float, default=7 * 24 * 3600.0, envvar="LEORONIC_RETENTION",
-              help="Seconds finished tasks' work dirs and outputs are kept (LEORONIC_RETENTION).")
+@_garbage_options
 @click.option("--forget-after", type=float, default=30 * 24 * 3600.0, envvar="LEORONIC_FORGET_AFTER",
               help="Seconds after a task finished that the cluster forgets its record; the "
               "leader's setting counts (LEORONIC_FORGET_AFTER; default 30 days).")
-@click.option("--file-gc", type=float, default=3600.0, envvar="LEORONIC_FILE_GC",
-              help="Seconds an unreferenced necessary file is kept (LEORONIC_FILE_GC).")
-@click.option("--gc-every", type=float, default=60.0, envvar="LEORONIC_GC_EVERY",
-              help="Seconds between garbage collections (LEORONIC_GC_EVERY).")
 @click.option("--discovery/--no-discovery", default=True, envvar="LEORONIC_DISCOVERY",
               help="Announce this node on the LAN (mDNS) and, with no --peer, join a cluster "
               "found there (LEORONIC_DISCOVERY). Always off on a loopback --bind.")
@@ -195,12 +204,7 @@ def _setup_logging(path: str) -> None:
 @click.option("--memory", default=None, envvar="LEORONIC_MEMORY")
 @click.option("--storage", default=None, envvar="LEORONIC_STORAGE")
 @click.option("--tag", "tags", multiple=True, envvar="LEORONIC_TAGS")
-@click.option("--retention", type=float, default=7 * 24 * 3600.0, envvar="LEORONIC_RETENTION",
-              help="Seconds finished tasks' work dirs and outputs are kept (LEORONIC_RETENTION).")
-@click.option("--file-gc", type=float, default=3600.0, envvar="LEORONIC_FILE_GC",
-              help="Seconds an unreferenced necessary file is kept (LEORONIC_FILE_GC).")
-@click.option("--gc-every", type=float, default=60.0, envvar="LEORONIC_GC_EVERY",
-              help="Seconds between garbage collections (LEORONIC_GC_EVERY).")
+@_garbage_options
 @friendly
 def ghost(target: str, **opts: Any) -> None:
     """Start a ghost: runs tasks for the cluster without joining Raft.
