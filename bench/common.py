@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 
 import psutil
 
-from tests.cluster import Cluster
+from tests.cluster import Cluster, NodeProc
 
 PR_SET_CHILD_SUBREAPER = 36
 NAN = float("nan")
@@ -255,6 +255,39 @@ def queue_counts(cluster: Cluster, ids: str, deadline: Deadline,
             states[cols[1]] += 1
             nodes[cols[2]] += 1
     return states, nodes
+
+
+# ----- memory ------------------------------------------------------------------------------
+
+MB = 1e6  # the issue's goals are in MB
+
+
+def python_proc(node: NodeProc) -> psutil.Process | None:
+    """The python process of a node: its own pid (the wrapper execs), else its python child."""
+    if node.proc is None:
+        return None
+    try:
+        p = psutil.Process(node.proc.pid)
+        if "python" in os.path.basename((p.cmdline() or [""])[0]):
+            return p
+        for child in p.children(recursive=True):
+            if "python" in os.path.basename((child.cmdline() or [""])[0]):
+                return child
+    except psutil.Error:
+        return None
+    return None
+
+
+def rss_mb(node: NodeProc) -> tuple[float, float]:
+    """(RSS, USS) in MB of a node's python process."""
+    p = python_proc(node)
+    if p is None:
+        return (float("nan"), float("nan"))
+    try:
+        full = p.memory_full_info()
+        return (full.rss / MB, full.uss / MB)
+    except psutil.Error:
+        return (float("nan"), float("nan"))
 
 
 # ----- CPU accounting -----------------------------------------------------------------------

@@ -43,33 +43,18 @@ from bench.common import (
     cpu_pairs_delta,
     log,
     process_cpu,
+    python_proc,
+    rss_mb,
     run_tasks_file,
 )
 from tests.cluster import Cluster, NodeProc, start_cluster, wait_for
 
-MB = 1e6  # the issue's goals are in MB
 GOAL_GHOST_MB = 40
 GOAL_WORKER_MB = 60
 _ROW = re.compile(r"^( *)(\S+)  (\S+:\d+)  (.+?)  (up|UNREACHABLE since \S+)$")
 
 
 # ----- processes ----------------------------------------------------------------------------
-
-def python_proc(node: NodeProc) -> psutil.Process | None:
-    """The python process of a node: its own pid (the wrapper execs), else its python child."""
-    if node.proc is None:
-        return None
-    try:
-        p = psutil.Process(node.proc.pid)
-        if "python" in os.path.basename((p.cmdline() or [""])[0]):
-            return p
-        for child in p.children(recursive=True):
-            if "python" in os.path.basename((child.cmdline() or [""])[0]):
-                return child
-    except psutil.Error:
-        return None
-    return None
-
 
 def cpu_of(node: NodeProc) -> CpuPair:
     """(own CPU s, CPU s of its reaped and live task processes) of a node's process tree."""
@@ -79,18 +64,6 @@ def cpu_of(node: NodeProc) -> CpuPair:
 def cpu_sample(cluster: Cluster) -> dict[str, CpuPair]:
     """cpu_of() every node of the cluster, by name."""
     return {node.name: cpu_of(node) for node in cluster.nodes}
-
-
-def rss_mb(node: NodeProc) -> tuple[float, float]:
-    """(RSS, USS) in MB of a node's python process."""
-    p = python_proc(node)
-    if p is None:
-        return (float("nan"), float("nan"))
-    try:
-        full = p.memory_full_info()
-        return (full.rss / MB, full.uss / MB)
-    except psutil.Error:
-        return (float("nan"), float("nan"))
 
 
 # ----- cluster facts ------------------------------------------------------------------------

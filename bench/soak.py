@@ -20,21 +20,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-import psutil
-
-from bench.common import Bench, BenchParser, log, queue_counts, run_tasks_file
+from bench.common import Bench, BenchParser, log, queue_counts, rss_mb, run_tasks_file
 from tests.cluster import Cluster, start_cluster
 
 
-def rss_mb(cluster: Cluster) -> list[float]:
-    """Resident memory of each worker process, MB."""
-    out = []
-    for node in cluster.nodes:
-        try:
-            out.append(psutil.Process(node.proc.pid).memory_info().rss / 1e6 if node.proc else float("nan"))
-        except psutil.Error:
-            out.append(float("nan"))
-    return out
+def rss(cluster: Cluster) -> list[float]:
+    """Resident memory of each worker's python process, MB."""
+    return [rss_mb(node)[0] for node in cluster.nodes]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,14 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with bench:
         opts = ["--forget-after", str(args.forget_after), "--gc-every", "1"]
         cluster = bench.stop_on_exit(start_cluster(os.path.join(root, "cluster"), 3, [opts] * 3))
-        rows.append(("idle", 0, rss_mb(cluster)))
+        rows.append(("idle", 0, rss(cluster)))
         log(f"idle: RSS {rows[-1][2]}")
         for k in range(args.batches):
             run = run_tasks_file(cluster, f"b{k}", f"b{k}-", args.tasks, bench.deadline,
                                  (600, 120), lambda: None)
             states, _ = queue_counts(cluster, "", bench.deadline, 120)
             rows.append((f"after batch {k + 1} ({args.tasks / run.wall_s:.0f} tasks/s)",
-                         sum(states.values()), rss_mb(cluster)))
+                         sum(states.values()), rss(cluster)))
             log(f"{rows[-1][0]}: {rows[-1][1]} records; RSS {[f'{m:.1f}' for m in rows[-1][2]]}")
         deadline = time.monotonic() + args.forget_after + 30
         while time.monotonic() < bench.deadline.end - 10 and time.monotonic() < deadline:
@@ -66,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not sum(states.values()):
                 break
             time.sleep(1.0)  # pacing of a poll on the records left (bounded by the deadline)
-        rows.append(("all forgotten", sum(states.values()), rss_mb(cluster)))
+        rows.append(("all forgotten", sum(states.values()), rss(cluster)))
     bench.print_figures_header(f"python: {platform.python_version()}; {args.batches} batches of "
                                f"{args.tasks} tasks; --forget-after {args.forget_after}")
     for what, records, mem in rows:
