@@ -170,6 +170,8 @@ class Child:
 
 #: What a task whose exit status was lost reports (as a shell reports 255).
 LOST_STATUS = 255
+#: Signals Python ignores that a task must get with their default action.
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 #: How task output files are opened (in the child, by posix_spawn).
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
@@ -323,11 +325,14 @@ class ExecutorActor(pykka.ThreadingActor):
 
         The work dir is entered around the spawn (posix_spawn cannot change directory in the
         child); every other path here is absolute and only this thread starts processes.
-        Other fds are not inherited: Python opens every fd close-on-exec.
+        Other fds are not inherited: Python opens every fd close-on-exec. SIGPIPE and SIGXFSZ,
+        which Python ignores, are default again in the task (as subprocess restores them), so
+        `yes | head -n 1` ends quietly, as in a terminal.
         """
         os.chdir(run.workdir)
         try:
-            return os.posix_spawn(self.bash, ["bash", "-c", command], env, setsid=True, file_actions=[
+            return os.posix_spawn(self.bash, ["bash", "-c", command], env, setsid=True,
+                                  setsigdef=_DEFAULT_SIGNALS, file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_OPEN, 1, run.out, _OUTPUT_FLAGS, 0o644),
                 (os.POSIX_SPAWN_OPEN, 2, run.err, _OUTPUT_FLAGS, 0o644),

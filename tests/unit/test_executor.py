@@ -111,6 +111,16 @@ def test_task_leads_its_own_session_and_process_group(run) -> None:  # type: ign
     assert pid == sid == pgid
 
 
+def test_signals_python_ignores_have_their_default_action_in_a_task(run) -> None:  # type: ignore[no-untyped-def]
+    """With SIGPIPE ignored (as Python leaves it), `yes` would report a broken pipe and fail."""
+    start(run, "pipe", "set -o pipefail; yes | head -n 1; grep SigIgn /proc/self/status")
+    out = run[1].outcome("pipe")
+    assert (out.exit_code, out.stderr_tail) == (0, b"")
+    ignored = int(out.stdout_tail.split()[-1], 16)
+    assert out.stdout_tail.startswith(b"y\n")
+    assert not ignored & (1 << (signal.SIGPIPE - 1)) and not ignored & (1 << (signal.SIGXFSZ - 1))
+
+
 def test_a_task_killed_by_a_signal_exits_as_a_shell_reports_it(run) -> None:  # type: ignore[no-untyped-def]
     start(run, "k", "kill -TERM $$")
     assert run[1].outcome("k").exit_code == 128 + signal.SIGTERM
