@@ -16,7 +16,9 @@ only the executor's thread starts processes.
 No per-task file records the running processes: every task process carries its work dir in
 `LEORONIC_WORKDIR`, so a restarted node finds the orphans of its previous life in /proc
 (`kill_orphans`). Each file a task costs (its work dir, its two output files) is a metadata
-write on the node's disk, which on the benchmark machine costs more than the Python around it.
+write on the node's disk, which on the benchmark machine costs more than the Python around it:
+an empty output of an ended attempt is therefore not kept but reused as the next attempt's
+(comrade.spares), so a task without output creates no file but its work dir.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import pykka
 
 from comrade.errors import LeoronicError
 from comrade.model import TAIL_BYTES, Outcome, TaskSpec
+from comrade.spares import Spares
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,11 @@ class Paths:
     @property
     def outputs(self) -> str:
         return os.path.join(self.home, "outputs")
+
+    @property
+    def spare(self) -> str:
+        """Empty output files to reuse (comrade.spares)."""
+        return os.path.join(self.home, "spare")
 
     def workdir(self, task_id: str, attempt: int) -> str:
         return os.path.join(self.work, f"{task_id}-a{attempt}")
@@ -250,6 +258,7 @@ class ExecutorActor(pykka.ThreadingActor):
         self.reaper = reaper
         self.base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
         self.bash = shutil.which("bash") or "/bin/bash"  # found once, not on every start
+        self.spares = Spares(paths.spare)
         os.chdir(paths.home)  # where _spawn returns to: the same from the first task on
         self.runs: dict[Key, _Run] = {}
 
@@ -329,6 +338,8 @@ class ExecutorActor(pykka.ThreadingActor):
         which Python ignores, are default again in the task (as subprocess restores them), so
         `yes | head -n 1` ends quietly, as in a terminal.
         """
+        self.spares.place(run.out)  # far cheaper than the child creating the files
+        self.spares.place(run.err)
         os.chdir(run.workdir)
         try:
             return os.posix_spawn(self.bash, ["bash", "-c", command], env, setsid=True,
@@ -366,6 +377,9 @@ class ExecutorActor(pykka.ThreadingActor):
         code = 128 - rc if rc < 0 else rc
         out_tail, out_size = read_tail_size(run.out)
         err_tail, err_size = read_tail_size(run.err)
+        for path, size in ((run.out, out_size), (run.err, err_size)):
+            if size == 0:  # nothing to keep: the file is the next attempt's
+                self.spares.give_back(path)
         outcome = Outcome(exit_code=code, start=run.started, end=end, stdout_tail=out_tail,
                           stderr_tail=err_tail, stdout_bytes=out_size, stderr_bytes=err_size)
         try:

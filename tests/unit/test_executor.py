@@ -105,6 +105,29 @@ def test_a_stale_work_dir_of_the_same_id_is_emptied_first(run, paths) -> None:  
     assert out.exit_code == 0 and out.stdout_tail.decode().splitlines() == [stale]
 
 
+def test_empty_outputs_are_not_kept_but_reused_by_the_next_attempt(run, paths) -> None:  # type: ignore[no-untyped-def]
+    start(run, "quiet", "true")
+    assert run[1].outcome("quiet").stdout_bytes == 0
+    assert os.listdir(paths.outputs) == [] and len(os.listdir(paths.spare)) == 2
+    start(run, "loud", "echo out")
+    assert run[1].outcome("loud").stdout_tail == b"out\n"
+    # It took both spares (had they not been placed, there would now be three) and gave one back.
+    assert os.listdir(paths.outputs) == ["loud.1.out"] and len(os.listdir(paths.spare)) == 1
+
+
+def test_an_output_a_survivor_still_writes_is_never_reused(run, paths) -> None:  # type: ignore[no-untyped-def]
+    """A process that left the task's group and outlived it keeps the task's stdout open: that
+    file stays the task's, so nothing it writes later can land in another task's output."""
+    start(run, "left", "setsid sleep 60 & echo $! > pid")
+    assert run[1].outcome("left").exit_code == 0
+    survivor = int(_read(os.path.join(paths.workdir("left", 1), "pid")))
+    try:
+        assert sorted(os.listdir(paths.outputs)) == ["left.1.err", "left.1.out"]
+        assert os.listdir(paths.spare) == []
+    finally:
+        os.kill(survivor, signal.SIGKILL)
+
+
 def test_task_leads_its_own_session_and_process_group(run) -> None:  # type: ignore[no-untyped-def]
     start(run, "s", 'echo "$$ $(ps -o sid= -p $$) $(ps -o pgid= -p $$)"')
     pid, sid, pgid = run[1].outcome("s").stdout_tail.split()
