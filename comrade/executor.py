@@ -178,8 +178,9 @@ class Child:
 
 #: What a task whose exit status was lost reports (as a shell reports 255).
 LOST_STATUS = 255
-#: Signals Python ignores that a task must get with their default action.
-_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+#: A task starts with every signal at its default action (Python ignores SIGPIPE and SIGXFSZ;
+#: whoever started the node may have ignored more, such as SIGQUIT for a background job).
+_DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 #: How task output files are opened (in the child, by posix_spawn).
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
@@ -221,6 +222,7 @@ class Executor:
 
     def __init__(self, node_name: str, paths: Paths, prepare: Callable[[TaskSpec, str], str],
                  clock: Callable[[], float]) -> None:
+        close_inherited_fds_on_exec()
         self.reaper = Reaper()
         self.ref = ExecutorActor.start(node_name, paths, prepare, clock, self.reaper)
 
@@ -334,16 +336,17 @@ class ExecutorActor(pykka.ThreadingActor):
 
         The work dir is entered around the spawn (posix_spawn cannot change directory in the
         child); every other path here is absolute and only this thread starts processes.
-        Other fds are not inherited: Python opens every fd close-on-exec. SIGPIPE and SIGXFSZ,
-        which Python ignores, are default again in the task (as subprocess restores them), so
-        `yes | head -n 1` ends quietly, as in a terminal.
+        The task starts clean, as from a login shell: every signal at its default action and
+        none blocked (so `yes | head -n 1` ends quietly, as in a terminal, although Python
+        ignores SIGPIPE), and no fd but 0-2 (Python opens every fd close-on-exec, and
+        `Executor` marks those the node inherited so).
         """
         self.spares.place(run.out)  # far cheaper than the child creating the files
         self.spares.place(run.err)
         os.chdir(run.workdir)
         try:
             return os.posix_spawn(self.bash, ["bash", "-c", command], env, setsid=True,
-                                  setsigdef=_DEFAULT_SIGNALS, file_actions=[
+                                  setsigdef=_DEFAULT_SIGNALS, setsigmask=(), file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_OPEN, 1, run.out, _OUTPUT_FLAGS, 0o644),
                 (os.POSIX_SPAWN_OPEN, 2, run.err, _OUTPUT_FLAGS, 0o644),
@@ -409,6 +412,16 @@ def _mkdir(path: str) -> None:
         os.mkdir(path)
     except FileNotFoundError:
         os.makedirs(path, exist_ok=True)
+
+
+def close_inherited_fds_on_exec() -> None:
+    """Mark every fd above 2 close-on-exec. Python opens its own so; these are the ones this
+    process inherited (a pipe of whatever started the node), which tasks must not get."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):  # the listing's own fd, closed by now
+                os.set_inheritable(fd, False)
 
 
 def kill_group(pid: int) -> None:
