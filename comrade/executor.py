@@ -336,10 +336,10 @@ class ExecutorActor(pykka.ThreadingActor):
 
         The work dir is entered around the spawn (posix_spawn cannot change directory in the
         child); every other path here is absolute and only this thread starts processes.
-        The task starts clean, as from a login shell: every signal at its default action and
-        none blocked (so `yes | head -n 1` ends quietly, as in a terminal, although Python
-        ignores SIGPIPE), and no fd but 0-2 (Python opens every fd close-on-exec, and
-        `Executor` marks those the node inherited so).
+        The task starts clean: every signal at its default action and none blocked (so
+        `yes | head -n 1` ends quietly, as in a terminal, although Python ignores SIGPIPE), and
+        no fd but 0-2 (Python opens every fd close-on-exec, and `Executor` marks those the node
+        inherited so).
         """
         self.spares.place(run.out)  # far cheaper than the child creating the files
         self.spares.place(run.err)
