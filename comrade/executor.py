@@ -214,6 +214,9 @@ class Executor:
     prepared (fetched, placed) on a thread of its own, since a fetch may take long; the rest
     start directly. `start` never blocks.
 
+    `cluster_address()` is where a task's own `leoronic` commands should go (its
+    LEORONIC_NODE): the worker itself, or the worker a ghost is attached to ("": unchanged).
+
     Callbacks, on the actor's thread: `report(task_id, attempt, outcome)` once the process
     ended (not after a cancel), or `crashed(task_id, attempt, reason)` if it could not start:
     "cannot start: ..." for expected errors (a file no node has, a bad file, an OS error),
@@ -221,10 +224,11 @@ class Executor:
     """
 
     def __init__(self, node_name: str, paths: Paths, prepare: Callable[[TaskSpec, str], str],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], cluster_address: Callable[[], str] = lambda: "") -> None:
         close_inherited_fds_on_exec()
         self.reaper = Reaper()
-        self.ref = ExecutorActor.start(node_name, paths, prepare, clock, self.reaper)
+        self.ref = ExecutorActor.start(node_name, paths, prepare, clock, self.reaper,
+                                       cluster_address)
 
     def start(self, spec: TaskSpec, attempt: int, report: Report, crashed: Crashed) -> None:
         """Run one attempt of `spec` here."""
@@ -251,8 +255,9 @@ class ExecutorActor(pykka.ThreadingActor):
     use_daemon_thread = True  # never keeps a stopping process alive; stop() kills the tasks
 
     def __init__(self, node_name: str, paths: Paths, prepare: Callable[[TaskSpec, str], str],
-                 clock: Callable[[], float], reaper: Reaper) -> None:
+                 clock: Callable[[], float], reaper: Reaper, cluster_address: Callable[[], str]) -> None:
         super().__init__()
+        self.cluster_address = cluster_address
         self.node_name = node_name
         self.paths = paths
         self.prepare = prepare  # (spec, workdir) -> command to run (files placed, renamed)
@@ -316,6 +321,9 @@ class ExecutorActor(pykka.ThreadingActor):
         env[b"LEORONIC_NODE_NAME"] = os.fsencode(self.node_name)
         env[b"LEORONIC_ATTEMPT"] = b"%d" % run.attempt
         env[b"LEORONIC_WORKDIR"] = os.fsencode(run.workdir)
+        address = self.cluster_address()
+        if address:  # `leoronic_add_task` in a task reaches the cluster that runs it
+            env[b"LEORONIC_NODE"] = os.fsencode(address)
         try:
             run.started = self.clock()
             run.proc = Child(self._spawn(run, command, env))

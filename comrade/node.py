@@ -152,7 +152,8 @@ class Node:
             on_state_changed=self._on_raft_state,
         )
         self.proposer = Proposer(self.consumer)
-        self.executor = Executor(self.name, self.paths, self._prepare, time.time)
+        self.executor = Executor(self.name, self.paths, self._prepare, time.time,
+                                 lambda: self.rpc_addr)
         self.actor = NodeActor.start(self)
         self.server.start()
         if joining:

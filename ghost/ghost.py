@@ -122,7 +122,8 @@ class Ghost:
         self.store = FileStore(os.path.join(cfg.home, "store"))
         self.files_dir = os.path.join(cfg.home, "files")
         self.state = _State()
-        self.executor = Executor(self.name, self.paths, self._prepare, time.time)
+        self.executor = Executor(self.name, self.paths, self._prepare, time.time,
+                                 lambda: self.clairvoyant)
         self.lock = threading.Lock()
         self.workers: list[str] = list(cfg.peers)
         self.clairvoyant = ""

@@ -136,9 +136,11 @@ class Cluster:
         os.makedirs(node.home, exist_ok=True)
         node.log_path = os.path.join(self.root, f"{node.name}.out")
         out = open(node.log_path, "ab")
+        env = self.env(node)
+        del env["LEORONIC_NODE"]  # as typed by a person: nodes are told their peers by flags
         node.proc = subprocess.Popen(
             ["bash", LEORONIC, *node.args], stdout=out, stderr=subprocess.STDOUT,
-            env=self.env(node), start_new_session=True,
+            env=env, start_new_session=True,
         )
         out.close()
 

@@ -170,7 +170,7 @@ def test_ghosts_run_big_tagged_and_large_output_tasks(make_cluster) -> None:  # 
             assert "clairvoyant" not in rows[w.name].tags, rows
 
     big = add_task(cluster, 'echo "$LEORONIC_NODE_NAME"', task_id="big")
-    gpu = add_task(cluster, 'echo "$LEORONIC_NODE_NAME"', memory="1024",
+    gpu = add_task(cluster, 'echo "$LEORONIC_NODE_NAME"; echo "$LEORONIC_NODE"', memory="1024",
                    conditions="worker:tag gpu0", task_id="gpu")
     seq = add_task(cluster, "seq 1 100000", task_id="seq")
     wait_done(cluster, [big, gpu, seq])
@@ -178,7 +178,8 @@ def test_ghosts_run_big_tagged_and_large_output_tasks(make_cluster) -> None:  # 
     r = result(cluster, big)
     assert r.rc == 0 and r.out.strip() in ghost_names, r
     r = result(cluster, gpu)
-    assert r.rc == 0 and r.out == "g4\n", r
+    # Its own leoronic_* commands would go to the worker the ghost is attached to.
+    assert r.rc == 0 and r.out == f"g4\n{lowest.address}\n", r
 
     # Output over the replicated tail: leoronic_result fetches the rest from the ghost.
     expected = "".join(f"{i}\n" for i in range(1, 100001))

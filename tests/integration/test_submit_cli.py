@@ -13,7 +13,7 @@ import subprocess
 import time
 import uuid
 
-from tests.cluster import Cluster, Result, wait_for
+from tests.cluster import UTILITIES, Cluster, Result, wait_for
 
 EXIT_TASK_FAILED = 1
 EXIT_USAGE = 2
@@ -341,3 +341,25 @@ def test_get_queue_filters_by_state_and_node_and_sums_up(make_cluster) -> None: 
     assert r.rc == 0 and r.out.endswith("failed 1  deleted 0  total 1\n"), r
     err = one_line_error(c.sh("leoronic_get_queue --state finished"), EXIT_USAGE)
     assert "'--state'" in err and "'finished' is not one of" in err, err
+
+
+def test_a_task_submits_tasks_to_the_cluster_that_runs_it(cluster3: Cluster) -> None:
+    """Inside a task LEORONIC_NODE is the address of the worker running it, so the leoronic_*
+    functions work there however the worker was started (here: each on a port of its own)."""
+    script = os.path.join(cluster3.root, "fan_out.sh")
+    with open(script, "w") as f:
+        f.write(f'echo "$LEORONIC_NODE"\nsource {UTILITIES}\n'
+                'leoronic_add_task 1024 1 1024 true "" "" "echo child of $LEORONIC_TASK_ID" '
+                '"$LEORONIC_TASK_ID-child"\n')
+    parents = [f"parent-{i}" for i in range(3)]
+    r = cluster3.sh("".join(f'leoronic_add_task 1024 1 1024 true "" "" "bash {script}" {p}\n'
+                            for p in parents) + "leoronic_wait " + " ".join(parents))
+    assert r.rc == 0, r
+    children = [f"{p}-child" for p in parents]
+    assert cluster3.sh("leoronic_wait " + " ".join(children)).rc == 0
+    rows = queue(cluster3)
+    address = {n.name: n.address for n in cluster3.nodes}
+    for p in parents:
+        out = cluster3.sh(f"leoronic_result {p}").out.splitlines()
+        assert out == [address[rows[p]["node"]], f"{p}-child"], (p, rows[p], out)
+        assert cluster3.sh(f"leoronic_result {p}-child").out == f"child of {p}\n"
