@@ -675,9 +675,15 @@ class Node:
         for raft in list(self._member_since):
             if raft not in members:
                 del self._member_since[raft]
+        connected = {n.id for n in self.syncobj.otherNodes if self.syncobj.isNodeConnected(n)}
         for raft in lost:
             if now - self._member_since.get(raft, now) < self.cfg.remove_after_s:
                 continue  # (re-)added recently: give it time to catch up and heartbeat
+            if raft in connected:
+                # It talks Raft with us (a silent one is cut off within connectionTimeout):
+                # re-added and catching up, its heartbeat not yet applied. Removing it now
+                # would start the add/remove loop again when catching up outlasts the wait.
+                continue
             if raft in members and raft != self.raft_addr:
                 log.warning("removing %s from the Raft membership: lost for over %.0f s",
                             raft, self.cfg.remove_after_s)
