@@ -12,8 +12,8 @@ A file goes back only if no process has it open for writing: a descendant of the
 outlived it (and left its process group) may still write to the task's stdout, and must never
 write into another task's output. A read lease is granted exactly when no one has the file
 open for writing (fcntl(2)), so taking one (and dropping it at once) is that check; should
-anyone open the file in that instant, the lease break is signalled with SIGURG, which a Python
-process ignores, rather than the default SIGIO, which would end the node. Where
+anyone open the file in that instant, the lease break is signalled with SIGURG, whose default
+action is to ignore it, rather than SIGIO, whose default action would end the node. Where
 leases cannot be taken (a file system without them) no file goes back and every stream is
 created, as without spares.
 
