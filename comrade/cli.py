@@ -26,7 +26,7 @@ from comrade import taskfields
 from comrade.client import Client, read_cookie
 from comrade.config import DEFAULT_PORT, Config, default_home
 from comrade.errors import EXIT_USAGE, LeoronicError, TaskFailed, UsageError
-from comrade.model import State
+from comrade.model import WAIT_OVER, State
 
 EXIT_NOT_FINISHED = 5
 
@@ -413,10 +413,9 @@ def wait(task_ids: Sequence[str], timeout: float | None) -> None:
     if unknown:
         raise UsageError(f"ID: no task {unknown[0]!r}")
     total = len(states)
-    final = ("done", "failed", "deleted", "unknown")
     with click.progressbar(length=total, label="tasks finished", file=sys.stderr) if show \
             else _NoBar() as bar:
-        pending = [t for t, (s, _) in states.items() if s not in final]
+        pending = [t for t, (s, _) in states.items() if s not in WAIT_OVER]
         bar.update(total - len(pending))
         while pending:  # only unfinished tasks are asked about again
             if deadline is not None and time.monotonic() > deadline:
@@ -426,7 +425,7 @@ def wait(task_ids: Sequence[str], timeout: float | None) -> None:
             # "unknown" now: it finished and its record was forgotten (--forget-after) between
             # two looks; its outcome is lost, so it does not count as a success.
             states.update(client.call("wait_tasks", pending, left))
-            still = [t for t in pending if states[t][0] not in final]
+            still = [t for t in pending if states[t][0] not in WAIT_OVER]
             bar.update(len(pending) - len(still))
             pending = still
     bad = [t for t, (s, _) in states.items() if s != "done"]

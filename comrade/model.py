@@ -18,6 +18,11 @@ TAIL_BYTES = 64 * 1024
 TAILS_BUDGET = 64 * 1024 * 1024
 
 
+#: The states, as `tasks` and `wait_tasks` report them, after which a task will not change:
+#: "unknown" is a task whose record was forgotten (or never existed).
+WAIT_OVER = ("done", "failed", "deleted", "unknown")
+
+
 class State(StrEnum):
     """Where a task is in its life."""
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from comrade import packing, rpc
 from comrade.errors import ClusterError, LeoronicError, UsageError
 from comrade.membership import protocol_mismatch
-from comrade.model import Resources, Task, TaskSpec
+from comrade.model import WAIT_OVER, Resources, Task, TaskSpec
 from comrade.queue import PROTOCOL
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ class Service:
         is looked at again until it is final, so a wait costs O(1) per entry, not O(tasks)."""
         deadline = time.monotonic() + min(max(timeout, 0.0), 30.0)
         states = self.tasks(ids)
-        remaining = [t for t, (s, _) in states.items() if s not in _FINAL]
+        remaining = [t for t, (s, _) in states.items() if s not in WAIT_OVER]
         done = 0  # remaining[:done] are final
 
         def advance(q: Any) -> None:
@@ -373,7 +373,3 @@ def _impossible(spec: TaskSpec, biggest: dict[str, Any]) -> str:
             return (f"{label}: task {spec.task_id} asks for {getattr(needs, field)}{unit}, more "
                     f"than any node offers (largest: {name} with {value}{unit})")
     return ""
-
-
-_FINAL = ("done", "failed", "deleted", "unknown")
-
