@@ -675,6 +675,8 @@ class Node:
         for raft in list(self._member_since):
             if raft not in members:
                 del self._member_since[raft]
+        if not lost:
+            return
         connected = {n.id for n in self.syncobj.otherNodes if self.syncobj.isNodeConnected(n)}
         for raft in lost:
             if now - self._member_since.get(raft, now) < self.cfg.remove_after_s:
