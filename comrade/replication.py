@@ -21,15 +21,27 @@ from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
+from comrade import raftmend
 from comrade.errors import ClusterError
+from comrade.model import Outcome, TaskSpec
 from comrade.queue import Queue, Reply
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Sequence[Any], list[Reply]], None]
 
-#: Operations per Raft entry, at most; keeps an entry under a few MiB.
+#: Operations per Raft entry, at most.
 MAX_BATCH = 2000
+#: An entry closes before its operations pass about this many bytes (`op_bytes`); a single
+#: propose bigger than that is split over several entries.
+ENTRY_BYTES = 1 << 20
+#: pysyncobj sends an entry at least this big in pieces, and (in 0.3.17) marks the last piece
+#: by the length of the command instead of the pickled entry, which is longer: when the two
+#: straddle a piece boundary the follower unpickles a truncated entry, its tick thread logs a
+#: traceback and sleeps 50 ms, and the commit waits for the piece after. The default, 64 KiB,
+#: made that happen for a 1,000-task submit and for every task with 64 KiB of random output.
+#: Entries here stay well below this (ENTRY_BYTES), so each goes in one message.
+APPEND_ENTRIES_BYTES = 4 << 20
 
 
 class ReplicatedQueue(SyncObjConsumer):
@@ -72,11 +84,13 @@ def make_syncobj(
 ) -> SyncObj:
     """Start pysyncobj with the settings we learned the hard way (see ARCHITECTURE.md)."""
     os.makedirs(raft_dir, exist_ok=True)
+    raftmend.flush_partial_sends()
     conf = SyncObjConf(
         journalFile=os.path.join(raft_dir, "journal"),
         fullDumpFile=os.path.join(raft_dir, "dump"),
         password=password,
         appendEntriesUseBatch=False,
+        appendEntriesBatchSizeBytes=APPEND_ENTRIES_BYTES,
         dynamicMembershipChange=True,
         leaderFallbackTimeout=3.0,
         raftMinTimeout=0.4,
@@ -90,26 +104,87 @@ def make_syncobj(
     return SyncObj(self_addr, list(others), conf=conf, consumers=[consumer])
 
 
-class _Pending:
-    __slots__ = ("ops", "callback", "since", "urgent")
+def op_bytes(op: Any) -> int:
+    """About how many bytes operation `op` adds to a Raft entry: output tails and commands
+    dominate. pysyncobj pickles an entry's bytes again with protocol 2, which can double them."""
+    size = 200
+    for arg in op[1:]:
+        if isinstance(arg, Outcome):
+            size += 2 * (len(arg.stdout_tail) + len(arg.stderr_tail))
+        elif isinstance(arg, TaskSpec):
+            size += 2 * (len(arg.command) + len(arg.conditions)) + 200 * len(arg.files)
+    return size
 
-    def __init__(self, ops: list[Any], callback: Callable[[list[Reply] | None, int], None],
-                 urgent: bool = False):
+
+Callback = Callable[[list[Reply] | None, int], None]
+
+
+class _Pending:
+    __slots__ = ("ops", "callback", "since", "urgent", "size")
+
+    def __init__(self, ops: list[Any], callback: Callback, urgent: bool = False,
+                 size: int = 0):
         self.ops = ops
         self.callback = callback
         self.since = time.monotonic()
         self.urgent = urgent
+        self.size = size  # estimated bytes (op_bytes)
+
+
+def _split(ops: list[Any]) -> list[tuple[list[Any], int]]:
+    """`ops` in order, cut into (part, estimated bytes) of at most ENTRY_BYTES each (an
+    operation bigger than that alone)."""
+    parts: list[tuple[list[Any], int]] = []
+    part: list[Any] = []
+    size = 0
+    for op in ops:
+        n = op_bytes(op)
+        if part and size + n > ENTRY_BYTES:
+            parts.append((part, size))
+            part, size = [], 0
+        part.append(op)
+        size += n
+    parts.append((part, size))
+    return parts
+
+
+def _joined(count: int, callback: Callback) -> list[Callback]:
+    """Callbacks for `count` parts of one proposal: `callback` runs once, after the last part
+    is answered, with every part's replies in order, or None and the first error."""
+    lock = threading.Lock()
+    replies: list[list[Reply]] = [[] for _ in range(count)]
+    left = [count]
+    error: list[int] = []
+
+    def part(index: int) -> Callback:
+        def answered(result: list[Reply] | None, err: int) -> None:
+            with lock:
+                if result is None:
+                    error.append(err)
+                else:
+                    replies[index] = result
+                left[0] -= 1
+                if left[0]:
+                    return
+            if error:
+                callback(None, error[0])
+            else:
+                callback([r for rs in replies for r in rs], FAIL_REASON.SUCCESS)
+        return answered
+
+    return [part(i) for i in range(count)]
 
 
 class Proposer:
     """Coalesces operations from many threads into few Raft entries.
 
-    Each `propose` call is delivered in order inside one entry with whatever else is waiting;
-    with nothing in flight it goes at once (low latency when idle), under load batches grow
-    (high throughput). Under sustained load (at least `busy_ops` operations sent in the last
-    `busy_window_s`) the next entry also waits until `linger_s` after the previous one: every
-    entry costs a few Raft messages per follower whatever it carries, so a busy node sends at
-    most one entry per `linger_s`, and each carries more. A lone request never waits.
+    Each `propose` call is delivered in order inside one entry with whatever else is waiting
+    (one bigger than ENTRY_BYTES, in consecutive entries); with nothing in flight it goes at
+    once (low latency when idle), under load batches grow (high throughput). Under sustained
+    load (at least `busy_ops` operations sent in the last `busy_window_s`) the next entry also
+    waits until `linger_s` after the previous one: every entry costs a few Raft messages per
+    follower whatever it carries, so a busy node sends at most one entry per `linger_s`, and
+    each carries more. A lone request never waits.
 
     `callback(replies, error)` gets this call's replies, or None and a pysyncobj FAIL_REASON
     (or -1 for our own timeout): the outcome is then unknown and the caller retries with the
@@ -141,8 +216,12 @@ class Proposer:
     ) -> None:
         """Queue `ops` for the next Raft entry; never blocks. `urgent`: that entry does not
         linger (say, a claim for resources that are free now)."""
+        parts = _split(list(ops))
+        callbacks = _joined(len(parts), callback or _ignore) if len(parts) > 1 \
+            else [callback or _ignore]
         with self._cv:
-            self._waiting.append(_Pending(list(ops), callback or _ignore, urgent))
+            for (part, size), answered in zip(parts, callbacks, strict=True):
+                self._waiting.append(_Pending(part, answered, urgent, size))
             self._cv.notify()
 
     def propose_sync(self, ops: list[Any], timeout: float = 5.0) -> list[Reply]:
@@ -187,11 +266,14 @@ class Proposer:
                         p.callback(None, FAIL_REASON.REQUEST_DENIED)
                     return
                 batch: list[_Pending] = []
-                count = 0
-                while self._waiting and (not batch or count + len(self._waiting[0].ops) <= MAX_BATCH):
+                count = size = 0
+                while self._waiting and (not batch or (
+                        count + len(self._waiting[0].ops) <= MAX_BATCH
+                        and size + self._waiting[0].size <= ENTRY_BYTES)):
                     p = self._waiting.pop(0)
                     batch.append(p)
                     count += len(p.ops)
+                    size += p.size
                 self._next_id += 1
                 entry_id = self._next_id
                 self._sent.append((time.monotonic(), count))
@@ -205,7 +287,8 @@ class Proposer:
         while sent and sent[0][0] < now - self._busy_window_s:
             sent.popleft()
         recent = sum(n for _, n in sent)
-        if recent < self._busy_ops or sum(len(p.ops) for p in self._waiting) >= MAX_BATCH:
+        if recent < self._busy_ops or sum(len(p.ops) for p in self._waiting) >= MAX_BATCH \
+                or sum(p.size for p in self._waiting) >= ENTRY_BYTES:
             return 0.0
         if any(p.urgent for p in self._waiting):
             return 0.0

@@ -3,6 +3,7 @@ lone request goes at once, a busy node lingers so each entry carries more."""
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 from typing import Any
@@ -10,8 +11,10 @@ from typing import Any
 import pytest
 from pysyncobj import FAIL_REASON
 
+from comrade.model import Outcome, TaskSpec
 from comrade.queue import Reply
-from comrade.replication import Proposer
+from comrade.replication import APPEND_ENTRIES_BYTES, ENTRY_BYTES, Proposer, op_bytes
+from tests.cluster import wait_for
 
 
 class FakeRaft:
@@ -104,3 +107,66 @@ def test_only_an_urgent_request_skips_the_linger_while_busy(urgent: bool) -> Non
         assert (took < 0.75) == urgent, took
     finally:
         p.stop()
+
+
+def finish_op(i: int, tail: int) -> tuple[Any, ...]:
+    outcome = Outcome(exit_code=0, start=0.0, end=1.0, stdout_tail=b"o" * tail,
+                      stderr_tail=b"e" * tail, stdout_bytes=tail, stderr_bytes=tail)
+    return ("finish", f"t{i}", "n1", 1, outcome)
+
+
+def test_entries_stay_under_the_byte_bound_and_a_big_proposal_is_split_in_order() -> None:
+    # pysyncobj sends entries of APPEND_ENTRIES_BYTES or more in pieces (and mislabels the last
+    # piece); entries are kept far below that. 40 finishes with 2 x 64 KiB of output each are
+    # about 10 MiB: one proposal, answered once, with every reply in order.
+    raft, p = make()
+    try:
+        ops = [finish_op(i, 64 * 1024) for i in range(40)]
+        replies = p.propose_sync(ops, timeout=5.0)
+        assert [r.detail for r in replies] == [f"ok t{i}" for i in range(40)]
+        entries = [entry for _, entry in raft.entries]
+        assert [op for entry in entries for op in entry] == ops
+        assert len(entries) > 1
+        for entry in entries:
+            assert sum(op_bytes(op) for op in entry) <= ENTRY_BYTES
+            assert len(pickle.dumps(entry)) < APPEND_ENTRIES_BYTES // 4
+    finally:
+        p.stop()
+
+
+def test_a_split_proposal_fails_as_one_when_a_part_fails() -> None:
+    class FailSecond(FakeRaft):
+        def apply_ops(self, ops: list[Any], now: float, callback: Any) -> None:
+            with self.lock:
+                self.entries.append((time.monotonic(), list(ops)))
+                n = len(self.entries)
+            if n == 2:
+                callback(None, FAIL_REASON.LEADER_CHANGED)
+            else:
+                callback([Reply(True, "ok") for _ in ops], FAIL_REASON.SUCCESS)
+
+    raft = FailSecond()
+    p = Proposer(raft)  # type: ignore[arg-type]
+    answers: list[tuple[Any, int]] = []
+    done = threading.Event()
+
+    def answered(replies: list[Reply] | None, err: int) -> None:
+        answers.append((replies, err))
+        done.set()
+
+    try:
+        p.propose([finish_op(i, 64 * 1024) for i in range(40)], answered)
+        assert done.wait(5.0)
+        wait_for(lambda: len(raft.entries) >= 3, 5.0, "every part sent")
+        assert answers == [(None, FAIL_REASON.LEADER_CHANGED)]
+    finally:
+        p.stop()
+
+
+def test_small_operations_are_estimated_small() -> None:
+    spec = TaskSpec(task_id="a", memory=1, cores=1, storage=1, concurrent=True, conditions="",
+                    files=(), command="true")
+    assert op_bytes(("submit", spec)) < 1000
+    assert op_bytes(finish_op(1, 0)) < 1000
+    assert op_bytes(("claim", "a", "n1", 1)) < 1000
+    assert op_bytes(finish_op(1, 64 * 1024)) >= 4 * 64 * 1024  # two tails, maybe doubled
