@@ -12,6 +12,7 @@ import argparse
 import ctypes
 import datetime
 import os
+import shlex
 import shutil
 import signal
 import time
@@ -204,8 +205,9 @@ class FileRun(Generic[S]):
 
 
 def run_tasks_file(cluster: Cluster, name: str, ids: str, n: int, deadline: Deadline,
-                   caps: tuple[float, float], sample: Callable[[], S]) -> FileRun[S]:
-    """Write N trivial tasks (`true`, 1024 MB, 1 core, 1024 MB storage) with IDs `{ids}0` ...
+                   caps: tuple[float, float], sample: Callable[[], S],
+                   command: str = "true") -> FileRun[S]:
+    """Write N tasks (`command`, 1024 MB, 1 core, 1024 MB storage) with IDs `{ids}0` ...
     to `tasks-{name}.txt` in the cluster's root, then time, through the shell functions a user
     types, submitting that file and waiting for every task, and count the queue afterwards.
     `caps`: the most seconds the run and the queue listing may take (and what the deadline
@@ -214,7 +216,7 @@ def run_tasks_file(cluster: Cluster, name: str, ids: str, n: int, deadline: Dead
     path = os.path.join(cluster.root, f"tasks-{name}.txt")
     with open(path, "w") as f:
         for i in range(n):
-            f.write(f'1024 1 1024 true "" "" "true" {ids}{i}\n')
+            f.write(f'1024 1 1024 true "" "" {shlex.quote(command)} {ids}{i}\n')
     script = (
         "t0=$(date +%s.%N)\n"
         f"leoronic_add_tasks_from_file {path} >/dev/null || exit $?\n"

@@ -1,11 +1,13 @@
 """Throughput and idle latency of a 3-worker Leoronic cluster on loopback, against xargs.
 
     .venv/bin/python -m bench.throughput [--tasks N] [--rounds K] [--latency-samples M]
-                                         [--time-limit S]
+                                         [--command CMD] [--time-limit S]
 
 1. Starts 3 real `leoronic` workers on 127.0.0.1 (tests/cluster.py), each offering all the
    machine's cores; always stops them (by PID) and kills anything left behind.
 2. Baseline: `seq N | xargs -P CORES -I{} bash -c true`, timed with time.perf_counter.
+   With --command CMD, the tasks here and in step 3 run CMD instead of `true` (xargs sends
+   their output to /dev/null; Leoronic keeps it in files and replicates the last 64 KiB).
 3. Throughput: N tasks `1024 1 1024 true "" "" "true" ID` in a tasks file, timed end to end as
    `leoronic_add_tasks_from_file FILE && leoronic_wait` through the same shell functions a user
    types; phases (submit, run) split by timestamps inside that script; spread over nodes from
@@ -29,6 +31,7 @@ from __future__ import annotations
 import os
 import platform
 import secrets
+import shlex
 import signal
 import statistics
 import subprocess
@@ -72,9 +75,10 @@ def median(values: Sequence[float]) -> float:
 
 # ----- baseline -----------------------------------------------------------------------------
 
-def xargs_baseline(n: int, cores: int, deadline: Deadline) -> float:
-    """Seconds for `seq N | xargs -P CORES -I{} bash -c true` (own process group, bounded)."""
-    cmd = f"seq {n} | xargs -P {cores} -I{{}} bash -c true"
+def xargs_baseline(n: int, cores: int, deadline: Deadline, command: str = "true") -> float:
+    """Seconds for `seq N | xargs -P CORES -I{} bash -c COMMAND` (own process group, bounded;
+    the tasks' output goes to /dev/null)."""
+    cmd = f"seq {n} | xargs -P {cores} -I{{}} bash -c {shlex.quote(command)} >/dev/null 2>&1"
     t0 = time.perf_counter()
     p = subprocess.Popen(["bash", "-c", cmd], start_new_session=True)
     try:
@@ -109,9 +113,10 @@ def cpu_delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             "total": b["total"] - a["total"], "own": own}
 
 
-def throughput(cluster: Cluster, n: int, prefix: str, deadline: Deadline) -> dict[str, Any]:
+def throughput(cluster: Cluster, n: int, prefix: str, deadline: Deadline,
+               command: str = "true") -> dict[str, Any]:
     timed = run_tasks_file(cluster, prefix, f"{prefix}-bench-", n, deadline, (400, 60),
-                           lambda: cpu_snapshot(cluster))
+                           lambda: cpu_snapshot(cluster), command)
     w0, elapsed, states = timed.started, timed.wall_s, timed.states
     cpu = cpu_delta(timed.before, timed.after)
     submit_s, wait_s = timed.submit_s, timed.wait_s
@@ -240,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="throughput runs, each between two xargs runs")
     ap.add_argument("--latency-samples", type=int, default=50, help="idle latency samples")
+    ap.add_argument("--command", default="true",
+                    help="each task's command, for Leoronic and xargs alike (default: true)")
     ap.add_time_limit(600.0)
     ap.add_keep()
     args = ap.parse_positive(argv, "--tasks", "--rounds", "--latency-samples")
@@ -259,16 +266,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"cluster up in {time.perf_counter() - t0:.1f} s: "
             + ", ".join(f"{n.name}={n.address}" for n in cluster.nodes))
 
-        log(f"baseline: seq {args.tasks} | xargs -P {cores} -I{{}} bash -c true")
-        xargs_runs.append(xargs_baseline(args.tasks, cores, deadline))
+        log(f"baseline: seq {args.tasks} | xargs -P {cores} -I{{}} bash -c "
+            f"{shlex.quote(args.command)}")
+        xargs_runs.append(xargs_baseline(args.tasks, cores, deadline, args.command))
         log(f"  {xargs_runs[-1]:.2f} s = {args.tasks / xargs_runs[-1]:.0f} tasks/s")
         for k in range(args.rounds):
             log(f"throughput{f' (round {k + 1} of {args.rounds})' if args.rounds > 1 else ''}: "
                 f"{args.tasks} tasks via leoronic_add_tasks_from_file && leoronic_wait")
-            rounds.append(throughput(cluster, args.tasks, f"{prefix}{k}", deadline))
+            rounds.append(throughput(cluster, args.tasks, f"{prefix}{k}", deadline, args.command))
             log_run(rounds[-1], args.tasks, cores)
             log("baseline again (the box may be shared: the ratio uses the mean of both sides)")
-            xargs_runs.append(xargs_baseline(args.tasks, cores, deadline))
+            xargs_runs.append(xargs_baseline(args.tasks, cores, deadline, args.command))
             log(f"  {xargs_runs[-1]:.2f} s = {args.tasks / xargs_runs[-1]:.0f} tasks/s")
 
         log(f"idle latency: {args.latency_samples} single tasks via Client.submit")

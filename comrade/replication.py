@@ -84,7 +84,7 @@ def make_syncobj(
 ) -> SyncObj:
     """Start pysyncobj with the settings we learned the hard way (see ARCHITECTURE.md)."""
     os.makedirs(raft_dir, exist_ok=True)
-    raftmend.flush_partial_sends()
+    raftmend.mend()
     conf = SyncObjConf(
         journalFile=os.path.join(raft_dir, "journal"),
         fullDumpFile=os.path.join(raft_dir, "dump"),

@@ -14,8 +14,8 @@ from comrade import raftmend
 
 
 def test_a_message_bigger_than_the_socket_buffer_arrives_without_another_send() -> None:
-    assert raftmend.flush_partial_sends()
-    assert raftmend.flush_partial_sends()  # installing twice is harmless
+    assert raftmend.mend()
+    assert raftmend.mend()  # installing twice is harmless
     poller = createPoller("auto")
     a, b = socket.socketpair()
     a.setblocking(False)  # as pysyncobj's server and connect() leave them
@@ -39,3 +39,49 @@ def test_a_message_bigger_than_the_socket_buffer_arrives_without_another_send() 
     finally:
         sender.disconnect()
         receiver.disconnect()
+
+
+def test_messages_queued_behind_a_big_one_arrive_whole_and_in_order() -> None:
+    assert raftmend.mend()
+    poller = createPoller("auto")
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    received: list[Any] = []
+    sender = TcpConnection(poller, socket=a)
+    receiver = TcpConnection(poller, socket=b, onMessageReceived=received.append)
+    try:
+        sent = [{"n": i, "data": os.urandom(i * 1000)} for i in range(40)]
+        sent.insert(10, {"n": "big", "data": os.urandom(3 << 20)})
+        for message in sent:
+            sender.send(message)
+        for _ in range(1000):
+            if len(received) == len(sent):
+                break
+            poller.poll(0.01)
+        assert received == sent
+    finally:
+        sender.disconnect()
+        receiver.disconnect()
+
+
+def test_an_acknowledgement_never_moves_a_followers_next_index_back() -> None:
+    # pysyncobj's leader raises a follower's next index as it sends; its handler set it back to
+    # just after each acknowledged entry, so every entry still in flight was sent again.
+    class Leader:
+        def __init__(self) -> None:
+            self._SyncObj__raftNextIndex = {"f": 11}
+
+        def on_message(self, node: str, message: dict[str, Any]) -> None:  # as pysyncobj does
+            if message["reset"] or message["success"]:
+                self._SyncObj__raftNextIndex[node] = message["next_node_idx"]
+
+    handle = raftmend._keep_next_index(Leader.on_message)
+    leader = Leader()
+    ack = {"type": "next_node_idx", "next_node_idx": 8, "success": True, "reset": False}
+    handle(leader, "f", ack)
+    assert leader._SyncObj__raftNextIndex["f"] == 11  # entries 8-10 are in flight: not again
+    handle(leader, "f", dict(ack, next_node_idx=14))
+    assert leader._SyncObj__raftNextIndex["f"] == 14  # acknowledged past what it had
+    handle(leader, "f", dict(ack, next_node_idx=5, success=False, reset=True))
+    assert leader._SyncObj__raftNextIndex["f"] == 5  # a rejection still rewinds
