@@ -105,8 +105,9 @@ def make_syncobj(
 
 
 def op_bytes(op: Any) -> int:
-    """About how many bytes operation `op` adds to a Raft entry: output tails and commands
-    dominate. pysyncobj pickles an entry's bytes again with protocol 2, which can double them."""
+    """About how many bytes operation `op` adds to a Raft entry, on the safe side: output tails
+    and commands dominate, and are counted twice (pysyncobj's own pickle protocol, which
+    raftmend replaces, stored bytes of 128 and up in two)."""
     size = 200
     for arg in op[1:]:
         if isinstance(arg, Outcome):

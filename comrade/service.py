@@ -18,6 +18,7 @@ from comrade.errors import ClusterError, LeoronicError, UsageError
 from comrade.membership import protocol_mismatch
 from comrade.model import WAIT_OVER, Resources, Task, TaskSpec
 from comrade.queue import PROTOCOL
+from comrade.taskfields import command_too_long
 
 if TYPE_CHECKING:
     from comrade.node import Node
@@ -141,7 +142,7 @@ class Service:
         biggest = self._read(_largest)
         problems = self._read(lambda q: q.check_submit(list(specs)))
         for i, spec in enumerate(specs):
-            why = _impossible(spec, biggest)
+            why = _unrunnable(spec, biggest)
             if why:
                 problems.append((i, why))
         return sorted(problems)
@@ -150,7 +151,7 @@ class Service:
         """Queue tasks; returns (id, accepted, detail) for each. Impossible tasks are refused."""
         biggest = self._read(_largest)
         for spec in specs:
-            why = _impossible(spec, biggest)
+            why = _unrunnable(spec, biggest)
             if why:
                 raise UsageError(why)
         replies = self._propose([("submit", s) for s in specs])
@@ -358,6 +359,16 @@ def _largest(q: Any) -> dict[str, Any]:
             if value > best[field][0]:
                 best[field] = (value, name)
     return best
+
+
+def _unrunnable(spec: TaskSpec, biggest: dict[str, Any]) -> str:
+    """Why no node could ever run this task ('' if one could): a command too long for bash -c,
+    or more than any live node offers."""
+    if isinstance(spec, TaskSpec) and isinstance(spec.command, str):
+        why = command_too_long(spec.command, spec.task_id)
+        if why:
+            return why
+    return _impossible(spec, biggest)
 
 
 def _impossible(spec: TaskSpec, biggest: dict[str, Any]) -> str:

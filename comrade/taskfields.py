@@ -79,6 +79,31 @@ def new_task_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+#: The longest COMMAND that can run: it is one argument of `bash -c`, and Linux refuses a single
+#: argument (with its terminating NUL) longer than 128 KiB (MAX_ARG_STRLEN) with E2BIG.
+MAX_COMMAND_BYTES = 128 * 1024 - 1
+
+
+def command_problem(command: str) -> str:
+    """'' if `command` can run as `bash -c COMMAND`, else the one-line reason (with COMMAND:)."""
+    if not command.strip():
+        return "COMMAND: empty; give the bash command(s) to run"
+    if "\0" in command:
+        return "COMMAND: must not contain a NUL byte"
+    return command_too_long(command)
+
+
+def command_too_long(command: str, task_id: str = "") -> str:
+    """'' if `command` fits in one argument of `bash -c`, else the one-line reason."""
+    size = len(command.encode("utf-8", "surrogateescape"))
+    if size <= MAX_COMMAND_BYTES:
+        return ""
+    whose = f"task {task_id} has " if task_id else ""
+    return (f"COMMAND: {whose}{size} bytes, but Linux passes at most {MAX_COMMAND_BYTES} bytes "
+            "as the one argument of bash -c; put a longer script in a file and send it as a "
+            "necessary file")
+
+
 def parse_fields(args: Sequence[str], where: str = "") -> Fields:
     """Validate the 7 fields (and optional ID). `where` prefixes messages (e.g. 'line 3: ')."""
     try:
@@ -94,10 +119,9 @@ def parse_fields(args: Sequence[str], where: str = "") -> Fields:
             cond.parse(args[4])
         except cond.ConditionError as exc:
             raise UsageError(f"CONDITIONS: {exc}") from None
-        if not args[6].strip():
-            raise UsageError("COMMAND: empty; give the bash command(s) to run")
-        if "\0" in args[6]:
-            raise UsageError("COMMAND: must not contain a NUL byte")
+        problem = command_problem(args[6])
+        if problem:
+            raise UsageError(problem)
         task_id = args[7] if len(args) == 8 else new_task_id()
         try:
             cond.validate_task_id(task_id)

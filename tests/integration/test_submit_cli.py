@@ -13,6 +13,11 @@ import subprocess
 import time
 import uuid
 
+import pytest
+
+from comrade.client import Client
+from comrade.errors import UsageError
+from comrade.model import TaskSpec
 from tests.cluster import UTILITIES, Cluster, Result, wait_for
 
 EXIT_TASK_FAILED = 1
@@ -390,3 +395,28 @@ def test_tasks_with_large_random_output_replicate_cleanly(make_cluster) -> None:
         assert all(f"big{i} " in r.out for i in range(n)), (node.name, r)
     for node in c.nodes:
         assert "Traceback" not in node.log(), node.log()[-3000:]
+
+
+def test_a_command_too_long_for_bash_c_is_refused_before_anything_is_queued(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    # Linux passes at most 128 KiB as one argument: such a task could never start anywhere.
+    c = make_cluster(1)
+    long_command = "echo " + "x" * (128 * 1024)
+    with open(os.path.join(c.root, "long.tasks"), "w") as f:
+        f.write('1024 1 1024 true "" "" "echo fine" fine\n')
+        f.write(f'1024 1 1024 true "" "" "{long_command}" long\n')
+    r = c.sh(f"leoronic_add_tasks_from_file {c.root}/long.tasks")
+    err = one_line_error(r, EXIT_USAGE)
+    assert "line 2: COMMAND: 131077 bytes" in err and "bash -c" in err, r
+    assert queue(c) == {}, "nothing may be queued when one line is refused"
+
+    # The same through the Python client (the service checks it too).
+    with open(c.cookie_path) as f:
+        client = Client(c.nodes[0].address, f.read().strip())
+    try:
+        spec = TaskSpec(task_id="long2", memory=1024, cores=1, storage=1024, concurrent=True,
+                        conditions="", files=(), command=long_command)
+        with pytest.raises(UsageError, match=r"^COMMAND: task long2 has 131077 bytes, "):
+            client.submit([spec])
+    finally:
+        client.close()
+    assert queue(c) == {}

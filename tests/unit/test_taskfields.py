@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import shlex
+import subprocess
 from collections.abc import Callable
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from comrade.errors import UsageError
 from comrade.taskfields import (
     FIELDS,
+    MAX_COMMAND_BYTES,
     Fields,
     new_task_id,
     parse_bool,
@@ -120,6 +122,12 @@ FIELD_LIST = " ".join(FIELDS)
     (row(command=""), "COMMAND: empty; give the bash command(s) to run"),
     (row(command="  \n\t"), "COMMAND: empty; give the bash command(s) to run"),
     (row(command="echo \0"), "COMMAND: must not contain a NUL byte"),
+    (row(command=":" + " " * (128 * 1024 - 1)),
+     "COMMAND: 131072 bytes, but Linux passes at most 131071 bytes as the one argument of "
+     "bash -c; put a longer script in a file and send it as a necessary file"),
+    (row(command="echo " + "é" * 65534),  # counted in UTF-8 bytes, not characters
+     "COMMAND: 131073 bytes, but Linux passes at most 131071 bytes as the one argument of "
+     "bash -c; put a longer script in a file and send it as a necessary file"),
     (row()[:6], f"expected 7 fields ({FIELD_LIST}) and an optional ID, got 6"),
     (row("1", "1", "1", "true", "", "", "c", "id", "more"),
      f"expected 7 fields ({FIELD_LIST}) and an optional ID, got 9"),
@@ -248,3 +256,11 @@ def test_split_fields_examples(line: str, fields: list[str]) -> None:
 def test_split_fields_unbalanced_lines_raise_like_shlex(line: str) -> None:
     with pytest.raises(ValueError):
         split_fields(line)
+
+
+def test_the_longest_command_bash_c_can_take_is_accepted_and_runs() -> None:
+    command = ":" + " " * (MAX_COMMAND_BYTES - 1)
+    assert parse_fields(row(command=command)).command == command
+    assert subprocess.run(["bash", "-c", command]).returncode == 0
+    with pytest.raises(OSError):  # one byte more: the reason for the limit
+        subprocess.run(["bash", "-c", command + " "])
