@@ -53,7 +53,6 @@ from bench.common import (
     process_cpu,
     run_tasks_file,
 )
-from comrade.client import Client
 from comrade.model import TaskSpec
 from tests.cluster import Cluster, start_cluster
 
@@ -125,7 +124,7 @@ def throughput(cluster: Cluster, n: int, prefix: str, deadline: Deadline,
         spread[node if not node.isdigit() else "-"] += count
 
     # Per-task delays from the replicated records (one RPC each, after the timed part).
-    client = Client(cluster.nodes[0].address, read_cookie_file(cluster))
+    client = cluster.client()
     claim: list[float] = []  # submit proposed -> claim proposed
     spawn: list[float] = []  # claim proposed -> process spawned
     run: list[float] = []  # process spawned -> exited
@@ -166,13 +165,8 @@ def throughput(cluster: Cluster, n: int, prefix: str, deadline: Deadline,
 
 # ----- idle latency -------------------------------------------------------------------------
 
-def read_cookie_file(cluster: Cluster) -> str:
-    with open(cluster.cookie_path) as f:
-        return f.read().strip()
-
-
 def latency(cluster: Cluster, m: int, prefix: str, deadline: Deadline) -> dict[str, Any]:
-    client = Client(cluster.nodes[0].address, read_cookie_file(cluster))
+    client = cluster.client()
     lat: list[float] = []
     rpc: list[float] = []
     claim: list[float] = []

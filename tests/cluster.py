@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from comrade.client import Client
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEORONIC = os.path.join(REPO, "leoronic")
 UTILITIES = os.path.join(REPO, "leoronic_utilities.sh")
@@ -113,6 +115,11 @@ class Cluster:
             env["LEORONIC_NODE"] = target.address
         env.update(extra)
         return env
+
+    def client(self, node: NodeProc | None = None) -> Client:
+        """A Python client of `node` (default: the first) with the cluster's cookie; close it."""
+        with open(self.cookie_path) as f:
+            return Client((node or self.nodes[0]).address, f.read().strip())
 
     def start_node(self, *args: str, peer: NodeProc | None = None, name: str = "",
                    wait: bool = True) -> NodeProc:

@@ -46,7 +46,6 @@ from typing import Any
 
 import pytest
 
-from comrade.client import Client
 from comrade.isolation import load_results
 from tests import netns
 from tests.cluster import LEORONIC, UTILITIES, Cluster, NodeProc, start_cluster, wait_for
@@ -252,7 +251,7 @@ def submit_chunk(cluster: Cluster, path: Path, via: NodeProc, expected: list[str
 
 def fetch_all(cluster: Cluster, node: NodeProc, ids: Sequence[str]) -> tuple[list[Any], dict[str, Any]]:
     """`queue` rows and every task's full record, as `node` holds them."""
-    client = Client(node.address, open(cluster.cookie_path).read().strip())
+    client = cluster.client(node)
     try:
         rows = client.call("queue", retry_s=20)
         records = {tid: client.call("task", tid, retry_s=20) for tid in ids}
@@ -262,7 +261,7 @@ def fetch_all(cluster: Cluster, node: NodeProc, ids: Sequence[str]) -> tuple[lis
 
 
 def final_states(cluster: Cluster, node: NodeProc, ids: Sequence[str]) -> dict[str, str]:
-    client = Client(node.address, open(cluster.cookie_path).read().strip())
+    client = cluster.client(node)
     try:
         return {t: s for t, (s, _) in client.call("tasks", list(ids), retry_s=20).items()}
     finally:

@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from comrade.client import Client
 from tests.cluster import Cluster, NodeProc, Result, wait_for
 
 LEASE = 3.0
@@ -88,7 +87,7 @@ def submit(cluster: Cluster, command: str, conditions: str = "", task_id: str = 
 
 def record(cluster: Cluster, node: NodeProc, task_id: str, retry_s: float = 5) -> Any:
     """The replicated record of a task (with `.attempts`), read through `node`."""
-    client = Client(node.address, open(cluster.cookie_path).read().strip())
+    client = cluster.client(node)
     try:
         return client.call("task", task_id, retry_s=retry_s)
     finally:

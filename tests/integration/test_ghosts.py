@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from comrade import rpc
-from comrade.client import Client
 from tests.cluster import LEORONIC, Cluster, NodeProc, Result, free_port_pair, wait_for
 
 WORKER = ["--cores", "1", "--memory", "1G"]
@@ -137,7 +136,7 @@ def result(cluster: Cluster, task_id: str, node: NodeProc | None = None) -> Resu
 
 def record(cluster: Cluster, node: NodeProc, task_id: str) -> Any:
     """The replicated record of a task (with `.attempts`), read through `node`."""
-    client = Client(node.address, Path(cluster.cookie_path).read_text().strip())
+    client = cluster.client(node)
     try:
         return client.call("task", task_id, retry_s=5)
     finally:

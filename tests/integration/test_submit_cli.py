@@ -15,7 +15,6 @@ import uuid
 
 import pytest
 
-from comrade.client import Client
 from comrade.errors import UsageError
 from comrade.model import TaskSpec
 from tests.cluster import UTILITIES, Cluster, Result, wait_for
@@ -410,8 +409,7 @@ def test_a_command_too_long_for_bash_c_is_refused_before_anything_is_queued(make
     assert queue(c) == {}, "nothing may be queued when one line is refused"
 
     # The same through the Python client (the service checks it too).
-    with open(c.cookie_path) as f:
-        client = Client(c.nodes[0].address, f.read().strip())
+    client = c.client()
     try:
         spec = TaskSpec(task_id="long2", memory=1024, cores=1, storage=1024, concurrent=True,
                         conditions="", files=(), command=long_command)

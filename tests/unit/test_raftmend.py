@@ -13,56 +13,61 @@ from pysyncobj.tcp_connection import TcpConnection
 from comrade import raftmend
 
 
+class Pair:
+    """Two mended pysyncobj connections over a socket pair on one poller; `received` collects
+    what the second one gets. Only the poller runs, as in pysyncobj's tick loop."""
+
+    def __init__(self) -> None:
+        assert raftmend.mend()
+        self.poller = createPoller("auto")
+        a, b = socket.socketpair()
+        a.setblocking(False)  # as pysyncobj's server and connect() leave them
+        b.setblocking(False)
+        self.received: list[Any] = []
+        self.sender = TcpConnection(self.poller, socket=a)
+        self.receiver = TcpConnection(self.poller, socket=b,
+                                      onMessageReceived=self.received.append)
+
+    def poll_until(self, count: int, polls: int) -> None:
+        """Run the poller until `count` messages arrived, at most `polls` times."""
+        for _ in range(polls):
+            if len(self.received) >= count:
+                return
+            self.poller.poll(0.01)
+
+    def close(self) -> None:
+        self.sender.disconnect()
+        self.receiver.disconnect()
+
+
 def test_a_message_bigger_than_the_socket_buffer_arrives_without_another_send() -> None:
     assert raftmend.mend()
     assert raftmend.mend()  # installing twice is harmless
-    poller = createPoller("auto")
-    a, b = socket.socketpair()
-    a.setblocking(False)  # as pysyncobj's server and connect() leave them
-    b.setblocking(False)
-    received: list[Any] = []
-    sender = TcpConnection(poller, socket=a)
-    receiver = TcpConnection(poller, socket=b, onMessageReceived=received.append)
+    pair = Pair()
     try:
-        for _ in range(3):  # both connected and idle: the first writable events are handled
-            poller.poll(0.01)
+        pair.poll_until(1, 3)  # both connected and idle: the first writable events are handled
         payload = os.urandom(4 << 20)  # incompressible, far beyond the socket's buffer
-        sender.send({"type": "append_entries", "data": payload})
-        # Only the poller runs from here on, as in pysyncobj's tick loop with nothing else to
-        # send; without the mend the message stops at what the first write took.
-        for _ in range(500):
-            if received:
-                break
-            poller.poll(0.01)
-        assert len(received) == 1, "the message stalled in the sender's buffer"
-        assert received[0]["data"] == payload
+        pair.sender.send({"type": "append_entries", "data": payload})
+        # Nothing else is sent from here on; without the mend the message stops at what the
+        # first write took.
+        pair.poll_until(1, 500)
+        assert len(pair.received) == 1, "the message stalled in the sender's buffer"
+        assert pair.received[0]["data"] == payload
     finally:
-        sender.disconnect()
-        receiver.disconnect()
+        pair.close()
 
 
 def test_messages_queued_behind_a_big_one_arrive_whole_and_in_order() -> None:
-    assert raftmend.mend()
-    poller = createPoller("auto")
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    received: list[Any] = []
-    sender = TcpConnection(poller, socket=a)
-    receiver = TcpConnection(poller, socket=b, onMessageReceived=received.append)
+    pair = Pair()
     try:
         sent = [{"n": i, "data": os.urandom(i * 1000)} for i in range(40)]
         sent.insert(10, {"n": "big", "data": os.urandom(3 << 20)})
         for message in sent:
-            sender.send(message)
-        for _ in range(1000):
-            if len(received) == len(sent):
-                break
-            poller.poll(0.01)
-        assert received == sent
+            pair.sender.send(message)
+        pair.poll_until(len(sent), 1000)
+        assert pair.received == sent
     finally:
-        sender.disconnect()
-        receiver.disconnect()
+        pair.close()
 
 
 def test_an_acknowledgement_never_moves_a_followers_next_index_back() -> None:
