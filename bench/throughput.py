@@ -1,10 +1,11 @@
 """Throughput and idle latency of a 3-worker Leoronic cluster on loopback, against xargs.
 
     .venv/bin/python -m bench.throughput [--tasks N] [--rounds K] [--latency-samples M]
-                                         [--command CMD] [--time-limit S]
+                                         [--command CMD] [--nodes W] [--time-limit S]
 
-1. Starts 3 real `leoronic` workers on 127.0.0.1 (tests/cluster.py), each offering all the
-   machine's cores; always stops them (by PID) and kills anything left behind.
+1. Starts 3 (or W) real `leoronic` workers on 127.0.0.1 (tests/cluster.py), each offering all
+   the machine's cores; always stops them (by PID) and kills anything left behind. `--nodes 1`
+   measures a newcomer's one-node cluster.
 2. Baseline: `seq N | xargs -P CORES -I{} bash -c true`, timed with time.perf_counter.
    With --command CMD, the tasks here and in step 3 run CMD instead of `true` (xargs sends
    their output to /dev/null; Leoronic keeps it in files and replicates the last 64 KiB).
@@ -241,9 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--latency-samples", type=int, default=50, help="idle latency samples")
     ap.add_argument("--command", default="true",
                     help="each task's command, for Leoronic and xargs alike (default: true)")
+    ap.add_argument("--nodes", type=int, default=3, help="workers in the cluster (default: 3)")
     ap.add_time_limit(600.0)
     ap.add_keep()
-    args = ap.parse_positive(argv, "--tasks", "--rounds", "--latency-samples")
+    args = ap.parse_positive(argv, "--tasks", "--rounds", "--latency-samples", "--nodes")
 
     cores = psutil.cpu_count() or os.cpu_count() or 1
     prefix = f"r{secrets.token_hex(3)}"
@@ -254,9 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     lt: dict[str, Any] = {}
     xargs_runs: list[float] = []
     with bench:
-        log(f"starting 3 workers in {root} (run {prefix})")
+        log(f"starting {args.nodes} workers in {root} (run {prefix})")
         t0 = time.perf_counter()
-        cluster = bench.stop_on_exit(start_cluster(os.path.join(root, "cluster"), 3))
+        cluster = bench.stop_on_exit(start_cluster(os.path.join(root, "cluster"), args.nodes))
         log(f"cluster up in {time.perf_counter() - t0:.1f} s: "
             + ", ".join(f"{n.name}={n.address}" for n in cluster.nodes))
 
@@ -283,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = args.tasks
     x_rate = n / statistics.mean(xargs_runs) if xargs_runs else float("nan")
     bench.print_figures_header(f"uname -m: {platform.machine()}; cores: {cores}; "
-                               f"python: {platform.python_version()}")
+                               f"python: {platform.python_version()}; workers: {args.nodes}")
     ratios = [(n / tp["elapsed"]) / (n / statistics.mean(xargs_runs[k:k + 2]))
               for k, tp in enumerate(rounds) if len(xargs_runs) > k + 1]
     for k, tp in enumerate(rounds[:len(ratios)]):

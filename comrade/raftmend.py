@@ -28,6 +28,12 @@ more, because of how `TcpConnection` handles a message:
   while connecting or after one found data left over. A send that leaves bytes behind now
   subscribes the connection to them: a task with 2 x 64 KiB of random output went from about
   170 ms to being final on every node to about 55 ms.
+- A cluster of one node committed each entry only on its next tick, up to 50 ms later: the
+  leader appends what was proposed at the end of a tick, then sleeps in its poller until a
+  message or the tick period wakes it, and with no followers no acknowledgement comes. A
+  newcomer's one-node cluster took about 50 ms to accept a task and 150 ms to run `true`
+  (three nodes: 1 and 7 ms). After appending with no other node, the leader now wakes its
+  own poller, so the next tick commits at once.
 
 These rely on pysyncobj's private names; where one is missing (another version) nothing is
 changed and the log says so.
@@ -58,6 +64,8 @@ _P = "_TcpConnection__"  # prefix of TcpConnection's private names
 _NEEDED = ("trySendBuffer", "processSend", "processRead", "processParseMessage",
            "processConnection")
 _ON_MESSAGE = "_SyncObj__onMessageReceived"
+_CHECK_COMMANDS = "_checkCommandsToApply"
+_ALONE = ("_SyncObj__otherNodes", "_SyncObj__getCurrentLogIndex", "_SyncObj__pipeNotifier")
 _NEXT_INDEX = "_SyncObj__raftNextIndex"
 _EVENTS = POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR
 _installed = False
@@ -70,7 +78,8 @@ def mend() -> bool:
         return True
     cls: Any = tcp_connection.TcpConnection
     missing = [name for name in _NEEDED if not hasattr(cls, _P + name)]
-    missing += [name for name in (_ON_MESSAGE,) if not hasattr(syncobj.SyncObj, name)]
+    missing += [name for name in (_ON_MESSAGE, _CHECK_COMMANDS, _ALONE[1])
+                if not hasattr(syncobj.SyncObj, name)]
     if missing or not hasattr(syncobj_pickle, "__protocol"):
         log.warning("pysyncobj internals changed (%s missing): its transport is used unmended",
                     ", ".join(missing) or "__protocol")
@@ -81,6 +90,8 @@ def mend() -> bool:
     setattr(cls, _P + "processRead", _process_read)
     setattr(cls, _P + "processParseMessage", _process_parse_message)
     setattr(syncobj.SyncObj, _ON_MESSAGE, _keep_next_index(getattr(syncobj.SyncObj, _ON_MESSAGE)))
+    setattr(syncobj.SyncObj, _CHECK_COMMANDS,
+            _commit_alone_at_once(getattr(syncobj.SyncObj, _CHECK_COMMANDS)))
     _installed = True
     return True
 
@@ -99,6 +110,22 @@ def _keep_next_index(on_message: Any) -> Any:
         if before is not None and next_index.get(node, before) < before:
             next_index[node] = before
     return handle
+
+
+def _commit_alone_at_once(check_commands: Any) -> Any:
+    """Wrap SyncObj's `_checkCommandsToApply` (which appends proposed commands to the leader's
+    log at the end of a tick): when it appended something and the node has no other member,
+    wake the poller, so the next tick commits it now rather than after the tick period."""
+    others, last_index, notifier = _ALONE
+
+    def check(self: Any) -> None:
+        before = getattr(self, last_index)()
+        check_commands(self)
+        if not getattr(self, others) and getattr(self, last_index)() != before:
+            pipe = getattr(self, notifier, None)  # absent where pysyncobj has no pipe notifier
+            if pipe is not None:
+                pipe.notify()
+    return check
 
 
 def _buffer(conn: Any, name: str) -> bytearray:

@@ -13,7 +13,7 @@ import pytest
 from comrade import node as node_mod
 from comrade.config import Config
 from comrade.model import NodeInfo, Outcome, Resources, TaskSpec
-from comrade.node import GIVE_BACK_S, Node
+from comrade.node import AHEAD_MAX, GIVE_BACK_S, Node
 from comrade.resources import FixedProbe
 
 GiB = 1024**3
@@ -156,6 +156,16 @@ def test_room_to_claim_ahead_follows_the_start_rate(tmp_path: Any, clock: Clock)
     assert n._ahead_room(clock.now)[0] == int(100 * n.cfg.claim_ahead_s) - 1
     clock.now += 1.0  # those starts are over a second old: the rate is 0 again
     assert n._ahead_room(clock.now)[0] <= 0
+
+
+def test_room_to_claim_ahead_keeps_up_with_a_fast_node(tmp_path: Any, clock: Clock) -> None:
+    # Claims ride in Raft entries sent at most every 50 ms while the node is busy, so the room
+    # bounds what the node can start: a cap of 24 held a lone node at 24 / 0.05 = 480 tasks/s.
+    n, ex, prop = make_node(tmp_path, cores=2)
+    n._starts.extend([clock.now - 0.5] * 1500)  # 1,500 starts in the last second
+    assert n._ahead_room(clock.now)[0] == int(1500 * n.cfg.claim_ahead_s)
+    n._starts.extend([clock.now - 0.5] * 100_000)
+    assert n._ahead_room(clock.now)[0] == AHEAD_MAX  # still bounded
 
 
 def test_room_to_claim_ahead_is_known_from_run_times_before_a_second_passes(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any
 
+from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.poller import createPoller
 from pysyncobj.tcp_connection import TcpConnection
 
@@ -90,3 +92,41 @@ def test_an_acknowledgement_never_moves_a_followers_next_index_back() -> None:
     assert leader._SyncObj__raftNextIndex["f"] == 14  # acknowledged past what it had
     handle(leader, "f", dict(ack, next_node_idx=5, success=False, reset=True))
     assert leader._SyncObj__raftNextIndex["f"] == 5  # a rejection still rewinds
+
+
+def test_a_cluster_of_one_commits_without_waiting_for_its_next_tick(tmp_path: Any) -> None:
+    # The leader appends proposals at the end of a tick and then sleeps in its poller for the
+    # tick period; with no follower to acknowledge, nothing woke it before the mend. With a
+    # 2 s period, a commit that waited for the tick would miss the 1 s timeout below.
+    assert raftmend.mend()
+
+    class Counter(SyncObjConsumer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.value = 0
+
+        @replicated
+        def add(self, n: int) -> int:
+            self.value += n
+            return self.value
+
+    counter = Counter()
+    port = free_port()
+    conf = SyncObjConf(autoTickPeriod=2.0, appendEntriesUseBatch=False, password="secret",
+                       journalFile=str(tmp_path / "journal"), fullDumpFile=str(tmp_path / "dump"))
+    node = SyncObj(f"127.0.0.1:{port}", [], conf=conf, consumers=[counter])
+    try:
+        deadline = time.monotonic() + 15
+        while node._getLeader() is None:  # a lone node elects itself after its election timeout
+            assert time.monotonic() < deadline, "the node never became leader"
+            time.sleep(0.01)
+        for expected in (1, 2, 3):
+            assert counter.add(1, sync=True, timeout=1.0) == expected
+    finally:
+        node.destroy()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
