@@ -95,9 +95,13 @@ class Node:
         self._waiting_since: dict[tuple[str, int], float] = {}  # claimed, not started yet
         self._given_back: dict[tuple[str, int], float] = {}  # release proposed at (monotonic)
         self._waiting_n = 0  # claims waiting here to start, as of the last reconcile
+        self._claims: list[tuple[tuple[str, int], TaskSpec]] = []  # this life's, submit order
+        self._known_claims: tuple[Any, int] | None = None  # (queue, applied) _claims is of
+        self._recheck_at = float("inf")  # when a claim waiting here is due to be given back
         self._planned_gen = -1  # applied_gen when claims were last planned
         self._avoid: dict[str, float] = {}  # task id -> until when this node does not claim it
         self._rewake = threading.Event()
+        self._pass_queued = False  # a NodeActor pass is queued and has not begun (wake)
         self._unsent: list[Any] = []  # finishes waiting for the next pass's Raft entry
         self._unsent_lock = threading.Lock()
         self._file_locks: dict[str, threading.Lock] = {}  # sha -> lock: one fetch of a file
@@ -257,16 +261,45 @@ class Node:
     # ----- reconcile and schedule (NodeActor thread) -----------------------------------------
 
     def wake(self) -> None:
-        """Ask the NodeActor for a reconcile-and-schedule pass (any thread; it coalesces)."""
-        if self.actor is not None:
-            self.actor.tell("wake")
+        """Ask the NodeActor for a reconcile-and-schedule pass (any thread). Wakes coalesce:
+        while a pass is queued and has not begun, no other is queued (the pass clears the flag
+        before it reads anything, so it sees what the wakes it absorbed were about)."""
+        if self.actor is not None and not self._pass_queued:
+            self._pass_queued = True
+            self.actor.tell("pass")
 
     def reconcile(self) -> None:
         """Start the claims the state gave us as their resources free up here (a task claimed
         ahead waits for a running one to end); cancel runners the state took away; give back
         claims that could not start within GIVE_BACK_S (a claim given back never starts here;
-        the release is proposed again every RELEASE_RETRY_S until it is applied)."""
+        the release is proposed again every RELEASE_RETRY_S until it is applied).
+
+        The claims are read from the state only when it changed since the last pass, or when
+        a claim is due to be given back: a pass after a task ended here, with nothing applied
+        meanwhile, only starts the next of the claims it already knows, which is most passes
+        of a busy node (reading and sorting its claims each time cost a lone node 0.13 ms per
+        task)."""
         now = time.monotonic()
+        queue = self.consumer.queue
+        stamp = (queue, queue.applied)  # read before the state: a change after it comes again
+        known = self._known_claims
+        full = known is None or known[0] is not stamp[0] or known[1] != stamp[1] \
+            or now >= self._recheck_at
+        if full:
+            self._known_claims = stamp
+            self._read_claims()
+        waiting = [(key, spec) for key, spec in self._claims if not self.handled(key)]
+        start = self.fitting(waiting, list(self._runners.values()))
+        for key, spec in start:
+            self._waiting_since.pop(key, None)
+            self._start_runner(spec, key[1])
+        self._waiting_n = len(waiting) - len(start)
+        if full:
+            self._give_back(waiting[len(start):], now)
+
+    def _read_claims(self) -> None:
+        """From the state: this life's claims on this node, in submit order (`_claims`); and
+        forget the runners, finishes and give-backs of attempts no longer assigned here."""
         with self.lock:
             queue = self.consumer.queue
             mine = {(t.spec.task_id, t.attempt): t.spec
@@ -283,15 +316,13 @@ class Node:
             for key in list(table):
                 if key not in mine:
                     del table[key]
-        waiting = [(key, spec) for key, spec in mine.items()
-                   if not self.handled(key)
-                   and key in self._claimed_here]  # a previous life's: see _release_stale
-        start = self.fitting(waiting, list(self._runners.values()))
-        for key, spec in start:
-            self._waiting_since.pop(key, None)
-            self._start_runner(spec, key[1])
-        self._waiting_n = len(waiting) - len(start)
-        give_back = [key for key, _ in waiting[len(start):]
+        self._claims = [(key, spec) for key, spec in mine.items()
+                        if key in self._claimed_here]  # a previous life's: see _release_stale
+
+    def _give_back(self, waiting: list[tuple[tuple[str, int], TaskSpec]], now: float) -> None:
+        """Give back the `waiting` claims that have waited here GIVE_BACK_S, and propose again
+        the releases unapplied for RELEASE_RETRY_S; `_recheck_at` is when the next is due."""
+        give_back = [key for key, _ in waiting
                      if self._waiting_since.setdefault(key, now) <= now - GIVE_BACK_S]
         give_back += [key for key, since in self._given_back.items()
                       if since <= now - RELEASE_RETRY_S]
@@ -304,6 +335,11 @@ class Node:
                 ("release", tid, self.name, attempt,
                  f"not started here within {GIVE_BACK_S:.0f} s of being claimed")
                 for tid, attempt in give_back])
+        self._recheck_at = min(
+            [self._waiting_since[key] + GIVE_BACK_S for key, _ in waiting
+             if key in self._waiting_since]
+            + [since + RELEASE_RETRY_S for since in self._given_back.values()],
+            default=float("inf"))
 
     def handled(self, key: tuple[str, int]) -> bool:
         """True if this node must not start this attempt now: it runs it (or isolated mode's
@@ -737,22 +773,15 @@ class Node:
 
 
 class NodeActor(pykka.ThreadingActor):
-    """Serializes reconcile + schedule passes; coalesces wake-ups."""
+    """Serializes reconcile + schedule passes (`Node.wake` coalesces the requests)."""
 
     def __init__(self, node: Node) -> None:
         super().__init__()
         self.node = node
-        self._wanted = False
 
     def on_receive(self, message: Any) -> Any:
-        if message == "wake":
-            # Drain: many wakes queued while we worked collapse into one pass.
-            if self._wanted:
-                return None
-            self._wanted = True
-            self.actor_ref.tell("pass")
-        elif message == "pass":
-            self._wanted = False
+        if message == "pass":
+            self.node._pass_queued = False  # before reading: a wake from now on queues a pass
             try:
                 if self.node.isolation.active:
                     self.node.isolation.step()

@@ -206,6 +206,24 @@ def test_planning_is_skipped_only_while_claims_wait_and_nothing_new_was_applied(
     assert [op[:2] for op in prop.ops] == [("finish", "t1")]
 
 
+def test_a_pass_after_a_local_end_starts_the_next_claim_without_reading_the_state_again(
+        tmp_path: Any, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    n, ex, prop = make_node(tmp_path, cores=1)
+    claim(n, "t1", "t2", "t3", "t4")
+    n.reconcile()  # t1 runs; t2-t4 (claimed ahead) wait for the core
+    reads: list[str] = []
+    running_on = n.consumer.queue.running_on
+    monkeypatch.setattr(n.consumer.queue, "running_on",
+                        lambda name: reads.append(name) or running_on(name))
+    n._report_finish("t1", 1, Outcome(0, 0.0, 1.0))  # nothing applied since the last pass
+    n.reconcile()
+    assert ex.started == [("t1", 1), ("t2", 1)] and reads == []
+    apply(n, ("delete", "t3"))  # the state changed: a claim taken away must not start
+    n._report_finish("t2", 1, Outcome(0, 0.0, 1.0))
+    n.reconcile()
+    assert ex.started == [("t1", 1), ("t2", 1), ("t4", 1)] and reads == ["a"]
+
+
 def test_isolated_mode_does_not_rerun_a_task_that_ended_during_it(tmp_path: Any, clock: Clock) -> None:
     n, ex, prop = make_node(tmp_path, cores=1)
     claim(n, "t1", "t2")
