@@ -18,7 +18,7 @@ from comrade.errors import ClusterError, LeoronicError, UsageError
 from comrade.membership import protocol_mismatch
 from comrade.model import WAIT_OVER, Resources, Task, TaskSpec
 from comrade.queue import PROTOCOL
-from comrade.taskfields import command_too_long
+from comrade.taskfields import command_too_long, conditions_too_long
 
 if TYPE_CHECKING:
     from comrade.node import Node
@@ -363,9 +363,13 @@ def _largest(q: Any) -> dict[str, Any]:
 
 def _unrunnable(spec: TaskSpec, biggest: dict[str, Any]) -> str:
     """Why no node could ever run this task ('' if one could): a command too long for bash -c,
-    or more than any live node offers."""
+    conditions longer than taken, or more than any live node offers."""
     if isinstance(spec, TaskSpec) and isinstance(spec.command, str):
         why = command_too_long(spec.command, spec.task_id)
+        if why:
+            return why
+    if isinstance(spec, TaskSpec) and isinstance(spec.conditions, str):
+        why = conditions_too_long(spec.conditions, spec.task_id)
         if why:
             return why
     return _impossible(spec, biggest)

@@ -95,13 +95,31 @@ def command_problem(command: str) -> str:
 
 def command_too_long(command: str, task_id: str = "") -> str:
     """'' if `command` fits in one argument of `bash -c`, else the one-line reason."""
-    size = len(command.encode("utf-8", "surrogateescape"))
-    if size <= MAX_COMMAND_BYTES:
+    return _too_long("COMMAND", command, MAX_COMMAND_BYTES, task_id,
+                     f"but Linux passes at most {MAX_COMMAND_BYTES} bytes as the one argument of "
+                     "bash -c; put a longer script in a file and send it as a necessary file")
+
+
+def _too_long(field: str, text: str, limit: int, task_id: str, rest: str) -> str:
+    """'' if `text` has at most `limit` bytes in UTF-8, else `FIELD: [task ID has ]N bytes, rest`."""
+    size = len(text.encode("utf-8", "surrogateescape"))
+    if size <= limit:
         return ""
     whose = f"task {task_id} has " if task_id else ""
-    return (f"COMMAND: {whose}{size} bytes, but Linux passes at most {MAX_COMMAND_BYTES} bytes "
-            "as the one argument of bash -c; put a longer script in a file and send it as a "
-            "necessary file")
+    return f"{field}: {whose}{size} bytes, {rest}"
+
+
+#: The longest CONDITIONS: it is kept in every replica's record of the task and re-read by the
+#: scheduler. 64 KiB is about 3,800 `queue:after ID` dependencies; beyond that, name the tasks
+#: to wait for by their command with `queue:all_with_cmd_done REGEX`.
+MAX_CONDITIONS_BYTES = 64 * 1024
+
+
+def conditions_too_long(conditions: str, task_id: str = "") -> str:
+    """'' if `conditions` is within MAX_CONDITIONS_BYTES, else the one-line reason."""
+    return _too_long("CONDITIONS", conditions, MAX_CONDITIONS_BYTES, task_id,
+                     f"at most {MAX_CONDITIONS_BYTES} are taken; to wait for many tasks, match "
+                     "their commands with queue:all_with_cmd_done REGEX")
 
 
 def parse_fields(args: Sequence[str], where: str = "") -> Fields:
@@ -115,6 +133,9 @@ def parse_fields(args: Sequence[str], where: str = "") -> Fields:
         cores = parse_cores(args[1])
         storage = parse_bytes(args[2], "STORAGE")
         concurrent = parse_bool(args[3])
+        problem = conditions_too_long(args[4])
+        if problem:
+            raise UsageError(problem)
         try:
             cond.parse(args[4])
         except cond.ConditionError as exc:

@@ -396,24 +396,27 @@ def test_tasks_with_large_random_output_replicate_cleanly(make_cluster) -> None:
         assert "Traceback" not in node.log(), node.log()[-3000:]
 
 
-def test_a_command_too_long_for_bash_c_is_refused_before_anything_is_queued(make_cluster) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("field, conditions, command, size, hint", [
     # Linux passes at most 128 KiB as one argument: such a task could never start anywhere.
+    ("COMMAND", "", "echo " + "x" * (128 * 1024), 131077, "bash -c"),
+    ("CONDITIONS", "queue:after fine;" * 4000, "echo after", 68000, "all_with_cmd_done"),
+])
+def test_a_field_longer_than_taken_is_refused_before_anything_is_queued(  # type: ignore[no-untyped-def]
+        make_cluster, field: str, conditions: str, command: str, size: int, hint: str) -> None:
     c = make_cluster(1)
-    long_command = "echo " + "x" * (128 * 1024)
     with open(os.path.join(c.root, "long.tasks"), "w") as f:
         f.write('1024 1 1024 true "" "" "echo fine" fine\n')
-        f.write(f'1024 1 1024 true "" "" "{long_command}" long\n')
+        f.write(f'1024 1 1024 true "{conditions}" "" "{command}" long\n')
     r = c.sh(f"leoronic_add_tasks_from_file {c.root}/long.tasks")
     err = one_line_error(r, EXIT_USAGE)
-    assert "line 2: COMMAND: 131077 bytes" in err and "bash -c" in err, r
+    assert f"line 2: {field}: {size} bytes" in err and hint in err, r
     assert queue(c) == {}, "nothing may be queued when one line is refused"
 
-    # The same through the Python client (the service checks it too).
-    client = c.client()
+    client = c.client()  # the service checks it too, for Python clients
     try:
         spec = TaskSpec(task_id="long2", memory=1024, cores=1, storage=1024, concurrent=True,
-                        conditions="", files=(), command=long_command)
-        with pytest.raises(UsageError, match=r"^COMMAND: task long2 has 131077 bytes, "):
+                        conditions=conditions, files=(), command=command)
+        with pytest.raises(UsageError, match=rf"^{field}: task long2 has {size} bytes, "):
             client.submit([spec])
     finally:
         client.close()

@@ -14,6 +14,7 @@ from comrade.errors import UsageError
 from comrade.taskfields import (
     FIELDS,
     MAX_COMMAND_BYTES,
+    MAX_CONDITIONS_BYTES,
     Fields,
     new_task_id,
     parse_bool,
@@ -138,6 +139,9 @@ FIELD_LIST = " ".join(FIELDS)
      f"ID: task id '{'x' * 129}' is not valid {ID_RULE}"),
     (row(conditions="foo"),
      "CONDITIONS: condition 1 'foo': unknown scope 'foo'; expected one of queue, worker"),
+    (row(conditions="queue:after a;" * 4682),  # 14 bytes each: 65548
+     "CONDITIONS: 65548 bytes, at most 65536 are taken; to wait for many tasks, match their "
+     "commands with queue:all_with_cmd_done REGEX"),
     (row(conditions="queue:after"),
      "CONDITIONS: condition 1 'queue:after': predicate 'after' needs an argument (a task id)"),
     (row(conditions="worker:tag gpu; queue:nope"),
@@ -264,3 +268,9 @@ def test_the_longest_command_bash_c_can_take_is_accepted_and_runs() -> None:
     assert subprocess.run(["bash", "-c", command]).returncode == 0
     with pytest.raises(OSError):  # one byte more: the reason for the limit
         subprocess.run(["bash", "-c", command + " "])
+
+
+def test_conditions_up_to_the_limit_are_taken() -> None:
+    conditions = ("queue:after a;" * 4681).ljust(MAX_CONDITIONS_BYTES)  # 65534 bytes, then spaces
+    assert len(conditions) == MAX_CONDITIONS_BYTES
+    assert parse_fields(row(conditions=conditions)).conditions == conditions
