@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
@@ -13,6 +12,7 @@ from pysyncobj.poller import createPoller
 from pysyncobj.tcp_connection import TcpConnection
 
 from comrade import raftmend
+from tests.cluster import free_port_pair, wait_for
 
 
 class Pair:
@@ -111,22 +111,15 @@ def test_a_cluster_of_one_commits_without_waiting_for_its_next_tick(tmp_path: An
             return self.value
 
     counter = Counter()
-    port = free_port()
+    port = free_port_pair()
     conf = SyncObjConf(autoTickPeriod=2.0, appendEntriesUseBatch=False, password="secret",
                        journalFile=str(tmp_path / "journal"), fullDumpFile=str(tmp_path / "dump"))
     node = SyncObj(f"127.0.0.1:{port}", [], conf=conf, consumers=[counter])
     try:
-        deadline = time.monotonic() + 15
-        while node._getLeader() is None:  # a lone node elects itself after its election timeout
-            assert time.monotonic() < deadline, "the node never became leader"
-            time.sleep(0.01)
+        # A lone node elects itself after its election timeout, on a tick.
+        wait_for(node._getLeader, timeout=15, what="the node to become leader", interval=0.01)
         for expected in (1, 2, 3):
             assert counter.add(1, sync=True, timeout=1.0) == expected
     finally:
         node.destroy()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
