@@ -364,14 +364,12 @@ def _largest(q: Any) -> dict[str, Any]:
 def _unrunnable(spec: TaskSpec, biggest: dict[str, Any]) -> str:
     """Why no node could ever run this task ('' if one could): a command too long for bash -c,
     conditions longer than taken, or more than any live node offers."""
-    if isinstance(spec, TaskSpec) and isinstance(spec.command, str):
-        why = command_too_long(spec.command, spec.task_id)
-        if why:
-            return why
-    if isinstance(spec, TaskSpec) and isinstance(spec.conditions, str):
-        why = conditions_too_long(spec.conditions, spec.task_id)
-        if why:
-            return why
+    if isinstance(spec, TaskSpec):
+        for too_long, text in ((command_too_long, spec.command),
+                               (conditions_too_long, spec.conditions)):
+            why = too_long(text, spec.task_id) if isinstance(text, str) else ""
+            if why:
+                return why
     return _impossible(spec, biggest)
 
 
