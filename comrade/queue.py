@@ -112,6 +112,7 @@ class Queue:
         self._queued_unsorted = False
         self._pending: dict[int, str] = {}  # queued or running, seq -> id, seq order
         self._running: dict[str, set[str]] = {name: set() for name in self.nodes}
+        self._exclusive: dict[str, int] = {}  # node -> non-concurrent tasks in _running
         self._conditional: set[str] = set()  # queued tasks with queue-scope conditions
         self._parsed: dict[str, tuple[cond.Condition, ...]] = {}
         self._settle = True  # a final state was reached: re-check dependents
@@ -122,7 +123,7 @@ class Queue:
             if not task.state.final:
                 self._pending[task.seq] = task.spec.task_id
             if task.state is State.RUNNING and task.node is not None:
-                self._running.setdefault(task.node, set()).add(task.spec.task_id)
+                self._run_on(task.node, task)
             if task.state is State.QUEUED and self._has_queue_conditions(task):
                 self._conditional.add(task.spec.task_id)
 
@@ -223,7 +224,7 @@ class Queue:
         running = self._running.setdefault(node, set())
         if running and not task.spec.concurrent:
             return Reply(False, "task is not concurrent and the node is busy")
-        if any(not self.tasks[t].spec.concurrent for t in running):
+        if self._exclusive.get(node):
             return Reply(False, "node runs a non-concurrent task")
         task.state = State.RUNNING
         task.attempt = attempt
@@ -231,7 +232,7 @@ class Queue:
         task.attempts.append(Attempt(number=attempt, node=node, start=now))
         del self._queued[task.seq]
         self._conditional.discard(task_id)
-        running.add(task_id)
+        self._run_on(node, task)
         return OK
 
     def finish(
@@ -363,7 +364,7 @@ class Queue:
             task.attempt = number
             task.node = node
             task.attempts.append(replace(run, end=None, exit_code=None))
-            self._running.setdefault(node, set()).add(task_id)
+            self._run_on(node, task)
             self.finish(task_id, node, number, outcome, now=now)
             task.attempts[-1] = replace(task.attempts[-1], why="isolated run")
             merged += 1
@@ -510,8 +511,23 @@ class Queue:
     ) -> None:
         last = task.attempts[-1]
         task.attempts[-1] = replace(last, end=now, exit_code=exit_code, why=why)
-        if task.node is not None:
-            self._running.get(task.node, set()).discard(task.spec.task_id)
+        self._not_running(task)
+
+    def _run_on(self, node: str, task: Task) -> None:
+        """Count `task` among those running on `node`."""
+        running = self._running.setdefault(node, set())
+        if task.spec.task_id not in running:
+            running.add(task.spec.task_id)
+            if not task.spec.concurrent:
+                self._exclusive[node] = self._exclusive.get(node, 0) + 1
+
+    def _not_running(self, task: Task) -> None:
+        """No longer count `task` among those running on its node (if it was)."""
+        running = self._running.get(task.node, set()) if task.node is not None else set()
+        if task.spec.task_id in running:
+            running.discard(task.spec.task_id)
+            if not task.spec.concurrent:
+                self._exclusive[task.node] -= 1  # type: ignore[index]
 
     def _keep_tails(self, task: Task) -> None:
         """Account for the output tails `task.outcome` now holds (it was just set or cleared),
@@ -546,8 +562,7 @@ class Queue:
         self._pending.pop(task.seq, None)
         self._conditional.discard(task.spec.task_id)
         self._parsed.pop(task.spec.task_id, None)  # a cache for deciding runs: parsed again if asked
-        if task.node is not None:
-            self._running.get(task.node, set()).discard(task.spec.task_id)
+        self._not_running(task)
 
     def _drop_node(self, node: str, why: str, now: float) -> Reply:
         ns = self.nodes.get(node)

@@ -545,6 +545,8 @@ def check_invariants(q: Queue) -> None:
         assert all(t.state is State.RUNNING and t.node == name for t in running)
         if len(running) > 1:
             assert all(t.spec.concurrent for t in running), name
+        # The count a claim checks instead of looking at every running task.
+        assert q._exclusive.get(name, 0) == sum(not t.spec.concurrent for t in running), name
     assert q.pending_count() == len(q.tasks) - sum(t.state.final for t in q.tasks.values())
     # Forgetting never takes a task a queued one depends on by id.
     for t in q.queued():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import zlib
 from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
@@ -70,6 +71,16 @@ def test_messages_queued_behind_a_big_one_arrive_whole_and_in_order() -> None:
         assert pair.received == sent
     finally:
         pair.close()
+
+
+def test_small_messages_get_a_small_window_that_any_zlib_reader_inflates() -> None:
+    for size in (0, 200, raftmend.SMALL_MESSAGE, raftmend.SMALL_MESSAGE + 1, 100_000):
+        data = bytes(range(256)) * (size // 256) + os.urandom(size % 256)
+        packed = raftmend.compress(data)
+        assert zlib.decompress(packed) == data  # as pysyncobj's own reader does
+        window = 1 << ((packed[0] >> 4) + 8)  # from the zlib header (RFC 1950)
+        assert window == (4096 if size <= raftmend.SMALL_MESSAGE else 32768)
+        assert len(packed) < size / 10 + 300  # still compressed
 
 
 def test_an_acknowledgement_never_moves_a_followers_next_index_back() -> None:
