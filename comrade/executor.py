@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import selectors
+import select
 import shutil
 import signal
 import threading
@@ -103,24 +103,31 @@ def remove_task_files(items: Iterable[str]) -> None:
 
 
 class Reaper:
-    """One thread that waits for many children to exit, using pidfds."""
+    """One thread that waits for many children to exit: their pidfds in one epoll set.
+
+    `watch` adds a child's pidfd to the set from the caller's thread (an epoll set may change
+    while another thread waits on it), so the reaper thread wakes only when a child exits,
+    not also for every child started.
+    """
 
     def __init__(self) -> None:
-        self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-        self._lock = threading.Lock()
-        self._adds: list[tuple[Child, Callable[[int], None]]] = []
+        self._epoll = select.epoll()
+        self._wake_r, self._wake_w = os.pipe()  # for stop()
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        self._watched: dict[int, tuple[Child, Callable[[int], None]]] = {}  # by pidfd
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="reaper", daemon=True)
         self._thread.start()
 
     def watch(self, child: Child, on_exit: Callable[[int], None]) -> None:
         """Reap `child` when it exits and call `on_exit(returncode)` (on the reaper thread)."""
-        with self._lock:
-            self._adds.append((child, on_exit))
-        os.write(self._wake_w, b"x")
+        try:
+            fd = os.pidfd_open(child.pid)
+        except ProcessLookupError:  # reaped elsewhere (cannot happen: only we wait for it)
+            on_exit(child.reap())
+            return
+        self._watched[fd] = (child, on_exit)  # before the reaper thread can see the fd
+        self._epoll.register(fd, select.EPOLLIN)
 
     def stop(self) -> None:
         """Stop the reaper thread."""
@@ -129,31 +136,18 @@ class Reaper:
 
     def _run(self) -> None:
         while not self._stopped:
-            for key, _ in self._sel.select():
-                if key.data is None:
-                    with contextlib.suppress(BlockingIOError):  # drained already: nothing to read
-                        os.read(self._wake_r, 4096)
-                    self._register_new()
-                    continue
-                child, on_exit, fd = key.data
-                self._sel.unregister(fd)
+            for fd, _ in self._epoll.poll():
+                watched = self._watched.pop(fd, None)
+                if watched is None:
+                    continue  # the wake pipe: the loop ends
+                self._epoll.unregister(fd)
                 os.close(fd)
+                child, on_exit = watched
                 rc = child.reap()
                 try:
                     on_exit(rc)
                 except Exception:
                     log.exception("exit callback failed for pid %s", child.pid)
-
-    def _register_new(self) -> None:
-        with self._lock:
-            adds, self._adds = self._adds, []
-        for child, on_exit in adds:
-            try:
-                fd = os.pidfd_open(child.pid)
-            except ProcessLookupError:  # reaped elsewhere (cannot happen: only we wait for it)
-                on_exit(child.reap())
-                continue
-            self._sel.register(fd, selectors.EVENT_READ, (child, on_exit, fd))
 
 
 @dataclass

@@ -295,8 +295,10 @@ class Ghost:
             return
         self._drop_reported(finished)
         self.workers = reply["workers"] or self.workers
-        self._reconcile(set(map(tuple, reply["assigned"])))
-        for spec, attempt in reply["tasks"]:
+        delivered = [(spec, attempt) for spec, attempt in reply["tasks"]]
+        self._reconcile(set(map(tuple, reply["assigned"])),
+                        {(spec.task_id, attempt) for spec, attempt in delivered})
+        for spec, attempt in delivered:
             self._start(spec, attempt)
         if full and not reply["tasks"]:
             with self.lock:
@@ -319,14 +321,33 @@ class Ghost:
             except LeoronicError:
                 self._stop.wait(0.5)  # pacing between reconnection attempts
 
-    def _reconcile(self, assigned: set[tuple[str, int]]) -> None:
-        """Kill runs the cluster no longer assigns to us (deleted, or requeued after a lease)."""
+    def _reconcile(self, assigned: set[tuple[str, int]], delivered: set[tuple[str, int]]) -> None:
+        """Match what runs here with what the cluster says runs here (`assigned`; `delivered`:
+        the claims this poll brought, not started yet). Kill runs it no longer assigns to us
+        (deleted, or requeued after a lease). Give back attempts it assigns to us that we do
+        not run and have not finished: claimed for us, but the poll that claimed them never
+        answered (its clairvoyant died, or the answer came after we gave up on it), or
+        claimed in an earlier life of this ghost. Our heartbeats keep such a claim alive, so
+        without this the task would wait forever. A release is fenced by the attempt: one
+        whose finish is applied first is refused."""
         with self.lock:
             stale = [k for k in self.state.running if k not in assigned]
+            ended = {(task_id, attempt) for task_id, attempt, _ in self.state.finished}
+            lost = sorted(k for k in assigned
+                          if k not in self.state.running and k not in ended and k not in delivered)
         for key in stale:
             self.executor.cancel(key, "no longer assigned to this ghost")
             with self.lock:
                 self._forget(key)
+        for task_id, attempt in lost:
+            log.warning("task %s attempt %d is assigned to this ghost but never reached it: "
+                        "giving it back", task_id, attempt)
+            try:
+                rpc.call(self.clairvoyant, self.cfg.cookie, "ghost_release", self.name, task_id,
+                         attempt, "claimed for this ghost, but the claim never reached it",
+                         timeout=self.cfg.switch_after_s)
+            except LeoronicError as exc:  # the next poll finds it again
+                log.warning("could not give back task %s: %s", task_id, exc)
 
     def _start(self, spec: TaskSpec, attempt: int) -> None:
         with self.lock:

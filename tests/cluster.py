@@ -38,10 +38,24 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condi
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
+def _port_range() -> tuple[int, int]:
+    """Where test ports come from: below the kernel's range of ephemeral ports if there is room
+    (Linux: 32768-60999). A port in that range can be taken by any outgoing connection while
+    a test's node is down, and the node, restarted, could not listen on its port again."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return (10000, low - 2) if low > 12000 else (20000, 59000)
+
+
 def free_port_pair() -> int:
-    """A port P such that P and P+1 are both free on 127.0.0.1."""
+    """A port P such that P and P+1 are both free on 127.0.0.1 (and, where the system allows,
+    outside the ephemeral range, so a node's port is still free when it restarts)."""
+    low, high = _port_range()
     for _ in range(200):
-        port = random.randint(20000, 59000)
+        port = random.randint(low, high)
         try:
             with socket.socket() as a, socket.socket() as b:
                 a.bind(("127.0.0.1", port))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from comrade import rpc
+from comrade.model import Resources
 from tests.cluster import LEORONIC, Cluster, NodeProc, Result, free_port_pair, wait_for
 
 WORKER = ["--cores", "1", "--memory", "1G"]
@@ -378,6 +379,41 @@ def test_ghost_releases_a_task_whose_file_no_node_can_supply(make_cluster, tmp_p
     add_task(cluster, "echo fine on $LEORONIC_NODE_NAME", task_id="after")
     wait_done(cluster, ["after"])
     assert result(cluster, "after").out == "fine on g1\n"
+
+
+def test_a_claim_that_never_reached_its_ghost_is_given_back_and_runs(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """A poll can claim tasks for a ghost and never answer it (its clairvoyant dies in
+    between, or the answer comes after the ghost gave up). The cluster then says the ghost
+    runs the task, the ghost knows nothing of it, and its heartbeats keep the claim alive:
+    the ghost must give such a claim back. Here a poll in the ghost's name, from the test,
+    plays the poll whose answer was lost."""
+    cluster: Cluster = make_cluster(1, [WORKER])
+    [ghost] = start_ghosts(cluster, [("g1", GHOST)])
+    # Only a ghost holding the file "marker" may run it: g1 has none yet, the stand-in poll
+    # says it has, so the stand-in claims it and g1's own polls cannot.
+    tid = add_task(cluster, "echo ran on $LEORONIC_NODE_NAME attempt $LEORONIC_ATTEMPT",
+                   conditions="worker:has_file marker", task_id="lost-claim")
+    cookie = Path(cluster.cookie_path).read_text().strip()
+    free = Resources(memory=4 << 30, cores=2, storage=1 << 40)
+    reply = rpc.call(cluster.nodes[0].address, cookie, "ghost_poll", "g1", free, ["marker"], [],
+                     5.0)
+    assert [(spec.task_id, attempt) for spec, attempt in reply["tasks"]] == [(tid, 1)], reply
+
+    def given_back() -> Any:
+        rec = record(cluster, cluster.nodes[0], tid)
+        return rec if rec.state.value == "queued" and rec.attempts else None
+    rec = wait_for(given_back, 20, "g1 to give back the claim it never got", interval=0.2)
+    [first] = rec.attempts
+    assert (first.number, first.node) == (1, "g1"), first
+    assert first.why == "released: claimed for this ghost, but the claim never reached it", first
+    assert "never reached it: giving it back" in ghost.log()
+
+    # Now g1 has the file: it claims the task itself and runs it.
+    os.makedirs(os.path.join(ghost.home, "files"), exist_ok=True)
+    Path(ghost.home, "files", "marker").write_text("here\n")
+    wait_done(cluster, [tid])
+    r = result(cluster, tid)
+    assert (r.rc, r.out) == (0, "ran on g1 attempt 2\n"), r
 
 
 def test_ghost_collects_garbage_like_a_worker(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
