@@ -99,6 +99,11 @@ def choose(workers: Sequence[str], target: str, skip: Sequence[str] = ()) -> str
     return pick
 
 
+#: Why a ghost gives back an attempt assigned to it that it does not run.
+LOST_CLAIM = "assigned to this ghost, which does not run it (the claim never reached it, " \
+    "or the ghost restarted)"
+
+
 @dataclass
 class _State:
     running: dict[tuple[str, int], TaskSpec] = field(default_factory=dict)
@@ -340,12 +345,11 @@ class Ghost:
             with self.lock:
                 self._forget(key)
         for task_id, attempt in lost:
-            log.warning("task %s attempt %d is assigned to this ghost but never reached it: "
+            log.warning("task %s attempt %d is assigned to this ghost, which does not run it: "
                         "giving it back", task_id, attempt)
             try:
                 rpc.call(self.clairvoyant, self.cfg.cookie, "ghost_release", self.name, task_id,
-                         attempt, "claimed for this ghost, but the claim never reached it",
-                         timeout=self.cfg.switch_after_s)
+                         attempt, LOST_CLAIM, timeout=self.cfg.switch_after_s)
             except LeoronicError as exc:  # the next poll finds it again
                 log.warning("could not give back task %s: %s", task_id, exc)
 

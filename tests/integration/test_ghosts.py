@@ -22,6 +22,7 @@ from typing import Any
 
 from comrade import rpc
 from comrade.model import Resources
+from ghost.ghost import LOST_CLAIM
 from tests.cluster import LEORONIC, Cluster, NodeProc, Result, free_port_pair, wait_for
 
 WORKER = ["--cores", "1", "--memory", "1G"]
@@ -405,8 +406,8 @@ def test_a_claim_that_never_reached_its_ghost_is_given_back_and_runs(make_cluste
     rec = wait_for(given_back, 20, "g1 to give back the claim it never got", interval=0.2)
     [first] = rec.attempts
     assert (first.number, first.node) == (1, "g1"), first
-    assert first.why == "released: claimed for this ghost, but the claim never reached it", first
-    assert "never reached it: giving it back" in ghost.log()
+    assert first.why == f"released: {LOST_CLAIM}", first
+    assert "which does not run it: giving it back" in ghost.log()
 
     # Now g1 has the file: it claims the task itself and runs it.
     os.makedirs(os.path.join(ghost.home, "files"), exist_ok=True)
@@ -414,6 +415,26 @@ def test_a_claim_that_never_reached_its_ghost_is_given_back_and_runs(make_cluste
     wait_done(cluster, [tid])
     r = result(cluster, tid)
     assert (r.rc, r.out) == (0, "ran on g1 attempt 2\n"), r
+
+
+def test_a_ghost_restarted_within_its_lease_gives_back_its_previous_lifes_tasks(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """A ghost killed and started again (same name and home) before its lease runs out keeps
+    its place in the cluster, and with it the claims of its previous life, whose processes
+    its start killed. It gives them back on its first poll instead of holding them forever."""
+    cluster: Cluster = make_cluster(1, [WORKER])
+    [ghost] = start_ghosts(cluster, [("g1", GHOST)])
+    tid = add_task(cluster, 'if [ "$LEORONIC_ATTEMPT" = 1 ]; then sleep 60; fi; '
+                            'echo "attempt $LEORONIC_ATTEMPT on $LEORONIC_NODE_NAME"', task_id="reborn")
+    wait_for(lambda: (t := record(cluster, cluster.nodes[0], tid)).state.value == "running"
+             and t.node == "g1", 20, "the task to run on g1", interval=0.1)
+    cluster.kill(ghost, signal.SIGKILL)
+    cluster.launch(ghost)  # back well within the 10 s lease
+    wait_done(cluster, [tid], timeout=30)
+    rec = record(cluster, cluster.nodes[0], tid)
+    first, second = rec.attempts
+    assert (first.number, first.node, first.why) == (1, "g1", f"released: {LOST_CLAIM}"), first
+    assert (second.number, second.node, second.exit_code) == (2, "g1", 0), second
+    assert result(cluster, tid).out == "attempt 2 on g1\n"
 
 
 def test_ghost_collects_garbage_like_a_worker(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
