@@ -127,6 +127,7 @@ class Ghost:
         self.store = FileStore(os.path.join(cfg.home, "store"))
         self.files_dir = os.path.join(cfg.home, "files")
         self.state = _State()
+        self._unknown: set[tuple[str, int]] = set()  # assigned here, not run: see _reconcile
         self.executor = Executor(self.name, self.paths, self._prepare, time.time,
                                  lambda: self.clairvoyant)
         self.lock = threading.Lock()
@@ -333,13 +334,19 @@ class Ghost:
         not run and have not finished: claimed for us, but the poll that claimed them never
         answered (its clairvoyant died, or the answer came after we gave up on it), or
         claimed in an earlier life of this ghost. Our heartbeats keep such a claim alive, so
-        without this the task would wait forever. A release is fenced by the attempt: one
-        whose finish is applied first is refused."""
+        without this the task would wait forever.
+
+        Only an attempt unknown here in two answers in a row goes back: an answer may have
+        been written just before the finish of a task that ended here was applied, while our
+        report of it went through and was forgotten here (the release would be refused, as
+        releases are fenced by the attempt, but it would be noise)."""
         with self.lock:
             stale = [k for k in self.state.running if k not in assigned]
             ended = {(task_id, attempt) for task_id, attempt, _ in self.state.finished}
-            lost = sorted(k for k in assigned
-                          if k not in self.state.running and k not in ended and k not in delivered)
+            unknown = {k for k in assigned
+                       if k not in self.state.running and k not in ended and k not in delivered}
+            lost = sorted(unknown & self._unknown)
+            self._unknown = unknown
         for key in stale:
             self.executor.cancel(key, "no longer assigned to this ghost")
             with self.lock:
