@@ -1,0 +1,75 @@
+"""How a ghost matches what it runs with what the cluster says it runs (`Ghost._reconcile`).
+
+A real `Ghost` (its executor and server on 127.0.0.1, never attached); its calls to the
+clairvoyant are recorded instead of sent. The whole flow, with real processes, is in
+tests/integration/test_ghosts.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from comrade.model import Outcome, TaskSpec
+from ghost import ghost as ghost_module
+from ghost.ghost import LOST_CLAIM, Ghost, GhostConfig
+from tests.cluster import free_port_pair
+
+Key = tuple[str, int]
+
+
+@pytest.fixture
+def ghost(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Ghost, list[Key]]]:
+    """A ghost and the (task id, attempt) pairs it gave back, in order."""
+    released: list[Key] = []
+
+    def call(address: str, cookie: str, method: str, *args: Any, **kwargs: Any) -> bool:
+        assert method == "ghost_release", method
+        name, task_id, attempt, reason = args
+        assert (name, reason) == ("g1", LOST_CLAIM)
+        released.append((task_id, attempt))
+        return True
+
+    monkeypatch.setattr(ghost_module.rpc, "call", call)
+    g = Ghost(GhostConfig(home=str(tmp_path / "home"), cookie="secret", port=free_port_pair(),
+                          bind="127.0.0.1", name="g1", cores=1, memory=1 << 30, storage=1 << 30))
+    g.clairvoyant = "127.0.0.1:9"
+    try:
+        yield g, released
+    finally:
+        g.stop()
+
+
+def spec(task_id: str) -> TaskSpec:
+    return TaskSpec(task_id, 1024, 1, 1024, True, "", (), "true")
+
+
+def test_an_attempt_assigned_but_not_run_here_goes_back_after_two_answers(ghost: Any) -> None:
+    g, released = ghost
+    g._reconcile({("lost", 1)}, set())
+    assert released == []  # one answer may predate the apply of a finish
+    g._reconcile({("lost", 1)}, set())
+    assert released == [("lost", 1)]
+
+
+def test_what_runs_finished_or_just_arrived_here_never_goes_back(ghost: Any) -> None:
+    g, released = ghost
+    g.state.running[("running", 1)] = spec("running")
+    g.state.finished.append(("ended", 1, Outcome(0, 1.0, 2.0, b"", b"", 0, 0)))
+    assigned = {("running", 1), ("ended", 1), ("delivered", 1)}
+    for _ in range(3):
+        g._reconcile(assigned, {("delivered", 1)})
+    assert released == []
+    assert ("running", 1) in g.state.running  # and it was not killed
+
+
+def test_an_attempt_unknown_in_answers_that_are_not_consecutive_stays(ghost: Any) -> None:
+    g, released = ghost
+    g._reconcile({("flicker", 1)}, set())
+    g._reconcile(set(), set())
+    g._reconcile({("flicker", 1)}, set())
+    assert released == []
+    g._reconcile({("flicker", 1)}, set())
+    assert released == [("flicker", 1)]
