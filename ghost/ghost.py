@@ -301,10 +301,9 @@ class Ghost:
             return
         self._drop_reported(finished)
         self.workers = reply["workers"] or self.workers
-        delivered = [(spec, attempt) for spec, attempt in reply["tasks"]]
         self._reconcile(set(map(tuple, reply["assigned"])),
-                        {(spec.task_id, attempt) for spec, attempt in delivered})
-        for spec, attempt in delivered:
+                        {(spec.task_id, attempt) for spec, attempt in reply["tasks"]})
+        for spec, attempt in reply["tasks"]:
             self._start(spec, attempt)
         if full and not reply["tasks"]:
             with self.lock:
@@ -354,11 +353,17 @@ class Ghost:
         for task_id, attempt in lost:
             log.warning("task %s attempt %d is assigned to this ghost, which does not run it: "
                         "giving it back", task_id, attempt)
-            try:
-                rpc.call(self.clairvoyant, self.cfg.cookie, "ghost_release", self.name, task_id,
-                         attempt, LOST_CLAIM, timeout=self.cfg.switch_after_s)
-            except LeoronicError as exc:  # the next poll finds it again
-                log.warning("could not give back task %s: %s", task_id, exc)
+            self._release(task_id, attempt, LOST_CLAIM)  # if it fails, the next poll retries
+
+    def _release(self, task_id: str, attempt: int, reason: str) -> bool:
+        """Give an attempt back to the queue through the clairvoyant; False if unreachable."""
+        try:
+            rpc.call(self.clairvoyant, self.cfg.cookie, "ghost_release", self.name, task_id,
+                     attempt, reason, timeout=self.cfg.switch_after_s)
+            return True
+        except LeoronicError as exc:
+            log.warning("could not release task %s: %s", task_id, exc)
+            return False
 
     def _start(self, spec: TaskSpec, attempt: int) -> None:
         with self.lock:
@@ -382,13 +387,7 @@ class Ghost:
         """Starting failed: release the task through the clairvoyant, as a worker would; if
         the clairvoyant cannot be reached, report the attempt as failed (exit 127)."""
         log.error("task %s attempt %d could not run: %s", task_id, attempt, reason)
-        try:
-            rpc.call(self.clairvoyant, self.cfg.cookie, "ghost_release", self.name, task_id,
-                     attempt, reason, timeout=self.cfg.switch_after_s)
-            released = True
-        except LeoronicError as exc:
-            log.warning("could not release task %s: %s", task_id, exc)
-            released = False
+        released = self._release(task_id, attempt, reason)
         with self.lock:
             self._forget((task_id, attempt))
             if not released:

@@ -394,10 +394,12 @@ def test_a_claim_that_never_reached_its_ghost_is_given_back_and_runs(make_cluste
     # says it has, so the stand-in claims it and g1's own polls cannot.
     tid = add_task(cluster, "echo ran on $LEORONIC_NODE_NAME attempt $LEORONIC_ATTEMPT",
                    conditions="worker:has_file marker", task_id="lost-claim")
-    cookie = Path(cluster.cookie_path).read_text().strip()
     free = Resources(memory=4 << 30, cores=2, storage=1 << 40)
-    reply = rpc.call(cluster.nodes[0].address, cookie, "ghost_poll", "g1", free, ["marker"], [],
-                     5.0)
+    client = cluster.client()
+    try:
+        reply = client.call("ghost_poll", "g1", free, ["marker"], [], 5.0)
+    finally:
+        client.close()
     assert [(spec.task_id, attempt) for spec, attempt in reply["tasks"]] == [(tid, 1)], reply
 
     def given_back() -> Any:
