@@ -5,6 +5,8 @@ from __future__ import annotations
 import builtins
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -122,20 +124,48 @@ def test_listed_twice(tmp_path: Path) -> None:
 
 
 def test_unreadable_chmod(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip(
-            "running as root: root reads a mode-000 file anyway, so chmod cannot make it "
-            "unreadable (the monkeypatched test below covers the message)"
-        )
-    secret = tmp_path / "secret.txt"
-    secret.write_bytes(b"x")
-    secret.chmod(0)
+    """A mode-000 file. Root reads it anyway, so as root the check runs in a forked child
+    that first drops to the unprivileged uid/gid 65534 (nobody), in a directory it may enter."""
+    folder = Path(tempfile.mkdtemp(dir="/tmp")) if os.geteuid() == 0 else tmp_path
     try:
-        assert error_of("secret.txt", tmp_path) == (
+        folder.chmod(0o755)
+        secret = folder / "secret.txt"
+        secret.write_bytes(b"x")
+        secret.chmod(0)
+        assert unprivileged_error_of("secret.txt", folder) == (
             f"necessary file 'secret.txt': not readable ({os.strerror(13)})"
         )
     finally:
-        secret.chmod(0o644)
+        if folder != tmp_path:
+            shutil.rmtree(folder)
+
+
+def unprivileged_error_of(field: str, cwd: Path) -> str:
+    """`error_of`, in a child without root's rights when this process has them."""
+    if os.geteuid() != 0:
+        return error_of(field, cwd)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop the rights, check, write the message, leave at once
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                read_files_field(field, MAX, cwd=str(cwd))
+                message = "no error"
+            except FileError as exc:
+                message = str(exc)
+            os.write(w, message.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        message = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return message
 
 
 def test_unreadable_open_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
