@@ -13,6 +13,7 @@ every copy is identical. Rules that keep it safe:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -320,12 +321,15 @@ class Queue:
         return forgettable_in(list(self.tasks.values()), self.needed(), ended_before)
 
     def needed(self) -> Callable[[Task], bool]:
-        """Whether a finished task must be kept for a queued task's conditions: named by its
-        `queue:after`/`after_ok`, or submitted before one with a `queue:all_with_cmd_*`
-        condition (whose verdict it could change)."""
+        """Whether a finished task must be kept for an unfinished task's conditions: named by
+        its `queue:after`/`after_ok`, or submitted before one with a `queue:all_with_cmd_*`
+        condition (whose verdict it could change). A running task counts too: it goes back to
+        the queue, its conditions to be met again, if its node dies or it exits non-zero with
+        retries left (kept only for queued ones, such a task failed as "unknown task")."""
         named: set[str] = set()
         cmd_before = 0
-        for task_id in self._conditional:
+        running = (t for ids in self._running.values() for t in ids)
+        for task_id in itertools.chain(self._conditional, running):
             waiting = self.tasks[task_id]
             for c in self.conditions_of(waiting):
                 if c.predicate in ("after", "after_ok") and c.argument is not None:

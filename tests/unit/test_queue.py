@@ -548,8 +548,8 @@ def check_invariants(q: Queue) -> None:
         # The count a claim checks instead of looking at every running task.
         assert q._exclusive.get(name, 0) == sum(not t.spec.concurrent for t in running), name
     assert q.pending_count() == len(q.tasks) - sum(t.state.final for t in q.tasks.values())
-    # Forgetting never takes a task a queued one depends on by id.
-    for t in q.queued():
+    # Forgetting never takes a task an unfinished one depends on by id.
+    for t in [t for t in q.tasks.values() if not t.state.final]:
         for c in q.conditions_of(t):
             if c.predicate in ("after", "after_ok"):
                 assert c.argument in q.tasks, (t.spec.task_id, c)
@@ -771,6 +771,26 @@ def test_forget_keeps_what_a_queued_task_depends_on(q: Queue) -> None:
     assert q.forgettable(100.0) == ["x-early", "other", "all"]
     ok(q, ("delete", "after"))
     assert q.forgettable(100.0) == ["dep", "x-early", "other", "after", "all"]
+
+
+def test_forget_keeps_what_a_running_task_depends_on_for_its_retry(q: Queue) -> None:
+    """A running task goes back to the queue, its conditions to be met again, when it exits
+    non-zero with retries left or its node dies: what it depends on stays until it is final
+    (forgotten, the retry failed with "can never run: unknown task")."""
+    run_to_end(q, "dep")
+    ok(q, ("submit", spec("t", conditions="queue:after_ok dep", retries=1)))
+    ok(q, ("claim", "t", "a", 1))
+    assert q.forgettable(100.0) == []
+    assert ok(q, ("forget", ["dep"])).detail == "forgot 0 of 1"
+    ok(q, ("finish", "t", "a", 1, out(1)))
+    assert state(q, "t") is State.QUEUED and q.get("t").reason == ""  # type: ignore[union-attr]
+    ok(q, ("claim", "t", "b", 2))
+    ok(q, ("expire_node", "b"))  # its node dies: back to the queue again
+    assert state(q, "t") is State.QUEUED and q.get("dep") is not None
+    ok(q, ("join", info("b")))
+    ok(q, ("claim", "t", "b", 3))
+    ok(q, ("finish", "t", "b", 3, out(0)))
+    assert q.forgettable(100.0) == ["dep", "t"]
 
 
 def test_forget_refuses_what_is_not_a_list_of_ids(q: Queue) -> None:
