@@ -26,7 +26,7 @@ from comrade import taskfields
 from comrade.client import Client, read_cookie
 from comrade.config import DEFAULT_PORT, Config, default_home
 from comrade.errors import EXIT_USAGE, LeoronicError, TaskFailed, UsageError
-from comrade.model import WAIT_OVER, State
+from comrade.model import WAIT_OVER, State, format_duration
 
 EXIT_NOT_FINISHED = 5
 
@@ -244,25 +244,34 @@ def ghost(target: str, **opts: Any) -> None:
 
 # ----- submitting -----------------------------------------------------------------------------
 
+_TIME_LIMIT_HELP = ("Stop each attempt after this long: SIGTERM to its process group, SIGKILL "
+                    "5 s later (LEORONIC_TIME_LIMIT; 90, 90s, 15m, 1.5h, 2d; default 0: none).")
+
+
 @main.command("add-task", context_settings={"ignore_unknown_options": True})
 @click.option("--retries", type=int, default=None, envvar="LEORONIC_RETRIES",
-              help="Extra attempts after a non-zero exit (LEORONIC_RETRIES; default 0).")
+              help="Extra attempts after a non-zero exit or a time limit (LEORONIC_RETRIES; "
+                   "default 0).")
+@click.option("--time-limit", default=None, envvar="LEORONIC_TIME_LIMIT", help=_TIME_LIMIT_HELP)
 @click.option("--no-rename", is_flag=True, envvar="LEORONIC_NO_RENAME",
               help="Keep necessary files' original names (LEORONIC_NO_RENAME=1).")
 @click.argument("fields", nargs=-1, required=True)
 @friendly
-def add_task(fields: Sequence[str], retries: int | None, no_rename: bool) -> None:
+def add_task(fields: Sequence[str], retries: int | None, time_limit: str | None,
+             no_rename: bool) -> None:
     """Queue one task: MEM CORES STORAGE CONCURRENT CONDITIONS FILES COMMAND [ID]."""
     parsed = taskfields.parse_fields(list(fields))
-    _submit([parsed], retries, no_rename)
+    _submit([parsed], retries, time_limit, no_rename)
 
 
 @main.command("add-tasks-from-file")
 @click.option("--retries", type=int, default=None, envvar="LEORONIC_RETRIES")
+@click.option("--time-limit", default=None, envvar="LEORONIC_TIME_LIMIT", help=_TIME_LIMIT_HELP)
 @click.option("--no-rename", is_flag=True, envvar="LEORONIC_NO_RENAME")
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
 @friendly
-def add_tasks_from_file(path: str, retries: int | None, no_rename: bool) -> None:
+def add_tasks_from_file(path: str, retries: int | None, time_limit: str | None,
+                        no_rename: bool) -> None:
     """Queue one task per line (same fields, shell-quoted); all lines are checked first."""
     try:
         text = sys.stdin.read() if path == "-" else open(path).read()
@@ -272,15 +281,17 @@ def add_tasks_from_file(path: str, retries: int | None, no_rename: bool) -> None
     rows = [taskfields.parse_fields(f, where=f"line {n}: ") for n, f in lines]
     if not rows:
         raise UsageError(f"FILE: {path} holds no tasks")
-    _submit(rows, retries, no_rename, [f"line {n}: " for n, _ in lines])
+    _submit(rows, retries, time_limit, no_rename, [f"line {n}: " for n, _ in lines])
 
 
-def _submit(rows: list[taskfields.Fields], retries: int | None, no_rename: bool,
-            labels: Sequence[str] = ()) -> None:
+def _submit(rows: list[taskfields.Fields], retries: int | None, time_limit: str | None,
+            no_rename: bool, labels: Sequence[str] = ()) -> None:
     if retries is not None and retries < 0:
         raise UsageError(f"--retries: must be 0 or more, got {retries}")
+    limit = taskfields.parse_duration(time_limit, "--time-limit") if time_limit else 0.0
     client = Client()
-    specs, uploads = client.build_specs(rows, retries=retries or 0, rename=not no_rename)
+    specs, uploads = client.build_specs(rows, retries=retries or 0, rename=not no_rename,
+                                        time_limit=limit)
     client.upload(uploads)
     click.echo("\n".join(client.submit(specs, labels)))  # one write for a million ids
 
@@ -338,6 +349,9 @@ def result(task_id: str) -> None:
         _fail(f"task {task_id} was deleted{ran}; its output is forgotten", 1)
     if task.outcome is None:
         _fail(f"task {task_id} {state} without running: {task.reason}", 1)
+    if task.outcome.timed_out:
+        click.echo(f"leoronic: task {task_id} was stopped after its time limit of "
+                   f"{format_duration(task.spec.time_limit)}", err=True)
     out, warn_out = client.full_output(task, "out")
     err, warn_err = client.full_output(task, "err")
     sys.stdout.buffer.write(out)
@@ -369,11 +383,13 @@ def _record(task: Any) -> dict[str, Any]:
         "memory": spec.memory, "cores": spec.cores, "storage": spec.storage,
         "concurrent": spec.concurrent, "conditions": spec.conditions,
         "files": [name for name, _, _ in spec.files], "retries_left": task.retries_left,
+        "time_limit": spec.time_limit,
         "attempts": [{"number": a.number, "node": a.node, "claimed": a.start, "ended": a.end,
                       "exit_code": a.exit_code, "why": a.why} for a in task.attempts],
         "result": None if out is None else {
             "exit_code": out.exit_code, "start": out.start, "end": out.end,
-            "stdout_bytes": out.stdout_bytes, "stderr_bytes": out.stderr_bytes},
+            "stdout_bytes": out.stdout_bytes, "stderr_bytes": out.stderr_bytes,
+            "timed_out": out.timed_out},
     }
 
 
@@ -385,7 +401,8 @@ def _describe(r: dict[str, Any]) -> str:
              + (f" ({r['reason']})" if r["reason"] else ""),
              f"  needs memory {_size(r['memory'])}, {r['cores']} cores, disk {_size(r['storage'])}; "
              f"{'concurrent' if r['concurrent'] else 'alone on its node'}; "
-             f"conditions: {r['conditions'] or '-'}; files: {' '.join(r['files']) or '-'}",
+             f"conditions: {r['conditions'] or '-'}; files: {' '.join(r['files']) or '-'}"
+             + (f"; time limit {format_duration(r['time_limit'])}" if r["time_limit"] else ""),
              f"  submitted {when(r['submitted'])}; command: {r['command']}"]
     for a in r["attempts"]:
         code = "" if a["exit_code"] is None else f", exit {a['exit_code']}"
@@ -395,7 +412,8 @@ def _describe(r: dict[str, Any]) -> str:
     if res is not None:
         lines.append(f"  result: exit {res['exit_code']}, ran {when(res['start'])} to {when(res['end'])}"
                      f" ({res['end'] - res['start']:.3f} s); stdout {res['stdout_bytes']} B, "
-                     f"stderr {res['stderr_bytes']} B")
+                     f"stderr {res['stderr_bytes']} B"
+                     + ("; stopped by its time limit" if res["timed_out"] else ""))
     return "\n".join(lines)
 
 

@@ -117,7 +117,8 @@ class Client:
     # ----- submit -----------------------------------------------------------------------------
 
     def build_specs(
-        self, rows: Sequence[Fields], retries: int = 0, rename: bool = True
+        self, rows: Sequence[Fields], retries: int = 0, rename: bool = True,
+        time_limit: float = 0.0,
     ) -> tuple[list[TaskSpec], list[LocalFile]]:
         """Read every row's files (validating all first) and build the specs."""
         limit = max_file_bytes()
@@ -133,7 +134,7 @@ class Client:
                 storage=fields.storage, concurrent=fields.concurrent,
                 conditions=fields.conditions,
                 files=tuple((f.ref.name, f.ref.sha256, f.ref.size) for f in files),
-                command=fields.command, retries=retries, rename=rename,
+                command=fields.command, retries=retries, rename=rename, time_limit=time_limit,
             ))
         return specs, uploads
 

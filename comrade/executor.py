@@ -3,7 +3,9 @@
 The `Executor` prepares each attempt's fresh work dir, starts `bash -c COMMAND` in its own
 process group with stdout/stderr going to files, and registers the child with the `Reaper`,
 which waits on Linux pidfds for every child at once (no polling) and tells the executor when a
-child exits; the outcome is then reported. Cancelling kills the whole group.
+child exits; the outcome is then reported. Cancelling kills the whole group. A task with a time
+limit gets a timer: when it runs out the group gets SIGTERM, then SIGKILL after a grace, and
+the outcome is marked timed out.
 
 One actor for all attempts rather than one per attempt: an actor is a thread, and with one per
 task a `true` task cost about 0.9 ms of this process's CPU, against about 0.5 ms with one actor
@@ -177,6 +179,9 @@ LOST_STATUS = 255
 _DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 #: How task output files are opened (in the child, by posix_spawn).
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+#: A task past its time limit gets SIGTERM (its whole process group), and SIGKILL this many
+#: seconds later if it has not ended by then (as Slurm's KillWait).
+TIME_LIMIT_GRACE_S = 5.0
 
 
 Report = Callable[[str, int, Outcome], None]
@@ -198,6 +203,8 @@ class _Run:
     proc: Child | None = None
     started: float = 0.0
     cancelled: str = ""
+    timer: threading.Timer | None = None  # the time limit's next step (TERM, then KILL)
+    timed_out: bool = False  # the time limit ran out and the group was sent SIGTERM
 
 
 class Executor:
@@ -244,7 +251,7 @@ class Executor:
 
 class ExecutorActor(pykka.ThreadingActor):
     """Messages: ("start", run), ("launch", key, command), ("unprepared", key, exc),
-    ("exited", key, rc), ("cancel", key, why), ("cancel_all", why)."""
+    ("exited", key, rc), ("time_up", key), ("cancel", key, why), ("cancel_all", why)."""
 
     use_daemon_thread = True  # never keeps a stopping process alive; stop() kills the tasks
 
@@ -273,6 +280,8 @@ class ExecutorActor(pykka.ThreadingActor):
             self._cannot_start(message[1], message[2])
         elif kind == "exited":
             self._exited(message[1], message[2])
+        elif kind == "time_up":
+            self._time_up(message[1])
         elif kind == "cancel":
             self._cancel(message[1], message[2])
         elif kind == "cancel_all":
@@ -331,6 +340,37 @@ class ExecutorActor(pykka.ThreadingActor):
                 ref.tell(("exited", key, rc))
 
         self.reaper.watch(run.proc, exited)
+        if run.spec.time_limit > 0:
+            self._after(run, run.spec.time_limit)
+
+    def _after(self, run: _Run, seconds: float) -> None:
+        """Send this actor ("time_up", key) in `seconds` (one timer per run at a time)."""
+        ref, key = self.actor_ref, (run.spec.task_id, run.attempt)
+
+        def time_up() -> None:  # on the timer's thread
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(("time_up", key))
+
+        run.timer = threading.Timer(seconds, time_up)
+        run.timer.daemon = True
+        run.timer.start()
+
+    def _time_up(self, key: Key) -> None:
+        """The run's time limit ran out: SIGTERM its group; if still running after the grace,
+        SIGKILL it. Its exit is then reported as usual, marked timed out."""
+        run = self.runs.get(key)
+        if run is None or run.cancelled or run.proc is None or run.proc.returncode is not None:
+            return  # ended meanwhile: its exit is on the way
+        if not run.timed_out:
+            run.timed_out = True
+            log.info("task %s attempt %d ran out of its time limit (%s s): SIGTERM", key[0],
+                     key[1], run.spec.time_limit)
+            kill_group(run.proc.pid, signal.SIGTERM)
+            self._after(run, TIME_LIMIT_GRACE_S)
+        else:
+            log.info("task %s attempt %d still running %s s after SIGTERM: SIGKILL", key[0],
+                     key[1], TIME_LIMIT_GRACE_S)
+            kill_group(run.proc.pid)
 
     def _spawn(self, run: _Run, command: str, env: dict[bytes, bytes]) -> int:
         """Start `bash -c COMMAND` in the run's work dir and a session of its own, stdin from
@@ -360,6 +400,7 @@ class ExecutorActor(pykka.ThreadingActor):
         run = self.runs.pop(key, None)
         if run is None:
             return
+        _stop_timer(run)
         if run.proc is not None and run.proc.returncode is None:
             kill_group(run.proc.pid)
         if run.cancelled:
@@ -376,6 +417,7 @@ class ExecutorActor(pykka.ThreadingActor):
         run = self.runs.pop(key, None)
         if run is None:
             return
+        _stop_timer(run)
         if run.cancelled:
             return  # nobody wants its outcome
         # A process killed by a signal reports -N; shells report 128+N: use the shell's form.
@@ -386,7 +428,8 @@ class ExecutorActor(pykka.ThreadingActor):
             if size == 0:  # nothing to keep: the file is the next attempt's
                 self.spares.give_back(path)
         outcome = Outcome(exit_code=code, start=run.started, end=end, stdout_tail=out_tail,
-                          stderr_tail=err_tail, stdout_bytes=out_size, stderr_bytes=err_size)
+                          stderr_tail=err_tail, stdout_bytes=out_size, stderr_bytes=err_size,
+                          timed_out=run.timed_out)
         try:
             run.report(key[0], key[1], outcome)
         except Exception:
@@ -397,11 +440,18 @@ class ExecutorActor(pykka.ThreadingActor):
         if run is None:
             return
         run.cancelled = why
+        _stop_timer(run)
         if run.proc is None:
             return  # preparing: _launch drops it
         if run.proc.returncode is None:
             log.info("killing task %s attempt %d: %s", key[0], key[1], why)
             kill_group(run.proc.pid)
+
+
+def _stop_timer(run: _Run) -> None:
+    if run.timer is not None:
+        run.timer.cancel()
+        run.timer = None
 
 
 def _mkdir(path: str) -> None:
@@ -426,10 +476,10 @@ def close_inherited_fds_on_exec() -> None:
                 os.set_inheritable(fd, False)
 
 
-def kill_group(pid: int) -> None:
-    """SIGKILL a task's whole process group (its pid is the group id)."""
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal (SIGKILL) a task's whole process group (its pid is the group id)."""
     try:
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pid, sig)
     except ProcessLookupError:
         return  # already gone
     except PermissionError as exc:

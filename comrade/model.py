@@ -16,6 +16,8 @@ TAIL_BYTES = 64 * 1024
 #: node). Beyond it the oldest finished tasks' tails are dropped from their records; their full
 #: output stays in files on the node that ran them, where `leoronic_result` reads it.
 TAILS_BUDGET = 64 * 1024 * 1024
+#: The longest time limit a task may have (a year; 0 means none).
+MAX_TIME_LIMIT_S = 365 * 86400.0
 
 
 #: The states, as `tasks` and `wait_tasks` report them, after which a task will not change:
@@ -79,12 +81,21 @@ class TaskSpec:
     command: str
     retries: int = 0  # extra attempts after a non-zero exit
     rename: bool = True  # rename necessary files and rewrite the command
+    time_limit: float = 0.0  # seconds an attempt may run before it is stopped; 0: no limit
 
     @cached_property
     def needs(self) -> Resources:
         """Resources the task reserves while it runs; storage includes its necessary files.
         (Computed once per object: the spec is immutable and the scheduler asks often.)"""
         return Resources(self.memory, self.cores, self.storage + sum(f[2] for f in self.files))
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as a person writes it: 90s, 15m, 2h, 1d; 1.5s, 100s, 36h."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,7 @@ class Outcome:
     stdout_bytes: int = 0  # full size of the output kept on the node
     stderr_bytes: int = 0
     tails_dropped: bool = False  # the queue dropped the tails to stay within TAILS_BUDGET
+    timed_out: bool = False  # stopped by its node when it ran out of its spec's time_limit
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import conditions as cond
 from comrade.model import (
+    MAX_TIME_LIMIT_S,
     TAIL_BYTES,
     TAILS_BUDGET,
     Attempt,
@@ -30,6 +31,7 @@ from comrade.model import (
     State,
     Task,
     TaskSpec,
+    format_duration,
 )
 
 
@@ -45,8 +47,8 @@ OK = Reply(True)
 #: The version of the replicated state machine: bumped whenever an operation is added or changes
 #: meaning, since workers of different versions would apply the same log differently. Workers
 #: compare it when one joins or restarts into a cluster (`membership.check_protocol`).
-#: 1: `forget` and the output-tails budget.
-PROTOCOL = 1
+#: 1: `forget` and the output-tails budget. 2: time limits (a timed-out attempt's outcome).
+PROTOCOL = 2
 
 #: A task that could not be started this many times (e.g. no node can supply a necessary file
 #: with the right hash) fails with the reason instead of bouncing forever.
@@ -239,7 +241,8 @@ class Queue:
     def finish(
         self, task_id: str, node: str, attempt: int, outcome: Outcome, *, now: float
     ) -> Reply:
-        """Record the end of a running attempt; retry on non-zero exit while retries remain."""
+        """Record the end of a running attempt; retry on a non-zero exit or a time limit that
+        ran out (the outcome says so; only a limit the spec sets counts) while retries remain."""
         task = self.tasks.get(task_id)
         if task is None:
             return Reply(False, "no such task")
@@ -254,16 +257,22 @@ class Queue:
                 stdout_tail=bytes(outcome.stdout_tail[-TAIL_BYTES:]),
                 stderr_tail=bytes(outcome.stderr_tail[-TAIL_BYTES:]),
             )
-        self._end_attempt(task, why="exit", now=outcome.end, exit_code=outcome.exit_code)
+        timed_out = outcome.timed_out is True and task.spec.time_limit > 0
+        if outcome.timed_out is not timed_out:  # only a limit the spec sets can run out
+            outcome = replace(outcome, timed_out=timed_out)
+        why = f"time limit {format_duration(task.spec.time_limit)}" if timed_out else "exit"
+        self._end_attempt(task, why=why, now=outcome.end, exit_code=outcome.exit_code)
         task.outcome = replace(outcome, tails_dropped=False) if outcome.tails_dropped else outcome
         self._keep_tails(task)
-        if outcome.exit_code == 0:
+        if outcome.exit_code == 0 and not timed_out:
             self._finalize(task, State.DONE)
         elif task.retries_left > 0:
             task.retries_left -= 1
             task.failed_on = tuple(sorted(set(task.failed_on) | {node}))
             self._requeue(task)
         else:
+            if timed_out:
+                task.reason = f"stopped after its time limit of {format_duration(task.spec.time_limit)}"
             self._finalize(task, State.FAILED)
         return OK
 
@@ -615,6 +624,10 @@ def spec_problem(spec: Any) -> str:
             return f"{name} must be a whole number >= 0"
     if spec.cores < 1:
         return "cores must be at least 1"
+    limit = spec.time_limit
+    if not isinstance(limit, (int, float)) or isinstance(limit, bool) \
+            or not 0 <= limit <= MAX_TIME_LIMIT_S:  # NaN fails the comparison too
+        return "time limit must be a number of seconds from 0 (none) to a year"
     if not isinstance(spec.concurrent, bool) or not isinstance(spec.rename, bool):
         return "concurrent and rename must be true or false"
     if not isinstance(spec.command, str) or not isinstance(spec.conditions, str):

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 
 import conditions as cond
 from comrade.errors import UsageError
+from comrade.model import MAX_TIME_LIMIT_S
 
 FIELDS = ("MEM", "CORES", "STORAGE", "CONCURRENT", "CONDITIONS", "FILES", "COMMAND")
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _BYTES_RE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,18 @@ def parse_bytes(text: str, field: str) -> int:
     if not m:
         raise UsageError(f"{field}: {text!r} is not a number of bytes (e.g. 1024, 512M, 2G)")
     return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def parse_duration(text: str, field: str) -> float:
+    """Seconds, as a number optionally followed by s, m, h or d: 90, 90s, 1.5h, 15m, 2d.
+    0 means no limit; at most a year."""
+    m = _DURATION_RE.fullmatch(text.strip())
+    if not m:
+        raise UsageError(f"{field}: {text!r} is not a duration (e.g. 90, 90s, 15m, 1.5h, 2d)")
+    seconds = float(m.group(1)) * _SECONDS[m.group(2)]
+    if seconds > MAX_TIME_LIMIT_S:
+        raise UsageError(f"{field}: {text!r} is more than a year")
+    return seconds
 
 
 def parse_cores(text: str) -> int:

@@ -326,6 +326,51 @@ def test_task_info_shows_every_attempt_and_the_result(make_cluster) -> None:  # 
     assert bad.err.strip().splitlines() == ["leoronic: ID: no task 'nope'"], bad
 
 
+def test_a_task_past_its_time_limit_is_stopped_with_its_children_and_fails(  # type: ignore[no-untyped-def]
+        make_cluster, tmp_path) -> None:
+    import json
+
+    c: Cluster = make_cluster(1)
+    marker = f"60.{uuid.uuid4().int % 10**9:09d}"
+    r = c.sh(
+        f"LEORONIC_TIME_LIMIT=1s leoronic_add_task 1024 1 1024 true '' '' "
+        f"'echo started; sleep {marker} & wait' slow\n"
+    )
+    assert (r.rc, r.out) == (0, "slow\n"), r
+    r = c.cli("add-task", "--time-limit", "1m", "1024", "1", "1024", "true", "", "", "echo quick",
+              "quick")
+    assert (r.rc, r.out) == (0, "quick\n"), r
+    t0 = time.monotonic()
+    w = c.sh("leoronic_wait slow quick", timeout=60)
+    assert w.rc == EXIT_TASK_FAILED and "1 of 2 tasks did not succeed: slow" in w.err, w
+    assert time.monotonic() - t0 < 30, "the limit did not stop the task"
+    assert not pgrep(marker), "the task's background child outlived its time limit"
+
+    res = c.sh("leoronic_result slow")
+    assert (res.rc, res.out) == (128 + 15, "started\n"), res  # SIGTERM, as a shell reports it
+    assert "leoronic: task slow was stopped after its time limit of 1s" in res.err, res
+    assert c.sh("leoronic_result quick").rc == 0
+    assert queue(c)["slow"]["command"].endswith("[exit 143]  [stopped after its time limit of 1s]")
+
+    rec = json.loads(c.sh("leoronic_task_info slow --json").out)
+    assert (rec["state"], rec["time_limit"], rec["result"]["timed_out"]) == ("failed", 1.0, True)
+    assert [a["why"] for a in rec["attempts"]] == ["time limit 1s"]
+    assert 1.0 <= rec["result"]["end"] - rec["result"]["start"] < 10, rec
+    human = c.sh("leoronic_task_info slow quick").out
+    assert "; time limit 1s\n" in human and "; time limit 1m\n" in human, human
+    assert "; stopped by its time limit" in human, human
+
+    # Bad limits: one line naming the option, exit 2, nothing queued.
+    (tmp_path / "tasks.txt").write_text("1024 1 1024 true '' '' 'echo hi' from-file\n")
+    for cmd in ("LEORONIC_TIME_LIMIT=soon leoronic_add_task 1024 1 1024 true '' '' true bad1",
+                "bash $_leoronic_here/leoronic add-task --time-limit -5 1024 1 1024 true '' '' "
+                "true bad2",
+                f"leoronic_add_tasks_from_file --time-limit 400d {tmp_path / 'tasks.txt'}"):
+        err = one_line_error(c.sh(cmd), EXIT_USAGE)
+        assert err.startswith("leoronic: --time-limit: "), (cmd, err)
+    assert set(queue(c)) == {"slow", "quick"}
+
+
 def test_get_queue_filters_by_state_and_node_and_sums_up(make_cluster) -> None:  # type: ignore[no-untyped-def]
     c: Cluster = make_cluster(1)
     for fields in ('"" "" "true" ok', '"" "" "exit 3" bad', '"worker:tag nowhere" "" "true" stuck'):

@@ -69,13 +69,14 @@ def run(paths: Paths) -> Iterator[tuple[Executor, Recorder]]:
         ex.stop()
 
 
-def spec(task_id: str, command: str) -> TaskSpec:
-    return TaskSpec(task_id, 1024, 1, 1024, True, "", (), command)
+def spec(task_id: str, command: str, time_limit: float = 0.0) -> TaskSpec:
+    return TaskSpec(task_id, 1024, 1, 1024, True, "", (), command, time_limit=time_limit)
 
 
-def start(run: tuple[Executor, Recorder], task_id: str, command: str, attempt: int = 1) -> None:
+def start(run: tuple[Executor, Recorder], task_id: str, command: str, attempt: int = 1,
+          time_limit: float = 0.0) -> None:
     ex, rec = run
-    ex.start(spec(task_id, command), attempt, rec.report, rec.crashed)
+    ex.start(spec(task_id, command, time_limit), attempt, rec.report, rec.crashed)
 
 
 def test_task_runs_in_its_fresh_work_dir_with_its_environment(run, paths) -> None:  # type: ignore[no-untyped-def]
@@ -190,6 +191,32 @@ def test_cancel_kills_the_whole_group_and_reports_nothing(run, paths) -> None:  
     ex.cancel(("c", 1), "test")
     wait_for(lambda: not _alive(child), 10, "the task's child to be killed")
     assert "c" not in rec.outcomes and "c" not in rec.crashes
+
+
+def test_a_task_past_its_time_limit_gets_sigterm_with_its_whole_group(run, paths) -> None:  # type: ignore[no-untyped-def]
+    start(run, "slow", "sleep 60 & echo $! > child; wait", time_limit=0.5)
+    child = int(wait_for(lambda: _read(os.path.join(paths.workdir("slow", 1), "child")), 10,
+                         "the task's child to start"))
+    out = run[1].outcome("slow")
+    assert out.timed_out and out.exit_code == 128 + signal.SIGTERM
+    assert 0.5 <= out.end - out.start < 5, out
+    wait_for(lambda: not _alive(child), 10, "the task's background child to be stopped too")
+
+
+def test_a_task_ignoring_sigterm_is_killed_after_the_grace(run, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("comrade.executor.TIME_LIMIT_GRACE_S", 0.5)
+    start(run, "stubborn", "trap 'echo got TERM' TERM; while :; do sleep 0.1; done",
+          time_limit=0.3)
+    out = run[1].outcome("stubborn")
+    assert out.timed_out and out.exit_code == 128 + signal.SIGKILL
+    assert out.stdout_tail == b"got TERM\n"
+    assert 0.8 <= out.end - out.start < 5, out
+
+
+def test_a_task_within_its_time_limit_is_not_marked(run) -> None:  # type: ignore[no-untyped-def]
+    start(run, "quick", "exit 3", time_limit=30)
+    out = run[1].outcome("quick")
+    assert out.exit_code == 3 and not out.timed_out
 
 
 def test_a_task_that_cannot_start_is_reported_as_crashed(run, paths) -> None:  # type: ignore[no-untyped-def]

@@ -224,6 +224,55 @@ def test_non_zero_exit_with_retries_requeues(q: Queue) -> None:
     assert [(x.number, x.node, x.exit_code) for x in task.attempts] == [(1, "a", 3), (2, "b", 4)]
 
 
+def test_a_timed_out_attempt_fails_with_its_limit_as_the_reason(q: Queue) -> None:
+    ok(q, ("submit", spec("t", time_limit=90.0)))
+    ok(q, ("claim", "t", "a", 1))
+    ok(q, ("finish", "t", "a", 1, out(143, timed_out=True)))
+    task = q.get("t")
+    assert task is not None and task.state is State.FAILED
+    assert task.reason == "stopped after its time limit of 90s"
+    assert task.outcome is not None and task.outcome.timed_out and task.outcome.exit_code == 143
+    assert [(a.exit_code, a.why) for a in task.attempts] == [(143, "time limit 90s")]
+
+
+def test_a_timed_out_attempt_uses_a_retry_and_a_later_success_is_done(q: Queue) -> None:
+    ok(q, ("submit", spec("t", retries=1, time_limit=7200.0)))
+    ok(q, ("claim", "t", "a", 1))
+    ok(q, ("finish", "t", "a", 1, out(0, timed_out=True)))  # exit 0 after SIGTERM: still out
+    task = q.get("t")
+    assert task is not None and (task.state, task.retries_left, task.reason) == (State.QUEUED, 0, "")
+    ok(q, ("claim", "t", "b", 2))
+    ok(q, ("finish", "t", "b", 2, out(0)))
+    assert task.state is State.DONE and task.reason == ""
+    assert [a.why for a in task.attempts] == ["time limit 2h", "exit"]
+
+
+def test_only_a_limit_the_spec_sets_can_run_out(q: Queue) -> None:
+    ok(q, ("submit", spec("t")))
+    ok(q, ("claim", "t", "a", 1))
+    ok(q, ("finish", "t", "a", 1, out(0, timed_out=True)))
+    task = q.get("t")
+    assert task is not None and task.state is State.DONE
+    assert task.outcome is not None and not task.outcome.timed_out
+
+
+@pytest.mark.parametrize("limit", [-1.0, float("nan"), float("inf"), 366 * 86400.0, True, "60",
+                                   None])
+def test_a_bad_time_limit_is_refused(q: Queue, limit: Any) -> None:
+    no(q, ("submit", spec("t", time_limit=limit)), "time limit must be a number of seconds")
+    assert q.get("t") is None
+
+
+def test_old_records_without_time_limits_read_as_unlimited() -> None:
+    """Snapshots and journals from before time limits: pickled specs and outcomes without the
+    new fields load with the defaults."""
+    s, o = spec("t"), out(1)
+    for record in (s, o):
+        del record.__dict__["time_limit" if record is s else "timed_out"]
+    s2, o2 = pickle.loads(pickle.dumps(s)), pickle.loads(pickle.dumps(o))
+    assert s2.time_limit == 0.0 and o2.timed_out is False
+
+
 def test_failed_on_is_sorted_and_unique(q: Queue) -> None:
     ok(q, ("submit", spec("t", retries=3)))
     for attempt, node in enumerate(["b", "a", "b"], start=1):
@@ -575,13 +624,15 @@ def random_op(rng: random.Random, q: Queue) -> Any:
     kind = rng.randrange(14)
     if kind == 0:
         return ("submit", spec(tid, conditions=rng.choice(CONDS), concurrent=rng.random() < 0.8,
-                               retries=rng.randrange(3), command=rng.choice(["x1", "y", "x2"])))
+                               retries=rng.randrange(3), command=rng.choice(["x1", "y", "x2"]),
+                               time_limit=rng.choice([0.0, 0.0, 60.0, -1.0])))
     if kind in (1, 2, 3):
         return ("claim", tid, node if rng.random() < 0.5 else rng.choice(NODES), attempt)
     if kind in (4, 5):
         size = rng.choice([0, 10, TAIL_BYTES + 5])
         return ("finish", tid, current, task.attempt if task else 1,
-                Outcome(rng.choice([0, 0, 1, 137]), 0.0, 1.0, b"o" * size, b"e"))
+                Outcome(rng.choice([0, 0, 1, 137]), 0.0, 1.0, b"o" * size, b"e",
+                        timed_out=rng.choice([False, False, True, 1])))
     if kind == 6:
         return ("release", tid, current, task.attempt if task else 1, "r")
     if kind == 7:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from comrade.errors import UsageError
+from comrade.model import format_duration
 from comrade.taskfields import (
     FIELDS,
     MAX_COMMAND_BYTES,
@@ -20,6 +21,7 @@ from comrade.taskfields import (
     parse_bool,
     parse_bytes,
     parse_cores,
+    parse_duration,
     parse_fields,
     parse_task_file,
     split_fields,
@@ -88,6 +90,29 @@ def test_parse_bool_errors(text: str) -> None:
 
 
 # ----- parse_fields ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, seconds, shown", [
+    ("90", 90.0, "90s"), ("90s", 90.0, "90s"), (" 15m ", 900.0, "15m"), ("1.5h", 5400.0, "90m"),
+    ("2d", 172800.0, "2d"), ("36h", 129600.0, "36h"), (".5", 0.5, "0.5s"), ("0", 0.0, "0s"),
+    ("365d", 365 * 86400.0, "365d"),
+])
+def test_parse_and_show_durations(text: str, seconds: float, shown: str) -> None:
+    assert parse_duration(text, "--time-limit") == seconds
+    assert format_duration(seconds) == shown
+
+
+@pytest.mark.parametrize("text, why", [
+    ("", "is not a duration"), ("soon", "is not a duration"), ("-5", "is not a duration"),
+    ("1e3", "is not a duration"), ("inf", "is not a duration"), ("nan", "is not a duration"),
+    ("1 h", "is not a duration"), ("3M", "is not a duration"), ("2w", "is not a duration"),
+    ("366d", "is more than a year"),
+])
+def test_parse_duration_errors(text: str, why: str) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_duration(text, "--time-limit")
+    assert str(info.value) == f"--time-limit: {text!r} {why}" + (
+        " (e.g. 90, 90s, 15m, 1.5h, 2d)" if why == "is not a duration" else "")
+
 
 @pytest.mark.parametrize("args, expected", [
     (row("1024", "1", "1024", "true", "", "", "echo hi", "job-1"),
