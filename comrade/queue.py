@@ -567,6 +567,10 @@ class Queue:
         self._queued[task.seq] = task.spec.task_id
         if self._has_queue_conditions(task):
             self._conditional.add(task.spec.task_id)
+            # Its conditions are to be met again, and may no longer be able to (what it
+            # depends on was deleted or failed while it ran): settled after this batch, as a
+            # replica restored from a snapshot settles every conditional task.
+            self._settle = True
 
     def _finalize(self, task: Task, state: State) -> None:
         task.state = state

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import conditions as cond
 from comrade.model import TAIL_BYTES, NodeInfo, Outcome, Resources, State, TaskSpec
 from comrade.queue import Queue, Reply
 
@@ -597,6 +598,11 @@ def check_invariants(q: Queue) -> None:
         # The count a claim checks instead of looking at every running task.
         assert q._exclusive.get(name, 0) == sum(not t.spec.concurrent for t in running), name
     assert q.pending_count() == len(q.tasks) - sum(t.state.final for t in q.tasks.values())
+    # A queued task whose queue conditions can never hold has been failed (settled after
+    # every batch, or a replica restored from a snapshot, which settles at once, would differ).
+    for t in q.queued():
+        verdict = cond.evaluate_queue(q.conditions_of(t), t.seq, q)
+        assert verdict.status is not cond.Status.NEVER, (t.spec.task_id, verdict)
     # Forgetting never takes a task an unfinished one depends on by id.
     for t in [t for t in q.tasks.values() if not t.state.final]:
         for c in q.conditions_of(t):
@@ -842,6 +848,21 @@ def test_forget_keeps_what_a_running_task_depends_on_for_its_retry(q: Queue) -> 
     ok(q, ("claim", "t", "b", 3))
     ok(q, ("finish", "t", "b", 3, out(0)))
     assert q.forgettable(100.0) == ["dep", "t"]
+
+
+def test_a_requeued_task_whose_dependency_was_deleted_while_it_ran_is_settled_at_once(
+        q: Queue) -> None:
+    """Its conditions are to be met again and cannot be: it fails in the same batch, as on a
+    replica restored from a snapshot (which settles every conditional task), not whenever
+    another task next ends (so replicas could differ on its state meanwhile)."""
+    run_to_end(q, "dep")
+    ok(q, ("submit", spec("t", conditions="queue:after_ok dep")))
+    ok(q, ("claim", "t", "a", 1))
+    ok(q, ("delete", "dep"))  # t runs: nothing to settle yet
+    assert state(q, "t") is State.RUNNING
+    ok(q, ("expire_node", "a"))  # back to the queue, "after_ok dep" can no longer hold
+    assert state(q, "t") is State.FAILED
+    assert q.get("t").reason == "can never run: task 'dep' was deleted (queue:after_ok dep)"  # type: ignore[union-attr]
 
 
 def test_forget_refuses_what_is_not_a_list_of_ids(q: Queue) -> None:
