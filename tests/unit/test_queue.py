@@ -664,8 +664,9 @@ def random_op(rng: random.Random, q: Queue) -> Any:
             *[rng.choice([None, 7, "t1", 10**50, [], "a"]) for _ in range(rng.randrange(5))])
 
 
-def test_random_ops_never_raise_and_keep_invariants() -> None:
-    rng = random.Random(1234)
+@pytest.mark.parametrize("seed", [1234, 10, 31, 2024, 77, 5150])  # 10 and 31 once found bugs
+def test_random_ops_never_raise_and_keep_invariants(seed: int) -> None:
+    rng = random.Random(seed)
     q, replica = Queue(tails_budget=3 * TAIL_BYTES), Queue(tails_budget=3 * TAIL_BYTES)
     accepted, seen = 0, set()
     for step in range(3000):
