@@ -248,7 +248,8 @@ class Queue:
             return Reply(False, "no such task")
         if task.state is not State.RUNNING or task.node != node or task.attempt != attempt:
             return Reply(False, "fenced: not the current attempt")
-        if not isinstance(outcome, Outcome) or not _is_int(outcome.exit_code):
+        if not isinstance(outcome, Outcome) or not _is_int(outcome.exit_code) \
+                or not _is_time(outcome.start) or not _is_time(outcome.end):
             return Reply(False, "not an outcome")
         if not all(type(t) is bytes and len(t) <= TAIL_BYTES
                    for t in (outcome.stdout_tail, outcome.stderr_tail)):
@@ -359,8 +360,9 @@ class Queue:
         merged = 0
         for task_id, start, outcome in runs:
             task = self.tasks.get(task_id)
-            if task is None or not isinstance(outcome, Outcome):
-                continue
+            if task is None or not isinstance(outcome, Outcome) or not _is_int(outcome.exit_code) \
+                    or not all(_is_time(t) for t in (start, outcome.start, outcome.end)):
+                continue  # before any change: `finish` would refuse it, leaving it running
             number = max([a.number for a in task.attempts] + [task.attempt]) + 1
             run = Attempt(number=number, node=node, start=start, end=outcome.end,
                           exit_code=outcome.exit_code, why="isolated run")
@@ -610,6 +612,10 @@ class Queue:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_time(t: Any) -> bool:
+    return isinstance(t, (int, float)) and not isinstance(t, bool)
 
 
 def _is_resources(r: Any) -> bool:

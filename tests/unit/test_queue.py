@@ -587,6 +587,10 @@ def check_invariants(q: Queue) -> None:
         if t.state is State.RUNNING:
             assert t.node is not None and any(x is t for x in q.running_on(t.node)), tid
         assert (t.state is State.QUEUED) == (tid in queued), tid  # so final => not queued
+        for a in t.attempts:  # times are numbers: readers compare and print them
+            assert isinstance(a.start, float | int) and isinstance(a.end, float | int | None), a
+        if t.outcome is not None:
+            assert all(isinstance(x, float | int) for x in (t.outcome.start, t.outcome.end)), t
         if t.attempts:
             numbers = [a.number for a in t.attempts]
             assert numbers == sorted(set(numbers)) and numbers[-1] == t.attempt, (tid, numbers)
@@ -603,6 +607,7 @@ def check_invariants(q: Queue) -> None:
     for t in q.queued():
         verdict = cond.evaluate_queue(q.conditions_of(t), t.seq, q)
         assert verdict.status is not cond.Status.NEVER, (t.spec.task_id, verdict)
+    q.forgettable(1e12)  # what the leader asks: never raises
     # Forgetting never takes a task an unfinished one depends on by id.
     for t in [t for t in q.tasks.values() if not t.state.final]:
         for c in q.conditions_of(t):
@@ -627,7 +632,7 @@ def random_op(rng: random.Random, q: Queue) -> Any:
     task = q.get(tid)
     attempt = (task.attempt if task else 0) + rng.choice([1, 1, 1, 0, 2])
     current = task.node if task and task.node and rng.random() < 0.8 else node
-    kind = rng.randrange(14)
+    kind = rng.randrange(15)
     if kind == 0:
         return ("submit", spec(tid, conditions=rng.choice(CONDS), concurrent=rng.random() < 0.8,
                                retries=rng.randrange(3), command=rng.choice(["x1", "y", "x2"]),
@@ -637,8 +642,9 @@ def random_op(rng: random.Random, q: Queue) -> Any:
     if kind in (4, 5):
         size = rng.choice([0, 10, TAIL_BYTES + 5])
         return ("finish", tid, current, task.attempt if task else 1,
-                Outcome(rng.choice([0, 0, 1, 137]), 0.0, 1.0, b"o" * size, b"e",
-                        timed_out=rng.choice([False, False, True, 1])))
+                Outcome(rng.choice([0, 0, 1, 137]), 0.0,
+                        rng.choice([1.0, 1.0, 1.0, 1.0, None, "x"]),  # type: ignore[arg-type]
+                        b"o" * size, b"e", timed_out=rng.choice([False, False, True, 1])))
     if kind == 6:
         return ("release", tid, current, task.attempt if task else 1, "r")
     if kind == 7:
@@ -654,6 +660,12 @@ def random_op(rng: random.Random, q: Queue) -> Any:
                            ("add_tag", node, "b a d")])
     if kind == 11:
         return rng.choice(MALFORMED)
+    if kind == 13:  # results a node produced while isolated, well formed or not
+        return ("merge_isolated", node, [
+            (rng.choice(IDS), rng.choice([0.5, None]),
+             rng.choice([Outcome(rng.choice([0, 1]), 0.0, 1.0, b"i", b""),
+                         Outcome(None, 0.0, 1.0), Outcome(0, 0.0, None), "x"]))  # type: ignore[arg-type]
+            for _ in range(rng.randrange(1, 4))])
     if kind == 12:
         base = random_op(rng, q)
         op = list(base) if isinstance(base, tuple) else [base]
@@ -864,6 +876,42 @@ def test_a_requeued_task_whose_dependency_was_deleted_while_it_ran_is_settled_at
     ok(q, ("expire_node", "a"))  # back to the queue, "after_ok dep" can no longer hold
     assert state(q, "t") is State.FAILED
     assert q.get("t").reason == "can never run: task 'dep' was deleted (queue:after_ok dep)"  # type: ignore[union-attr]
+
+
+def test_merge_isolated_results_the_first_final_result_wins(q: Queue) -> None:
+    for tid in ("queued", "elsewhere", "final"):
+        ok(q, ("submit", spec(tid)))
+    ok(q, ("claim", "elsewhere", "b", 1))
+    ok(q, ("claim", "final", "b", 1))
+    ok(q, ("finish", "final", "b", 1, out(0)))
+    runs = [(tid, 0.5, out(7)) for tid in ("queued", "elsewhere", "final", "unknown")]
+    assert ok(q, ("merge_isolated", "a", runs), now=3.0).detail == "merged 2 of 4"
+    for tid in ("queued", "elsewhere"):
+        task = q.get(tid)
+        assert task is not None and task.state is State.FAILED and task.node == "a"
+        assert task.outcome is not None and task.outcome.exit_code == 7
+        assert task.attempts[-1].why == "isolated run"
+    assert [a.why for a in q.get("elsewhere").attempts] == [  # type: ignore[union-attr]
+        "superseded by an isolated result", "isolated run"]
+    final = q.get("final")
+    assert final is not None and final.state is State.DONE and final.outcome.exit_code == 0  # type: ignore[union-attr]
+    assert final.attempts[-1].why == "isolated run (duplicate; result not used)"
+    assert q.running_on("a") == [] and q.running_on("b") == []
+
+
+@pytest.mark.parametrize("run", [
+    ("t", 0.5, Outcome(None, 0.0, 1.0)),  # type: ignore[arg-type]
+    ("t", 0.5, Outcome(0, 0.0, None)),  # type: ignore[arg-type]
+    ("t", None, out(0)),
+    ("t", 0.5, "not an outcome"),
+])
+def test_a_malformed_isolated_result_changes_nothing(q: Queue, run: Any) -> None:
+    """Checked before anything changes: `finish` would refuse it after the task was put on
+    the node, leaving it running there for good."""
+    ok(q, ("submit", spec("t", concurrent=False)))
+    before = observe(q)
+    assert ok(q, ("merge_isolated", "a", [run])).detail == "merged 0 of 1"
+    assert observe(q)[:-1] == before[:-1] and state(q, "t") is State.QUEUED
 
 
 def test_forget_refuses_what_is_not_a_list_of_ids(q: Queue) -> None:
