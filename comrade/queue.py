@@ -47,7 +47,8 @@ OK = Reply(True)
 #: The version of the replicated state machine: bumped whenever an operation is added or changes
 #: meaning, since workers of different versions would apply the same log differently. Workers
 #: compare it when one joins or restarts into a cluster (`membership.check_protocol`).
-#: 1: `forget` and the output-tails budget. 2: time limits (a timed-out attempt's outcome).
+#: 1: `forget` and the output-tails budget. 2: time limits (a timed-out attempt's outcome);
+#: condition patterns run by RE2 (a lookaround `re` accepted now can never hold).
 PROTOCOL = 2
 
 #: A task that could not be started this many times (e.g. no node can supply a necessary file

@@ -1,7 +1,8 @@
 """Task conditions: parse the user's condition string and evaluate it against facts.
 
-A pure library (stdlib only, no I/O). See :mod:`conditions.parse` for the
-language and :mod:`conditions.evaluate` for the evaluator.
+A pure library (no I/O; the standard library and google-re2, which runs command patterns in
+linear time, see :mod:`conditions.pattern`). See :mod:`conditions.parse` for the language and
+:mod:`conditions.evaluate` for the evaluator.
 """
 
 from .evaluate import (

@@ -6,8 +6,6 @@ the small :class:`QueueView` and :class:`WorkerFacts` protocols.
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -15,6 +13,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from .parse import Condition
+from .pattern import PatternError, compile_pattern
 
 __all__ = [
     "READY",
@@ -151,12 +150,6 @@ def _check(cond: Condition, seq: int, view: QueueView, worker: WorkerFacts) -> V
     return _never(f"unsupported condition '{cond}'")
 
 
-@functools.lru_cache(maxsize=256)
-def _compile(pattern: str) -> re.Pattern[str]:
-    """Compile ``pattern`` once; repeated evaluations reuse the compiled form."""
-    return re.compile(pattern)
-
-
 def _wait(reason: str) -> Verdict:
     """Build a WAIT verdict."""
     return Verdict(Status.WAIT, reason)
@@ -205,8 +198,8 @@ def _check_all_with_cmd(cond: Condition, pattern: str, seq: int, view: QueueView
     reason names the earliest submitted one.
     """
     try:
-        regex = _compile(pattern)
-    except re.error as exc:
+        regex = compile_pattern(pattern)
+    except PatternError as exc:  # refused at submit; possible in a journal from before RE2
         return _never(f"invalid regular expression '{pattern}': {exc} ({cond})")
     need_ok = cond.predicate == "all_with_cmd_ok"
     pending: TaskFacts | None = None

@@ -5,7 +5,7 @@ A condition string is a ``;``-separated list of ``scope:predicate`` or
 
     queue:after_ok build-1; worker:tag gpu; worker:has_file data/in.csv
 
-This module is pure: it does no I/O and imports nothing from the project.
+This module is pure: it does no I/O and imports nothing from the project but this package.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from .pattern import PatternError, compile_pattern
 
 __all__ = [
     "QUEUE_PREDICATES",
@@ -200,8 +202,8 @@ def _check_argument(prefix: str, predicate: str, argument: str) -> None:
     """Raise ConditionError (message starting with ``prefix``) if ``argument`` is bad."""
     if predicate in ("all_with_cmd_done", "all_with_cmd_ok"):
         try:
-            re.compile(argument)
-        except re.error as exc:
+            compile_pattern(argument)
+        except PatternError as exc:
             raise ConditionError(
                 f"{prefix}invalid regular expression '{argument}': {exc}"
             ) from None

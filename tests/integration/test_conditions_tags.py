@@ -254,6 +254,8 @@ def test_bad_conditions_are_refused_at_submit_and_nothing_is_queued(cluster3: Cl
         ("worker:tag a b", ["tag 'a b'", "spaces"]),
         ("worker:has_file ../x", ["'../x'", ".."]),
         ("queue:all_with_cmd_done (", ["invalid regular expression '('"]),
+        ("queue:all_with_cmd_ok make(?!-test)",  # RE2 runs patterns: no lookaround
+         ["invalid regular expression 'make(?!-test)': invalid perl operator: (?!"]),
         ("queue:is_first; queue:after nosuch", ["'nosuch'"]),
         ("worker:gpu", ["unknown predicate 'gpu'"]),
         ("node:tag x", ["unknown scope 'node'"]),

@@ -279,6 +279,26 @@ def test_evaluate_is_total_for_odd_conditions() -> None:
     assert evaluate_worker((Condition("worker", "bogus", None),), node).status is Status.WAIT
 
 
+def test_a_backtracking_pattern_takes_linear_time() -> None:
+    """`(a+)+$` against 40 a's and a '!' takes Python's `re` days; RE2 (google-re2)
+    microseconds. A condition runs on every replica's Raft thread and again on replay."""
+    import time
+
+    view = _queue(("a", "a" * 40 + "!", P), ("b", "a" * 100_000, P))
+    started = time.process_time()
+    verdict = evaluate_queue(parse("queue:all_with_cmd_done (a+)+$"), SEQ, view)
+    assert verdict == Verdict(W, "waiting for task 'b' (queue:all_with_cmd_done (a+)+$)")
+    assert time.process_time() - started < 1.0
+
+
+def test_a_pattern_re2_refuses_in_an_old_record_can_never_hold() -> None:
+    """A journal from before RE2 may hold a lookaround `re` accepted: never, not a raise."""
+    cond = Condition("queue", "all_with_cmd_done", "make(?!-test)")
+    verdict = evaluate_queue((cond,), SEQ, _queue(("a", "make", OK)))
+    assert verdict.status is Status.NEVER
+    assert verdict.reason.startswith("invalid regular expression 'make(?!-test)': invalid perl")
+
+
 def test_data_types_pickle() -> None:
     """Facts, outcomes and verdicts survive pickling and compare as strings."""
     facts = TaskFacts("a", 1, "make", Outcome.FAILED)

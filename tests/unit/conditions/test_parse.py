@@ -90,13 +90,15 @@ FILE_TAIL = " must be a relative path inside the leoronic files directory (no '.
 
 
 def _re_error(pattern: str) -> str:
-    """Return the re.error message Python gives for ``pattern``."""
-    import re
+    """Return the reason RE2 (google-re2, which runs the patterns) gives for ``pattern``."""
+    import re2
 
+    options = re2.Options()
+    options.log_errors = False
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        return str(exc)
+        re2.compile(pattern, options)
+    except Exception as exc:  # noqa: BLE001 - re2's error type; its message is bytes
+        return bytes(exc.args[0]).decode()
     raise AssertionError(f"{pattern!r} compiled")
 
 
@@ -175,6 +177,16 @@ ERRORS: list[tuple[str, str]] = [
             "queue:all_with_cmd_done *x",
             "invalid regular expression '*x': " + _re_error("*x"),
         ),
+    ),
+    (  # what RE2 cannot do in linear time: backreferences, lookaround
+        r"queue:all_with_cmd_done (a)\1",
+        _e(1, r"queue:all_with_cmd_done (a)\1",
+           r"invalid regular expression '(a)\1': invalid escape sequence: \1"),
+    ),
+    (
+        "queue:all_with_cmd_ok make(?!-test)",
+        _e(1, "queue:all_with_cmd_ok make(?!-test)",
+           "invalid regular expression 'make(?!-test)': invalid perl operator: (?!"),
     ),
     ("worker:tag a b", _e(1, "worker:tag a b", "tag 'a b' must not contain spaces")),
     ("worker:tag  gpu", _e(1, "worker:tag  gpu", "tag ' gpu' must not contain spaces")),
