@@ -29,6 +29,7 @@ from .parse import (
     validate_tag,
     validate_task_id,
 )
+from .pattern import PatternError, compile_pattern
 
 __all__ = [
     "QUEUE_PREDICATES",
@@ -38,11 +39,13 @@ __all__ = [
     "Condition",
     "ConditionError",
     "Outcome",
+    "PatternError",
     "QueueView",
     "Status",
     "TaskFacts",
     "Verdict",
     "WorkerFacts",
+    "compile_pattern",
     "dependency_ids",
     "evaluate",
     "evaluate_queue",

@@ -607,6 +607,18 @@ def check_invariants(q: Queue) -> None:
     for t in q.queued():
         verdict = cond.evaluate_queue(q.conditions_of(t), t.seq, q)
         assert verdict.status is not cond.Status.NEVER, (t.spec.task_id, verdict)
+    # The indexes settling uses instead of checking every waiting task match a rebuild.
+    assert q._conditional == {t.spec.task_id for t in q.queued() if any(
+        c.scope == "queue" for c in q.conditions_of(t))}
+    named: dict[str, set[str]] = {}
+    for tid in q._conditional:
+        for c in q.conditions_of(q.tasks[tid]):
+            if c.predicate in ("after", "after_ok"):
+                named.setdefault(c.argument or "", set()).add(tid)
+    assert q._named_by == named
+    assert q._by_pattern == {tid for tid in q._conditional if any(
+        c.predicate == "all_with_cmd_ok" for c in q.conditions_of(q.tasks[tid]))}
+    assert q._settle or not q._to_check  # settled after each batch (a restore settles at its first)
     q.forgettable(1e12)  # what the leader asks: never raises
     # Forgetting never takes a task an unfinished one depends on by id.
     for t in [t for t in q.tasks.values() if not t.state.final]:
@@ -914,6 +926,35 @@ def test_a_malformed_isolated_result_changes_nothing(q: Queue, run: Any) -> None
     before = observe(q)
     assert ok(q, ("merge_isolated", "a", [run])).detail == "merged 0 of 1"
     assert observe(q)[:-1] == before[:-1] and state(q, "t") is State.QUEUED
+
+
+def test_an_ending_task_re_checks_only_the_tasks_waiting_on_it(
+        q: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 1,000 tasks waiting each on its own root, a root's end checks its one dependent
+    (none for a success), not all 1,000 (milliseconds per task on every replica)."""
+    ok(q, ("submit", spec("early-x", command="x")))
+    q.apply_batch([("submit", spec(f"r{i}")) for i in range(1000)], 0.0)
+    q.apply_batch([("submit", spec(f"d{i}", conditions=f"queue:after_ok r{i}"))
+                   for i in range(1000)] + [
+                  ("submit", spec("pattern", conditions="queue:all_with_cmd_ok ^x"))], 0.0)
+    checked: list[str] = []
+    real = cond.evaluate_queue
+
+    def counting(conds: Any, seq: int, view: Any) -> Any:
+        checked.append(next(t.spec.task_id for t in q.tasks.values() if t.seq == seq))
+        return real(conds, seq, view)
+
+    monkeypatch.setattr(cond, "evaluate_queue", counting)
+    for i, code in ((0, 0), (1, 1)):
+        q.apply_batch([("claim", f"r{i}", "a", 1)], 1.0)
+        q.apply_batch([("finish", f"r{i}", "a", 1, out(code))], 2.0)
+    # r1 failed: its dependent d1 only ("true" does not match ^x); r0's success: nothing.
+    assert checked == ["d1"], checked
+    assert state(q, "d1") is State.FAILED and state(q, "d0") is State.QUEUED
+    checked.clear()
+    q.apply_batch([("claim", "early-x", "a", 1)], 3.0)
+    q.apply_batch([("finish", "early-x", "a", 1, out(1))], 4.0)  # an earlier match failed
+    assert checked == ["pattern"] and state(q, "pattern") is State.FAILED
 
 
 def test_forget_refuses_what_is_not_a_list_of_ids(q: Queue) -> None:
