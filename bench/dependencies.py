@@ -9,6 +9,8 @@ through `Queue.apply_batch`, as Raft entries would carry them, first with exit 0
 fresh queue) with exit 1, each failure failing its dependent. Prints the apply time per ended
 root: what every replica's Raft thread spends, whatever N is once settling is incremental (it
 was about N x 0.25 us per ended task when every waiting task was checked after every end).
+Then one scheduling pass (`scheduler.plan`, what a node's actor runs after each applied entry
+with cores free) over N tasks that all wait on one running task.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import platform
 import time
 
+from comrade import scheduler
 from comrade.model import NodeInfo, Outcome, Resources, TaskSpec
 from comrade.queue import Queue
 
@@ -47,6 +50,23 @@ def per_end_us(waiting: int, ends: int, code: int) -> float:
     return took / ends * 1e6
 
 
+def plan_ms(waiting: int, passes: int = 10) -> float:
+    """Milliseconds of one `scheduler.plan` pass with `waiting` tasks waiting on a running one."""
+    q = Queue()
+    q.apply_batch([("join", NodeInfo("n1", "worker", "h:1", "h:2", Resources(64 * GiB, 64, 64 * GiB)))],
+                  0.0)
+    q.apply_batch([("submit", spec("root"))], 0.0)
+    q.apply_batch([("submit", spec(f"d{i}", "queue:after_ok root")) for i in range(waiting)], 0.0)
+    q.apply_batch([("claim", "root", "n1", 1)], 1.0)
+    local = scheduler.LocalFacts(frozenset(), lambda name: False)
+    started = time.perf_counter()
+    for _ in range(passes):
+        claims, _ = scheduler.plan(q, "n1", Resources(GiB, 8, GiB), local, lambda task_id: 10.0)
+        if claims:
+            raise RuntimeError("a waiting task was claimed")
+    return (time.perf_counter() - started) / passes * 1e3
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.dependencies", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,7 +80,8 @@ def main() -> int:
     for n in args.waiting:
         ok, failed = per_end_us(n, args.ends, 0), per_end_us(n, args.ends, 1)
         print(f"{n} tasks waiting: {ok:.0f} us per root ending with exit 0, "
-              f"{failed:.0f} us per root failing (its dependent failing too)")
+              f"{failed:.0f} us per root failing (its dependent failing too); "
+              f"a scheduling pass {plan_ms(n):.1f} ms")
     return 0
 
 

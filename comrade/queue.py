@@ -129,6 +129,9 @@ class Queue:
         # a restore, as a replica that applied the log would have none left to fail).
         self._named_by: dict[str, set[str]] = {}  # task id -> conditional tasks naming it
         self._by_pattern: set[str] = set()  # conditional tasks with all_with_cmd_ok
+        # conditional task -> the tasks it names that are not final yet: it cannot start
+        # before they end, which the scheduler learns here instead of evaluating it
+        self._blocked: dict[str, set[str]] = {}
         self._to_check: set[str] = set()
         self._settle = True
         self._reserved: dict[str, tuple[int, Resources]] = {}  # node -> (applied, reserved)
@@ -506,6 +509,11 @@ class Queue:
             self._parsed[task.spec.task_id] = parsed
         return parsed
 
+    def blocked(self, task_id: str) -> bool:
+        """True if a queued task names (`queue:after`/`after_ok`) a task that has not ended:
+        its conditions do not hold yet, known without evaluating them."""
+        return task_id in self._blocked
+
     def pending_count(self) -> int:
         """Tasks queued or running."""
         return len(self._pending)
@@ -587,6 +595,12 @@ class Queue:
     def _finalize(self, task: Task, state: State) -> None:
         task.state = state
         task_id = task.spec.task_id
+        for waiting in self._named_by.get(task_id, ()):
+            blockers = self._blocked.get(waiting)
+            if blockers is not None:
+                blockers.discard(task_id)
+                if not blockers:
+                    del self._blocked[waiting]
         if state is not State.DONE:  # the conditions of those waiting on it may no longer hold
             self._to_check |= self._named_by.get(task_id, set())
             self._to_check.update(t for t in self._by_pattern if self.tasks[t].seq > task.seq
@@ -617,6 +631,9 @@ class Queue:
         for c in self.conditions_of(task):
             if c.predicate in ("after", "after_ok") and c.argument is not None:
                 self._named_by.setdefault(c.argument, set()).add(task_id)
+                dep = self.tasks.get(c.argument)
+                if dep is not None and not dep.state.final:
+                    self._blocked.setdefault(task_id, set()).add(c.argument)
             elif c.predicate == "all_with_cmd_ok":
                 self._by_pattern.add(task_id)
         self._to_check.add(task_id)
@@ -640,6 +657,7 @@ class Queue:
             return
         self._conditional.discard(task_id)
         self._by_pattern.discard(task_id)
+        self._blocked.pop(task_id, None)
         for c in self.conditions_of(task):
             waiting = self._named_by.get(c.argument or "") if c.predicate.startswith("after") else None
             if waiting is not None:

@@ -84,11 +84,14 @@ def plan(
     busy = {name: bool(queue.running_on(name)) for name in caps}
     busy[me] = bool(running_here) or bool(skip)
     for task in queue.queued():
+        task_id = task.spec.task_id
+        if queue.blocked(task_id):  # waits for a named task (so not claimed): skipped cheaply
+            continue
         if free.cores <= 0 or len(claims) >= limit:
             break
         if all(c.cores <= 0 for c in caps.values()):
             break
-        task_id, needs = task.spec.task_id, task.spec.needs
+        needs = task.spec.needs
         conds = queue.conditions_of(task)
         if task_id in skip:
             caps[me] = caps[me] - needs
@@ -155,7 +158,7 @@ def plan_ahead(
         if i >= scan or len(claims) >= room:
             break
         task_id = task.spec.task_id
-        if task_id in skip or not task.spec.concurrent:
+        if task_id in skip or not task.spec.concurrent or queue.blocked(task_id):
             continue
         needs = task.spec.needs
         conds = queue.conditions_of(task)

@@ -619,6 +619,16 @@ def check_invariants(q: Queue) -> None:
     assert q._by_pattern == {tid for tid in q._conditional if any(
         c.predicate == "all_with_cmd_ok" for c in q.conditions_of(q.tasks[tid]))}
     assert q._settle or not q._to_check  # settled after each batch (a restore settles at its first)
+    blocked: dict[str, set[str]] = {}
+    for tid in q._conditional:
+        for c in q.conditions_of(q.tasks[tid]):
+            dep = q.tasks.get(c.argument or "") if c.predicate in ("after", "after_ok") else None
+            if dep is not None and not dep.state.final:
+                blocked.setdefault(tid, set()).add(dep.spec.task_id)
+    assert q._blocked == blocked
+    for tid in blocked:  # what the scheduler skips: its conditions indeed do not hold yet
+        t = q.tasks[tid]
+        assert cond.evaluate_queue(q.conditions_of(t), t.seq, q).status is cond.Status.WAIT
     q.forgettable(1e12)  # what the leader asks: never raises
     # Forgetting never takes a task an unfinished one depends on by id.
     for t in [t for t in q.tasks.values() if not t.state.final]:

@@ -326,3 +326,20 @@ def test_ahead_past_an_idle_ghost_which_gets_tasks_through_its_relay() -> None:
     ghost = NodeInfo("g", "ghost", "g:1", "", TWO, frozenset(), clairvoyant="a")
     ok(q, ("join", ghost))
     assert ids(plan_ahead(q, "a", 100, NO_FILES)) == TASKS  # g is idle, but not a worker
+
+
+def test_tasks_waiting_on_a_running_task_are_skipped_without_evaluating(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass runs after every applied entry: with 1,000 tasks waiting on one that runs, it
+    skips them by the queue's index instead of evaluating each one's conditions."""
+    import conditions as cond
+
+    q = build([node("a")], [spec("root")] + [spec(f"w{i}", conditions="queue:after_ok root")
+                                              for i in range(1000)] + [spec("free")])
+    ok(q, ("claim", "root", "a", 1))
+    calls: list[int] = []
+    real = cond.evaluate_queue
+    monkeypatch.setattr(cond, "evaluate_queue", lambda *a: calls.append(1) or real(*a))
+    assert ids(run_plan(q)[0]) == ["free"] and len(calls) == 1  # "free" only
+    ok(q, ("finish", "root", "a", 1, Outcome(0, 1.0, 2.0)))  # now they may run
+    assert ids(run_plan(q, free=Resources(GiB, 3, GiB))[0]) == ["w0", "w1", "w2"]
