@@ -343,3 +343,47 @@ def test_tasks_waiting_on_a_running_task_are_skipped_without_evaluating(
     assert ids(run_plan(q)[0]) == ["free"] and len(calls) == 1  # "free" only
     ok(q, ("finish", "root", "a", 1, Outcome(0, 1.0, 2.0)))  # now they may run
     assert ids(run_plan(q, free=Resources(GiB, 3, GiB))[0]) == ["w0", "w1", "w2"]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_plans_over_random_queues_claim_only_what_may_run_within_free(seed: int) -> None:
+    """Random queues (the queue test's operations, conditions and malformed ones included):
+    every claim is a queued task's next attempt whose conditions hold, never one in flight,
+    within the free resources, a non-concurrent one alone on an idle node; claims ahead are
+    concurrent and ready too."""
+    import random
+
+    import conditions as cond
+    from tests.unit.test_queue import IDS, NODES, random_op
+
+    rng = random.Random(seed)
+    q = Queue()
+    made = 0
+    for step in range(400):
+        q.apply_batch([random_op(rng, q) for _ in range(rng.choice([1, 2, 3]))], float(step))
+        if step % 20:
+            continue
+        for me in NODES:
+            free = Resources(rng.choice([0, 1, 8]) * GiB, rng.choice([0, 1, 2, 8]), 8 * GiB)
+            local = LocalFacts(frozenset(rng.choice([(), ("gpu",)])), lambda name: False)
+            claiming = set(rng.sample(IDS, 2))
+            claims, _ = plan(q, me, free, local, waited(10.0), claiming=claiming)
+            ahead = plan_ahead(q, me, rng.choice([0, 1, 4]), local, claiming=claiming)
+            assert len(set(ids(claims))) == len(claims)
+            total = Resources()
+            for c in claims + ahead:
+                t = q.tasks[c.task_id]
+                assert t.state.value == "queued" and c.attempt == t.attempt + 1, (c, t.state)
+                assert c.task_id not in claiming
+                assert cond.evaluate_queue(q.conditions_of(t), t.seq, q).status is cond.Status.READY
+            for c in claims:
+                t = q.tasks[c.task_id]
+                total = total + t.spec.needs
+                if not t.spec.concurrent:
+                    assert len(claims) == 1 and not q.running_on(me), (me, ids(claims))
+            assert not claims or total.fits_in(free), (total, free)
+            assert all(q.tasks[c.task_id].spec.concurrent for c in ahead)
+            if any(not t.spec.concurrent for t in q.running_on(me)):
+                assert not claims and not ahead
+            made += len(claims) + len(ahead)
+    assert made > 10  # the queues gave the planner something to do
