@@ -247,6 +247,12 @@ Conditions:
   worker:tag TAG                  run only on a node with tag TAG
   worker:has_file NAME            run only on a node with NAME in $LEORONIC_HOME/files/
 
+Options, for every task a command queues (as environment variables for leoronic_add_task):
+  LEORONIC_RETRIES=N          extra attempts after a non-zero exit or a time limit (default 0)
+  LEORONIC_TIME_LIMIT=15m     stop each attempt after 90, 90s, 15m, 1.5h or 2d: SIGTERM to its
+                              process group, SIGKILL 5 s later (default 0: no limit)
+  LEORONIC_NO_RENAME=1        keep necessary files' original names
+
 Examples:
   leoronic_add_task 1024 1 1024 false "" "" "echo hello world"
   leoronic_add_task 512M 2 1G true "worker:tag has_gpu" "" "nvidia-smi"

@@ -69,6 +69,8 @@ def test_ids_resubmit_queue_table_task_format_env_and_workdirs(cluster3: Cluster
     for name in ("MEM", "CORES", "STORAGE", "CONCURRENT", "CONDITIONS", "FILES", "COMMAND", "ID"):
         assert re.search(rf"^\s+{name}\s", fmt.out, re.M), (name, fmt.out)
     assert "Examples:" in fmt.out and "leoronic_add_task 1024 1 1024 false" in fmt.out, fmt
+    for option in ("LEORONIC_RETRIES=N", "LEORONIC_TIME_LIMIT=15m", "LEORONIC_NO_RENAME=1"):
+        assert re.search(rf"^\s+{option}\s", fmt.out, re.M), (option, fmt.out)
 
     # No id: a fresh one is printed; an explicit id is used as is.
     r = c.sh('leoronic_add_task 1024 1 1024 false "" "" "echo anon"')
