@@ -674,7 +674,9 @@ def random_op(rng: random.Random, q: Queue) -> Any:
             return ("forget", rng.sample(IDS, rng.randrange(1, 8)) if rng.random() < 0.9 else tid)
         return ("delete", tid) if rng.random() < 0.3 else ("release", tid, node, attempt, "")
     if kind == 8:
-        return rng.choice([("join", info(node)), ("leave", node), ("expire_node", node)])
+        seen = q.nodes[node].last_seen + rng.choice([-1.0, 0.0, 1.0]) if node in q.nodes else 0.0
+        return rng.choice([("join", info(node)), ("leave", node), ("expire_node", node),
+                           ("expire_node", node, seen)])
     if kind == 9:
         return ("heartbeat", node, Resources(1, 1, 1), "")
     if kind == 10:
