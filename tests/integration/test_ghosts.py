@@ -476,3 +476,18 @@ def test_ghost_refuses_a_bad_duration(make_cluster) -> None:  # type: ignore[no-
                     "--peer", cluster.nodes[0].address, timeout=30)
     assert r.rc == 2 and r.err.strip() == \
         "leoronic: --retention: must be a number of seconds, 0 or more; got -1", r
+
+
+def test_a_ghost_stops_a_task_past_its_time_limit(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """The ghost's own executor enforces the limit; its report reaches the record."""
+    cluster: Cluster = make_cluster(1, [WORKER])
+    start_ghosts(cluster, [("g1", GHOST)])
+    fields = [BIG, "1", "1024", "true", "", "", "echo started; sleep 60", "on-ghost"]
+    r = cluster.sh("LEORONIC_TIME_LIMIT=1 leoronic_add_task " + " ".join(map(shlex.quote, fields)))
+    assert (r.rc, r.out) == (0, "on-ghost\n"), r
+    w = cluster.sh("leoronic_wait --timeout 30 on-ghost", timeout=60)
+    assert w.rc == 1, w  # failed, well before the sleep's minute
+    rec = record(cluster, cluster.nodes[0], "on-ghost")
+    assert rec.node == "g1" and rec.outcome.timed_out and rec.outcome.exit_code == 143, rec
+    assert rec.reason == "stopped after its time limit of 1s", rec
+    assert result(cluster, "on-ghost").out == "started\n"
