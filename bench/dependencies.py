@@ -81,7 +81,7 @@ def main() -> int:
         ok, failed = per_end_us(n, args.ends, 0), per_end_us(n, args.ends, 1)
         print(f"{n} tasks waiting: {ok:.0f} us per root ending with exit 0, "
               f"{failed:.0f} us per root failing (its dependent failing too); "
-              f"a scheduling pass {plan_ms(n):.1f} ms")
+              f"a scheduling pass {plan_ms(n):.3f} ms")
     return 0
 
 

@@ -114,6 +114,10 @@ class Queue:
         """Rebuild the indexes that follow from `tasks` and `nodes`."""
         self._queued: dict[int, str] = {}  # seq -> id, in seq order unless _queued_unsorted
         self._queued_unsorted = False
+        # The queued tasks not in `_blocked`, the same way: what the scheduler looks at, so a
+        # pass costs what is ready, not what waits (bench.dependencies).
+        self._ready: dict[int, str] = {}
+        self._ready_unsorted = False
         self._pending: dict[int, str] = {}  # queued or running, seq -> id, seq order
         self._running: dict[str, set[str]] = {name: set() for name in self.nodes}
         self._exclusive: dict[str, int] = {}  # node -> non-concurrent tasks in _running
@@ -144,6 +148,7 @@ class Queue:
                 self._run_on(task.node, task)
             if task.state is State.QUEUED and self._has_queue_conditions(task):
                 self._wait_on_conditions(task)
+        self._ready = {seq: t for seq, t in self._queued.items() if t not in self._blocked}
 
     # ----- dispatch -------------------------------------------------------------------------
 
@@ -219,10 +224,8 @@ class Queue:
         task = Task(spec=spec, seq=self.next_seq, submitted=now, retries_left=spec.retries)
         self.next_seq += 1
         self.tasks[spec.task_id] = task
-        self._queued[task.seq] = spec.task_id
         self._pending[task.seq] = spec.task_id
-        if self._has_queue_conditions(task):
-            self._wait_on_conditions(task)
+        self._enqueue(task)
         return OK
 
     def claim(self, task_id: str, node: str, attempt: int, *, now: float) -> Reply:
@@ -246,8 +249,7 @@ class Queue:
         task.attempt = attempt
         task.node = node
         task.attempts.append(Attempt(number=attempt, node=node, start=now))
-        del self._queued[task.seq]
-        self._stop_waiting(task)
+        self._dequeue(task)
         self._run_on(node, task)
         return OK
 
@@ -388,8 +390,7 @@ class Queue:
             if task.state is State.RUNNING:
                 self._end_attempt(task, why="superseded by an isolated result", now=now)
                 self._requeue(task)
-            del self._queued[task.seq]
-            self._stop_waiting(task)
+            self._dequeue(task)
             task.state = State.RUNNING
             task.attempt = number
             task.node = node
@@ -477,6 +478,15 @@ class Queue:
             self._queued = dict(sorted(self._queued.items()))
             self._queued_unsorted = False
         for task_id in list(self._queued.values()):
+            yield self.tasks[task_id]
+
+    def ready(self) -> Iterator[Task]:
+        """Queued tasks in submit order, less those `blocked`: the ones whose conditions may
+        hold now (or that have none). Do not change the queue while iterating."""
+        if self._ready_unsorted:
+            self._ready = dict(sorted(self._ready.items()))
+            self._ready_unsorted = False
+        for task_id in self._ready.values():
             yield self.tasks[task_id]
 
     def queued_count(self) -> int:
@@ -583,14 +593,31 @@ class Queue:
                                       tails_dropped=True)
 
     def _requeue(self, task: Task) -> None:
+        # Its conditions are to be met again, and may no longer be able to (what it depends
+        # on was deleted or failed while it ran): checked after this batch (_enqueue).
         task.state = State.QUEUED
+        self._enqueue(task)
+
+    def _enqueue(self, task: Task) -> None:
+        """`task` (state QUEUED) joins the queue's indexes: queued, and ready unless blocked."""
         if self._queued and task.seq < next(reversed(self._queued)):
             self._queued_unsorted = True  # re-sorted lazily by queued()
         self._queued[task.seq] = task.spec.task_id
         if self._has_queue_conditions(task):
-            # Its conditions are to be met again, and may no longer be able to (what it
-            # depends on was deleted or failed while it ran): checked after this batch.
             self._wait_on_conditions(task)
+        if task.spec.task_id not in self._blocked:
+            self._make_ready(task)
+
+    def _make_ready(self, task: Task) -> None:
+        if self._ready and task.seq < next(reversed(self._ready)):
+            self._ready_unsorted = True  # re-sorted lazily by ready()
+        self._ready[task.seq] = task.spec.task_id
+
+    def _dequeue(self, task: Task) -> None:
+        """`task` leaves the queue (claimed or final): out of every queued index."""
+        self._queued.pop(task.seq, None)
+        self._ready.pop(task.seq, None)
+        self._stop_waiting(task)
 
     def _finalize(self, task: Task, state: State) -> None:
         task.state = state
@@ -599,15 +626,15 @@ class Queue:
             blockers = self._blocked.get(waiting)
             if blockers is not None:
                 blockers.discard(task_id)
-                if not blockers:
+                if not blockers:  # (a blocked task is queued: it leaves _blocked when it leaves)
                     del self._blocked[waiting]
+                    self._make_ready(self.tasks[waiting])
         if state is not State.DONE:  # the conditions of those waiting on it may no longer hold
             self._to_check |= self._named_by.get(task_id, set())
             self._to_check.update(t for t in self._by_pattern if self.tasks[t].seq > task.seq
                                   and self._pattern_matches(t, task.spec.command))
-        self._queued.pop(task.seq, None)
         self._pending.pop(task.seq, None)
-        self._stop_waiting(task)
+        self._dequeue(task)
         self._parsed.pop(task.spec.task_id, None)  # a cache for deciding runs: parsed again if asked
         self._not_running(task)
 

@@ -83,10 +83,8 @@ def plan(
     dealt_to: dict[str, int] = {}  # tasks dealt this pass, per node (non-concurrent check)
     busy = {name: bool(queue.running_on(name)) for name in caps}
     busy[me] = bool(running_here) or bool(skip)
-    for task in queue.queued():
+    for task in queue.ready():  # tasks waiting for a named task to end are not even listed
         task_id = task.spec.task_id
-        if queue.blocked(task_id):  # waits for a named task (so not claimed): skipped cheaply
-            continue
         if free.cores <= 0 or len(claims) >= limit:
             break
         if all(c.cores <= 0 for c in caps.values()):
@@ -154,11 +152,11 @@ def plan_ahead(
     claims: list[Claim] = []
     scan = 32 + 2 * room * max(1, len(workers))  # each worker's share is about 1/workers
     fit_cache: dict[tuple[Resources, tuple[str | None, ...]], list[str]] = {}
-    for i, task in enumerate(queue.queued()):
+    for i, task in enumerate(queue.ready()):
         if i >= scan or len(claims) >= room:
             break
         task_id = task.spec.task_id
-        if task_id in skip or not task.spec.concurrent or queue.blocked(task_id):
+        if task_id in skip or not task.spec.concurrent:
             continue
         needs = task.spec.needs
         conds = queue.conditions_of(task)

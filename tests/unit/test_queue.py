@@ -629,6 +629,9 @@ def check_invariants(q: Queue) -> None:
     for tid in blocked:  # what the scheduler skips: its conditions indeed do not hold yet
         t = q.tasks[tid]
         assert cond.evaluate_queue(q.conditions_of(t), t.seq, q).status is cond.Status.WAIT
+    # What the scheduler lists: every queued task not blocked, in submit order.
+    assert [t.spec.task_id for t in q.ready()] == [
+        t.spec.task_id for t in q.queued() if t.spec.task_id not in blocked]
     q.forgettable(1e12)  # what the leader asks: never raises
     # Forgetting never takes a task an unfinished one depends on by id.
     for t in [t for t in q.tasks.values() if not t.state.final]:
