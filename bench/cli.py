@@ -19,7 +19,6 @@ plus the CPU of the commands (with the `date` calls around them; not the node's)
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -92,10 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures.append(describe(name, ms) + f"; CPU {1000 * (children_cpu() - cpu0) / n:.1f} ms "
                            "(the command's, not the node's)")
             log(figures[-1])
-    bench.print_figures_header(f"uname -m: {platform.machine()}; cores: {os.cpu_count()}; "
-                               f"python: {platform.python_version()}")
-    for line in figures:
-        print(line)
+    bench.print_figures(figures)
     return bench.rc
 
 

@@ -12,6 +12,7 @@ import argparse
 import ctypes
 import datetime
 import os
+import platform
 import shlex
 import shutil
 import signal
@@ -179,6 +180,14 @@ class Bench:
               f"{facts}; load average at start {self.load0[0]:.2f}, "
               f"at end {os.getloadavg()[0]:.2f}")
 
+    def print_figures(self, figures: Sequence[str], extra: str = "") -> None:
+        """The figures header with the machine's facts (architecture, cores, Python; then
+        `extra`), then each figure on a line."""
+        self.print_figures_header(f"uname -m: {platform.machine()}; cores: {os.cpu_count()}; "
+                                  f"python: {platform.python_version()}" + (f"; {extra}" if extra else ""))
+        for line in figures:
+            print(line)
+
 
 # ----- a tasks file, run and timed ------------------------------------------------------------
 
@@ -206,16 +215,19 @@ class FileRun(Generic[S]):
 
 def run_tasks_file(cluster: Cluster, name: str, ids: str, n: int, deadline: Deadline,
                    caps: tuple[float, float], sample: Callable[[], S],
-                   command: str = "true") -> FileRun[S]:
+                   command: str = "true", lines: Sequence[str] = ()) -> FileRun[S]:
     """Write N tasks (`command`, 1024 MB, 1 core, 1024 MB storage) with IDs `{ids}0` ...
-    to `tasks-{name}.txt` in the cluster's root, then time, through the shell functions a user
+    (or, given `lines`, those lines: tasks whose IDs all start with `ids`) to
+    `tasks-{name}.txt` in the cluster's root, then time, through the shell functions a user
     types, submitting that file and waiting for every task, and count the queue afterwards.
     `caps`: the most seconds the run and the queue listing may take (and what the deadline
     leaves). RuntimeError if either fails.
     """
     path = os.path.join(cluster.root, f"tasks-{name}.txt")
     with open(path, "w") as f:
-        for i in range(n):
+        if lines:
+            f.write("".join(line + "\n" for line in lines))
+        for i in range(0 if lines else n):
             f.write(f'1024 1 1024 true "" "" {shlex.quote(command)} {ids}{i}\n')
     script = (
         "t0=$(date +%s.%N)\n"

@@ -185,38 +185,40 @@ class Queue:
         problems = []
         earlier: dict[str, TaskSpec] = {}
         for i, spec in enumerate(specs):
-            problem = self._submit_problem(spec, earlier)
+            problem, _ = self._submit_problem(spec, earlier)
             if problem:
                 problems.append((i, problem))
             else:
                 earlier[spec.task_id] = spec
         return problems
 
-    def _submit_problem(self, spec: Any, earlier: dict[str, TaskSpec]) -> str | None:
-        """'' if `spec` can be queued, None if it is an idempotent duplicate, else the problem."""
+    def _submit_problem(self, spec: Any, earlier: dict[str, TaskSpec]
+                        ) -> tuple[str | None, tuple[cond.Condition, ...]]:
+        """('', its parsed conditions) if `spec` can be queued, (None, ()) if it is an
+        idempotent duplicate, else (the problem, ())."""
         problem = spec_problem(spec)
         if problem:
-            return problem
+            return problem, ()
         old = self.tasks.get(spec.task_id)
         old_spec = old.spec if old is not None else earlier.get(spec.task_id)
         if old is not None and old.state is State.DELETED:
-            return f"task id {spec.task_id!r} belonged to a deleted task"
+            return f"task id {spec.task_id!r} belonged to a deleted task", ()
         if old_spec is not None:
             if old_spec == spec:
-                return None
-            return f"task id {spec.task_id!r} is already used by a different task"
+                return None, ()
+            return f"task id {spec.task_id!r} is already used by a different task", ()
         try:
             parsed = cond.parse(spec.conditions)
         except cond.ConditionError as exc:
-            return str(exc)
+            return str(exc), ()
         for dep in cond.dependency_ids(parsed):
             if dep not in self.tasks and dep not in earlier:
-                return f"conditions: unknown task {dep!r}"
-        return ""
+                return f"conditions: unknown task {dep!r}", ()
+        return "", parsed
 
     def submit(self, spec: TaskSpec, *, now: float) -> Reply:
         """Queue a task. The same spec twice is accepted once (idempotent retry)."""
-        problem = self._submit_problem(spec, {})
+        problem, parsed = self._submit_problem(spec, {})
         if problem is None:
             return Reply(True, "duplicate")
         if problem:
@@ -224,6 +226,7 @@ class Queue:
         task = Task(spec=spec, seq=self.next_seq, submitted=now, retries_left=spec.retries)
         self.next_seq += 1
         self.tasks[spec.task_id] = task
+        self._parsed[spec.task_id] = parsed  # parsed once (conditions_of's cache)
         self._pending[task.seq] = spec.task_id
         self._enqueue(task)
         return OK
