@@ -383,11 +383,12 @@ def result(task_id: str) -> None:
     if task.outcome.timed_out:
         click.echo(f"leoronic: task {task_id} was stopped after its time limit of "
                    f"{format_duration(task.spec.time_limit)}", err=True)
-    out, warn_out = client.full_output(task, "out")
-    err, warn_err = client.full_output(task, "err")
-    sys.stdout.buffer.write(out)
+    sys.stdout.flush()  # what click wrote before: the output comes after it
+    warn_out = client.write_output(task, "out", sys.stdout.buffer.write)
     sys.stdout.flush()
-    sys.stderr.buffer.write(err)
+    sys.stderr.flush()
+    warn_err = client.write_output(task, "err", sys.stderr.buffer.write)
+    sys.stderr.flush()
     for warning in {warn_out, warn_err} - {""}:
         click.echo(f"leoronic: {warning}", err=True)
     sys.exit(task.outcome.exit_code if state != "deleted" else 1)
@@ -595,12 +596,11 @@ def get_all_files(dest: str) -> None:
     unreachable = 0
     for n in client.call("nodes")["nodes"]:
         try:
-            data = Client(n["rpc"], client.cookie).call("pack_dir", "work", retry_s=2)
+            _receive(client, n["rpc"], os.path.join(dest, n["name"]), "work")
         except LeoronicError as exc:
             click.echo(f"leoronic: node {n['name']} ({n['rpc']}): not reachable: {exc}", err=True)
             unreachable += 1
             continue
-        _unpack(data, os.path.join(dest, n["name"]))
         click.echo(f"{n['name']}: {os.path.join(dest, n['name'])}")
     if unreachable:
         sys.exit(3)
@@ -622,15 +622,16 @@ def get_files(task_id: str, dest: str) -> None:
         if name not in nodes:
             click.echo(f"leoronic: node {name} is unknown", err=True)
             continue
-        data = Client(nodes[name], client.cookie).call("pack_dir", "task", task_id, retry_s=2)
-        _unpack(data, dest)
+        _receive(client, nodes[name], dest, "task", task_id)
         click.echo(f"{name}: {dest}")
 
 
-def _unpack(data: bytes, dest: str) -> None:
+def _receive(client: Client, address: str, dest: str, *what: str) -> None:
+    """Receive a node's pack of work dirs (`pack_parts` WHAT...) and extract it into `dest`."""
     from comrade import packing  # tarfile: imported only by the two commands that need it
 
-    packing.unpack(data, dest)
+    packing.receive_pack(
+        lambda sink: client.stream_from(address, "pack_parts", *what, sink=sink), dest)
 
 
 if __name__ == "__main__":

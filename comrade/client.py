@@ -171,23 +171,58 @@ class Client:
 
     # ----- results ----------------------------------------------------------------------------
 
-    def full_output(self, task: Any, stream: str) -> tuple[bytes, str]:
-        """Full stdout/stderr from the node that ran the task; falls back to the tail."""
+    def write_output(self, task: Any, stream: str, sink: rpc.Send) -> str:
+        """Write a finished attempt's whole stdout ("out") or stderr ("err") to `sink`, in
+        parts as they come from the node that ran it (never whole in memory), or the tail the
+        record keeps when that is all of it or the node cannot give it. Returns a warning
+        saying what was shown instead ('' if it was all)."""
         outcome = task.outcome
         tail = outcome.stdout_tail if stream == "out" else outcome.stderr_tail
         size = outcome.stdout_bytes if stream == "out" else outcome.stderr_bytes
         if size <= len(tail):
-            return tail, ""
+            sink(tail)
+            return ""
         showing = (f"the queue no longer keeps its last {TAIL_BYTES // 1024} KiB either (it keeps "
                    f"{TAILS_BUDGET // 2**20} MiB of the newest tails)" if outcome.tails_dropped
                    else f"showing the last {len(tail)} bytes")
         nodes = self.call("nodes")["nodes"]
         addr = next((n["rpc"] for n in nodes if n["name"] == task.node), None)
         if addr is None:
-            return tail, f"node {task.node} is unknown; {showing}"
+            sink(tail)
+            return f"node {task.node} is unknown; {showing}"
+        written = 0
+
+        def counted(part: bytes) -> None:
+            nonlocal written
+            sink(part)
+            written += len(part)
+
         try:
-            data = Client(addr, self.cookie).call("output", task.spec.task_id, task.attempt, stream,
-                                                  retry_s=2)
-            return data, ""
-        except ClusterError as exc:
-            return tail, f"node {task.node} unreachable ({exc}); {showing}"
+            self.stream_from(addr, "output_parts", task.spec.task_id, task.attempt, stream,
+                             sink=counted)
+            return ""
+        except AuthError:
+            raise
+        except LeoronicError as exc:  # unreachable, or its files were collected
+            if written:
+                return f"output cut after {written} of {size} bytes: node {task.node}: {exc}"
+            sink(tail)
+            return f"node {task.node} cannot give it ({exc}); {showing}"
+
+    def stream_from(self, address: str, method: str, *args: Any, sink: rpc.Send,
+                    connect_s: float = 2.0) -> Any:
+        """A streamed request to one node (trying to connect for `connect_s` seconds): its
+        parts go to `sink`. Not retried once sent: the parts already went."""
+        deadline = time.monotonic() + connect_s
+        while True:
+            try:
+                conn = rpc.connect(address, self.cookie)
+                break
+            except AuthError:
+                raise
+            except ClusterError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # pacing between connection attempts
+        with conn:
+            return conn.call(method, *args, sink=sink)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pykka
 
-from comrade import discovery, journal_check, membership, resources, rpc
+from comrade import discovery, journal_check, membership, packing, resources, rpc
 from comrade.config import Config
 from comrade.errors import ClusterError, LeoronicError
 from comrade.executor import Crashed, Executor, Paths, Report, remove_task_files, task_files
@@ -148,7 +148,8 @@ class Node:
         log.info("node %s: rpc %s, raft %s, peers %s", self.name, self.rpc_addr, self.raft_addr,
                  others or "none (new cluster)")
         self.server = Server(self.cfg.bind, self.cfg.port, self.cfg.cookie,
-                             {**self.service.handlers(), **self.relay.handlers()})
+                             {**self.service.handlers(), **self.relay.handlers()},
+                             packing.streams(self.paths, self.name))
         self.syncobj = make_syncobj(
             self.raft_addr,
             others,

@@ -1,40 +1,135 @@
-"""Packing directories for transfer (get_all_files, get_files) with the stdlib tarfile."""
+"""Sending what a node holds (task output, work dirs) in parts, and receiving it.
+
+Outputs and work dirs may be larger than a node's memory (a task that printed 20 GB), so they
+go as a streamed reply (`comrade.rpc`): parts of at most PART_BYTES, read from disk (or
+packed with the stdlib tarfile, gzipped) as they are sent. The receiver writes each part where
+it belongs (stdout, or a temporary file the pack is then extracted from).
+"""
 
 from __future__ import annotations
 
-import io
+import contextlib
 import os
 import tarfile
+import tempfile
+from collections.abc import Callable
+from typing import IO
 
 from comrade.errors import UsageError
-from comrade.executor import workdir_task_id
+from comrade.executor import Paths, workdir_task_id
+from comrade.rpc import Send
+
+#: The most bytes one part of a streamed reply carries.
+PART_BYTES = 1 << 20
 
 
-def pack(root: str, *names: str) -> bytes:
-    """A gzipped tar of `names` (relative to `root`), symlinks kept as links."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+def send_file(path: str, send: Send, what: str) -> int:
+    """Send a file's bytes in parts, up to its end when it is opened (a running task's output
+    may grow meanwhile); returns how many were sent. UsageError naming `what` if it is missing.
+    """
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise UsageError(f"no {what} here") from None
+    with f:
+        left = os.fstat(f.fileno()).st_size
+        sent = 0
+        while left > 0:
+            part = f.read(min(PART_BYTES, left))
+            if not part:
+                break  # truncated meanwhile
+            send(part)
+            sent += len(part)
+            left -= len(part)
+    return sent
+
+
+class _PartWriter:
+    """A write-only file object that sends what is written in parts of PART_BYTES."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._buf = bytearray()
+        self.sent = 0
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        while len(self._buf) >= PART_BYTES:
+            self._flush(PART_BYTES)
+        return len(data)
+
+    def close(self) -> None:
+        if self._buf:
+            self._flush(len(self._buf))
+
+    def _flush(self, n: int) -> None:
+        part = bytes(self._buf[:n])
+        del self._buf[:n]
+        self._send(part)
+        self.sent += len(part)
+
+
+def send_pack(root: str, names: list[str], send: Send) -> int:
+    """Send a gzipped tar of `names` (relative to `root`; symlinks kept as links) in parts, as
+    it is made; returns the bytes sent."""
+    out = _PartWriter(send)
+    with tarfile.open(fileobj=out, mode="w|gz") as tar:  # type: ignore[call-overload]
         for name in names:
             path = os.path.join(root, name)
             if os.path.exists(path):
                 tar.add(path, arcname=name)
-    return buf.getvalue()
+    out.close()
+    return out.sent
 
 
-def unpack(data: bytes, dest: str) -> None:
-    """Extract a pack into `dest`, refusing members that would land outside it."""
-    os.makedirs(dest, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(dest, filter="data")
-
-
-def pack_work(work: str, what: str, task_id: str, owner: str) -> bytes:
-    """Pack a node's whole work dir ("work") or one task's attempt dirs ("task")."""
+def send_work(work: str, what: str, task_id: str, owner: str, send: Send) -> int:
+    """Send a node's whole work dir ("work") or one task's attempt dirs ("task") as a pack."""
     if what == "work":
-        return pack(work, ".")
+        return send_pack(work, ["."], send)
     if what == "task":
         dirs = sorted(d for d in os.listdir(work) if workdir_task_id(d) == task_id)
         if not dirs:
             raise UsageError(f"ID: no work dir of task {task_id!r} on {owner}")
-        return pack(work, *dirs)
+        return send_pack(work, dirs, send)
     raise UsageError(f"pack_dir: unknown {what!r}")
+
+
+def streams(paths: Paths, owner: str) -> dict[str, Callable[..., int]]:
+    """The streamed requests every worker and ghost serves (`rpc.Server`'s streams): an
+    attempt's stdout or stderr ("output_parts"), and work dirs packed ("pack_parts")."""
+
+    def output(send: Send, task_id: str, attempt: int, stream: str) -> int:
+        if stream not in ("out", "err"):
+            raise UsageError(f"stream: {stream!r} is not out or err")
+        return send_file(paths.output(task_id, attempt, stream), send,
+                         f"{stream} output of task {task_id!r} attempt {attempt}")
+
+    def pack(send: Send, what: str, task_id: str = "") -> int:
+        return send_work(paths.work, what, task_id, owner, send)
+
+    return {"output_parts": output, "pack_parts": pack}
+
+
+def receive_pack(fetch: Callable[[Send], object], dest: str) -> None:
+    """Receive a pack through `fetch(sink)` into a temporary file in `dest` (never whole in
+    memory), then extract it into `dest`, refusing members that would land outside it. If the
+    fetch fails, a `dest` made for it is removed again (when still empty)."""
+    made = not os.path.isdir(dest)
+    os.makedirs(dest, exist_ok=True)
+    try:
+        with tempfile.TemporaryFile(dir=dest) as spool:
+            fetch(spool.write)
+            spool.seek(0)
+            unpack_file(spool, dest)
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                os.rmdir(dest)
+        raise
+
+
+def unpack_file(f: IO[bytes], dest: str) -> None:
+    """Extract a gzipped tar from an open file into `dest` (data filter: nothing outside it,
+    no devices, no setuid)."""
+    with tarfile.open(fileobj=f, mode="r:gz") as tar:
+        tar.extractall(dest, filter="data")

@@ -5,6 +5,9 @@ challenge-response in both directions with the cookie as the key; only after bot
 any message unpickled. A wrong cookie gets "authentication failed" and nothing else.
 
 A request is `(method, args)`; a reply is `("ok", value)` or `("err", kind, message, exit)`.
+A streamed reply (task output, packed work dirs: anything that may be larger than memory) is
+any number of `("part", bytes)` messages before that last one, so neither side ever holds it
+whole.
 """
 
 from __future__ import annotations
@@ -30,17 +33,23 @@ from comrade.errors import (
 log = logging.getLogger(__name__)
 
 Handler = Callable[..., Any]
+Send = Callable[[bytes], object]
+#: A streamed handler: `fn(send, *args)` calls `send(part)` for each part, then returns a value.
+StreamHandler = Callable[..., Any]
 
 #: Seconds a client waits to connect and authenticate.
 CONNECT_TIMEOUT_S = 5.0
 
 
 class Server:
-    """Serves `handlers[method](*args)` to authenticated connections, one thread each."""
+    """Serves `handlers[method](*args)` and `streams[method](send, *args)` to authenticated
+    connections, one thread each."""
 
-    def __init__(self, bind: str, port: int, cookie: str, handlers: dict[str, Handler]) -> None:
+    def __init__(self, bind: str, port: int, cookie: str, handlers: dict[str, Handler],
+                 streams: dict[str, StreamHandler] | None = None) -> None:
         self._key = cookie.encode()
         self._handlers = handlers
+        self._streams = streams or {}
         self._listener = Listener((bind, port), backlog=128)
         self._stopped = False
         self._thread = threading.Thread(target=self._accept_loop, name="rpc-accept", daemon=True)
@@ -83,17 +92,21 @@ class Server:
                     method, args = conn.recv()
                 except (EOFError, OSError):
                     return
-                conn.send(self._dispatch(method, args))
+                conn.send(self._dispatch(method, args, conn))
         except (OSError, EOFError):
             return
         finally:
             conn.close()
 
-    def _dispatch(self, method: str, args: Any) -> tuple[Any, ...]:
+    def _dispatch(self, method: str, args: Any, conn: Connection) -> tuple[Any, ...]:
         handler = self._handlers.get(method)
-        if handler is None:
+        stream = self._streams.get(method)
+        if handler is None and stream is None:
             return ("err", "UsageError", f"unknown request {method!r}", 2)
         try:
+            if stream is not None:
+                return ("ok", stream(lambda part: conn.send(("part", part)), *args))
+            assert handler is not None
             return ("ok", handler(*args))
         except LeoronicError as exc:
             return ("err", type(exc).__name__, str(exc), exc.exit_code)
@@ -154,12 +167,18 @@ class Connection_:
         self._conn = conn
         self._lock = threading.Lock()
 
-    def call(self, method: str, *args: Any) -> Any:
-        """Send one request and return its value; raise the node's error as a LeoronicError."""
+    def call(self, method: str, *args: Any, sink: Send | None = None) -> Any:
+        """Send one request and return its value; raise the node's error as a LeoronicError.
+        The parts of a streamed reply go to `sink`, in order, as they arrive."""
         with self._lock:
             try:
                 self._conn.send((method, args))
                 reply = self._conn.recv()
+                while reply[0] == "part":
+                    if sink is None:
+                        raise ClusterError(f"node {self.address} streamed an answer to {method}")
+                    sink(reply[1])
+                    reply = self._conn.recv()
             except (EOFError, OSError) as exc:
                 raise ClusterError(f"node {self.address} hung up: {exc or 'connection closed'}") from None
         if reply[0] == "ok":

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from comrade import packing, rpc
+from comrade import rpc
 from comrade.errors import ClusterError, LeoronicError, UsageError
 from comrade.membership import protocol_mismatch
 from comrade.model import WAIT_OVER, Resources, Task, TaskSpec
@@ -52,12 +52,10 @@ class Service:
             "nodes": self.nodes,
             "add_tag": self.add_tag,
             "del_tag": self.del_tag,
-            "output": self.output,
             "file_missing": self.file_missing,
             "file_put": self.file_put,
             "file_get": self.file_get,
             "capacity": self.capacity,
-            "pack_dir": self.pack_dir,
         }
 
     # ----- helpers ----------------------------------------------------------------------------
@@ -231,17 +229,6 @@ class Service:
         replies = self._propose([("delete", tid) for tid in ids])
         return [(tid, r.ok, r.detail) for tid, r in zip(ids, replies, strict=False)]
 
-    def output(self, task_id: str, attempt: int, stream: str) -> bytes:
-        """The full stdout ("out") or stderr ("err") of an attempt that ran on this node."""
-        if stream not in ("out", "err"):
-            raise UsageError(f"stream: {stream!r} is not out or err")
-        path = self.node.paths.output(task_id, attempt, stream)
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise UsageError(f"no {stream} output of task {task_id!r} attempt {attempt} here") from None
-
     # ----- nodes and tags ---------------------------------------------------------------------
 
     def nodes(self) -> dict[str, Any]:
@@ -336,10 +323,6 @@ class Service:
                 log.warning("file %s from %s rejected: %s", sha[:12], addr, exc)
                 errors.append(f"{addr}: {exc}")
         raise ClusterError(f"file {sha[:12]}: no node could supply it ({'; '.join(errors) or 'none has it'})")
-
-    def pack_dir(self, what: str, task_id: str = "") -> bytes:
-        """A gzipped tar of this node's work dir ("work") or of one task's work dirs ("task")."""
-        return packing.pack_work(self.node.paths.work, what, task_id, self.node.name)
 
     def _other_workers(self) -> list[str]:
         def addrs(q: Any) -> list[str]:

@@ -136,9 +136,7 @@ class Ghost:
         self.advertise = cfg.advertise or _advertise(cfg.bind, self.workers or [cfg.target])
         self.server = rpc.Server(cfg.bind, cfg.port, cfg.cookie, {
             "ping": lambda: {"name": self.name, "kind": "ghost", "clairvoyant": self.clairvoyant},
-            "output": self._output,
-            "pack_dir": self._pack_dir,
-        })
+        }, packing.streams(self.paths, self.name))
         self._stop = threading.Event()
         self._finished_event = threading.Event()  # set when a task ends: report it at once
         self._slot_freed = threading.Event()  # set when a task ends: a full ghost polls again
@@ -412,15 +410,6 @@ class Ghost:
         return rewrite_command(spec.command, mapping) if spec.rename else spec.command
 
     # ----- served to clients -------------------------------------------------------------------
-
-    def _output(self, task_id: str, attempt: int, stream: str) -> bytes:
-        if stream not in ("out", "err"):
-            raise UsageError(f"stream: {stream!r} is not out or err")
-        with open(self.paths.output(task_id, attempt, stream), "rb") as f:
-            return f.read()
-
-    def _pack_dir(self, what: str, task_id: str = "") -> bytes:
-        return packing.pack_work(self.paths.work, what, task_id, self.name)
 
 
 def _last_written(items: list[str]) -> float:

@@ -190,9 +190,10 @@ def test_ghosts_run_big_tagged_and_large_output_tasks(make_cluster) -> None:  # 
     assert rec.outcome.stdout_bytes == len(expected), rec.outcome.stdout_bytes
     assert len(rec.outcome.stdout_tail) < len(expected)  # the rest lives on the ghost only
     ran_on = next(g for g in ghosts if g.name == rec.node)
-    served = rpc.call(ran_on.address, Path(cluster.cookie_path).read_text().strip(),
-                      "output", seq, rec.attempt, "out")
-    assert served == expected.encode()  # the ghost itself serves it
+    parts: list[bytes] = []
+    with rpc.connect(ran_on.address, Path(cluster.cookie_path).read_text().strip()) as conn:
+        conn.call("output_parts", seq, rec.attempt, "out", sink=parts.append)
+    assert b"".join(parts) == expected.encode()  # the ghost itself serves it
     r = result(cluster, seq)
     assert r.rc == 0, r
     assert r.out == expected, (len(r.out), r.err)

@@ -7,6 +7,7 @@ environment and work dir of a task.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 from comrade.errors import UsageError
 from comrade.model import TaskSpec
+from comrade.packing import PART_BYTES
 from tests.cluster import UTILITIES, Cluster, Result, wait_for
 
 EXIT_TASK_FAILED = 1
@@ -206,7 +208,7 @@ def test_results_streams_exit_codes_large_output_wait_all_and_still_running(
     r = c.sh(
         'leoronic_add_task 1024 1 1024 true "" "" "echo fine" ok\n'
         'leoronic_add_task 1024 1 1024 true "" "" "echo out; echo err >&2; exit 7" e7\n'
-        'leoronic_add_task 1024 1 1024 true "" "" "seq 1 100000" big\n'
+        'leoronic_add_task 1024 1 1024 true "" "" "seq 1 1000000; seq 1 300000 >&2" big\n'
     )
     assert (r.rc, r.out.split()) == (0, ["ok", "e7", "big"]), r
 
@@ -222,14 +224,17 @@ def test_results_streams_exit_codes_large_output_wait_all_and_still_running(
     res = c.sh("leoronic_result ok")
     assert (res.rc, res.out, res.err) == (0, "fine\n", ""), res
 
-    # More than 64 KiB: read in full from the node that ran it, asking another node.
-    expected = "".join(f"{i}\n" for i in range(1, 100001))
-    assert len(expected) > 64 * 1024
+    # More than 64 KiB: read in full from the node that ran it, asking another node; several
+    # parts of a streamed reply (packing.PART_BYTES), stdout's and stderr's.
+    expected = "".join(f"{i}\n" for i in range(1, 1000001))
+    expected_err = "".join(f"{i}\n" for i in range(1, 300001))
+    assert len(expected) > 6 * PART_BYTES and len(expected_err) > PART_BYTES
     ran_on = queue(c)["big"]["node"]
     other = next(n for n in c.nodes if n.name != ran_on)
     res = c.sh("leoronic_result big", node=other)
-    assert res.rc == 0 and res.err == "", res
+    assert res.rc == 0, res
     assert res.out == expected, f"got {len(res.out)} of {len(expected)} bytes"
+    assert res.err == expected_err, f"got {len(res.err)} of {len(expected_err)} bytes"
 
     # A task still running: says so, exit 5.
     r = c.sh('leoronic_add_task 1024 1 1024 true "" "" "sleep 30" slow')
@@ -239,6 +244,37 @@ def test_results_streams_exit_codes_large_output_wait_all_and_still_running(
     err = one_line_error(res, EXIT_NOT_FINISHED)
     assert "still running" in err and "slow" in err, res
     assert res.out == "", res
+
+
+def peak_rss(pid: int) -> int:
+    """The most resident memory a process has had (VmHWM), bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def test_a_huge_output_streams_through_without_the_node_holding_it(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    c = make_cluster(1)
+    size = 200 * 2**20
+    r = c.sh(f'leoronic_add_task 1024 1 1024 true "" "" "yes leoronic | head -c {size}; '
+             f'echo to-err >&2" huge')
+    assert r.rc == 0, r
+    w = c.sh("leoronic_wait huge", timeout=120)
+    assert w.rc == 0, w
+    node = c.nodes[0]
+    assert node.proc is not None
+    before = peak_rss(node.proc.pid)
+    res = c.sh("set -o pipefail; leoronic_result huge | sha256sum", timeout=120)
+    assert res.rc == 0 and res.err == "to-err\n", res
+    digest = hashlib.sha256()
+    line = b"leoronic\n" * (2**20 // 9)
+    left = size
+    while left:
+        digest.update(line[:left])
+        left -= min(left, len(line))
+    assert res.out.split()[0] == digest.hexdigest(), res
+    # Sent in parts as read: before, the node read it whole and pickled it (400 MB more).
+    grew = peak_rss(node.proc.pid) - before
+    assert grew < 50 * 2**20, f"the node's peak memory grew by {grew / 2**20:.0f} MiB"
 
 
 def test_wait_timeout_gives_up_in_time(make_cluster) -> None:  # type: ignore[no-untyped-def]

@@ -1,16 +1,22 @@
 """`Client.submit`: every spec is checked before anything is queued, then the specs go in
 order, a small first batch (so the cluster starts while the rest is sent) and full ones after.
-`Client.full_output`: the tail in the record, else the node's file, else a warning that says
-which copy is left."""
+`Client.write_output`: the tail in the record, else the node's file in parts, else a warning
+that says which copy is left."""
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from comrade import packing, rpc
 from comrade.client import Client
-from comrade.errors import UsageError
+from comrade.errors import ClusterError, RemoteError, UsageError
+from comrade.executor import Paths
 from comrade.model import Outcome, State, Task, TaskSpec
 
 
@@ -69,20 +75,137 @@ def finished(outcome: Outcome) -> Task:
                 outcome=outcome)
 
 
+def output(client: Client, task: Task, stream: str = "out") -> tuple[bytes, str]:
+    """(what `write_output` wrote, its warning)."""
+    parts: list[bytes] = []
+    warning = client.write_output(task, stream, parts.append)
+    return b"".join(parts), warning
+
+
 def test_small_output_comes_from_the_record_alone() -> None:
     task = finished(Outcome(0, 1.0, 2.0, stdout_tail=b"hello\n", stdout_bytes=6))
-    assert NodeGone().full_output(task, "out") == (b"hello\n", "")
+    assert output(NodeGone(), task) == (b"hello\n", "")
 
 
 def test_node_gone_shows_the_kept_tail() -> None:
     task = finished(Outcome(0, 1.0, 2.0, stdout_tail=b"end\n", stdout_bytes=100_000))
-    assert NodeGone().full_output(task, "out") == (
-        b"end\n", "node n2 is unknown; showing the last 4 bytes")
+    assert output(NodeGone(), task) == (b"end\n", "node n2 is unknown; showing the last 4 bytes")
 
 
 def test_node_gone_and_tail_dropped_says_neither_copy_is_left() -> None:
     task = finished(Outcome(0, 1.0, 2.0, stdout_bytes=100_000, tails_dropped=True))
-    data, warning = NodeGone().full_output(task, "out")
+    data, warning = output(NodeGone(), task)
     assert data == b""
     assert warning == ("node n2 is unknown; the queue no longer keeps its last 64 KiB either "
                        "(it keeps 64 MiB of the newest tails)")
+
+
+class NodeAt(Client):
+    """The node that ran the task listens at `address` (a real rpc.Server)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__("127.0.0.1:1", COOKIE)
+        self.node_address = address
+
+    def call(self, method: str, *args: Any, retry_s: float = 0) -> Any:
+        assert method == "nodes"
+        return {"nodes": [{"name": "n2", "rpc": self.node_address}]}
+
+
+COOKIE = "test-cookie-0123456789"
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[str, Paths]]:
+    """A real RPC server on 127.0.0.1 serving `packing.streams` of a home under tmp_path, and
+    one request that sends two parts and then fails."""
+    paths = Paths(str(tmp_path / "home"))
+    os.makedirs(paths.outputs)
+
+    def breaks(send: Any) -> int:
+        send(b"first part\n")
+        send(b"second part\n")
+        raise OSError("disk gone")
+
+    server = rpc.Server("127.0.0.1", free_port(), COOKIE, {},
+                        {**packing.streams(paths, "n2"), "breaks": breaks})
+    server.start()
+    try:
+        yield f"127.0.0.1:{server._listener.address[1]}", paths
+    finally:
+        server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_output_comes_from_the_node_in_parts(node: tuple[str, Paths]) -> None:
+    address, paths = node
+    data = os.urandom(3 * packing.PART_BYTES + 12345)
+    with open(paths.output("t0", 1, "out"), "wb") as f:
+        f.write(data)
+    task = finished(Outcome(0, 1.0, 2.0, stdout_tail=data[-100:], stdout_bytes=len(data)))
+    parts: list[bytes] = []
+    assert NodeAt(address).write_output(task, "out", parts.append) == ""
+    assert b"".join(parts) == data
+    assert [len(p) for p in parts] == [packing.PART_BYTES] * 3 + [12345]  # never whole
+
+
+def test_output_collected_on_the_node_falls_back_to_the_tail(node: tuple[str, Paths]) -> None:
+    address, _ = node
+    task = finished(Outcome(0, 1.0, 2.0, stdout_tail=b"end\n", stdout_bytes=100_000))
+    data, warning = output(NodeAt(address), task)
+    assert data == b"end\n"
+    assert warning == ("node n2 cannot give it (no out output of task 't0' attempt 1 here); "
+                       "showing the last 4 bytes"), warning
+
+
+def test_a_stream_that_fails_midway_delivers_its_parts_then_the_error(node: tuple[str, Paths]) -> None:
+    address, _ = node
+    parts: list[bytes] = []
+    with rpc.connect(address, COOKIE) as conn:
+        with pytest.raises(RemoteError, match="disk gone"):
+            conn.call("breaks", sink=parts.append)
+        assert parts == [b"first part\n", b"second part\n"]
+        with pytest.raises(ClusterError, match="streamed an answer"):
+            conn.call("breaks")  # parts with nowhere to go: refused, not mistaken for a reply
+
+
+def test_work_dirs_come_packed_in_parts_and_unpack_whole(node: tuple[str, Paths],
+                                                          tmp_path: Path) -> None:
+    address, paths = node
+    wd = Path(paths.workdir("t0", 1))
+    (wd / "sub").mkdir(parents=True)
+    data = os.urandom(2 * packing.PART_BYTES + 7)  # random: gzip cannot shrink it to one part
+    (wd / "sub" / "big.bin").write_bytes(data)
+    (wd / "note.txt").write_text("hello\n")
+    Path(paths.workdir("other", 1)).mkdir()  # another task's: not sent
+    sizes: list[int] = []
+
+    def fetch(sink: Any) -> object:
+        def counted(part: bytes) -> None:
+            sizes.append(len(part))
+            sink(part)
+        return NodeAt(address).stream_from(address, "pack_parts", "task", "t0", sink=counted)
+
+    dest = tmp_path / "dest"
+    packing.receive_pack(fetch, str(dest))
+    assert len(sizes) >= 2 and max(sizes) <= packing.PART_BYTES, sizes
+    assert sorted(p.name for p in dest.iterdir()) == ["t0-a1"]  # the spool is gone too
+    assert (dest / "t0-a1" / "sub" / "big.bin").read_bytes() == data
+    assert (dest / "t0-a1" / "note.txt").read_text() == "hello\n"
+
+
+def test_a_pack_from_an_unreachable_node_leaves_no_dest(tmp_path: Path) -> None:
+    dest = tmp_path / "n3"
+
+    def fetch(sink: Any) -> object:
+        return NodeAt("127.0.0.1:1").stream_from("127.0.0.1:1", "pack_parts", "work",
+                                                 sink=sink, connect_s=0)
+
+    with pytest.raises(ClusterError, match="cannot reach node"):
+        packing.receive_pack(fetch, str(dest))
+    assert not dest.exists()
