@@ -365,8 +365,10 @@ def _age(seconds: float) -> str:
 
 @main.command("result")
 @click.argument("task_id")
+@click.option("--partial", is_flag=True,
+              help="For a running task: print what its attempt has written so far, then exit 5.")
 @friendly
-def result(task_id: str) -> None:
+def result(task_id: str, partial: bool) -> None:
     """Print a task's stdout (stderr to stderr) and exit with its exit code."""
     client = Client()
     task = client.call("task", task_id)
@@ -374,6 +376,8 @@ def result(task_id: str) -> None:
     if state in ("queued", "running"):
         where = f" on {task.node} (attempt {task.attempt})" if state == "running" else ""
         why = f": {task.reason}" if task.reason else ""
+        if partial and state == "running":
+            _write_streams(client, task)
         _fail(f"task {task_id} is still {state}{where}{why}", EXIT_NOT_FINISHED)
     if state == "deleted":
         ran = f" after {len(task.attempts)} attempt(s)" if task.attempts else " before it ran"
@@ -383,6 +387,12 @@ def result(task_id: str) -> None:
     if task.outcome.timed_out:
         click.echo(f"leoronic: task {task_id} was stopped after its time limit of "
                    f"{format_duration(task.spec.time_limit)}", err=True)
+    _write_streams(client, task)
+    sys.exit(task.outcome.exit_code if state != "deleted" else 1)
+
+
+def _write_streams(client: Client, task: Any) -> None:
+    """A task's stdout to stdout and its stderr to stderr, then a line per warning."""
     sys.stdout.flush()  # what click wrote before: the output comes after it
     warn_out = client.write_output(task, "out", sys.stdout.buffer.write)
     sys.stdout.flush()
@@ -391,7 +401,6 @@ def result(task_id: str) -> None:
     sys.stderr.flush()
     for warning in {warn_out, warn_err} - {""}:
         click.echo(f"leoronic: {warning}", err=True)
-    sys.exit(task.outcome.exit_code if state != "deleted" else 1)
 
 
 @main.command("task-info")

@@ -174,9 +174,13 @@ class Client:
     def write_output(self, task: Any, stream: str, sink: rpc.Send) -> str:
         """Write a finished attempt's whole stdout ("out") or stderr ("err") to `sink`, in
         parts as they come from the node that ran it (never whole in memory), or the tail the
-        record keeps when that is all of it or the node cannot give it. Returns a warning
-        saying what was shown instead ('' if it was all)."""
+        record keeps when that is all of it or the node cannot give it; for a running task,
+        what its attempt has written so far. Returns a warning saying what was shown instead
+        ('' if it was all)."""
         outcome = task.outcome
+        if outcome is None:  # running: only its node has anything
+            written, problem = self._from_node(task, stream, sink)
+            return f"node {task.node}: {problem}" if problem else ""
         tail = outcome.stdout_tail if stream == "out" else outcome.stderr_tail
         size = outcome.stdout_bytes if stream == "out" else outcome.stderr_bytes
         if size <= len(tail):
@@ -185,11 +189,21 @@ class Client:
         showing = (f"the queue no longer keeps its last {TAIL_BYTES // 1024} KiB either (it keeps "
                    f"{TAILS_BUDGET // 2**20} MiB of the newest tails)" if outcome.tails_dropped
                    else f"showing the last {len(tail)} bytes")
+        written, problem = self._from_node(task, stream, sink)
+        if not problem:
+            return ""
+        if written:
+            return f"output cut after {written} of {size} bytes: node {task.node}: {problem}"
+        sink(tail)
+        return f"node {task.node} {problem}; {showing}"
+
+    def _from_node(self, task: Any, stream: str, sink: rpc.Send) -> tuple[int, str]:
+        """Stream the task's attempt's output file from its node to `sink`: (bytes written,
+        '' or what went wrong: "is unknown", "cannot give it (...)")."""
         nodes = self.call("nodes")["nodes"]
         addr = next((n["rpc"] for n in nodes if n["name"] == task.node), None)
         if addr is None:
-            sink(tail)
-            return f"node {task.node} is unknown; {showing}"
+            return 0, "is unknown"
         written = 0
 
         def counted(part: bytes) -> None:
@@ -200,14 +214,11 @@ class Client:
         try:
             self.stream_from(addr, "output_parts", task.spec.task_id, task.attempt, stream,
                              sink=counted)
-            return ""
+            return written, ""
         except AuthError:
             raise
         except LeoronicError as exc:  # unreachable, or its files were collected
-            if written:
-                return f"output cut after {written} of {size} bytes: node {task.node}: {exc}"
-            sink(tail)
-            return f"node {task.node} cannot give it ({exc}); {showing}"
+            return written, f"cannot give it ({exc})"
 
     def stream_from(self, address: str, method: str, *args: Any, sink: rpc.Send,
                     connect_s: float = 2.0) -> Any:

@@ -237,13 +237,20 @@ def test_results_streams_exit_codes_large_output_wait_all_and_still_running(
     assert res.err == expected_err, f"got {len(res.err)} of {len(expected_err)} bytes"
 
     # A task still running: says so, exit 5.
-    r = c.sh('leoronic_add_task 1024 1 1024 true "" "" "sleep 30" slow')
+    r = c.sh('leoronic_add_task 1024 1 1024 true "" "" "echo started; echo warming >&2; '
+             'sleep 30" slow')
     assert r.rc == 0, r
     wait_for(lambda: state_is(c, "slow", "running"), 20, "slow to run")
     res = c.sh("leoronic_result slow")
     err = one_line_error(res, EXIT_NOT_FINISHED)
     assert "still running" in err and "slow" in err, res
     assert res.out == "", res
+    # --partial: what it has written so far, from the node running it, then the same exit 5.
+    partial = wait_for(lambda: (p := c.sh("leoronic_result --partial slow", node=other)).out
+                       and p, 20, "slow's first output")
+    assert (partial.rc, partial.out) == (EXIT_NOT_FINISHED, "started\n"), partial
+    assert partial.err.startswith("warming\nleoronic: task slow is still running on "), partial
+    assert partial.err.count("\n") == 2, partial
 
 
 def peak_rss(pid: int) -> int:

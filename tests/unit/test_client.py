@@ -209,3 +209,13 @@ def test_a_pack_from_an_unreachable_node_leaves_no_dest(tmp_path: Path) -> None:
     with pytest.raises(ClusterError, match="cannot reach node"):
         packing.receive_pack(fetch, str(dest))
     assert not dest.exists()
+
+
+def test_a_running_task_shows_what_it_has_written_so_far(node: tuple[str, Paths]) -> None:
+    address, paths = node
+    with open(paths.output("t0", 1, "err"), "wb") as f:
+        f.write(b"so far\n")
+    task = Task(spec=specs(1)[0], seq=1, submitted=0.0, state=State.RUNNING, attempt=1, node="n2")
+    assert output(NodeAt(address), task, "err") == (b"so far\n", "")
+    assert output(NodeAt(address), task, "out") == (
+        b"", "node n2: cannot give it (no out output of task 't0' attempt 1 here)")
