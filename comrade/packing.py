@@ -13,10 +13,12 @@ import os
 import tarfile
 import tempfile
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
+from comrade import rpc
 from comrade.errors import UsageError
 from comrade.executor import Paths, workdir_task_id
+from comrade.files import FileStore
 from comrade.rpc import Send
 
 #: The most bytes one part of a streamed reply carries.
@@ -94,9 +96,10 @@ def send_work(work: str, what: str, task_id: str, owner: str, send: Send) -> int
     raise UsageError(f"pack_dir: unknown {what!r}")
 
 
-def streams(paths: Paths, owner: str) -> dict[str, Callable[..., int]]:
+def streams(paths: Paths, owner: str, store: FileStore) -> dict[str, Callable[..., Any]]:
     """The streamed requests every worker and ghost serves (`rpc.Server`'s streams): an
-    attempt's stdout or stderr ("output_parts"), and work dirs packed ("pack_parts")."""
+    attempt's stdout or stderr ("output_parts"), work dirs packed ("pack_parts"), and a
+    necessary file from the store ("file_parts": False, with no parts, if it is not there)."""
 
     def output(send: Send, task_id: str, attempt: int, stream: str) -> int:
         if stream not in ("out", "err"):
@@ -107,7 +110,32 @@ def streams(paths: Paths, owner: str) -> dict[str, Callable[..., int]]:
     def pack(send: Send, what: str, task_id: str = "") -> int:
         return send_work(paths.work, what, task_id, owner, send)
 
-    return {"output_parts": output, "pack_parts": pack}
+    def file(send: Send, sha: str) -> bool:
+        if not store.has(sha):
+            return False
+        for part in store.read_chunks(sha, PART_BYTES):
+            send(part)
+        return True
+
+    return {"output_parts": output, "pack_parts": pack, "file_parts": file}
+
+
+class _Lacks(Exception):
+    """The node asked for a file does not have it."""
+
+
+def receive_file(store: FileStore, address: str, cookie: str, sha: str) -> bool:
+    """Get a necessary file from the node at `address` into `store`, in parts written as they
+    come (a file is never whole in memory); False if that node lacks it. HashMismatch (a
+    ValueError) if its copy is corrupt, LeoronicError if it cannot be reached; nothing is
+    stored then."""
+    try:
+        with store.writer(sha) as out, rpc.connect(address, cookie, timeout=10) as conn:
+            if not conn.call("file_parts", sha, sink=out.write):
+                raise _Lacks  # leaves the writer without publishing anything
+    except _Lacks:
+        return False
+    return True
 
 
 def receive_pack(fetch: Callable[[Send], object], dest: str) -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from comrade import rpc
+from comrade import packing, rpc
 from comrade.errors import ClusterError, LeoronicError, UsageError
 from comrade.membership import protocol_mismatch
 from comrade.model import WAIT_OVER, Resources, Task, TaskSpec
@@ -54,7 +54,6 @@ class Service:
             "del_tag": self.del_tag,
             "file_missing": self.file_missing,
             "file_put": self.file_put,
-            "file_get": self.file_get,
             "capacity": self.capacity,
         }
 
@@ -299,26 +298,15 @@ class Service:
             except LeoronicError as exc:
                 log.warning("could not copy file %s to %s: %s", sha[:12], addr, exc)
 
-    def file_get(self, sha: str) -> bytes | None:
-        """The content of a stored file, or None if this node lacks it."""
-        if not self.node.store.has(sha):
-            return None
-        return b"".join(self.node.store.read_chunks(sha))
-
     def fetch_file(self, sha: str) -> None:
         """Get a file from any node that has it into the local store (hash-checked)."""
         errors = []
         for addr in self._other_workers():
             try:
-                data = rpc.call(addr, self.node.cfg.cookie, "file_get", sha, timeout=10)
+                if packing.receive_file(self.node.store, addr, self.node.cfg.cookie, sha):
+                    return
             except LeoronicError as exc:
                 errors.append(f"{addr}: {exc}")
-                continue
-            if data is None:
-                continue
-            try:
-                self.node.store.put_bytes(data, expected_sha256=sha)
-                return
             except ValueError as exc:  # HashMismatch: a corrupted copy; try the next node
                 log.warning("file %s from %s rejected: %s", sha[:12], addr, exc)
                 errors.append(f"{addr}: {exc}")

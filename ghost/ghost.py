@@ -136,7 +136,7 @@ class Ghost:
         self.advertise = cfg.advertise or _advertise(cfg.bind, self.workers or [cfg.target])
         self.server = rpc.Server(cfg.bind, cfg.port, cfg.cookie, {
             "ping": lambda: {"name": self.name, "kind": "ghost", "clairvoyant": self.clairvoyant},
-        }, packing.streams(self.paths, self.name))
+        }, packing.streams(self.paths, self.name, self.store))
         self._stop = threading.Event()
         self._finished_event = threading.Event()  # set when a task ends: report it at once
         self._slot_freed = threading.Event()  # set when a task ends: a full ghost polls again
@@ -401,11 +401,9 @@ class Ghost:
         refs = [FileRef(n, sha, size) for n, sha, size in spec.files]
         for ref in refs:
             if not self.store.has(ref.sha256):
-                data = rpc.call(self.clairvoyant, self.cfg.cookie, "file_get", ref.sha256,
-                                timeout=10)
-                if data is None:
+                if not packing.receive_file(self.store, self.clairvoyant, self.cfg.cookie,
+                                            ref.sha256):
                     raise UsageError(f"file {ref.sha256[:12]}: the clairvoyant does not have it")
-                self.store.put_bytes(data, expected_sha256=ref.sha256)
         mapping = place_files(self.store, workdir, refs, rename=spec.rename)
         return rewrite_command(spec.command, mapping) if spec.rename else spec.command
 

@@ -17,6 +17,7 @@ from comrade import packing, rpc
 from comrade.client import Client
 from comrade.errors import ClusterError, RemoteError, UsageError
 from comrade.executor import Paths
+from comrade.files import FileStore
 from comrade.model import Outcome, State, Task, TaskSpec
 
 
@@ -127,8 +128,9 @@ def node(tmp_path: Path) -> Iterator[tuple[str, Paths]]:
         send(b"second part\n")
         raise OSError("disk gone")
 
+    store = FileStore(os.path.join(paths.home, "store"))
     server = rpc.Server("127.0.0.1", free_port(), COOKIE, {},
-                        {**packing.streams(paths, "n2"), "breaks": breaks})
+                        {**packing.streams(paths, "n2", store), "breaks": breaks})
     server.start()
     try:
         yield f"127.0.0.1:{server._listener.address[1]}", paths
@@ -219,3 +221,26 @@ def test_a_running_task_shows_what_it_has_written_so_far(node: tuple[str, Paths]
     assert output(NodeAt(address), task, "err") == (b"so far\n", "")
     assert output(NodeAt(address), task, "out") == (
         b"", "node n2: cannot give it (no out output of task 't0' attempt 1 here)")
+
+
+def test_a_necessary_file_comes_in_parts_into_the_store(node: tuple[str, Paths],
+                                                        tmp_path: Path) -> None:
+    address, paths = node
+    theirs = FileStore(os.path.join(paths.home, "store"))  # the node's store
+    data = os.urandom(2 * packing.PART_BYTES + 5)
+    sha = theirs.put_bytes(data)
+    mine = FileStore(str(tmp_path / "mine"))
+    assert packing.receive_file(mine, address, COOKIE, sha)
+    with open(mine.path(sha), "rb") as f:
+        assert f.read() == data
+    lacking = "0" * 64
+    assert not packing.receive_file(mine, address, COOKIE, lacking)
+    assert not mine.has(lacking)
+    # A corrupt copy on the node: refused by its hash, nothing stored, no temp file left.
+    os.chmod(theirs.path(sha), 0o644)
+    with open(theirs.path(sha), "r+b") as f:
+        f.write(b"X")
+    other = FileStore(str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="content hash is"):
+        packing.receive_file(other, address, COOKIE, sha)
+    assert not other.has(sha) and os.listdir(tmp_path / "other" / "tmp") == []
