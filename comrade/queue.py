@@ -47,9 +47,11 @@ OK = Reply(True)
 #: The version of the replicated state machine: bumped whenever an operation is added or changes
 #: meaning, since workers of different versions would apply the same log differently. Workers
 #: compare it when one joins or restarts into a cluster (`membership.check_protocol`).
+#: It also covers what workers ask of each other over RPC, which must match as well.
 #: 1: `forget` and the output-tails budget. 2: time limits (a timed-out attempt's outcome);
-#: condition patterns run by RE2 (a lookaround `re` accepted now can never hold).
-PROTOCOL = 2
+#: condition patterns run by RE2 (a lookaround `re` accepted now can never hold). 3: necessary
+#: files pass between workers as a streamed `file_parts` (no `file_get`).
+PROTOCOL = 3
 
 #: A task that could not be started this many times (e.g. no node can supply a necessary file
 #: with the right hash) fails with the reason instead of bouncing forever.
