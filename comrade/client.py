@@ -6,16 +6,23 @@ cookie file is `LEORONIC_COOKIE` (a path; default `~/.leoronic_cookie`).
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from comrade import rpc
 from comrade.config import DEFAULT_PORT, default_cookie_path
-from comrade.errors import AuthError, ClusterError, LeoronicError, UsageError
-from comrade.files import DEFAULT_MAX_FILE_BYTES, LocalFile, read_files_field
+from comrade.errors import AuthError, ClusterError, LeoronicError, RemoteError, UsageError
+from comrade.files import (
+    DEFAULT_MAX_FILE_BYTES,
+    FileError,
+    LocalFile,
+    read_files_field,
+    upload_parts,
+)
 from comrade.model import TAIL_BYTES, TAILS_BUDGET, TaskSpec
 from comrade.taskfields import Fields
 
@@ -73,9 +80,11 @@ class Client:
         self._conn: rpc.Connection_ | None = None
         self._others: list[str] = []  # other workers, learned once connected: failover targets
 
-    def call(self, method: str, *args: Any, retry_s: float = RETRY_S) -> Any:
+    def call(self, method: str, *args: Any, retry_s: float = RETRY_S,
+             parts: Callable[[], Iterable[bytes]] | None = None) -> Any:
         """Call a method; on connection failures or no quorum, retry (moving to another
-        worker of the cluster if ours is gone) for `retry_s` seconds."""
+        worker of the cluster if ours is gone) for `retry_s` seconds. With `parts`, an upload:
+        each try sends the parts `parts()` gives."""
         deadline = time.monotonic() + retry_s
         candidates = [self.address]
         turn = 0
@@ -86,7 +95,7 @@ class Client:
                     self._conn = rpc.connect(address, self.cookie)
                     if not self._others and method != "nodes":
                         self._learn_others()
-                return self._conn.call(method, *args)
+                return self._conn.call(method, *args, parts=None if parts is None else parts())
             except AuthError:
                 raise
             except ClusterError as exc:
@@ -139,15 +148,21 @@ class Client:
         return specs, uploads
 
     def upload(self, files: Sequence[LocalFile]) -> None:
-        """Upload the files the node lacks (each once, by hash)."""
+        """Upload the files the node lacks (each once, by hash), in parts read as they are
+        sent: a file is never whole in memory, here or on the node."""
         if not files:
             return
         missing = set(self.call("file_missing", [f.ref.sha256 for f in files]))
         for f in files:
             if f.ref.sha256 in missing:
-                with open(f.path, "rb") as fh:
-                    data = fh.read()
-                self.call("file_put", f.ref.sha256, data)
+                try:
+                    self.call("file_upload", f.ref.sha256,
+                              parts=functools.partial(upload_parts, f, rpc.PART_BYTES))
+                except RemoteError as exc:
+                    if exc.kind != "HashMismatch":
+                        raise
+                    raise FileError(f"necessary file {f.ref.name!r}: changed while it was "
+                                    "being sent") from None
                 missing.discard(f.ref.sha256)
 
     def submit(self, specs: Sequence[TaskSpec], labels: Sequence[str] = (), batch: int = 1000,

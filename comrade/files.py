@@ -74,6 +74,24 @@ class LocalFile:
     path: str
 
 
+def upload_parts(f: LocalFile, part_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The bytes of a necessary file, read in parts as they are sent. FileError if it can no
+    longer be read, or it is no longer the size it was hashed at (the node checks the hash)."""
+    what = f"necessary file {f.ref.name!r}"
+    size = 0
+    try:
+        with open(f.path, "rb") as fh:
+            while part := fh.read(part_bytes):
+                size += len(part)
+                if size > f.ref.size:
+                    break
+                yield part
+    except OSError as exc:
+        raise FileError(f"{what}: not readable ({_strerror(exc)})") from None
+    if size != f.ref.size:
+        raise FileError(f"{what}: changed while it was being sent (it was {f.ref.size} bytes)")
+
+
 def _strerror(exc: OSError) -> str:
     return exc.strerror or str(exc)
 

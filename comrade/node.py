@@ -149,7 +149,8 @@ class Node:
                  others or "none (new cluster)")
         self.server = Server(self.cfg.bind, self.cfg.port, self.cfg.cookie,
                              {**self.service.handlers(), **self.relay.handlers()},
-                             packing.streams(self.paths, self.name, self.store))
+                             packing.streams(self.paths, self.name, self.store),
+                             self.service.uploads())
         self.syncobj = make_syncobj(
             self.raft_addr,
             others,

@@ -19,10 +19,7 @@ from comrade import rpc
 from comrade.errors import UsageError
 from comrade.executor import Paths, workdir_task_id
 from comrade.files import FileStore
-from comrade.rpc import Send
-
-#: The most bytes one part of a streamed reply carries.
-PART_BYTES = 1 << 20
+from comrade.rpc import PART_BYTES, Send
 
 
 def send_file(path: str, send: Send, what: str) -> int:

@@ -51,7 +51,7 @@ OK = Reply(True)
 #: 1: `forget` and the output-tails budget. 2: time limits (a timed-out attempt's outcome);
 #: condition patterns run by RE2 (a lookaround `re` accepted now can never hold). 3: necessary
 #: files pass between workers as a streamed `file_parts` (no `file_get`).
-PROTOCOL = 3
+PROTOCOL = 4
 
 #: A task that could not be started this many times (e.g. no node can supply a necessary file
 #: with the right hash) fails with the reason instead of bouncing forever.

@@ -7,7 +7,9 @@ any message unpickled. A wrong cookie gets "authentication failed" and nothing e
 A request is `(method, args)`; a reply is `("ok", value)` or `("err", kind, message, exit)`.
 A streamed reply (task output, packed work dirs: anything that may be larger than memory) is
 any number of `("part", bytes)` messages before that last one, so neither side ever holds it
-whole.
+whole. A streamed request (an upload) is `(method, args, "parts")`, then any number of
+`("part", bytes)` and `("end",)`; the server reads every part, even after its handler failed
+or when it does not know the method, so the connection stays in step.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
 from typing import Any
@@ -28,6 +30,7 @@ from comrade.errors import (
     ClusterError,
     LeoronicError,
     RemoteError,
+    UsageError,
 )
 
 log = logging.getLogger(__name__)
@@ -36,20 +39,27 @@ Handler = Callable[..., Any]
 Send = Callable[[bytes], object]
 #: A streamed handler: `fn(send, *args)` calls `send(part)` for each part, then returns a value.
 StreamHandler = Callable[..., Any]
+#: An upload handler: `fn(parts, *args)` iterates the parts the client sends, returns a value.
+UploadHandler = Callable[..., Any]
+
+#: The most bytes one part of a streamed reply or request carries.
+PART_BYTES = 1 << 20
 
 #: Seconds a client waits to connect and authenticate.
 CONNECT_TIMEOUT_S = 5.0
 
 
 class Server:
-    """Serves `handlers[method](*args)` and `streams[method](send, *args)` to authenticated
-    connections, one thread each."""
+    """Serves `handlers[method](*args)`, `streams[method](send, *args)` and
+    `uploads[method](parts, *args)` to authenticated connections, one thread each."""
 
     def __init__(self, bind: str, port: int, cookie: str, handlers: dict[str, Handler],
-                 streams: dict[str, StreamHandler] | None = None) -> None:
+                 streams: dict[str, StreamHandler] | None = None,
+                 uploads: dict[str, UploadHandler] | None = None) -> None:
         self._key = cookie.encode()
         self._handlers = handlers
         self._streams = streams or {}
+        self._uploads = uploads or {}
         self._listener = Listener((bind, port), backlog=128)
         self._stopped = False
         self._thread = threading.Thread(target=self._accept_loop, name="rpc-accept", daemon=True)
@@ -89,30 +99,82 @@ class Server:
         try:
             while True:
                 try:
-                    method, args = conn.recv()
+                    method, args, *upload = conn.recv()
                 except (EOFError, OSError):
                     return
-                conn.send(self._dispatch(method, args, conn))
-        except (OSError, EOFError):
+                if upload:
+                    parts = _Parts(conn)
+                    reply = self._dispatch_upload(method, args, parts)
+                    parts.drain()
+                else:
+                    reply = self._dispatch(method, args, conn)
+                conn.send(reply)
+        except (OSError, EOFError, _OutOfStep) as exc:
+            if isinstance(exc, _OutOfStep):
+                log.warning("dropped a connection: %s", exc)
             return
         finally:
             conn.close()
 
+    def _dispatch_upload(self, method: str, args: Any, parts: _Parts) -> tuple[Any, ...]:
+        upload = self._uploads.get(method)
+        if upload is None:
+            return ("err", "UsageError", f"unknown upload {method!r}", 2)
+        return _answer(method, lambda: upload(parts, *args))
+
     def _dispatch(self, method: str, args: Any, conn: Connection) -> tuple[Any, ...]:
         handler = self._handlers.get(method)
         stream = self._streams.get(method)
-        if handler is None and stream is None:
+        if stream is not None:
+            return _answer(method, lambda: stream(lambda part: conn.send(("part", part)), *args))
+        if handler is None:
             return ("err", "UsageError", f"unknown request {method!r}", 2)
-        try:
-            if stream is not None:
-                return ("ok", stream(lambda part: conn.send(("part", part)), *args))
-            assert handler is not None
-            return ("ok", handler(*args))
-        except LeoronicError as exc:
-            return ("err", type(exc).__name__, str(exc), exc.exit_code)
-        except Exception as exc:  # report, keep serving
-            log.exception("request %s failed", method)
-            return ("err", type(exc).__name__, f"{method}: {exc}", EXIT_CLUSTER)
+        return _answer(method, lambda: handler(*args))
+
+
+def _answer(method: str, fn: Callable[[], Any]) -> tuple[Any, ...]:
+    """`fn()` as a reply: its value, or its error (an upload out of step is not answered)."""
+    try:
+        return ("ok", fn())
+    except _OutOfStep:
+        raise
+    except LeoronicError as exc:
+        return ("err", type(exc).__name__, str(exc), exc.exit_code)
+    except Exception as exc:  # report, keep serving
+        log.exception("request %s failed", method)
+        return ("err", type(exc).__name__, f"{method}: {exc}", EXIT_CLUSTER)
+
+
+class _OutOfStep(Exception):
+    """An upload's connection broke, or sent something other than a part or its end: the
+    connection is dropped."""
+
+
+class _Parts:
+    """The parts of an upload, read from the connection as they are iterated."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._ended = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        while not self._ended:
+            try:
+                msg = self._conn.recv()
+            except (EOFError, OSError) as exc:
+                raise _OutOfStep(f"the upload broke off: {exc or 'connection closed'}") from None
+            if msg == ("end",):
+                self._ended = True
+            elif isinstance(msg, tuple) and len(msg) == 2 and msg[0] == "part" \
+                    and isinstance(msg[1], bytes):
+                yield msg[1]
+            else:
+                raise _OutOfStep(f"an upload sent {type(msg).__name__} instead of a part")
+
+    def drain(self) -> None:
+        """Read what the handler left unread (it failed, or stopped early)."""
+        for _ in self:
+            pass
 
 
 def _authenticate_server(conn: Connection, key: bytes) -> None:
@@ -167,12 +229,19 @@ class Connection_:
         self._conn = conn
         self._lock = threading.Lock()
 
-    def call(self, method: str, *args: Any, sink: Send | None = None) -> Any:
+    def call(self, method: str, *args: Any, sink: Send | None = None,
+             parts: Iterable[bytes] | None = None) -> Any:
         """Send one request and return its value; raise the node's error as a LeoronicError.
-        The parts of a streamed reply go to `sink`, in order, as they arrive."""
+        The parts of a streamed reply go to `sink`, in order, as they arrive. With `parts`, the
+        request is an upload: each part is sent as it is taken, in pieces of at most
+        PART_BYTES. If taking a part raises, the connection is closed (it is out of step) and
+        that error propagates."""
         with self._lock:
             try:
-                self._conn.send((method, args))
+                if parts is None:
+                    self._conn.send((method, args))
+                else:
+                    self._send_parts(method, args, parts)
                 reply = self._conn.recv()
                 while reply[0] == "part":
                     if sink is None:
@@ -185,6 +254,24 @@ class Connection_:
             return reply[1]
         _, kind, message, exit_code = reply
         raise RemoteError(kind, message, exit_code)
+
+    def _send_parts(self, method: str, args: Any, parts: Iterable[bytes]) -> None:
+        self._conn.send((method, args, "parts"))
+        source = iter(parts)
+        while True:
+            try:
+                part = next(source, None)
+            except BaseException as exc:
+                self._conn.close()  # out of step: the node drops its half of the upload
+                if isinstance(exc, OSError):  # not the connection's: do not retry as if it were
+                    raise UsageError(f"{method}: could not read what to send: "
+                                     f"{exc.strerror or exc}") from None
+                raise
+            if part is None:
+                break
+            for at in range(0, len(part), PART_BYTES):
+                self._conn.send(("part", bytes(part[at : at + PART_BYTES])))
+        self._conn.send(("end",))
 
     def close(self) -> None:
         """Close the connection."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from comrade import packing, rpc
@@ -35,6 +35,10 @@ class Service:
     def __init__(self, node: Node) -> None:
         self.node = node
 
+    def uploads(self) -> dict[str, Callable[..., Any]]:
+        """Upload method name -> handler (`rpc.Server`'s uploads)."""
+        return {"file_upload": self.file_upload}
+
     def handlers(self) -> dict[str, Callable[..., Any]]:
         """Method name -> handler."""
         return {
@@ -53,7 +57,6 @@ class Service:
             "add_tag": self.add_tag,
             "del_tag": self.del_tag,
             "file_missing": self.file_missing,
-            "file_put": self.file_put,
             "capacity": self.capacity,
         }
 
@@ -279,21 +282,26 @@ class Service:
         that is told a file is here submits a task using it without uploading it)."""
         return [s for s in shas if not self.node.store.keep_alive(s)]
 
-    def file_put(self, sha: str, data: bytes, copies: int = 2) -> bool:
-        """Store a file (hash-checked) and pass it on until `copies` nodes hold it."""
-        self.node.store.put_bytes(data, expected_sha256=sha)
+    def file_upload(self, parts: Iterable[bytes], sha: str, copies: int = 2) -> int:
+        """Store an uploaded file, written to the store part by part as it comes (hash-checked
+        at the end; nothing is stored if it does not match), and pass it on, the same way,
+        until `copies` nodes hold it. Returns its size."""
+        with self.node.store.writer(sha) as out:
+            for part in parts:
+                out.write(part)
         if copies > 1:
-            threading.Thread(target=self._spread, args=(sha, data, copies - 1), daemon=True).start()
-        return True
+            threading.Thread(target=self._spread, args=(sha, copies - 1), daemon=True).start()
+        return out.size
 
-    def _spread(self, sha: str, data: bytes, copies: int) -> None:
+    def _spread(self, sha: str, copies: int) -> None:
         for addr in self._other_workers():
             if copies <= 0:
                 return
             try:
                 with rpc.connect(addr, self.node.cfg.cookie) as conn:
                     if conn.call("file_missing", [sha]):
-                        conn.call("file_put", sha, data, 1)
+                        conn.call("file_upload", sha, 1,
+                                  parts=self.node.store.read_chunks(sha, rpc.PART_BYTES))
                     copies -= 1
             except LeoronicError as exc:
                 log.warning("could not copy file %s to %s: %s", sha[:12], addr, exc)

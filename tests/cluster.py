@@ -25,6 +25,12 @@ LEORONIC = os.path.join(REPO, "leoronic")
 UTILITIES = os.path.join(REPO, "leoronic_utilities.sh")
 
 
+def peak_rss(pid: int) -> int:
+    """The most resident memory a process has had (VmHWM), bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
              interval: float = 0.05) -> Any:
     """Poll `check()` until it returns something truthy; fail after `timeout` seconds."""

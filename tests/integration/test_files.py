@@ -14,7 +14,7 @@ import shlex
 import signal
 from pathlib import Path
 
-from tests.cluster import Cluster, NodeProc, Result, result_out, wait_for, wait_ok
+from tests.cluster import Cluster, NodeProc, Result, peak_rss, result_out, wait_for, wait_ok
 
 SCRIPT = "import sys\nprint(sys.argv[1])\nprint(open(sys.argv[1]).read(), end='')\n"
 DATA = b"good data 123\n"
@@ -163,6 +163,54 @@ def test_one_file_for_twenty_tasks_is_stored_once_per_node(cluster3: Cluster, tm
         entries = store_entries(node)
         assert entries in ([], [stored(node, digest)]), (node.name, entries)
         assert os.listdir(os.path.join(node.home, "store", "tmp")) == [], node.name
+
+
+#: Runs a command and prints, last on stderr, the largest peak memory of its descendants.
+PEAK_OF = ("import resource, subprocess, sys\n"
+           "rc = subprocess.call(sys.argv[1:])\n"
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, file=sys.stderr)\n"
+           "sys.exit(rc)")
+
+
+def test_a_huge_file_is_uploaded_and_copied_in_parts(make_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = make_cluster(2)
+    src = tmp_path / "src"
+    src.mkdir()
+    size = 200 * 2**20
+    digest = hashlib.sha256()
+    with open(src / "big.bin", "wb") as f:
+        for _ in range(size // 2**20):
+            block = os.urandom(2**20)
+            digest.update(block)
+            f.write(block)
+    before = {n.name: peak_rss(n.proc.pid) for n in cluster.nodes if n.proc is not None}
+
+    # Submitted through n1 (which stores it and copies it to n2), with a task no node may run.
+    r = cluster.sh(f"cd {shlex.quote(str(src))}\n"
+                   f"python3 -c {shlex.quote(PEAK_OF)} bash \"$_leoronic_here/leoronic\" add-task -- "
+                   "1024 1 1024 true "
+                   "'worker:tag nowhere' big.bin 'sha256sum big.bin' holder",
+                   timeout=120, LEORONIC_MAX_FILE_BYTES=str(300 * 2**20))
+    assert r.rc == 0 and r.out == "holder\n", r
+    have = wait_for(lambda: len(holders(cluster, digest.hexdigest())) == 2, 60, "two stored copies")
+    assert have
+    for node in cluster.nodes:
+        with open(stored(node, digest.hexdigest()), "rb") as f:
+            assert hashlib.file_digest(f, "sha256").hexdigest() == digest.hexdigest(), node.name
+
+    # Sent and written in parts: before, the CLI read it whole and pickled it, and each node
+    # held it whole while storing it (and n1 again while copying it): 400 MB more, or worse.
+    cli_peak = int(r.err.split()[-1])
+    assert cli_peak < 100 * 2**20, f"the CLI's peak memory was {cli_peak / 2**20:.0f} MiB"
+    for node in cluster.nodes:
+        assert node.proc is not None
+        grew = peak_rss(node.proc.pid) - before[node.name]
+        assert grew < 50 * 2**20, f"{node.name}'s peak memory grew by {grew / 2**20:.0f} MiB"
+
+    # And the task that uses it runs where it may, on the copy it has there.
+    tag(cluster, cluster.nodes[1], "nowhere")
+    wait_ok(cluster, "holder")
+    assert result_out(cluster, "holder") == f"{digest.hexdigest()}  lf_{digest.hexdigest()[:12]}_big.bin\n"
 
 
 def test_tasks_starting_together_share_one_fetched_copy(cluster3: Cluster, tmp_path: Path) -> None:

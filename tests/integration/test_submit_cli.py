@@ -19,7 +19,7 @@ import pytest
 from comrade.errors import UsageError
 from comrade.model import TaskSpec
 from comrade.packing import PART_BYTES
-from tests.cluster import UTILITIES, Cluster, Result, wait_for
+from tests.cluster import UTILITIES, Cluster, Result, peak_rss, wait_for
 
 EXIT_TASK_FAILED = 1
 EXIT_USAGE = 2
@@ -251,12 +251,6 @@ def test_results_streams_exit_codes_large_output_wait_all_and_still_running(
     assert (partial.rc, partial.out) == (EXIT_NOT_FINISHED, "started\n"), partial
     assert partial.err.startswith("warming\nleoronic: task slow is still running on "), partial
     assert partial.err.count("\n") == 2, partial
-
-
-def peak_rss(pid: int) -> int:
-    """The most resident memory a process has had (VmHWM), bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def test_a_huge_output_streams_through_without_the_node_holding_it(make_cluster) -> None:  # type: ignore[no-untyped-def]
