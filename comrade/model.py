@@ -172,3 +172,9 @@ class NodeState:
     lost_since: float | None = None  # when it was declared lost or left
     free: Resources = Resources()  # last reported free resources
     note: str = ""  # e.g. "disk full: not claiming"
+    draining: bool = False  # takes no new task (`leoronic drain`); what runs there goes on
+
+    @property
+    def takes_work(self) -> bool:
+        """True when new tasks may be claimed for this node: it is alive and not draining."""
+        return self.alive and not self.draining

@@ -291,13 +291,15 @@ class Node:
             self._known_claims = stamp
             self._read_claims()
         waiting = [(key, spec) for key, spec in self._claims if not self.handled(key)]
-        start = self.fitting(waiting, list(self._runners.values()))
+        mine = queue.nodes.get(self.name)
+        draining = mine is not None and mine.draining
+        start = [] if draining else self.fitting(waiting, list(self._runners.values()))
         for key, spec in start:
             self._waiting_since.pop(key, None)
             self._start_runner(spec, key[1])
         self._waiting_n = len(waiting) - len(start)
         if full:
-            self._give_back(waiting[len(start):], now)
+            self._give_back(waiting[len(start):], now, "this node is draining" if draining else "")
 
     def _read_claims(self) -> None:
         """From the state: this life's claims on this node, in submit order (`_claims`); and
@@ -321,11 +323,13 @@ class Node:
         self._claims = [(key, spec) for key, spec in mine.items()
                         if key in self._claimed_here]  # a previous life's: see _release_stale
 
-    def _give_back(self, waiting: list[tuple[tuple[str, int], TaskSpec]], now: float) -> None:
-        """Give back the `waiting` claims that have waited here GIVE_BACK_S, and propose again
-        the releases unapplied for RELEASE_RETRY_S; `_recheck_at` is when the next is due."""
+    def _give_back(self, waiting: list[tuple[tuple[str, int], TaskSpec]], now: float,
+                   at_once: str = "") -> None:
+        """Give back the `waiting` claims that have waited here GIVE_BACK_S (all of them now,
+        for the reason `at_once` if given), and propose again the releases unapplied for
+        RELEASE_RETRY_S; `_recheck_at` is when the next is due."""
         give_back = [key for key, _ in waiting
-                     if self._waiting_since.setdefault(key, now) <= now - GIVE_BACK_S]
+                     if self._waiting_since.setdefault(key, now) <= now - GIVE_BACK_S or at_once]
         give_back += [key for key, since in self._given_back.items()
                       if since <= now - RELEASE_RETRY_S]
         for key in give_back:
@@ -333,10 +337,9 @@ class Node:
             self._given_back[key] = now
             self._avoid[key[0]] = now + GIVE_BACK_S
         if give_back and self.proposer is not None:
-            self.proposer.propose([
-                ("release", tid, self.name, attempt,
-                 f"not started here within {GIVE_BACK_S:.0f} s of being claimed")
-                for tid, attempt in give_back])
+            why = at_once or f"not started here within {GIVE_BACK_S:.0f} s of being claimed"
+            self.proposer.propose([("release", tid, self.name, attempt, why)
+                                   for tid, attempt in give_back])
         self._recheck_at = min(
             [self._waiting_since[key] + GIVE_BACK_S for key, _ in waiting
              if key in self._waiting_since]

@@ -50,7 +50,8 @@ OK = Reply(True)
 #: It also covers what workers ask of each other over RPC, which must match as well.
 #: 1: `forget` and the output-tails budget. 2: time limits (a timed-out attempt's outcome);
 #: condition patterns run by RE2 (a lookaround `re` accepted now can never hold). 3: necessary
-#: files pass between workers as a streamed `file_parts` (no `file_get`).
+#: files pass between workers as a streamed `file_parts` (no `file_get`). 4: uploads are a
+#: streamed `file_upload` (no `file_put`); `drain` (a draining node's claims are refused).
 PROTOCOL = 4
 
 #: A task that could not be started this many times (e.g. no node can supply a necessary file
@@ -245,6 +246,8 @@ class Queue:
         ns = self.nodes.get(node)
         if ns is None or not ns.alive:
             return Reply(False, f"node {node!r} is not a live member")
+        if ns.draining:
+            return Reply(False, f"node {node!r} is draining")
         running = self._running.setdefault(node, set())
         if running and not task.spec.concurrent:
             return Reply(False, "task is not concurrent and the node is busy")
@@ -415,7 +418,8 @@ class Queue:
             return Reply(False, "not a node")
         old = self.nodes.get(info.name)
         tags = set(info.tags) | (old.tags if old else set())
-        self.nodes[info.name] = NodeState(info=info, tags=tags, alive=True, last_seen=now)
+        self.nodes[info.name] = NodeState(info=info, tags=tags, alive=True, last_seen=now,
+                                          draining=bool(old and old.draining))
         self._running.setdefault(info.name, set())
         return OK
 
@@ -448,6 +452,17 @@ class Queue:
     def leave(self, node: str, *, now: float) -> Reply:
         """A node leaves cleanly: its running tasks go back to the queue."""
         return self._drop_node(node, "node left", now)
+
+    def drain(self, node: str, on: bool, *, now: float) -> Reply:
+        """Stop (`on`) or resume giving a node new tasks; the tasks it runs go on. Kept when
+        it leaves, is lost or restarts, until resumed."""
+        ns = self.nodes.get(node)
+        if ns is None:
+            return Reply(False, f"unknown node {node!r}")
+        if not isinstance(on, bool):
+            return Reply(False, "drain: not true or false")
+        ns.draining = on
+        return OK
 
     def add_tag(self, node: str, tag: str, *, now: float) -> Reply:
         """Add a tag to a node."""
@@ -783,4 +798,5 @@ _OPS: dict[str, Any] = {
     "add_tag": Queue.add_tag,
     "merge_isolated": Queue.merge_isolated,
     "del_tag": Queue.del_tag,
+    "drain": Queue.drain,
 }

@@ -72,13 +72,13 @@ def plan(
     deferred = False
     running_here = queue.running_on(me)
     my_state = queue.nodes.get(me)
-    if my_state is None or not my_state.alive or free.cores <= 0:
+    if my_state is None or not my_state.takes_work or free.cores <= 0:
         return claims, deferred
     if any(not t.spec.concurrent for t in running_here):
         return claims, deferred
     worker = _Worker(my_state, local)
     caps = {name: ns.info.offered - queue.reserved(name)
-            for name, ns in queue.nodes.items() if ns.alive}
+            for name, ns in queue.nodes.items() if ns.takes_work}
     caps[me] = caps[me] + freeing
     dealt_to: dict[str, int] = {}  # tasks dealt this pass, per node (non-concurrent check)
     busy = {name: bool(queue.running_on(name)) for name in caps}
@@ -138,16 +138,16 @@ def plan_ahead(
     together take different tasks.
     """
     my_state = queue.nodes.get(me)
-    if room <= 0 or my_state is None or not my_state.alive:
+    if room <= 0 or my_state is None or not my_state.takes_work:
         return []
     if any(not t.spec.concurrent for t in queue.running_on(me)):
         return []
     worker = _Worker(my_state, local)
     open_others = [(name, cap) for name, ns in queue.nodes.items()
-                   if ns.alive and name != me and ns.info.kind == "worker"
+                   if ns.takes_work and name != me and ns.info.kind == "worker"
                    for cap in [ns.info.offered - queue.reserved(name)] if cap.cores > 0]
     workers = sorted(name for name, ns in queue.nodes.items()
-                     if ns.alive and ns.info.kind == "worker")
+                     if ns.takes_work and ns.info.kind == "worker")
     skip = set(claiming) | set(avoid)
     claims: list[Claim] = []
     scan = 32 + 2 * room * max(1, len(workers))  # each worker's share is about 1/workers

@@ -56,6 +56,8 @@ class Service:
             "nodes": self.nodes,
             "add_tag": self.add_tag,
             "del_tag": self.del_tag,
+            "drain": self.drain,
+            "drained": self.drained,
             "file_missing": self.file_missing,
             "capacity": self.capacity,
         }
@@ -253,6 +255,7 @@ class Service:
                     "tags": sorted(ns.tags), "offered": ns.info.offered, "free": ns.free,
                     "running": sorted(t.spec.task_id for t in q.running_on(name)),
                     "alive": ns.alive, "lost_since": ns.lost_since, "note": ns.note,
+                    "draining": ns.draining,
                     "clairvoyant": ns.info.clairvoyant,
                 })
             return out
@@ -268,6 +271,39 @@ class Service:
     def del_tag(self, node: str, tag: str) -> str:
         """Untag a node (this one if node is empty)."""
         return self._tag("del_tag", node or self.node.name, tag)
+
+    def drain(self, node: str, on: bool) -> dict[str, Any]:
+        """Stop (`on`) or resume giving a node (this one if node is empty) new tasks; its
+        state as `drained` gives it."""
+        name = node or self.node.name
+        [reply] = self._propose([("drain", name, bool(on))])
+        if not reply.ok:
+            raise UsageError(f"--node: {reply.detail}")
+        return self.drained(name, 0.0)
+
+    def drained(self, node: str, timeout: float) -> dict[str, Any]:
+        """{"node", "draining", "running"}: whether the node (this one if node is empty) is
+        draining and the tasks still on it, after waiting up to `timeout` s (at most 30) for
+        it to run none."""
+        name = node or self.node.name
+        deadline = time.monotonic() + min(max(timeout, 0.0), 30.0)
+
+        def look(q: Any) -> dict[str, Any] | None:
+            ns = q.nodes.get(name)
+            return None if ns is None else {
+                "node": name, "draining": ns.draining,
+                "running": sorted(t.spec.task_id for t in q.running_on(name))}
+
+        while True:
+            with self.node.applied_cv:
+                gen = self.node.applied_gen
+            state = self._read(look)
+            if state is None:
+                raise UsageError(f"--node: unknown node {name!r}")
+            left = deadline - time.monotonic()
+            if not state["running"] or left <= 0:
+                return state
+            self._wait_entry(gen, left)
 
     def _tag(self, op: str, node: str, tag: str) -> str:
         [reply] = self._propose([(op, node, tag)])

@@ -291,3 +291,25 @@ def test_per_task_bookkeeping_is_pruned(tmp_path: Any, clock: Clock) -> None:
     n.prune_bookkeeping()
     assert n._claimed_here == {("running", 1), ("waiting", 1)}
     assert set(n._first_seen) == {"waiting"}
+
+
+def test_a_draining_node_runs_on_what_it_started_and_gives_back_the_rest_at_once(
+        tmp_path: Any, clock: Clock) -> None:
+    n, ex, prop = make_node(tmp_path, cores=1)
+    claim(n, "long", "ahead1", "ahead2")
+    n.reconcile()
+    assert ex.started == [("long", 1)]
+    apply(n, ("drain", "a", True))
+    n.reconcile()  # a new entry was applied: the claims waiting here go back, not in 5 s
+    assert [op for op in prop.ops] == [
+        ("release", "ahead1", "a", 1, "this node is draining"),
+        ("release", "ahead2", "a", 1, "this node is draining")]
+    assert ex.cancelled == []  # the one running goes on
+    n._report_finish("long", 1, Outcome(0, 0.0, 1.0))
+    n.reconcile()
+    assert ex.started == [("long", 1)]  # a free core starts nothing while draining
+    apply(n, *prop.ops)
+    assert n._plan_claims() == []  # nor does it claim anything
+    apply(n, ("drain", "a", False))
+    clock.now += GIVE_BACK_S + 1  # past the time it leaves tasks it gave back alone
+    assert [c.task_id for c in n._plan_claims()] == ["ahead1"]

@@ -395,6 +395,49 @@ def test_tags_add_and_delete(q: Queue) -> None:
     no(q, ("del_tag", "a", "gpu"), "has no tag")
 
 
+def test_a_draining_node_keeps_its_tasks_and_gets_no_new_claim(q: Queue) -> None:
+    ok(q, ("submit", spec("runs")))
+    ok(q, ("submit", spec("waits")))
+    ok(q, ("claim", "runs", "a", 1))
+    ok(q, ("drain", "a", True))
+    ok(q, ("drain", "a", True))  # twice is no error
+    no(q, ("claim", "waits", "a", 1), "node 'a' is draining")
+    assert [t.spec.task_id for t in q.running_on("a")] == ["runs"]
+    ok(q, ("finish", "runs", "a", 1, out(0)))  # what ran there ends as usual
+    ok(q, ("claim", "waits", "b", 1))  # others take the rest
+    assert q.tasks["runs"].state is State.DONE
+
+
+def test_draining_survives_leave_loss_rejoin_and_snapshots_until_resumed(q: Queue) -> None:
+    ok(q, ("drain", "a", True))
+    ok(q, ("leave", "a"))
+    ok(q, ("join", info("a")), now=5.0)
+    assert q.nodes["a"].draining and q.nodes["a"].alive
+    ok(q, ("expire_node", "a"))
+    ok(q, ("join", info("a")), now=6.0)
+    restored = Queue.restore(pickle.loads(pickle.dumps(q.snapshot())))
+    assert restored.nodes["a"].draining and not restored.nodes["b"].draining
+    ok(restored, ("drain", "a", False))
+    ok(restored, ("submit", spec("t")))
+    ok(restored, ("claim", "t", "a", 1))
+
+
+def test_a_node_state_saved_before_draining_existed_reads_as_not_draining(q: Queue) -> None:
+    del q.nodes["a"].__dict__["draining"]  # as unpickled from an older snapshot
+    restored = Queue.restore(pickle.loads(pickle.dumps(q.snapshot())))
+    assert restored.nodes["a"].draining is False and restored.nodes["a"].takes_work
+
+
+@pytest.mark.parametrize("op, contains", [
+    (("drain", "zz", True), "unknown node 'zz'"),
+    (("drain", "a", 1), "not true or false"),
+    (("drain", "a"), ""),
+])
+def test_drain_rejections(q: Queue, op: tuple[Any, ...], contains: str) -> None:
+    no(q, op, contains)
+    assert not q.nodes["a"].draining
+
+
 # ----- dependencies ---------------------------------------------------------------------------
 
 def test_after_ok_on_failed_task_fails_dependents_in_a_chain(q: Queue) -> None:
@@ -454,7 +497,7 @@ def observe(q: Queue) -> tuple[Any, ...]:
     return (
         {tid: (t.seq, t.state, t.attempt, t.node, t.attempts, t.outcome, t.reason, t.failed_on,
                t.retries_left, t.spec) for tid, t in q.tasks.items()},
-        {n: (s.info, s.tags, s.alive, s.last_seen, s.lost_since, s.free, s.note)
+        {n: (s.info, s.tags, s.alive, s.last_seen, s.lost_since, s.free, s.note, s.draining)
          for n, s in q.nodes.items()},
         queued_ids(q),
         {n: sorted(t.spec.task_id for t in q.running_on(n)) for n in q.nodes},
@@ -684,7 +727,7 @@ def random_op(rng: random.Random, q: Queue) -> Any:
         return ("heartbeat", node, Resources(1, 1, 1), "")
     if kind == 10:
         return rng.choice([("add_tag", node, "gpu"), ("del_tag", node, "gpu"),
-                           ("add_tag", node, "b a d")])
+                           ("add_tag", node, "b a d"), ("drain", node, rng.random() < 0.15)])
     if kind == 11:
         return rng.choice(MALFORMED)
     if kind == 13:  # results a node produced while isolated, well formed or not
