@@ -12,7 +12,7 @@ import contextlib
 import os
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from comrade import rpc
@@ -157,4 +157,31 @@ def unpack_file(f: IO[bytes], dest: str) -> None:
     """Extract a gzipped tar from an open file into `dest` (data filter: nothing outside it,
     no devices, no setuid)."""
     with tarfile.open(fileobj=f, mode="r:gz") as tar:
-        tar.extractall(dest, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+        else:  # Python before 3.11.4 (Debian 12's 3.11.2) has no extraction filters
+            tar.extractall(dest, members=_data_members(tar, dest))
+
+
+def _data_members(tar: tarfile.TarFile, dest: str) -> Iterator[tarfile.TarInfo]:
+    """The members of `tar` as the stdlib's "data" filter lets them through: TarError for one
+    that is not a file, directory or link, or that (or whose link) would land outside `dest`;
+    modes stripped of setuid, setgid, sticky and group/other write bits."""
+    root = os.path.realpath(dest)
+
+    def inside(path: str) -> bool:
+        return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+    for member in tar:
+        where = os.path.join(root, member.name)
+        if os.path.isabs(member.name) or not inside(where):
+            raise tarfile.TarError(f"{member.name!r} would be extracted outside {dest}")
+        if member.issym() and not inside(os.path.join(os.path.dirname(where), member.linkname)) \
+                or member.islnk() and not inside(os.path.join(root, member.linkname)):
+            raise tarfile.TarError(f"{member.name!r} links outside {dest}")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise tarfile.TarError(f"{member.name!r} is not a file, directory or link")
+        member.mode &= 0o755
+        member.uid = member.gid = 0
+        member.uname = member.gname = ""
+        yield member
