@@ -15,6 +15,7 @@ leoronic_result() { _leoronic result "$@"; }
 leoronic_wait() { _leoronic wait "$@"; }
 leoronic_task_info() { _leoronic task-info "$@"; }
 leoronic_del_task() { _leoronic del-task "$@"; }
+leoronic_priority() { _leoronic priority "$@"; }
 leoronic_task_format() { _leoronic task-format "$@"; }
 leoronic_nodes() { _leoronic nodes "$@"; }
 leoronic_add_tag() { _leoronic add-tag "$@"; }

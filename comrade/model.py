@@ -18,6 +18,8 @@ TAIL_BYTES = 64 * 1024
 TAILS_BUDGET = 64 * 1024 * 1024
 #: The longest time limit a task may have (a year; 0 means none).
 MAX_TIME_LIMIT_S = 365 * 86400.0
+#: The range of task priorities (higher runs first; 0 by default), as HyperQueue's i32.
+MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
 
 
 #: The states, as `tasks` and `wait_tasks` report them, after which a task will not change:
@@ -82,6 +84,7 @@ class TaskSpec:
     retries: int = 0  # extra attempts after a non-zero exit
     rename: bool = True  # rename necessary files and rewrite the command
     time_limit: float = 0.0  # seconds an attempt may run before it is stopped; 0: no limit
+    priority: int = 0  # as submitted: among ready tasks a higher one is dealt first
 
     @cached_property
     def needs(self) -> Resources:
@@ -140,6 +143,7 @@ class Task:
     reason: str = ""  # why it failed without running, or why it is waiting
     failed_on: tuple[str, ...] = ()  # nodes where it exited non-zero (retries prefer others)
     retries_left: int = 0
+    priority: int = 0  # the spec's, until `leoronic priority` changes it
 
     def summary(self) -> Task:
         """A copy safe to hand to readers outside the state machine's lock."""

@@ -30,7 +30,7 @@ from comrade.files import FileStore, place_files, rewrite_command
 from comrade.homelock import take_home
 from comrade.isolation import Isolation
 from comrade.model import NodeInfo, Outcome, Resources, State, TaskSpec
-from comrade.queue import PROTOCOL, Reply, forgettable_in
+from comrade.queue import PROTOCOL, Reply, forgettable_in, rank
 from comrade.relay import CLAIRVOYANT, Relay
 from comrade.replication import Proposer, ReplicatedQueue, make_syncobj
 from comrade.rpc import Server
@@ -95,7 +95,7 @@ class Node:
         self._waiting_since: dict[tuple[str, int], float] = {}  # claimed, not started yet
         self._given_back: dict[tuple[str, int], float] = {}  # release proposed at (monotonic)
         self._waiting_n = 0  # claims waiting here to start, as of the last reconcile
-        self._claims: list[tuple[tuple[str, int], TaskSpec]] = []  # this life's, submit order
+        self._claims: list[tuple[tuple[str, int], TaskSpec]] = []  # this life's, in rank order
         self._known_claims: tuple[Any, int] | None = None  # (queue, applied) _claims is of
         self._recheck_at = float("inf")  # when a claim waiting here is due to be given back
         self._planned_gen = -1  # applied_gen when claims were last planned
@@ -302,12 +302,13 @@ class Node:
             self._give_back(waiting[len(start):], now, "this node is draining" if draining else "")
 
     def _read_claims(self) -> None:
-        """From the state: this life's claims on this node, in submit order (`_claims`); and
-        forget the runners, finishes and give-backs of attempts no longer assigned here."""
+        """From the state: this life's claims on this node, higher priority first and then in
+        submit order (`_claims`, the order they start in); and forget the runners, finishes
+        and give-backs of attempts no longer assigned here."""
         with self.lock:
             queue = self.consumer.queue
             mine = {(t.spec.task_id, t.attempt): t.spec
-                    for t in sorted(queue.running_on(self.name), key=lambda t: t.seq)}
+                    for t in sorted(queue.running_on(self.name), key=rank)}
             finished = [k for k in self._pending_finish
                         if k not in mine]
         for key in finished:
@@ -354,7 +355,7 @@ class Node:
 
     def fitting(self, waiting: list[tuple[tuple[str, int], TaskSpec]],
                 running: list[TaskSpec]) -> list[tuple[tuple[str, int], TaskSpec]]:
-        """The first of the `waiting` claims (in submit order) that fit here beside `running`;
+        """The first of the `waiting` claims (in `_claims` order) that fit here beside `running`;
         with nothing running, the first always starts (it fitted when it was claimed)."""
         free = resources.free(self.probe, self.offer, sum((s.needs for s in running), Resources()))
         start: list[tuple[tuple[str, int], TaskSpec]] = []

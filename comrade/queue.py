@@ -20,7 +20,9 @@ from typing import Any, NamedTuple
 
 import conditions as cond
 from comrade.model import (
+    MAX_PRIORITY,
     MAX_TIME_LIMIT_S,
+    MIN_PRIORITY,
     TAIL_BYTES,
     TAILS_BUDGET,
     Attempt,
@@ -52,7 +54,8 @@ OK = Reply(True)
 #: condition patterns run by RE2 (a lookaround `re` accepted now can never hold). 3: necessary
 #: files pass between workers as a streamed `file_parts` (no `file_get`). 4: uploads are a
 #: streamed `file_upload` (no `file_put`); `drain` (a draining node's claims are refused).
-PROTOCOL = 4
+#: 5: task priorities (the order in which ready tasks are dealt) and `priority`.
+PROTOCOL = 5
 
 #: A task that could not be started this many times (e.g. no node can supply a necessary file
 #: with the right hash) fails with the reason instead of bouncing forever.
@@ -117,9 +120,10 @@ class Queue:
         """Rebuild the indexes that follow from `tasks` and `nodes`."""
         self._queued: dict[int, str] = {}  # seq -> id, in seq order unless _queued_unsorted
         self._queued_unsorted = False
-        # The queued tasks not in `_blocked`, the same way: what the scheduler looks at, so a
-        # pass costs what is ready, not what waits (bench.dependencies).
-        self._ready: dict[int, str] = {}
+        # The queued tasks not in `_blocked`, keyed by `rank` (higher priority first, then
+        # submit order) and sorted the same lazy way: what the scheduler looks at, so a pass
+        # costs what is ready, not what waits (bench.dependencies).
+        self._ready: dict[tuple[int, int], str] = {}
         self._ready_unsorted = False
         self._pending: dict[int, str] = {}  # queued or running, seq -> id, seq order
         self._running: dict[str, set[str]] = {name: set() for name in self.nodes}
@@ -151,7 +155,8 @@ class Queue:
                 self._run_on(task.node, task)
             if task.state is State.QUEUED and self._has_queue_conditions(task):
                 self._wait_on_conditions(task)
-        self._ready = {seq: t for seq, t in self._queued.items() if t not in self._blocked}
+        self._ready = dict(sorted((rank(self.tasks[t]), t) for t in self._queued.values()
+                                  if t not in self._blocked))
 
     # ----- dispatch -------------------------------------------------------------------------
 
@@ -226,7 +231,8 @@ class Queue:
             return Reply(True, "duplicate")
         if problem:
             return Reply(False, problem)
-        task = Task(spec=spec, seq=self.next_seq, submitted=now, retries_left=spec.retries)
+        task = Task(spec=spec, seq=self.next_seq, submitted=now, retries_left=spec.retries,
+                    priority=spec.priority)
         self.next_seq += 1
         self.tasks[spec.task_id] = task
         self._parsed[spec.task_id] = parsed  # parsed once (conditions_of's cache)
@@ -329,6 +335,22 @@ class Queue:
         self._keep_tails(task)
         task.reason = "deleted by user"
         self._finalize(task, State.DELETED)
+        return OK
+
+    def priority(self, task_id: str, priority: int, *, now: float) -> Reply:
+        """Change the priority of a task not finished yet: among ready tasks a higher one is
+        dealt first. A running task keeps it if it goes back to the queue."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return Reply(False, f"no task {task_id!r}")
+        if task.state.final:
+            return Reply(False, f"task {task_id!r} is {task.state.value}")
+        if not _is_int(priority) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            return Reply(False, f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}")
+        ready = self._ready.pop(rank(task), None) is not None
+        task.priority = priority
+        if ready:
+            self._make_ready(task)
         return OK
 
     def forget(self, task_ids: list[str], *, now: float) -> Reply:
@@ -501,8 +523,9 @@ class Queue:
             yield self.tasks[task_id]
 
     def ready(self) -> Iterator[Task]:
-        """Queued tasks in submit order, less those `blocked`: the ones whose conditions may
-        hold now (or that have none). Do not change the queue while iterating."""
+        """Queued tasks, higher priority first and then in submit order, less those `blocked`:
+        the ones whose conditions may hold now (or that have none). Do not change the queue
+        while iterating."""
         if self._ready_unsorted:
             self._ready = dict(sorted(self._ready.items()))
             self._ready_unsorted = False
@@ -629,14 +652,15 @@ class Queue:
             self._make_ready(task)
 
     def _make_ready(self, task: Task) -> None:
-        if self._ready and task.seq < next(reversed(self._ready)):
+        key = rank(task)
+        if self._ready and key < next(reversed(self._ready)):
             self._ready_unsorted = True  # re-sorted lazily by ready()
-        self._ready[task.seq] = task.spec.task_id
+        self._ready[key] = task.spec.task_id
 
     def _dequeue(self, task: Task) -> None:
         """`task` leaves the queue (claimed or final): out of every queued index."""
         self._queued.pop(task.seq, None)
-        self._ready.pop(task.seq, None)
+        self._ready.pop(rank(task), None)
         self._stop_waiting(task)
 
     def _finalize(self, task: Task, state: State) -> None:
@@ -758,6 +782,8 @@ def spec_problem(spec: Any) -> str:
     if not isinstance(limit, (int, float)) or isinstance(limit, bool) \
             or not 0 <= limit <= MAX_TIME_LIMIT_S:  # NaN fails the comparison too
         return "time limit must be a number of seconds from 0 (none) to a year"
+    if not _is_int(spec.priority) or not MIN_PRIORITY <= spec.priority <= MAX_PRIORITY:
+        return f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}"
     if not isinstance(spec.concurrent, bool) or not isinstance(spec.rename, bool):
         return "concurrent and rename must be true or false"
     if not isinstance(spec.command, str) or not isinstance(spec.conditions, str):
@@ -768,6 +794,12 @@ def spec_problem(spec: Any) -> str:
     ):
         return "files must be (name, sha256, size) triples"
     return ""
+
+
+def rank(task: Task) -> tuple[int, int]:
+    """Where a task stands in the deal, and among claims waiting on a node: higher priority
+    first, then submit order."""
+    return -task.priority, task.seq
 
 
 def _facts(t: Task) -> cond.TaskFacts:
@@ -799,4 +831,5 @@ _OPS: dict[str, Any] = {
     "merge_isolated": Queue.merge_isolated,
     "del_tag": Queue.del_tag,
     "drain": Queue.drain,
+    "priority": Queue.priority,
 }

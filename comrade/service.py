@@ -53,6 +53,7 @@ class Service:
             "wait_tasks": self.wait_tasks,
             "task": self.task,
             "delete": self.delete,
+            "priority": self.priority,
             "nodes": self.nodes,
             "add_tag": self.add_tag,
             "del_tag": self.del_tag,
@@ -167,7 +168,8 @@ class Service:
         def rows(q: Any) -> list[tuple[Any, ...]]:
             return [
                 (t.spec.task_id, t.state.value, t.node or "", t.attempt, t.submitted,
-                 t.spec.command, t.reason, t.outcome.exit_code if t.outcome else None)
+                 t.spec.command, t.reason, t.outcome.exit_code if t.outcome else None,
+                 t.priority)
                 for t in q.tasks.values()
                 if (not wanted or t.state.value in wanted) and (not node or t.node == node)
             ]
@@ -230,7 +232,15 @@ class Service:
 
     def delete(self, ids: Sequence[str]) -> list[tuple[str, bool, str]]:
         """Delete tasks (queued: removed; running: killed; finished: forgotten)."""
-        replies = self._propose([("delete", tid) for tid in ids])
+        return self._each(ids, lambda tid: ("delete", tid))
+
+    def priority(self, ids: Sequence[str], priority: int) -> list[tuple[str, bool, str]]:
+        """Give tasks not finished yet a new priority."""
+        return self._each(ids, lambda tid: ("priority", tid, priority))
+
+    def _each(self, ids: Sequence[str], op: Callable[[str], Any]) -> list[tuple[str, bool, str]]:
+        """Propose one operation per task id: (id, accepted, detail) for each."""
+        replies = self._propose([op(tid) for tid in ids])
         return [(tid, r.ok, r.detail) for tid, r in zip(ids, replies, strict=False)]
 
     # ----- nodes and tags ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import conditions as cond
 from comrade.errors import UsageError
-from comrade.model import MAX_TIME_LIMIT_S
+from comrade.model import MAX_PRIORITY, MAX_TIME_LIMIT_S, MIN_PRIORITY
 
 FIELDS = ("MEM", "CORES", "STORAGE", "CONCURRENT", "CONDITIONS", "FILES", "COMMAND")
 
@@ -55,6 +55,16 @@ def parse_duration(text: str, field: str) -> float:
     if seconds > MAX_TIME_LIMIT_S:
         raise UsageError(f"{field}: {text!r} is more than a year")
     return seconds
+
+
+def parse_priority(text: str, field: str) -> int:
+    """A task priority: a whole number, negative allowed, higher runs first."""
+    if not re.fullmatch(r"[+-]?\d+", text.strip()):
+        raise UsageError(f"{field}: {text!r} is not a whole number")
+    priority = int(text)
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise UsageError(f"{field}: {priority} is outside {MIN_PRIORITY} to {MAX_PRIORITY}")
+    return priority
 
 
 def parse_cores(text: str) -> int:

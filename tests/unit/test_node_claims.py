@@ -92,6 +92,18 @@ def test_claims_start_while_cores_last_then_wait(tmp_path: Any, clock: Clock) ->
     assert prop.ops == []
 
 
+def test_claims_waiting_here_start_higher_priority_first(tmp_path: Any, clock: Clock) -> None:
+    n, ex, prop = make_node(tmp_path, cores=1)
+    claim(n, "t1", "t2", "t3", "t4")  # claimed ahead: all but the first wait for the core
+    n.reconcile()
+    apply(n, ("priority", "t4", 2), ("priority", "t2", -1))
+    for _ in range(3):
+        task_id, attempt = ex.started[-1]
+        n._report_finish(task_id, attempt, Outcome(0, 0.0, 1.0))
+        n.reconcile()
+    assert ex.started == [("t1", 1), ("t4", 1), ("t3", 1), ("t2", 1)]
+
+
 def test_a_claim_that_cannot_start_in_time_is_given_back_once(tmp_path: Any, clock: Clock) -> None:
     n, ex, prop = make_node(tmp_path, cores=1)
     claim(n, "long", "waits")

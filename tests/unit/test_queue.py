@@ -438,6 +438,80 @@ def test_drain_rejections(q: Queue, op: tuple[Any, ...], contains: str) -> None:
     assert not q.nodes["a"].draining
 
 
+# ----- priorities -----------------------------------------------------------------------------
+
+def ready_ids(q: Queue) -> list[str]:
+    return [t.spec.task_id for t in q.ready()]
+
+
+def test_ready_tasks_come_higher_priority_first_then_in_submit_order(q: Queue) -> None:
+    for tid, priority in [("low", -5), ("plain1", 0), ("high", 10), ("plain2", 0), ("top", 99)]:
+        ok(q, ("submit", spec(tid, priority=priority)))
+    assert ready_ids(q) == ["top", "high", "plain1", "plain2", "low"]
+    assert queued_ids(q) == ["low", "plain1", "high", "plain2", "top"]  # still submit order
+
+
+def test_priority_changes_the_order_of_a_queued_task_and_stays_with_it(q: Queue) -> None:
+    for tid in ("t1", "t2", "t3"):
+        ok(q, ("submit", spec(tid, retries=1)))
+    ok(q, ("priority", "t3", 4))
+    ok(q, ("priority", "t1", -1))
+    assert ready_ids(q) == ["t3", "t2", "t1"]
+    ok(q, ("claim", "t3", "a", 1))
+    ok(q, ("priority", "t3", -9))  # running: kept for when it comes back
+    ok(q, ("finish", "t3", "a", 1, out(1)))  # a retry: queued again, at its new place
+    assert ready_ids(q) == ["t2", "t1", "t3"]
+    restored = Queue.restore(pickle.loads(pickle.dumps(q.snapshot())))
+    assert ready_ids(restored) == ["t2", "t1", "t3"] and restored.tasks["t3"].priority == -9
+    assert q.tasks["t3"].spec.priority == 0  # the spec stays as submitted: a retried submit
+    ok(q, ("submit", spec("t3", retries=1)))  # of it is still the same task
+    assert q.apply_batch([("submit", spec("t3", retries=1))], 0.0)[0].detail == "duplicate"
+
+
+def test_a_blocked_task_takes_its_priority_when_it_becomes_ready(q: Queue) -> None:
+    ok(q, ("submit", spec("first")))
+    ok(q, ("submit", spec("other")))
+    ok(q, ("submit", spec("then", conditions="queue:after first")))
+    ok(q, ("priority", "then", 3))
+    assert ready_ids(q) == ["first", "other"]
+    ok(q, ("claim", "first", "a", 1))
+    ok(q, ("finish", "first", "a", 1, out(0)))
+    assert ready_ids(q) == ["then", "other"]
+
+
+@pytest.mark.parametrize("op, contains", [
+    (("priority", "zz", 1), "no task 'zz'"),
+    (("priority", "fin", 1), "task 'fin' is done"),
+    (("priority", "t", 2**31), "priority must be a whole number"),
+    (("priority", "t", "1"), "priority must be a whole number"),
+    (("priority", "t", True), "priority must be a whole number"),
+    (("priority", "t"), ""),
+])
+def test_priority_rejections(q: Queue, op: tuple[Any, ...], contains: str) -> None:
+    ok(q, ("submit", spec("t")))
+    ok(q, ("submit", spec("fin")))
+    ok(q, ("claim", "fin", "a", 1))
+    ok(q, ("finish", "fin", "a", 1, out(0)))
+    no(q, op, contains)
+    assert q.tasks["t"].priority == 0 and ready_ids(q) == ["t"]
+
+
+@pytest.mark.parametrize("priority", [2**31, -(2**31) - 1, 1.5, "3", None])
+def test_a_bad_priority_is_refused_at_submit(q: Queue, priority: Any) -> None:
+    no(q, ("submit", spec("t", priority=priority)), "priority must be a whole number")
+    assert q.get("t") is None
+
+
+def test_records_saved_before_priorities_existed_read_as_priority_zero(q: Queue) -> None:
+    ok(q, ("submit", spec("old")))
+    ok(q, ("submit", spec("new", priority=1)))
+    del q.tasks["old"].__dict__["priority"]
+    del q.tasks["old"].spec.__dict__["priority"]
+    restored = Queue.restore(pickle.loads(pickle.dumps(q.snapshot())))
+    assert restored.tasks["old"].priority == 0 and restored.tasks["old"].spec.priority == 0
+    assert ready_ids(restored) == ["new", "old"]
+
+
 # ----- dependencies ---------------------------------------------------------------------------
 
 def test_after_ok_on_failed_task_fails_dependents_in_a_chain(q: Queue) -> None:
@@ -496,10 +570,11 @@ def observe(q: Queue) -> tuple[Any, ...]:
     """Everything a reader can see, as comparable plain data."""
     return (
         {tid: (t.seq, t.state, t.attempt, t.node, t.attempts, t.outcome, t.reason, t.failed_on,
-               t.retries_left, t.spec) for tid, t in q.tasks.items()},
+               t.retries_left, t.spec, t.priority) for tid, t in q.tasks.items()},
         {n: (s.info, s.tags, s.alive, s.last_seen, s.lost_since, s.free, s.note, s.draining)
          for n, s in q.nodes.items()},
         queued_ids(q),
+        [t.spec.task_id for t in q.ready()],
         {n: sorted(t.spec.task_id for t in q.running_on(n)) for n in q.nodes},
         {n: q.reserved(n) for n in q.nodes},
         q.pending_count(), q.next_seq,
@@ -672,9 +747,11 @@ def check_invariants(q: Queue) -> None:
     for tid in blocked:  # what the scheduler skips: its conditions indeed do not hold yet
         t = q.tasks[tid]
         assert cond.evaluate_queue(q.conditions_of(t), t.seq, q).status is cond.Status.WAIT
-    # What the scheduler lists: every queued task not blocked, in submit order.
-    assert [t.spec.task_id for t in q.ready()] == [
-        t.spec.task_id for t in q.queued() if t.spec.task_id not in blocked]
+    # What the scheduler lists: every queued task not blocked, higher priority first, then in
+    # submit order.
+    ready = sorted((t for t in q.queued() if t.spec.task_id not in blocked),
+                   key=lambda t: (-t.priority, t.seq))
+    assert list(q.ready()) == ready
     q.forgettable(1e12)  # what the leader asks: never raises
     # Forgetting never takes a task an unfinished one depends on by id.
     for t in [t for t in q.tasks.values() if not t.state.final]:
@@ -704,7 +781,8 @@ def random_op(rng: random.Random, q: Queue) -> Any:
     if kind == 0:
         return ("submit", spec(tid, conditions=rng.choice(CONDS), concurrent=rng.random() < 0.8,
                                retries=rng.randrange(3), command=rng.choice(["x1", "y", "x2"]),
-                               time_limit=rng.choice([0.0, 0.0, 60.0, -1.0])))
+                               time_limit=rng.choice([0.0, 0.0, 60.0, -1.0]),
+                               priority=rng.choice([0, 0, 0, 5, -3, 2**31])))
     if kind in (1, 2, 3):
         return ("claim", tid, node if rng.random() < 0.5 else rng.choice(NODES), attempt)
     if kind in (4, 5):
@@ -727,7 +805,8 @@ def random_op(rng: random.Random, q: Queue) -> Any:
         return ("heartbeat", node, Resources(1, 1, 1), "")
     if kind == 10:
         return rng.choice([("add_tag", node, "gpu"), ("del_tag", node, "gpu"),
-                           ("add_tag", node, "b a d"), ("drain", node, rng.random() < 0.15)])
+                           ("add_tag", node, "b a d"), ("drain", node, rng.random() < 0.15),
+                           ("priority", tid, rng.choice([1, -2, 7, 10**40, "x"]))])
     if kind == 11:
         return rng.choice(MALFORMED)
     if kind == 13:  # results a node produced while isolated, well formed or not

@@ -90,6 +90,27 @@ def test_free_is_consumed_in_submit_order() -> None:
     assert ids(claims) == ["t0", "t1"]
 
 
+def test_free_goes_to_higher_priority_first_then_submit_order() -> None:
+    q = build([node("a")], [spec(f"t{i}", cores=2) for i in range(5)])
+    ok(q, ("priority", "t3", 5), ("priority", "t4", 1), ("priority", "t0", -1))
+    claims, _ = run_plan(q, free=Resources(GiB, 5, GiB))
+    assert ids(claims) == ["t3", "t4"]
+    claims, _ = run_plan(q, free=Resources(GiB, 1, GiB))
+    assert ids(claims) == []  # no smaller task jumps the line here: all need 2 cores
+    ok(q, ("submit", spec("one", cores=1)))
+    claims, _ = run_plan(q, free=Resources(GiB, 1, GiB))
+    assert ids(claims) == ["one"]  # a task that fits goes ahead of higher ones that do not
+
+
+def test_ahead_takes_higher_priority_first() -> None:
+    q = busy_cluster()
+    for i, tid in enumerate(TASKS):  # the last submitted first
+        ok(q, ("priority", tid, i))
+    for me in "abc":
+        share = ids(plan_ahead(q, me, 100, NO_FILES))
+        assert share == sorted(share, key=TASKS.index, reverse=True)
+
+
 def test_limit_and_claiming_in_flight() -> None:
     q = build([node("a")], [spec(f"t{i}") for i in range(6)])
     assert ids(run_plan(q, limit=3)[0]) == ["t0", "t1", "t2"]

@@ -23,6 +23,7 @@ from comrade.taskfields import (
     parse_cores,
     parse_duration,
     parse_fields,
+    parse_priority,
     parse_task_file,
     split_fields,
     validate_tags,
@@ -112,6 +113,26 @@ def test_parse_duration_errors(text: str, why: str) -> None:
         parse_duration(text, "--time-limit")
     assert str(info.value) == f"--time-limit: {text!r} {why}" + (
         " (e.g. 90, 90s, 15m, 1.5h, 2d)" if why == "is not a duration" else "")
+
+
+@pytest.mark.parametrize("text, priority", [
+    ("0", 0), ("5", 5), ("-3", -3), ("+7", 7), (" 12 ", 12), ("2147483647", 2**31 - 1),
+    ("-2147483648", -(2**31)),
+])
+def test_parse_priority(text: str, priority: int) -> None:
+    assert parse_priority(text, "--priority") == priority
+
+
+@pytest.mark.parametrize("text, message", [
+    ("high", "'high' is not a whole number"), ("1.5", "'1.5' is not a whole number"),
+    ("", "'' is not a whole number"), ("1e3", "'1e3' is not a whole number"),
+    ("2147483648", "2147483648 is outside -2147483648 to 2147483647"),
+    ("-2147483649", "-2147483649 is outside -2147483648 to 2147483647"),
+])
+def test_parse_priority_errors(text: str, message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_priority(text, "PRIORITY")
+    assert str(info.value) == f"PRIORITY: {message}"
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -1,0 +1,92 @@
+"""Task priorities through the CLI on a real one-core worker: among waiting tasks a higher
+priority starts first (given at submit with --priority or changed with leoronic_priority),
+the order survives the worker being SIGKILLed and restarted, and bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+from pathlib import Path
+
+from tests.cluster import Cluster, wait_for, wait_ok
+
+
+def submit(cluster: Cluster, command: str, task_id: str, **env: str) -> None:
+    r = cluster.sh(f"leoronic_add_task 1024 1 1024 true '' '' {shlex.quote(command)} {task_id}",
+                   **env)
+    assert r.rc == 0 and r.out == f"{task_id}\n", r
+
+
+def queue_rows(cluster: Cluster) -> dict[str, str]:
+    r = cluster.sh("leoronic_get_queue")
+    assert r.rc == 0, r
+    return {line.split()[0]: line for line in r.out.splitlines()[1:]}
+
+
+def started(cluster: Cluster, task_id: str) -> float:
+    r = cluster.sh(f"leoronic_task_info --json {task_id}")
+    assert r.rc == 0, r
+    return float(json.loads(r.out)["result"]["start"])
+
+
+def test_higher_priority_starts_first_and_the_order_survives_a_restart(
+        make_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = make_cluster(1, [["--cores", "1"]])
+    gate = tmp_path / "gate"
+    submit(cluster, f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.05; done", "gate")
+    wait_for(lambda: " running " in queue_rows(cluster).get("gate", ""), 20, "gate to run")
+    for task_id in "abcd":
+        submit(cluster, "true", task_id)
+    submit(cluster, "true", "e", LEORONIC_PRIORITY="5")
+    r = cluster.sh("leoronic_priority 9 c")
+    assert (r.rc, r.out) == (0, "c priority 9\n"), r
+    r = cluster.sh("leoronic_priority -1 a")  # a negative number is not taken for an option
+    assert (r.rc, r.out) == (0, "a priority -1\n"), r
+
+    def shown() -> bool:
+        rows = queue_rows(cluster)
+        return all(rows.get(t, "").endswith(f"[priority {p}]") for t, p in [("c", 9), ("e", 5), ("a", -1)])
+    assert shown(), queue_rows(cluster)
+    assert "priority" not in queue_rows(cluster)["b"]
+    r = cluster.sh("leoronic_task_info c")
+    assert r.rc == 0 and "; priority 9\n" in r.out, r
+
+    # Replicated and journaled: kept across a SIGKILL and restart of the only worker. Its
+    # restart kills the gate's process and puts the gate back in the queue, at its place:
+    # behind c and e, ahead of the rest. It blocks there again until the gate opens.
+    node = cluster.nodes[0]
+    cluster.kill(node, signal.SIGKILL)
+    cluster.launch(node)
+    cluster.wait_registered(node, timeout=40)
+
+    def gate_runs_again() -> bool:
+        row = queue_rows(cluster).get("gate", "").split()
+        return row[1:2] == ["running"] and row[3:4] == ["2"]
+    wait_for(gate_runs_again, 30, "the gate to run again after the restart")
+    rows = queue_rows(cluster)
+    assert rows["a"].endswith("[priority -1]") and "priority" not in rows["b"], rows
+
+    gate.touch()
+    wait_ok(cluster, "gate", *"abcde", timeout=60)
+    order = sorted(["gate", *"abcde"], key=lambda t: started(cluster, t))
+    assert order == ["c", "e", "gate", "b", "d", "a"], order
+
+
+def test_priority_refuses_bad_input_with_one_line(cluster3: Cluster) -> None:
+    submit(cluster3, "true", "done1")
+    wait_ok(cluster3, "done1")
+    for script, message in [
+        ("leoronic_priority x done1", "leoronic: PRIORITY: 'x' is not a whole number\n"),
+        ("leoronic_priority 99999999999 done1",
+         "leoronic: PRIORITY: 99999999999 is outside -2147483648 to 2147483647\n"),
+        ("leoronic_priority 3 nosuch", "leoronic: ID: no task 'nosuch'\n"),
+        ("leoronic_priority 3 done1", "leoronic: ID: task 'done1' is done\n"),
+        ("leoronic_add_tasks_from_file --priority 1.5 <(echo \"1024 1 1024 true '' '' true p1\")",
+         "leoronic: --priority: '1.5' is not a whole number\n"),
+        ("LEORONIC_PRIORITY=high leoronic_add_task 1024 1 1024 true '' '' true p2",
+         "leoronic: --priority: 'high' is not a whole number\n"),
+    ]:
+        r = cluster3.sh(script)
+        assert (r.rc, r.out, r.err) == (2, "", message), (script, r)
+    assert set(queue_rows(cluster3)) == {"done1"}  # nothing was queued
