@@ -16,6 +16,8 @@ leoronic_wait() { _leoronic wait "$@"; }
 leoronic_task_info() { _leoronic task-info "$@"; }
 leoronic_del_task() { _leoronic del-task "$@"; }
 leoronic_priority() { _leoronic priority "$@"; }
+leoronic_hold() { _leoronic hold "$@"; }
+leoronic_release() { _leoronic release "$@"; }
 leoronic_task_format() { _leoronic task-format "$@"; }
 leoronic_nodes() { _leoronic nodes "$@"; }
 leoronic_add_tag() { _leoronic add-tag "$@"; }

@@ -277,6 +277,7 @@ def ghost(target: str, **opts: Any) -> None:
 
 _PRIORITY_HELP = ("Among tasks ready to run, a higher priority is started first (LEORONIC_PRIORITY; "
                   "a whole number, negative allowed; default 0).")
+_HOLD_HELP = "Queue on hold: it starts only after `leoronic release` (LEORONIC_HOLD=1)."
 _TIME_LIMIT_HELP = ("Stop each attempt after this long: SIGTERM to its process group, SIGKILL "
                     "5 s later (LEORONIC_TIME_LIMIT; 90, 90s, 15m, 1.5h, 2d; default 0: none).")
 
@@ -287,26 +288,28 @@ _TIME_LIMIT_HELP = ("Stop each attempt after this long: SIGTERM to its process g
                    "default 0).")
 @click.option("--time-limit", default=None, envvar="LEORONIC_TIME_LIMIT", help=_TIME_LIMIT_HELP)
 @click.option("--priority", default=None, envvar="LEORONIC_PRIORITY", help=_PRIORITY_HELP)
+@click.option("--hold", is_flag=True, envvar="LEORONIC_HOLD", help=_HOLD_HELP)
 @click.option("--no-rename", is_flag=True, envvar="LEORONIC_NO_RENAME",
               help="Keep necessary files' original names (LEORONIC_NO_RENAME=1).")
 @click.argument("fields", nargs=-1, required=True)
 @friendly
 def add_task(fields: Sequence[str], retries: int | None, time_limit: str | None,
-             priority: str | None, no_rename: bool) -> None:
+             priority: str | None, hold: bool, no_rename: bool) -> None:
     """Queue one task: MEM CORES STORAGE CONCURRENT CONDITIONS FILES COMMAND [ID]."""
     parsed = taskfields.parse_fields(list(fields))
-    _submit([parsed], retries, time_limit, priority, no_rename)
+    _submit([parsed], retries, time_limit, priority, hold, no_rename)
 
 
 @main.command("add-tasks-from-file")
 @click.option("--retries", type=int, default=None, envvar="LEORONIC_RETRIES")
 @click.option("--time-limit", default=None, envvar="LEORONIC_TIME_LIMIT", help=_TIME_LIMIT_HELP)
 @click.option("--priority", default=None, envvar="LEORONIC_PRIORITY", help=_PRIORITY_HELP)
+@click.option("--hold", is_flag=True, envvar="LEORONIC_HOLD", help=_HOLD_HELP)
 @click.option("--no-rename", is_flag=True, envvar="LEORONIC_NO_RENAME")
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
 @friendly
 def add_tasks_from_file(path: str, retries: int | None, time_limit: str | None,
-                        priority: str | None, no_rename: bool) -> None:
+                        priority: str | None, hold: bool, no_rename: bool) -> None:
     """Queue one task per line (same fields, shell-quoted); all lines are checked first."""
     try:
         text = sys.stdin.read() if path == "-" else open(path).read()
@@ -316,18 +319,20 @@ def add_tasks_from_file(path: str, retries: int | None, time_limit: str | None,
     rows = [taskfields.parse_fields(f, where=f"line {n}: ") for n, f in lines]
     if not rows:
         raise UsageError(f"FILE: {path} holds no tasks")
-    _submit(rows, retries, time_limit, priority, no_rename, [f"line {n}: " for n, _ in lines])
+    _submit(rows, retries, time_limit, priority, hold, no_rename,
+            [f"line {n}: " for n, _ in lines])
 
 
 def _submit(rows: list[taskfields.Fields], retries: int | None, time_limit: str | None,
-            priority: str | None, no_rename: bool, labels: Sequence[str] = ()) -> None:
+            priority: str | None, hold: bool, no_rename: bool,
+            labels: Sequence[str] = ()) -> None:
     if retries is not None and retries < 0:
         raise UsageError(f"--retries: must be 0 or more, got {retries}")
     limit = taskfields.parse_duration(time_limit, "--time-limit") if time_limit else 0.0
     rank = taskfields.parse_priority(priority, "--priority") if priority else 0
     client = Client()
     specs, uploads = client.build_specs(rows, retries=retries or 0, rename=not no_rename,
-                                        time_limit=limit, priority=rank)
+                                        time_limit=limit, priority=rank, held=hold)
     client.upload(uploads)
     click.echo("\n".join(client.submit(specs, labels)))  # one write for a million ids
 
@@ -345,17 +350,20 @@ def get_queue(states: Sequence[str], node: str, summary: bool) -> None:
     rows = Client().call("queue", list(states), node)
     if summary:
         counts = Counter(row[1] for row in rows)
-        click.echo("  ".join(f"{s.value} {counts[s.value]}" for s in State) + f"  total {len(rows)}")
+        held = sum(1 for row in rows if row[-1])
+        click.echo("  ".join(f"{s.value} {counts[s.value]}" for s in State) + f"  total {len(rows)}"
+                   + (f"  (held {held} of the queued)" if held else ""))
         return
     now = time.time()
     lines = [f"{'ID':<14} {'STATE':<8} {'NODE':<20} {'TRY':>3} {'AGE':>7}  COMMAND"]
-    for tid, state, where, attempt, submitted, command, reason, code, rank in rows:
+    for tid, state, where, attempt, submitted, command, reason, code, rank, held in rows:
         shown = command.replace("\n", "; ")
         if len(shown) > 60:
             shown = shown[:57] + "..."
         extra = f"  [exit {code}]" if code not in (None, 0) else ""
         extra += f"  [{reason}]" if reason and state == "failed" else ""
         extra += f"  [priority {rank}]" if rank and state in ("queued", "running") else ""
+        extra += "  [held]" if held else ""
         age = _age(now - submitted)
         lines.append(f"{tid:<14} {state:<8} {where:<20} {attempt:>3} {age:>7}  {shown}{extra}")
     click.echo("\n".join(lines))  # one write: a queue may hold a million tasks
@@ -430,7 +438,7 @@ def _record(task: Any) -> dict[str, Any]:
         "memory": spec.memory, "cores": spec.cores, "storage": spec.storage,
         "concurrent": spec.concurrent, "conditions": spec.conditions,
         "files": [name for name, _, _ in spec.files], "retries_left": task.retries_left,
-        "time_limit": spec.time_limit, "priority": task.priority,
+        "time_limit": spec.time_limit, "priority": task.priority, "held": task.held,
         "attempts": [{"number": a.number, "node": a.node, "claimed": a.start, "ended": a.end,
                       "exit_code": a.exit_code, "why": a.why} for a in task.attempts],
         "result": None if out is None else {
@@ -450,7 +458,8 @@ def _describe(r: dict[str, Any]) -> str:
              f"{'concurrent' if r['concurrent'] else 'alone on its node'}; "
              f"conditions: {r['conditions'] or '-'}; files: {' '.join(r['files']) or '-'}"
              + (f"; time limit {format_duration(r['time_limit'])}" if r["time_limit"] else "")
-             + (f"; priority {r['priority']}" if r["priority"] else ""),
+             + (f"; priority {r['priority']}" if r["priority"] else "")
+             + ("; held (leoronic release starts it)" if r["held"] else ""),
              f"  submitted {when(r['submitted'])}; command: {r['command']}"]
     for a in r["attempts"]:
         code = "" if a["exit_code"] is None else f", exit {a['exit_code']}"
@@ -526,6 +535,22 @@ def priority(priority: str, task_ids: Sequence[str]) -> None:
     """Give tasks not finished yet a new PRIORITY: among ready tasks, higher starts first."""
     rank = taskfields.parse_priority(priority, "PRIORITY")
     _report_each(Client().call("priority", list(task_ids), rank), f"priority {rank}")
+
+
+@main.command("hold")
+@click.argument("task_ids", nargs=-1, required=True)
+@friendly
+def hold(task_ids: Sequence[str]) -> None:
+    """Keep queued tasks from starting (they stay queued) until `leoronic release`."""
+    _report_each(Client().call("hold", list(task_ids), True), "held")
+
+
+@main.command("release")
+@click.argument("task_ids", nargs=-1, required=True)
+@friendly
+def release(task_ids: Sequence[str]) -> None:
+    """Let held tasks start again."""
+    _report_each(Client().call("hold", list(task_ids), False), "released")
 
 
 def _report_each(results: Sequence[tuple[str, bool, str]], done: str) -> None:

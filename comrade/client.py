@@ -127,7 +127,7 @@ class Client:
 
     def build_specs(
         self, rows: Sequence[Fields], retries: int = 0, rename: bool = True,
-        time_limit: float = 0.0, priority: int = 0,
+        time_limit: float = 0.0, priority: int = 0, held: bool = False,
     ) -> tuple[list[TaskSpec], list[LocalFile]]:
         """Read every row's files (validating all first) and build the specs."""
         limit = max_file_bytes()
@@ -144,7 +144,7 @@ class Client:
                 conditions=fields.conditions,
                 files=tuple((f.ref.name, f.ref.sha256, f.ref.size) for f in files),
                 command=fields.command, retries=retries, rename=rename, time_limit=time_limit,
-                priority=priority,
+                priority=priority, held=held,
             ))
         return specs, uploads
 

@@ -85,6 +85,7 @@ class TaskSpec:
     rename: bool = True  # rename necessary files and rewrite the command
     time_limit: float = 0.0  # seconds an attempt may run before it is stopped; 0: no limit
     priority: int = 0  # as submitted: among ready tasks a higher one is dealt first
+    held: bool = False  # submitted on hold: it waits until `leoronic release`
 
     @cached_property
     def needs(self) -> Resources:
@@ -144,6 +145,7 @@ class Task:
     failed_on: tuple[str, ...] = ()  # nodes where it exited non-zero (retries prefer others)
     retries_left: int = 0
     priority: int = 0  # the spec's, until `leoronic priority` changes it
+    held: bool = False  # queued but not to be started until released (`leoronic hold`)
 
     def summary(self) -> Task:
         """A copy safe to hand to readers outside the state machine's lock."""

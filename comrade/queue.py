@@ -54,7 +54,7 @@ OK = Reply(True)
 #: condition patterns run by RE2 (a lookaround `re` accepted now can never hold). 3: necessary
 #: files pass between workers as a streamed `file_parts` (no `file_get`). 4: uploads are a
 #: streamed `file_upload` (no `file_put`); `drain` (a draining node's claims are refused).
-#: 5: task priorities (the order in which ready tasks are dealt) and `priority`.
+#: 5: task priorities (the order in which ready tasks are dealt) and `priority`; `hold`.
 PROTOCOL = 5
 
 #: A task that could not be started this many times (e.g. no node can supply a necessary file
@@ -156,7 +156,7 @@ class Queue:
             if task.state is State.QUEUED and self._has_queue_conditions(task):
                 self._wait_on_conditions(task)
         self._ready = dict(sorted((rank(self.tasks[t]), t) for t in self._queued.values()
-                                  if t not in self._blocked))
+                                  if t not in self._blocked and not self.tasks[t].held))
 
     # ----- dispatch -------------------------------------------------------------------------
 
@@ -232,7 +232,7 @@ class Queue:
         if problem:
             return Reply(False, problem)
         task = Task(spec=spec, seq=self.next_seq, submitted=now, retries_left=spec.retries,
-                    priority=spec.priority)
+                    priority=spec.priority, held=spec.held)
         self.next_seq += 1
         self.tasks[spec.task_id] = task
         self._parsed[spec.task_id] = parsed  # parsed once (conditions_of's cache)
@@ -254,6 +254,8 @@ class Queue:
             return Reply(False, f"node {node!r} is not a live member")
         if ns.draining:
             return Reply(False, f"node {node!r} is draining")
+        if task.held:
+            return Reply(False, "task is held")
         running = self._running.setdefault(node, set())
         if running and not task.spec.concurrent:
             return Reply(False, "task is not concurrent and the node is busy")
@@ -351,6 +353,28 @@ class Queue:
         task.priority = priority
         if ready:
             self._make_ready(task)
+        return OK
+
+    def hold(self, task_id: str, on: bool, *, now: float) -> Reply:
+        """Hold a queued task (it stays queued, but is not dealt to any node), or release it.
+        A running task cannot be held (delete it to stop it); releasing a task not held is
+        no error."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return Reply(False, f"no task {task_id!r}")
+        if not isinstance(on, bool):
+            return Reply(False, "hold: not true or false")
+        if not on:
+            if not task.held:
+                return Reply(True, "was not held")
+            task.held = False
+            if task.state is State.QUEUED and task_id not in self._blocked:
+                self._make_ready(task)
+            return OK
+        if task.state is not State.QUEUED:
+            return Reply(False, f"task {task_id!r} is {task.state.value}: only a queued task can be held")
+        task.held = True
+        self._ready.pop(rank(task), None)
         return OK
 
     def forget(self, task_ids: list[str], *, now: float) -> Reply:
@@ -652,13 +676,18 @@ class Queue:
             self._make_ready(task)
 
     def _make_ready(self, task: Task) -> None:
+        """`task`, queued and not blocked, joins the ready index unless it is held."""
+        if task.held:
+            return
         key = rank(task)
         if self._ready and key < next(reversed(self._ready)):
             self._ready_unsorted = True  # re-sorted lazily by ready()
         self._ready[key] = task.spec.task_id
 
     def _dequeue(self, task: Task) -> None:
-        """`task` leaves the queue (claimed or final): out of every queued index."""
+        """`task` leaves the queue (claimed or final): out of every queued index. (A held
+        task leaves it only as a result merged from an isolated node, or deleted: not held.)"""
+        task.held = False
         self._queued.pop(task.seq, None)
         self._ready.pop(rank(task), None)
         self._stop_waiting(task)
@@ -784,8 +813,8 @@ def spec_problem(spec: Any) -> str:
         return "time limit must be a number of seconds from 0 (none) to a year"
     if not _is_int(spec.priority) or not MIN_PRIORITY <= spec.priority <= MAX_PRIORITY:
         return f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}"
-    if not isinstance(spec.concurrent, bool) or not isinstance(spec.rename, bool):
-        return "concurrent and rename must be true or false"
+    if not all(isinstance(v, bool) for v in (spec.concurrent, spec.rename, spec.held)):
+        return "concurrent, rename and held must be true or false"
     if not isinstance(spec.command, str) or not isinstance(spec.conditions, str):
         return "command and conditions must be strings"
     if not isinstance(spec.files, tuple) or not all(
@@ -832,4 +861,5 @@ _OPS: dict[str, Any] = {
     "del_tag": Queue.del_tag,
     "drain": Queue.drain,
     "priority": Queue.priority,
+    "hold": Queue.hold,
 }

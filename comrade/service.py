@@ -54,6 +54,7 @@ class Service:
             "task": self.task,
             "delete": self.delete,
             "priority": self.priority,
+            "hold": self.hold,
             "nodes": self.nodes,
             "add_tag": self.add_tag,
             "del_tag": self.del_tag,
@@ -169,7 +170,7 @@ class Service:
             return [
                 (t.spec.task_id, t.state.value, t.node or "", t.attempt, t.submitted,
                  t.spec.command, t.reason, t.outcome.exit_code if t.outcome else None,
-                 t.priority)
+                 t.priority, t.held)
                 for t in q.tasks.values()
                 if (not wanted or t.state.value in wanted) and (not node or t.node == node)
             ]
@@ -237,6 +238,10 @@ class Service:
     def priority(self, ids: Sequence[str], priority: int) -> list[tuple[str, bool, str]]:
         """Give tasks not finished yet a new priority."""
         return self._each(ids, lambda tid: ("priority", tid, priority))
+
+    def hold(self, ids: Sequence[str], on: bool) -> list[tuple[str, bool, str]]:
+        """Hold queued tasks (on) or release them."""
+        return self._each(ids, lambda tid: ("hold", tid, on))
 
     def _each(self, ids: Sequence[str], op: Callable[[str], Any]) -> list[tuple[str, bool, str]]:
         """Propose one operation per task id: (id, accepted, detail) for each."""

@@ -502,14 +502,93 @@ def test_a_bad_priority_is_refused_at_submit(q: Queue, priority: Any) -> None:
     assert q.get("t") is None
 
 
-def test_records_saved_before_priorities_existed_read_as_priority_zero(q: Queue) -> None:
+def test_records_saved_before_priorities_and_holds_existed_read_as_zero_and_not_held(q: Queue) -> None:
     ok(q, ("submit", spec("old")))
     ok(q, ("submit", spec("new", priority=1)))
-    del q.tasks["old"].__dict__["priority"]
-    del q.tasks["old"].spec.__dict__["priority"]
+    for field in ("priority", "held"):
+        del q.tasks["old"].__dict__[field]
+        del q.tasks["old"].spec.__dict__[field]
     restored = Queue.restore(pickle.loads(pickle.dumps(q.snapshot())))
     assert restored.tasks["old"].priority == 0 and restored.tasks["old"].spec.priority == 0
+    assert restored.tasks["old"].held is False and restored.tasks["old"].spec.held is False
     assert ready_ids(restored) == ["new", "old"]
+
+
+# ----- holding ----------------------------------------------------------------------------------
+
+def test_a_held_task_stays_queued_unclaimable_until_released(q: Queue) -> None:
+    for tid in ("t1", "t2", "t3"):
+        ok(q, ("submit", spec(tid)))
+    ok(q, ("hold", "t1", True))
+    ok(q, ("hold", "t1", True))  # twice is no error
+    assert ready_ids(q) == ["t2", "t3"] and queued_ids(q) == ["t1", "t2", "t3"]
+    no(q, ("claim", "t1", "a", 1), "task is held")
+    ok(q, ("priority", "t1", 5))  # its priority may change while held
+    assert ready_ids(q) == ["t2", "t3"]
+    restored = Queue.restore(pickle.loads(pickle.dumps(q.snapshot())))
+    assert ready_ids(restored) == ["t2", "t3"] and restored.tasks["t1"].held
+    ok(q, ("hold", "t1", False))
+    assert ready_ids(q) == ["t1", "t2", "t3"]
+    assert q.apply_batch([("hold", "t1", False)], 0.0)[0] == Reply(True, "was not held")
+    ok(q, ("claim", "t1", "a", 1))
+
+
+def test_a_task_submitted_held_waits_and_its_spec_stays_as_submitted(q: Queue) -> None:
+    ok(q, ("submit", spec("h", held=True)))
+    assert q.tasks["h"].held and ready_ids(q) == []
+    ok(q, ("hold", "h", False))
+    assert ready_ids(q) == ["h"]
+    assert q.apply_batch([("submit", spec("h", held=True))], 0.0)[0].detail == "duplicate"
+
+
+def held_behind(q: Queue, dep: str, held: str, predicate: str, exit_code: int) -> None:
+    """`held` waits on `dep` (`queue:PREDICATE dep`) and is held; then `dep` exits."""
+    ok(q, ("submit", spec(dep)))
+    ok(q, ("submit", spec(held, conditions=f"queue:{predicate} {dep}")))
+    ok(q, ("hold", held, True))
+    ok(q, ("claim", dep, "a", 1))
+    ok(q, ("finish", dep, "a", 1, out(exit_code)))
+
+
+def test_a_held_task_blocked_by_a_dependency_stays_out_until_both_allow(q: Queue) -> None:
+    held_behind(q, "first", "then", "after", 0)
+    assert ready_ids(q) == []  # unblocked, still held
+    ok(q, ("hold", "then", False))
+    assert ready_ids(q) == ["then"]
+    ok(q, ("submit", spec("third", conditions="queue:after then")))
+    ok(q, ("hold", "third", True))
+    ok(q, ("hold", "third", False))  # released, still blocked
+    assert ready_ids(q) == ["then"]
+
+
+def test_a_held_task_whose_dependency_failed_fails_and_a_deleted_one_is_not_held(q: Queue) -> None:
+    held_behind(q, "dep", "ok_after", "after_ok", 1)
+    assert state(q, "ok_after") is State.FAILED and not q.tasks["ok_after"].held
+    ok(q, ("submit", spec("gone")))
+    ok(q, ("hold", "gone", True))
+    ok(q, ("delete", "gone"))
+    assert state(q, "gone") is State.DELETED and not q.tasks["gone"].held
+
+
+@pytest.mark.parametrize("op, contains", [
+    (("hold", "zz", True), "no task 'zz'"),
+    (("hold", "run", True), "task 'run' is running: only a queued task can be held"),
+    (("hold", "fin", True), "task 'fin' is done: only a queued task can be held"),
+    (("hold", "t", 1), "hold: not true or false"),
+    (("hold", "t"), ""),
+])
+def test_hold_rejections(q: Queue, op: tuple[Any, ...], contains: str) -> None:
+    ok(q, ("submit", spec("t")))
+    for tid in ("run", "fin"):
+        ok(q, ("submit", spec(tid)))
+        ok(q, ("claim", tid, "a", 1))
+    ok(q, ("finish", "fin", "a", 1, out(0)))
+    no(q, op, contains)
+    assert not any(t.held for t in q.tasks.values()) and ready_ids(q) == ["t"]
+
+
+def test_a_bad_held_flag_is_refused_at_submit(q: Queue) -> None:
+    no(q, ("submit", spec("t", held=1)), "held must be true or false")
 
 
 # ----- dependencies ---------------------------------------------------------------------------
@@ -570,7 +649,7 @@ def observe(q: Queue) -> tuple[Any, ...]:
     """Everything a reader can see, as comparable plain data."""
     return (
         {tid: (t.seq, t.state, t.attempt, t.node, t.attempts, t.outcome, t.reason, t.failed_on,
-               t.retries_left, t.spec, t.priority) for tid, t in q.tasks.items()},
+               t.retries_left, t.spec, t.priority, t.held) for tid, t in q.tasks.items()},
         {n: (s.info, s.tags, s.alive, s.last_seen, s.lost_since, s.free, s.note, s.draining)
          for n, s in q.nodes.items()},
         queued_ids(q),
@@ -747,9 +826,10 @@ def check_invariants(q: Queue) -> None:
     for tid in blocked:  # what the scheduler skips: its conditions indeed do not hold yet
         t = q.tasks[tid]
         assert cond.evaluate_queue(q.conditions_of(t), t.seq, q).status is cond.Status.WAIT
-    # What the scheduler lists: every queued task not blocked, higher priority first, then in
-    # submit order.
-    ready = sorted((t for t in q.queued() if t.spec.task_id not in blocked),
+    # What the scheduler lists: every queued task not blocked nor held, higher priority first,
+    # then in submit order. Only a queued task is ever held.
+    assert all(t.state is State.QUEUED for t in q.tasks.values() if t.held)
+    ready = sorted((t for t in q.queued() if t.spec.task_id not in blocked and not t.held),
                    key=lambda t: (-t.priority, t.seq))
     assert list(q.ready()) == ready
     q.forgettable(1e12)  # what the leader asks: never raises
@@ -782,7 +862,8 @@ def random_op(rng: random.Random, q: Queue) -> Any:
         return ("submit", spec(tid, conditions=rng.choice(CONDS), concurrent=rng.random() < 0.8,
                                retries=rng.randrange(3), command=rng.choice(["x1", "y", "x2"]),
                                time_limit=rng.choice([0.0, 0.0, 60.0, -1.0]),
-                               priority=rng.choice([0, 0, 0, 5, -3, 2**31])))
+                               priority=rng.choice([0, 0, 0, 5, -3, 2**31]),
+                               held=rng.random() < 0.05))
     if kind in (1, 2, 3):
         return ("claim", tid, node if rng.random() < 0.5 else rng.choice(NODES), attempt)
     if kind in (4, 5):
@@ -806,7 +887,8 @@ def random_op(rng: random.Random, q: Queue) -> Any:
     if kind == 10:
         return rng.choice([("add_tag", node, "gpu"), ("del_tag", node, "gpu"),
                            ("add_tag", node, "b a d"), ("drain", node, rng.random() < 0.15),
-                           ("priority", tid, rng.choice([1, -2, 7, 10**40, "x"]))])
+                           ("priority", tid, rng.choice([1, -2, 7, 10**40, "x"])),
+                           ("hold", tid, rng.choice([True, True, False, 1]))])
     if kind == 11:
         return rng.choice(MALFORMED)
     if kind == 13:  # results a node produced while isolated, well formed or not

@@ -1,6 +1,7 @@
-"""Task priorities through the CLI on a real one-core worker: among waiting tasks a higher
-priority starts first (given at submit with --priority or changed with leoronic_priority),
-the order survives the worker being SIGKILLed and restarted, and bad input is one line."""
+"""Which waiting task starts when, through the CLI on real workers: among waiting tasks a
+higher priority starts first (given at submit with --priority or changed with
+leoronic_priority), the order survives the worker being SIGKILLed and restarted; a held task
+stays queued until released; bad input is one line."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pathlib import Path
 from tests.cluster import Cluster, wait_for, wait_ok
 
 
-def submit(cluster: Cluster, command: str, task_id: str, **env: str) -> None:
-    r = cluster.sh(f"leoronic_add_task 1024 1 1024 true '' '' {shlex.quote(command)} {task_id}",
-                   **env)
+def submit(cluster: Cluster, command: str, task_id: str, conditions: str = "",
+           **env: str) -> None:
+    r = cluster.sh(f"leoronic_add_task 1024 1 1024 true {shlex.quote(conditions)} '' "
+                   f"{shlex.quote(command)} {task_id}", **env)
     assert r.rc == 0 and r.out == f"{task_id}\n", r
 
 
@@ -90,3 +92,36 @@ def test_priority_refuses_bad_input_with_one_line(cluster3: Cluster) -> None:
         r = cluster3.sh(script)
         assert (r.rc, r.out, r.err) == (2, "", message), (script, r)
     assert set(queue_rows(cluster3)) == {"done1"}  # nothing was queued
+
+
+def test_a_held_task_stays_queued_until_released(cluster3: Cluster, tmp_path: Path) -> None:
+    submit(cluster3, "echo one", "t1", LEORONIC_HOLD="1")
+    submit(cluster3, "echo two", "t2")
+    wait_ok(cluster3, "t2")  # free cores everywhere, yet t1 waits
+    assert queue_rows(cluster3)["t1"].split()[1] == "queued"
+    assert queue_rows(cluster3)["t1"].endswith("[held]")
+    r = cluster3.sh("leoronic_get_queue --summary")
+    assert r.out.endswith("total 2  (held 1 of the queued)\n"), r
+    r = cluster3.sh("leoronic_release t1 t1")
+    assert (r.rc, r.out) == (0, "t1 released\nt1 released (was not held)\n"), r
+    wait_ok(cluster3, "t1")
+
+    gate = tmp_path / "gate"
+    submit(cluster3, f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.05; done", "gate")
+    submit(cluster3, "echo later", "later", conditions="queue:after gate")
+    wait_for(lambda: " running " in queue_rows(cluster3).get("gate", ""), 20, "gate to run")
+    r = cluster3.sh("leoronic_hold later gate nosuch")
+    assert r.rc == 2 and r.out == "later held\n", r
+    assert r.err == ("leoronic: ID: task 'gate' is running: only a queued task can be held\n"
+                     "leoronic: ID: no task 'nosuch'\n"), r
+    gate.touch()
+    wait_ok(cluster3, "gate")
+    other = cluster3.nodes[2]  # replicated: every worker's copy says so
+    wait_for(lambda: cluster3.sh("leoronic_get_queue", node=other).out.count("[held]") == 1, 20,
+             f"{other.name} to show the task held")
+    r = cluster3.sh("leoronic_task_info later")
+    assert r.rc == 0 and "held (leoronic release starts it)" in r.out, r
+    assert queue_rows(cluster3)["later"].split()[1] == "queued"
+    r = cluster3.sh("leoronic_release later")
+    assert (r.rc, r.out) == (0, "later released\n"), r
+    wait_ok(cluster3, "later")
