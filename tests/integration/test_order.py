@@ -125,3 +125,27 @@ def test_a_held_task_stays_queued_until_released(cluster3: Cluster, tmp_path: Pa
     r = cluster3.sh("leoronic_release later")
     assert (r.rc, r.out) == (0, "later released\n"), r
     wait_ok(cluster3, "later")
+
+
+def test_hold_release_priority_and_delete_select_tasks_by_state(cluster3: Cluster) -> None:
+    for task_id in ("h1", "h2", "h3"):
+        submit(cluster3, f"echo {task_id}", task_id, LEORONIC_HOLD="1")
+    r = cluster3.sh("leoronic_priority 7 --state queued")
+    assert (r.rc, r.out) == (0, "h1 priority 7\nh2 priority 7\nh3 priority 7\n"), r
+    r = cluster3.sh("leoronic_hold --state queued")  # every queued task is held already
+    assert (r.rc, r.out, r.err) == (0, "", "leoronic: no task to change: none is in that state\n"), r
+    r = cluster3.sh("leoronic_release --state queued")
+    assert (r.rc, r.out) == (0, "h1 released\nh2 released\nh3 released\n"), r
+    wait_ok(cluster3, "h1", "h2", "h3")
+    r = cluster3.sh("leoronic_del_task --state done")
+    assert (r.rc, r.out) == (0, "h1 deleted\nh2 deleted\nh3 deleted\n"), r
+    assert {row.split()[1] for row in queue_rows(cluster3).values()} == {"deleted"}
+    for script, message in [
+        ("leoronic_hold h1 --state queued", "leoronic: --state: give task ids or --state, not both"),
+        ("leoronic_del_task", "leoronic: ID: give one or more task ids, or --state STATE"),
+        ("leoronic_release --state running",
+         "leoronic: Invalid value for '--state': 'running' is not 'queued'. "
+         "(see leoronic release --help)"),
+    ]:
+        r = cluster3.sh(script)
+        assert (r.rc, r.out, r.err) == (2, "", message + "\n"), (script, r)
