@@ -255,15 +255,22 @@ def test_a_removed_worker_is_added_back_when_it_returns(make_cluster, monkeypatc
 
     cluster.launch(n3)  # same home: its saved member list still names n1 and n2
 
+    seen: dict[str, object] = {}
+
     def back() -> bool:
         for asked in cluster.nodes:
             v = nodes_view(cluster, asked)
+            seen[asked.name] = v
             if v is None or not v.quorum or v.isolated or \
                     v.rows.get("n3") not in (("follower", "up"), ("leader", "up")):
                 return False
         return True
     # A worker that never left comes back in ~1-5 s here; 20 s is plenty.
-    wait_for(back, 20, "n3 to be an up Raft member again on every node", interval=0.3)
+    try:
+        wait_for(back, 20, "n3 to be an up Raft member again on every node", interval=0.3)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nviews: {seen}\nn3 log:\n{n3.log()[-4000:]}\n"
+                             f"n1 log:\n{n1.log()[-4000:]}") from None
     tag = "only-n3"
     add_tag(cluster, n3, tag, via=n1)
     tid = submit(cluster, logged(Path(n3.home) / "ran.log", "after-return"), f"worker:tag {tag}",
