@@ -32,7 +32,7 @@ from comrade.isolation import Isolation
 from comrade.model import NodeInfo, Outcome, Resources, State, TaskSpec
 from comrade.queue import PROTOCOL, Reply, forgettable_in, rank
 from comrade.relay import CLAIRVOYANT, Relay
-from comrade.replication import Proposer, ReplicatedQueue, make_syncobj
+from comrade.replication import Proposer, ReplicatedQueue, last_log_index, make_syncobj
 from comrade.rpc import Server
 from comrade.scheduler import Claim, LocalFacts, plan, plan_ahead
 from comrade.service import Service
@@ -84,6 +84,12 @@ class Node:
         self._no_quorum_since: float | None = None
         self._member_since: dict[str, float] = {}  # raft address -> when first seen a member
         self._registered = threading.Event()  # set once this life's join is applied
+        # Until this replica has applied its own journal (up to the last index it held at
+        # start) and the log up to its leader's commit index as first learned (pysyncobj's
+        # onReady), a restarted node's copy is still replaying: see `caught_up`.
+        self._ready = threading.Event()
+        self._replay_to = 0
+        self._caught_up = False
         self._next_readd = 0.0
         self._runners: dict[tuple[str, int], TaskSpec] = {}  # attempts the executor runs
         self._claimed_here: set[tuple[str, int]] = set()  # claims proposed in this life
@@ -158,7 +164,9 @@ class Node:
             os.path.join(self.cfg.home, "raft"),
             self.cfg.cookie,
             on_state_changed=self._on_raft_state,
+            on_ready=self._ready.set,
         )
+        self._replay_to = last_log_index(self.syncobj)
         self.proposer = Proposer(self.consumer)
         self.executor = Executor(self.name, self.paths, self._prepare, time.time,
                                  lambda: self.rpc_addr)
@@ -233,6 +241,13 @@ class Node:
             log.warning("releasing %d tasks of a previous life of this node", len(ops))
             assert self.proposer is not None
             self.proposer.propose(ops)
+
+    def caught_up(self) -> bool:
+        """True once this replica's copy is no longer replaying the log it missed or held."""
+        if not self._caught_up:
+            self._caught_up = self._ready.is_set() and self.syncobj is not None \
+                and self.syncobj.raftLastApplied >= self._replay_to
+        return self._caught_up
 
     def _members(self) -> list[str]:
         if self.syncobj is None:

@@ -81,6 +81,7 @@ def make_syncobj(
     raft_dir: str,
     password: str,
     on_state_changed: Callable[[int, int], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> SyncObj:
     """Start pysyncobj with the settings we learned the hard way (see ARCHITECTURE.md)."""
     os.makedirs(raft_dir, exist_ok=True)
@@ -98,10 +99,16 @@ def make_syncobj(
         connectionTimeout=2.0,
         commandsWaitLeader=True,
         onStateChanged=on_state_changed,
+        onReady=on_ready,  # once: this replica applied the log up to the leader's commit index
         logCompactionMinEntries=20000,
         logCompactionMinTime=300,
     )
     return SyncObj(self_addr, list(others), conf=conf, consumers=[consumer])
+
+
+def last_log_index(syncobj: SyncObj) -> int:
+    """The index of the last entry in this replica's Raft log (its journal, at start)."""
+    return int(syncobj._SyncObj__raftLog[-1][1])  # pysyncobj keeps it private
 
 
 def op_bytes(op: Any) -> int:

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 #: How long a submit keeps retrying an unknown outcome (leader change) before giving up.
 SUBMIT_DEADLINE_S = 20.0
+#: How long a read waits for a node that just started to catch up with the log its leader had
+#: committed (the wait ends as soon as it has; without a quorum it does not wait).
+READ_CATCH_UP_S = 5.0
 
 
 class Service:
@@ -81,13 +84,25 @@ class Service:
     def _read(self, fn: Callable[[Any], Any]) -> Any:
         """Apply `fn` to the queue readers should see: the replicated one, or while this node
         is isolated its shadow copy (with the results it produced alone and the other nodes
-        marked lost), so `leoronic_result`, `get_queue` and `nodes` show what it is doing."""
+        marked lost), so `leoronic_result`, `get_queue` and `nodes` show what it is doing.
+        A node that just started waits (up to READ_CATCH_UP_S) until its copy has caught up
+        with the log the leader had committed: a restarted worker replaying its journal once
+        listed half the queue right after `leoronic_nodes` showed it up."""
         iso = self.node.isolation
         with iso.lock:
             if iso.shadow is not None:
                 return fn(iso.shadow)
+        self._wait_caught_up()
         with self.node.lock:
             return fn(self.node.consumer.queue)
+
+    def _wait_caught_up(self) -> None:
+        """Wait (up to READ_CATCH_UP_S, and only while this node sees a quorum) for a node that
+        just (re)started to catch up with the log; checked every 20 ms, only in those seconds."""
+        node, deadline = self.node, time.monotonic() + READ_CATCH_UP_S
+        while node.syncobj is not None and not node.caught_up() \
+                and node.syncobj.hasQuorum and time.monotonic() < deadline:
+            node._stop.wait(0.02)
 
     # ----- cluster ----------------------------------------------------------------------------
 

@@ -61,6 +61,9 @@ def test_higher_priority_starts_first_and_the_order_survives_a_restart(
     cluster.kill(node, signal.SIGKILL)
     cluster.launch(node)
     cluster.wait_registered(node, timeout=40)
+    # Once it shows itself up, it lists the whole queue at once: reads wait for its copy to
+    # catch up with the committed log (once it listed half, still replaying its journal).
+    assert set(queue_rows(cluster)) == {"gate", *"abcde"}, queue_rows(cluster)
 
     def gate_runs_again() -> bool:
         row = queue_rows(cluster).get("gate", "").split()
