@@ -140,6 +140,15 @@ def rpc_of_raft(raft_addr: str) -> str:
     return f"{host}:{int(port) - 1}"
 
 
+def answers(rpc_addr: str, cookie: str, timeout_s: float = 1.0) -> bool:
+    """Whether the worker at `rpc_addr` answers a ping within `timeout_s`."""
+    try:
+        rpc.call(rpc_addr, cookie, "ping", timeout=timeout_s)
+        return True
+    except LeoronicError:
+        return False
+
+
 def ask_to_be_added(peers: Sequence[str], self_raft: str, cookie: str) -> None:
     """Ask the cluster (through any peer) to add us to the Raft membership."""
     _ask_peers(peers, cookie, "add_member", self_raft, PROTOCOL)

@@ -32,6 +32,7 @@ from comrade.isolation import Isolation
 from comrade.model import NodeInfo, Outcome, Resources, State, TaskSpec
 from comrade.queue import PROTOCOL, Reply, forgettable_in, rank
 from comrade.relay import CLAIRVOYANT, Relay
+from comrade.removal import Removal
 from comrade.replication import Proposer, ReplicatedQueue, last_log_index, make_syncobj
 from comrade.rpc import Server
 from comrade.scheduler import Claim, LocalFacts, plan, plan_ahead
@@ -41,6 +42,7 @@ from comrade.supervisor import RestartPolicy, Supervisor
 log = logging.getLogger(__name__)
 
 _LEADER = 2  # pysyncobj _RAFT_STATE.LEADER
+_ROLE = {0: "follower", 1: "candidate", 2: "leader"}  # pysyncobj _RAFT_STATE
 #: Seconds a node leaves alone a task it could not start (others may have the file).
 AVOID_S = 10.0
 #: A task claimed ahead that has not started after this many seconds goes back to the queue.
@@ -82,7 +84,6 @@ class Node:
         self.note = ""  # why this node is not claiming, if it is not
         self.disk_note = ""  # set while $LEORONIC_HOME's disk is (nearly) full
         self._no_quorum_since: float | None = None
-        self._member_since: dict[str, float] = {}  # raft address -> when first seen a member
         self._registered = threading.Event()  # set once this life's join is applied
         # Until this replica has applied its own journal (up to the last index it held at
         # start) and the log up to its leader's commit index as first learned (pysyncobj's
@@ -128,6 +129,8 @@ class Node:
         self.service = Service(self)
         self.isolation = Isolation(self)
         self.relay = Relay(self)
+        self.removal = Removal(lambda: self.syncobj, self._members, self.raft_addr,
+                               lambda addr: membership.answers(addr, cfg.cookie), cfg.remove_after_s)
         self._merging = threading.Lock()
 
     # ----- life -----------------------------------------------------------------------------
@@ -269,6 +272,7 @@ class Node:
         self.wake()
 
     def _on_raft_state(self, old: int, new: int) -> None:
+        log.info("raft: %s -> %s", _ROLE.get(old, old), _ROLE.get(new, new))
         self._leader_since = time.monotonic() if new == _LEADER else None
         self._judging_since = None
 
@@ -722,34 +726,12 @@ class Node:
 
     def _remove_long_lost(self, wall_now: float) -> None:
         """Leader: drop workers lost for over `remove_after_s` from the Raft membership, so the
-        rest keep a majority as boxes die one after another. They are added back on return."""
+        rest keep a majority as boxes die one after another (see comrade.removal)."""
         with self.lock:
-            lost = [ns.info.raft for ns in self.consumer.queue.nodes.values()
+            lost = {ns.info.raft: ns.info.rpc for ns in self.consumer.queue.nodes.values()
                     if ns.info.kind == "worker" and not ns.alive and ns.lost_since is not None
-                    and wall_now - ns.lost_since > self.cfg.remove_after_s]
-        members = set(self._members())
-        now = time.monotonic()
-        for raft in members:
-            self._member_since.setdefault(raft, now)
-        for raft in list(self._member_since):
-            if raft not in members:
-                del self._member_since[raft]
-        if not lost:
-            return
-        connected = {n.id for n in self.syncobj.otherNodes if self.syncobj.isNodeConnected(n)}
-        for raft in lost:
-            if now - self._member_since.get(raft, now) < self.cfg.remove_after_s:
-                continue  # (re-)added recently: give it time to catch up and heartbeat
-            if raft in connected:
-                # It talks Raft with us (a silent one is cut off within connectionTimeout):
-                # re-added and catching up, its heartbeat not yet applied. Removing it now
-                # would start the add/remove loop again when catching up outlasts the wait.
-                continue
-            if raft in members and raft != self.raft_addr:
-                log.warning("removing %s from the Raft membership: lost for over %.0f s",
-                            raft, self.cfg.remove_after_s)
-                self.syncobj.removeNodeFromCluster(raft)
-                return  # one membership change at a time
+                    and wall_now - ns.lost_since > self.cfg.remove_after_s}
+        self.removal.step(lost, self._leader_since, time.monotonic())
 
     def _watch_quorum(self, now: float) -> None:
         """Without quorum for a while, ask the others to (re-)add us: we may have been removed
@@ -788,6 +770,7 @@ class Node:
         for addr in addrs:
             try:
                 rpc.call(addr, self.cfg.cookie, "add_member", self.raft_addr, PROTOCOL, timeout=2.0)
+                log.debug("asked %s to re-add this node to the Raft membership", addr)
                 return
             except LeoronicError as exc:
                 log.debug("re-add via %s failed: %s", addr, exc)

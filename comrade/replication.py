@@ -97,6 +97,9 @@ def make_syncobj(
         raftMinTimeout=0.4,
         raftMaxTimeout=1.2,
         connectionTimeout=2.0,
+        # A re-added worker whose address sorts higher must open the connections itself:
+        # retry each second, not every 5 s, so it hears the leader before it disrupts it.
+        connectionRetryTime=1.0,
         commandsWaitLeader=True,
         onStateChanged=on_state_changed,
         onReady=on_ready,  # once: this replica applied the log up to the leader's commit index
