@@ -562,10 +562,11 @@ def priority(priority: str, task_ids: Sequence[str], states: Sequence[str]) -> N
 
 
 @main.command("hold")
-@_selecting("queued")
+@_selecting("queued", "running")
 @friendly
 def hold(task_ids: Sequence[str], states: Sequence[str]) -> None:
-    """Keep queued tasks from starting (they stay queued) until `leoronic release`."""
+    """Keep tasks from starting until `leoronic release`: a queued one stays queued, a running
+    one is stopped and queued again (no retry used)."""
     _report_each(*_chosen(task_ids, states, held=False), "hold", (True,), "held")
 
 

@@ -55,7 +55,8 @@ OK = Reply(True)
 #: files pass between workers as a streamed `file_parts` (no `file_get`). 4: uploads are a
 #: streamed `file_upload` (no `file_put`); `drain` (a draining node's claims are refused).
 #: 5: task priorities (the order in which ready tasks are dealt) and `priority`; `hold`.
-PROTOCOL = 5
+#: 6: `hold` with `stop` also stops a running task and queues it held.
+PROTOCOL = 6
 
 #: A task that could not be started this many times (e.g. no node can supply a necessary file
 #: with the right hash) fails with the reason instead of bouncing forever.
@@ -355,14 +356,17 @@ class Queue:
             self._make_ready(task)
         return OK
 
-    def hold(self, task_id: str, on: bool, *, now: float) -> Reply:
+    def hold(self, task_id: str, on: bool, stop: bool = False, *, now: float) -> Reply:
         """Hold a queued task (it stays queued, but is not dealt to any node), or release it.
-        A running task cannot be held (delete it to stop it); releasing a task not held is
-        no error."""
+        With `stop`, a running task too: its attempt ends as `held` (its node kills it, as the
+        attempt is no longer assigned there) and it is queued held, no retry used (Slurm's
+        `scontrol requeuehold`); released, it starts afresh. Without `stop` (every `hold` in a
+        journal from before PROTOCOL 6, replayed as it was applied then) a running task is
+        refused. Releasing a task not held is no error."""
         task = self.tasks.get(task_id)
         if task is None:
             return Reply(False, f"no task {task_id!r}")
-        if not isinstance(on, bool):
+        if not isinstance(on, bool) or not isinstance(stop, bool):
             return Reply(False, "hold: not true or false")
         if not on:
             if not task.held:
@@ -371,10 +375,15 @@ class Queue:
             if task.state is State.QUEUED and task_id not in self._blocked:
                 self._make_ready(task)
             return OK
-        if task.state is not State.QUEUED:
-            return Reply(False, f"task {task_id!r} is {task.state.value}: only a queued task can be held")
+        if task.state.final or (task.state is State.RUNNING and not stop):
+            can = "a queued or running task" if stop else "a queued task"
+            return Reply(False, f"task {task_id!r} is {task.state.value}: only {can} can be held")
         task.held = True
-        self._ready.pop(rank(task), None)
+        if task.state is State.RUNNING:
+            self._end_attempt(task, why="held", now=now)
+            self._requeue(task)  # held: it stays out of the ready index
+        else:
+            self._ready.pop(rank(task), None)
         return OK
 
     def forget(self, task_ids: list[str], *, now: float) -> Reply:

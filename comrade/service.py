@@ -255,8 +255,8 @@ class Service:
         return self._each(ids, lambda tid: ("priority", tid, priority))
 
     def hold(self, ids: Sequence[str], on: bool) -> list[tuple[str, bool, str]]:
-        """Hold queued tasks (on) or release them."""
-        return self._each(ids, lambda tid: ("hold", tid, on))
+        """Hold queued and running tasks (on: a running one is stopped) or release them."""
+        return self._each(ids, lambda tid: ("hold", tid, on, True) if on else ("hold", tid, on))
 
     def _each(self, ids: Sequence[str], op: Callable[[str], Any]) -> list[tuple[str, bool, str]]:
         """Propose one operation per task id: (id, accepted, detail) for each."""

@@ -440,6 +440,40 @@ def test_a_ghost_restarted_within_its_lease_gives_back_its_previous_lifes_tasks(
     assert result(cluster, tid).out == "attempt 2 on g1\n"
 
 
+def test_a_task_held_while_it_runs_on_a_ghost_is_stopped_there_and_reruns_when_released(
+        make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Holding ends the attempt in the replicated state; the ghost's worker stops it on the
+    ghost as an attempt no longer assigned there, like a deletion."""
+    cluster: Cluster = make_cluster(1, [WORKER])
+    start_ghosts(cluster, [("g1", GHOST)])
+    pids, gate = tmp_path / "pids", tmp_path / "gate"
+    tid = add_task(cluster, f"echo $$ >> {pids}; while [ ! -e {gate} ]; do sleep 0.05; done; "
+                            'echo "attempt $LEORONIC_ATTEMPT on $LEORONIC_NODE_NAME"', task_id="held")
+    wait_for(lambda: pids.exists() and pids.read_text().endswith("\n"), 20, "the task to start")
+    assert queue(cluster)[tid][2] == "g1"
+    first = int(pids.read_text())
+    r = cluster.sh(f"leoronic_hold {tid}")
+    assert (r.rc, r.out) == (0, "held held\n"), r
+
+    def stopped() -> bool:
+        try:
+            os.kill(first, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{first}/stat") as f:  # killed, not yet reaped by the ghost
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    wait_for(stopped, 20, "the ghost to kill the held task")
+    assert queue(cluster)[tid][1] == "queued"
+    r = cluster.sh(f"leoronic_release {tid}")
+    assert (r.rc, r.out) == (0, "held released\n"), r
+    wait_for(lambda: pids.read_text().count("\n") == 2, 20, "the task to start again")
+    gate.touch()
+    wait_done(cluster, [tid])
+    rec = record(cluster, cluster.nodes[0], tid)
+    assert [(a.number, a.node, a.why) for a in rec.attempts] == [(1, "g1", "held"), (2, "g1", "exit")]
+    assert result(cluster, tid).out == "attempt 2 on g1\n"
+
+
 def test_ghost_collects_garbage_like_a_worker(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A ghost removes the work dirs and outputs of tasks finished longer than its
     `--retention` ago (the result still reads back from the replicated tail) and of deleted

@@ -1,7 +1,8 @@
 """Which waiting task starts when, through the CLI on real workers: among waiting tasks a
 higher priority starts first (given at submit with --priority or changed with
 leoronic_priority), the order survives the worker being SIGKILLed and restarted; a held task
-stays queued until released; bad input is one line."""
+stays queued until released, and a running one held is stopped and starts afresh when
+released; bad input is one line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import shlex
 import signal
 from pathlib import Path
+
+import psutil
 
 from tests.cluster import Cluster, wait_for, wait_ok
 
@@ -113,12 +116,13 @@ def test_a_held_task_stays_queued_until_released(cluster3: Cluster, tmp_path: Pa
     submit(cluster3, f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.05; done", "gate")
     submit(cluster3, "echo later", "later", conditions="queue:after gate")
     wait_for(lambda: " running " in queue_rows(cluster3).get("gate", ""), 20, "gate to run")
-    r = cluster3.sh("leoronic_hold later gate nosuch")
-    assert r.rc == 2 and r.out == "later held\n", r
-    assert r.err == ("leoronic: ID: task 'gate' is running: only a queued task can be held\n"
-                     "leoronic: ID: no task 'nosuch'\n"), r
+    r = cluster3.sh("leoronic_hold later nosuch")
+    assert (r.rc, r.out, r.err) == (2, "later held\n", "leoronic: ID: no task 'nosuch'\n"), r
     gate.touch()
     wait_ok(cluster3, "gate")
+    r = cluster3.sh("leoronic_hold gate")
+    assert (r.rc, r.err) == (2, "leoronic: ID: task 'gate' is done: only a queued or running "
+                                "task can be held\n"), r
     other = cluster3.nodes[2]  # replicated: every worker's copy says so
     wait_for(lambda: cluster3.sh("leoronic_get_queue", node=other).out.count("[held]") == 1, 20,
              f"{other.name} to show the task held")
@@ -128,6 +132,36 @@ def test_a_held_task_stays_queued_until_released(cluster3: Cluster, tmp_path: Pa
     r = cluster3.sh("leoronic_release later")
     assert (r.rc, r.out) == (0, "later released\n"), r
     wait_ok(cluster3, "later")
+
+
+def test_a_running_task_held_is_stopped_and_starts_afresh_when_released(
+        cluster3: Cluster, tmp_path: Path) -> None:
+    gate, pids = tmp_path / "gate", tmp_path / "pids"
+    submit(cluster3, f"echo $$ >> {shlex.quote(str(pids))}; "
+                     f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.05; done; echo end",
+           "long")
+    wait_for(lambda: pids.exists() and pids.read_text().endswith("\n"), 20, "the task to start")
+    first = int(pids.read_text())
+    r = cluster3.sh("leoronic_hold --state running")
+    assert (r.rc, r.out, r.err) == (0, "long held\n", ""), r
+    wait_for(lambda: not psutil.pid_exists(first) or
+             psutil.Process(first).status() == psutil.STATUS_ZOMBIE, 20,
+             "the held task's process to be killed")
+    row = queue_rows(cluster3)["long"]
+    assert row.split()[1] == "queued" and row.endswith("[held]"), row
+    info = json.loads(cluster3.sh("leoronic_task_info --json long").out)
+    assert info["held"] and info["retries_left"] == 0 and info["result"] is None, info
+    assert [(a["number"], a["why"]) for a in info["attempts"]] == [(1, "held")], info
+    r = cluster3.sh("leoronic_release long")
+    assert (r.rc, r.out) == (0, "long released\n"), r
+    wait_for(lambda: pids.read_text().count("\n") == 2, 20, "the released task to start again")
+    assert len(pids.read_text().split()) == 2  # it did not start while held
+    gate.touch()
+    wait_ok(cluster3, "long")
+    r = cluster3.sh("leoronic_result long")
+    assert (r.rc, r.out) == (0, "end\n"), r
+    info = json.loads(cluster3.sh("leoronic_task_info --json long").out)
+    assert [(a["number"], a["why"]) for a in info["attempts"]] == [(1, "held"), (2, "exit")]
 
 
 def test_hold_release_priority_and_delete_select_tasks_by_state(cluster3: Cluster) -> None:

@@ -572,19 +572,57 @@ def test_a_held_task_whose_dependency_failed_fails_and_a_deleted_one_is_not_held
 
 @pytest.mark.parametrize("op, contains", [
     (("hold", "zz", True), "no task 'zz'"),
+    (("hold", "fin", True, True), "task 'fin' is done: only a queued or running task can be held"),
+    (("hold", "gone", True, True), "task 'gone' is deleted: only a queued or running task can be held"),
+    # as a journal from before PROTOCOL 6 holds it, replayed as it was applied then
     (("hold", "run", True), "task 'run' is running: only a queued task can be held"),
-    (("hold", "fin", True), "task 'fin' is done: only a queued task can be held"),
     (("hold", "t", 1), "hold: not true or false"),
+    (("hold", "t", True, 1), "hold: not true or false"),
     (("hold", "t"), ""),
 ])
 def test_hold_rejections(q: Queue, op: tuple[Any, ...], contains: str) -> None:
     ok(q, ("submit", spec("t")))
-    for tid in ("run", "fin"):
+    for tid in ("run", "fin", "gone"):
         ok(q, ("submit", spec(tid)))
         ok(q, ("claim", tid, "a", 1))
     ok(q, ("finish", "fin", "a", 1, out(0)))
+    ok(q, ("delete", "gone"))
     no(q, op, contains)
     assert not any(t.held for t in q.tasks.values()) and ready_ids(q) == ["t"]
+    assert state(q, "run") is State.RUNNING
+
+
+def test_holding_a_running_task_ends_its_attempt_and_queues_it_held_no_retry_used(q: Queue) -> None:
+    ok(q, ("submit", spec("r", retries=1)))
+    ok(q, ("submit", spec("x", concurrent=False)))
+    ok(q, ("claim", "r", "a", 1))
+    assert q.running_on("a") and q.reserved("a") != Resources(0, 0, 0)
+    assert q.apply_batch([("hold", "r", True, True)], 5.0)[0].ok
+    task = q.tasks["r"]
+    assert state(q, "r") is State.QUEUED and task.held and ready_ids(q) == ["x"]
+    assert task.attempts[-1].why == "held" and task.attempts[-1].end == 5.0
+    assert task.retries_left == 1 and q.running_on("a") == []
+    ok(q, ("claim", "x", "a", 1))  # a non-concurrent task: the node counts as free again
+    no(q, ("finish", "r", "a", 1, out(0)), "fenced")  # the stopped attempt's late report
+    no(q, ("claim", "r", "b", 2), "task is held")
+    restored = Queue.restore(pickle.loads(pickle.dumps(q.snapshot())))
+    assert restored.tasks["r"].held and ready_ids(restored) == []
+    ok(q, ("hold", "r", False))
+    assert ready_ids(q) == ["r"]
+    ok(q, ("claim", "r", "b", 2))  # released: a fresh attempt
+    ok(q, ("finish", "r", "b", 2, out(0)))
+    assert state(q, "r") is State.DONE and [a.why for a in q.tasks["r"].attempts] == ["held", "exit"]
+
+
+def test_a_running_task_held_waits_again_for_its_dependency_conditions(q: Queue) -> None:
+    ok(q, ("submit", spec("dep")))
+    ok(q, ("submit", spec("then", conditions="queue:after_ok dep")))
+    ok(q, ("claim", "dep", "a", 1))
+    ok(q, ("finish", "dep", "a", 1, out(0)))
+    ok(q, ("claim", "then", "a", 1))
+    ok(q, ("hold", "then", True, True))
+    ok(q, ("delete", "dep"))  # what it depended on is gone while it was held
+    assert state(q, "then") is State.FAILED and not q.tasks["then"].held
 
 
 def test_a_bad_held_flag_is_refused_at_submit(q: Queue) -> None:
@@ -888,7 +926,7 @@ def random_op(rng: random.Random, q: Queue) -> Any:
         return rng.choice([("add_tag", node, "gpu"), ("del_tag", node, "gpu"),
                            ("add_tag", node, "b a d"), ("drain", node, rng.random() < 0.15),
                            ("priority", tid, rng.choice([1, -2, 7, 10**40, "x"])),
-                           ("hold", tid, rng.choice([True, True, False, 1]))])
+                           ("hold", tid, rng.choice([True, True, False, 1]), rng.random() < 0.5)])
     if kind == 11:
         return rng.choice(MALFORMED)
     if kind == 13:  # results a node produced while isolated, well formed or not
