@@ -53,9 +53,13 @@ def _bytes_opt(value: str | None, name: str) -> int | None:
     return None if value is None else taskfields.parse_bytes(value, name)
 
 
-def _garbage_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--retention, --file-gc and --gc-every, the same for workers and ghosts."""
+def _runner_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--retention, --file-gc, --gc-every and --kill-grace, the same for workers and ghosts."""
     for option in (
+        click.option("--kill-grace", type=float, default=5.0, envvar="LEORONIC_KILL_GRACE",
+                     help="Seconds from SIGTERM to SIGKILL when a task is stopped: deleted, "
+                     "held, taken away or past its time limit; 0: SIGKILL at once "
+                     "(LEORONIC_KILL_GRACE)."),
         click.option("--gc-every", type=float, default=60.0, envvar="LEORONIC_GC_EVERY",
                      help="Seconds between garbage collections (LEORONIC_GC_EVERY)."),
         click.option("--file-gc", type=float, default=3600.0, envvar="LEORONIC_FILE_GC",
@@ -142,7 +146,7 @@ def entry() -> None:
               help="Tag this node; repeatable (LEORONIC_TAGS, space-separated).")
 @click.option("--lease", type=float, default=10.0, envvar="LEORONIC_LEASE",
               help="Seconds of silence after which a node's running tasks are requeued (LEORONIC_LEASE).")
-@_garbage_options
+@_runner_options
 @click.option("--forget-after", type=float, default=30 * 24 * 3600.0, envvar="LEORONIC_FORGET_AFTER",
               help="Seconds after a task finished that the cluster forgets its record; the "
               "leader's setting counts (LEORONIC_FORGET_AFTER; default 30 days).")
@@ -189,6 +193,7 @@ def start_worker(opts: dict[str, Any]) -> None:
         remove_after_s=opts["remove_after"], retention_s=opts["retention"],
         forget_after_s=opts["forget_after"],
         file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"], claim_ahead_s=opts["claim_ahead"],
+        kill_grace_s=opts["kill_grace"],
     )
     from comrade.node import Node
 
@@ -233,7 +238,7 @@ def _setup_logging(path: str) -> None:
 @click.option("--memory", default=None, envvar="LEORONIC_MEMORY")
 @click.option("--storage", default=None, envvar="LEORONIC_STORAGE")
 @click.option("--tag", "tags", multiple=True, envvar="LEORONIC_TAGS")
-@_garbage_options
+@_runner_options
 @friendly
 def ghost(target: str, **opts: Any) -> None:
     """Start a ghost: runs tasks for the cluster without joining Raft.
@@ -264,7 +269,7 @@ def ghost(target: str, **opts: Any) -> None:
         memory=_bytes_opt(opts["memory"], "--memory"),
         storage=_bytes_opt(opts["storage"], "--storage"),
         tags=taskfields.validate_tags(opts["tags"]), retention_s=opts["retention"],
-        file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"],
+        file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"], kill_grace_s=opts["kill_grace"],
     )
     cfg.validate()
     g = Ghost(cfg)
@@ -279,7 +284,8 @@ _PRIORITY_HELP = ("Among tasks ready to run, a higher priority is started first 
                   "a whole number, negative allowed; default 0).")
 _HOLD_HELP = "Queue on hold: it starts only after `leoronic release` (LEORONIC_HOLD=1)."
 _TIME_LIMIT_HELP = ("Stop each attempt after this long: SIGTERM to its process group, SIGKILL "
-                    "5 s later (LEORONIC_TIME_LIMIT; 90, 90s, 15m, 1.5h, 2d; default 0: none).")
+                    "the node's --kill-grace later (LEORONIC_TIME_LIMIT; 90, 90s, 15m, 1.5h, 2d; "
+                    "default 0: none).")
 
 
 @main.command("add-task", context_settings={"ignore_unknown_options": True})

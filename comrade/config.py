@@ -48,6 +48,7 @@ class Config:
     heartbeat_s: float = 2.0  # how often a node says it is alive
     remove_after_s: float = 30.0  # a worker lost this long leaves the Raft membership
     claim_ahead_s: float = 0.1  # claim ahead what this node starts in this long (0: never)
+    kill_grace_s: float = 5.0  # SIGTERM to SIGKILL when a task is stopped (executor.KILL_GRACE_S)
     isolation_s: float = 15.0  # without quorum this long, a worker enters isolated mode
     on_isolation: str = "run"  # "run": keep running tasks from the local copy; "wait": do not
     retention_s: float = 7 * 24 * 3600.0  # finished tasks' work dirs and outputs kept this long
@@ -93,7 +94,7 @@ _DURATIONS = (
     ("lease", "lease_s", True), ("gc-every", "gc_every_s", True),
     ("retention", "retention_s", False), ("forget-after", "forget_after_s", False),
     ("file-gc", "file_gc_s", False), ("isolation-after", "isolation_s", False),
-    ("remove-after", "remove_after_s", False),
+    ("remove-after", "remove_after_s", False), ("kill-grace", "kill_grace_s", False),
 )
 
 

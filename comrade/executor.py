@@ -3,9 +3,11 @@
 The `Executor` prepares each attempt's fresh work dir, starts `bash -c COMMAND` in its own
 process group with stdout/stderr going to files, and registers the child with the `Reaper`,
 which waits on Linux pidfds for every child at once (no polling) and tells the executor when a
-child exits; the outcome is then reported. Cancelling kills the whole group. A task with a time
-limit gets a timer: when it runs out the group gets SIGTERM, then SIGKILL after a grace, and
-the outcome is marked timed out.
+child exits; the outcome is then reported. Cancelling an attempt (deleted, held, taken away)
+sends its whole group SIGTERM, then SIGKILL after the kill grace (Slurm's KillWait), and tells
+the caller once the process is gone, so its resources stay taken until then; a node stopping
+kills at once. A task with a time limit gets a timer: when it runs out the group gets SIGTERM,
+then SIGKILL after the grace, and the outcome is marked timed out.
 
 One actor for all attempts rather than one per attempt: an actor is a thread, and with one per
 task a `true` task cost about 0.9 ms of this process's CPU, against about 0.5 ms with one actor
@@ -33,7 +35,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -179,13 +181,15 @@ LOST_STATUS = 255
 _DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 #: How task output files are opened (in the child, by posix_spawn).
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-#: A task past its time limit gets SIGTERM (its whole process group), and SIGKILL this many
-#: seconds later if it has not ended by then (as Slurm's KillWait).
-TIME_LIMIT_GRACE_S = 5.0
+#: A task past its time limit or cancelled gets SIGTERM (its whole process group), and SIGKILL
+#: this many seconds later if it has not ended by then (as Slurm's KillWait): the default of
+#: `--kill-grace`.
+KILL_GRACE_S = 5.0
 
 
 Report = Callable[[str, int, Outcome], None]
 Crashed = Callable[[str, int, str], None]
+Stopped = Callable[[], None]
 Key = tuple[str, int]  # (task id, attempt)
 
 
@@ -203,7 +207,8 @@ class _Run:
     proc: Child | None = None
     started: float = 0.0
     cancelled: str = ""
-    timer: threading.Timer | None = None  # the time limit's next step (TERM, then KILL)
+    stopped: list[Stopped] = field(default_factory=list)  # called once a cancelled run is gone
+    timer: threading.Timer | None = None  # the time limit's or the cancel's next step
     timed_out: bool = False  # the time limit ran out and the group was sent SIGTERM
 
 
@@ -219,25 +224,28 @@ class Executor:
     LEORONIC_NODE): the worker itself, or the worker a ghost is attached to ("": unchanged).
 
     Callbacks, on the actor's thread: `report(task_id, attempt, outcome)` once the process
-    ended (not after a cancel), or `crashed(task_id, attempt, reason)` if it could not start:
+    ended (not after a cancel: `cancel`'s `stopped()` instead, once its process is gone, or
+    at once if it had none), or `crashed(task_id, attempt, reason)` if it could not start:
     "cannot start: ..." for expected errors (a file no node has, a bad file, an OS error),
     anything else is an executor bug for the caller's supervisor to count.
     """
 
     def __init__(self, node_name: str, paths: Paths, prepare: Callable[[TaskSpec, str], str],
-                 clock: Callable[[], float], cluster_address: Callable[[], str] = lambda: "") -> None:
+                 clock: Callable[[], float], cluster_address: Callable[[], str] = lambda: "",
+                 kill_grace_s: float = KILL_GRACE_S) -> None:
         close_inherited_fds_on_exec()
         self.reaper = Reaper()
         self.ref = ExecutorActor.start(node_name, paths, prepare, clock, self.reaper,
-                                       cluster_address)
+                                       cluster_address, kill_grace_s)
 
     def start(self, spec: TaskSpec, attempt: int, report: Report, crashed: Crashed) -> None:
         """Run one attempt of `spec` here."""
         self.ref.tell(("start", _Run(spec, attempt, report, crashed)))
 
-    def cancel(self, key: Key, why: str) -> None:
-        """Kill an attempt's whole process group (or do not start it); it reports nothing."""
-        self.ref.tell(("cancel", key, why))
+    def cancel(self, key: Key, why: str, stopped: Stopped | None = None) -> None:
+        """Stop an attempt's whole process group, SIGTERM then SIGKILL after the grace (or do
+        not start it); it reports nothing but `stopped()`, once its process is gone."""
+        self.ref.tell(("cancel", key, why, stopped))
 
     def stop(self) -> None:
         """Kill every running attempt and stop the actor and the reaper."""
@@ -251,13 +259,16 @@ class Executor:
 
 class ExecutorActor(pykka.ThreadingActor):
     """Messages: ("start", run), ("launch", key, command), ("unprepared", key, exc),
-    ("exited", key, rc), ("time_up", key), ("cancel", key, why), ("cancel_all", why)."""
+    ("exited", key, rc), ("time_up", key), ("kill", key), ("cancel", key, why, stopped),
+    ("cancel_all", why): the last kills at once."""
 
     use_daemon_thread = True  # never keeps a stopping process alive; stop() kills the tasks
 
     def __init__(self, node_name: str, paths: Paths, prepare: Callable[[TaskSpec, str], str],
-                 clock: Callable[[], float], reaper: Reaper, cluster_address: Callable[[], str]) -> None:
+                 clock: Callable[[], float], reaper: Reaper, cluster_address: Callable[[], str],
+                 kill_grace_s: float = KILL_GRACE_S) -> None:
         super().__init__()
+        self.kill_grace_s = kill_grace_s
         self.cluster_address = cluster_address
         self.node_name = node_name
         self.paths = paths
@@ -282,11 +293,13 @@ class ExecutorActor(pykka.ThreadingActor):
             self._exited(message[1], message[2])
         elif kind == "time_up":
             self._time_up(message[1])
+        elif kind == "kill":
+            self._kill(message[1])
         elif kind == "cancel":
-            self._cancel(message[1], message[2])
+            self._cancel(message[1], message[2], message[3])
         elif kind == "cancel_all":
             for key in list(self.runs):
-                self._cancel(key, message[1])
+                self._cancel(key, message[1], None, graceful=False)
         return None
 
     def _start(self, run: _Run) -> None:
@@ -343,13 +356,13 @@ class ExecutorActor(pykka.ThreadingActor):
         if run.spec.time_limit > 0:
             self._after(run, run.spec.time_limit)
 
-    def _after(self, run: _Run, seconds: float) -> None:
-        """Send this actor ("time_up", key) in `seconds` (one timer per run at a time)."""
+    def _after(self, run: _Run, seconds: float, kind: str = "time_up") -> None:
+        """Send this actor (`kind`, key) in `seconds` (one timer per run at a time)."""
         ref, key = self.actor_ref, (run.spec.task_id, run.attempt)
 
         def time_up() -> None:  # on the timer's thread
             with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(("time_up", key))
+                ref.tell((kind, key))
 
         run.timer = threading.Timer(seconds, time_up)
         run.timer.daemon = True
@@ -366,11 +379,18 @@ class ExecutorActor(pykka.ThreadingActor):
             log.info("task %s attempt %d ran out of its time limit (%s s): SIGTERM", key[0],
                      key[1], run.spec.time_limit)
             kill_group(run.proc.pid, signal.SIGTERM)
-            self._after(run, TIME_LIMIT_GRACE_S)
+            self._after(run, self.kill_grace_s)
         else:
-            log.info("task %s attempt %d still running %s s after SIGTERM: SIGKILL", key[0],
-                     key[1], TIME_LIMIT_GRACE_S)
-            kill_group(run.proc.pid)
+            self._kill(key)
+
+    def _kill(self, key: Key) -> None:
+        """The grace after a SIGTERM is over: SIGKILL the group if the run is still alive."""
+        run = self.runs.get(key)
+        if run is None or run.proc is None or run.proc.returncode is not None:
+            return
+        log.info("task %s attempt %d still running %s s after SIGTERM: SIGKILL", key[0], key[1],
+                 self.kill_grace_s)
+        kill_group(run.proc.pid)
 
     def _spawn(self, run: _Run, command: str, env: dict[bytes, bytes]) -> int:
         """Start `bash -c COMMAND` in the run's work dir and a session of its own, stdin from
@@ -404,6 +424,7 @@ class ExecutorActor(pykka.ThreadingActor):
         if run.proc is not None and run.proc.returncode is None:
             kill_group(run.proc.pid)
         if run.cancelled:
+            _call_stopped(run, key)
             return
         expected = isinstance(exc, (LeoronicError, ValueError, OSError))
         reason = f"{exc}" if expected else f"{type(exc).__name__}: {exc}"
@@ -419,7 +440,8 @@ class ExecutorActor(pykka.ThreadingActor):
             return
         _stop_timer(run)
         if run.cancelled:
-            return  # nobody wants its outcome
+            _call_stopped(run, key)  # nobody wants its outcome: only that it is gone
+            return
         # A process killed by a signal reports -N; shells report 128+N: use the shell's form.
         code = 128 - rc if rc < 0 else rc
         out_tail, out_size = read_tail_size(run.out)
@@ -435,17 +457,39 @@ class ExecutorActor(pykka.ThreadingActor):
         except Exception:
             log.exception("report callback failed for task %s", key[0])
 
-    def _cancel(self, key: Key, why: str) -> None:
+    def _cancel(self, key: Key, why: str, stopped: Stopped | None, graceful: bool = True) -> None:
         run = self.runs.get(key)
-        if run is None:
+        if run is None or run.proc is None:  # gone, or preparing (_launch drops it): no process
+            if run is not None:
+                run.cancelled = why
+            if stopped is not None:
+                stopped()
             return
+        if stopped is not None:
+            run.stopped.append(stopped)
+        if run.proc.returncode is not None:
+            return  # exited: its exit is on the way, and calls `stopped`
+        if run.cancelled and graceful:
+            return  # SIGTERM sent already; the grace's timer runs
         run.cancelled = why
         _stop_timer(run)
-        if run.proc is None:
-            return  # preparing: _launch drops it
-        if run.proc.returncode is None:
+        if graceful and self.kill_grace_s > 0:
+            log.info("stopping task %s attempt %d (SIGTERM, SIGKILL after %s s): %s", key[0],
+                     key[1], self.kill_grace_s, why)
+            kill_group(run.proc.pid, signal.SIGTERM)
+            self._after(run, self.kill_grace_s, "kill")
+        else:
             log.info("killing task %s attempt %d: %s", key[0], key[1], why)
             kill_group(run.proc.pid)
+
+
+def _call_stopped(run: _Run, key: Key) -> None:
+    for stopped in run.stopped:
+        try:
+            stopped()
+        except Exception:
+            log.exception("stopped callback failed for task %s", key[0])
+    run.stopped.clear()
 
 
 def _stop_timer(run: _Run) -> None:

@@ -84,7 +84,7 @@ class Isolation:
         self._absorb_pending(shadow, now)
         mine = sorted(shadow.running_on(me), key=lambda t: t.seq)
         running = [t.spec for t in mine if (t.spec.task_id, t.attempt) in self.runners]
-        running += list(self.node._runners.values())
+        running += self.node.busy()
         waiting = [((t.spec.task_id, t.attempt), t.spec) for t in mine
                    if not self.node.handled((t.spec.task_id, t.attempt))]
         for key, spec in self.node.fitting(waiting, running):  # claimed ahead: wait their turn

@@ -93,6 +93,9 @@ class Node:
         self._caught_up = False
         self._next_readd = 0.0
         self._runners: dict[tuple[str, int], TaskSpec] = {}  # attempts the executor runs
+        # Attempts taken away whose processes the executor is still stopping (SIGTERM, then
+        # SIGKILL after --kill-grace): their resources stay taken until they are gone.
+        self._stopping: dict[tuple[str, int], TaskSpec] = {}
         self._claimed_here: set[tuple[str, int]] = set()  # claims proposed in this life
         self._claims_in_flight: dict[str, tuple[int, Resources, float]] = {}
         self._pending_finish: dict[tuple[str, int], tuple[Outcome, float]] = {}
@@ -172,7 +175,7 @@ class Node:
         self._replay_to = last_log_index(self.syncobj)
         self.proposer = Proposer(self.consumer)
         self.executor = Executor(self.name, self.paths, self._prepare, time.time,
-                                 lambda: self.rpc_addr)
+                                 lambda: self.rpc_addr, self.cfg.kill_grace_s)
         self.actor = NodeActor.start(self)
         self.server.start()
         if joining:
@@ -312,7 +315,7 @@ class Node:
         waiting = [(key, spec) for key, spec in self._claims if not self.handled(key)]
         mine = queue.nodes.get(self.name)
         draining = mine is not None and mine.draining
-        start = [] if draining else self.fitting(waiting, list(self._runners.values()))
+        start = [] if draining else self.fitting(waiting, self.busy())
         for key, spec in start:
             self._waiting_since.pop(key, None)
             self._start_runner(spec, key[1])
@@ -334,8 +337,7 @@ class Node:
             self._pending_finish.pop(key, None)
         for key in list(self._runners):
             if key not in mine:
-                self.cancel_runner(key, "no longer assigned to this node")
-                del self._runners[key]
+                self._stop_runner(key, "no longer assigned to this node")
         for table in (self._waiting_since, self._given_back):
             for key in list(table):
                 if key not in mine:
@@ -395,10 +397,25 @@ class Node:
         assert self.executor is not None
         self.executor.start(spec, attempt, report, crashed)
 
-    def cancel_runner(self, key: tuple[str, int], why: str) -> None:
-        """Kill an attempt started with `start_runner` (it reports nothing)."""
+    def busy(self) -> list[TaskSpec]:
+        """What takes this node's resources: the attempts it runs and those it is stopping."""
+        return list(self._runners.values()) + list(self._stopping.values())
+
+    def _stop_runner(self, key: tuple[str, int], why: str) -> None:
+        """Stop an attempt taken away from this node; its resources stay taken until its
+        process is gone (the executor says so, on its thread), then a pass starts what waits."""
+        self._stopping[key] = self._runners.pop(key)
+
+        def stopped() -> None:
+            self._stopping.pop(key, None)
+            self.wake()
+        self.cancel_runner(key, why, stopped)
+
+    def cancel_runner(self, key: tuple[str, int], why: str,
+                      stopped: Callable[[], None] | None = None) -> None:
+        """Stop an attempt started with `start_runner` (it reports nothing but `stopped()`)."""
         if self.executor is not None:
-            self.executor.cancel(key, why)
+            self.executor.cancel(key, why, stopped)
 
     def schedule(self) -> None:
         """Propose finished results and claims for the queued tasks that fit here now.
@@ -598,7 +615,7 @@ class Node:
                    if t.state is State.DELETED or (t.state.final and t.attempts
                    and (t.attempts[-1].end or now) < now - self.cfg.retention_s)}
         known = {t.spec.task_id for t in tasks} if registered else None
-        running = {k[0] for k in self._runners}
+        running = {k[0] for k in list(self._runners) + list(self._stopping)}
 
         def gone(task_id: str) -> bool:
             return task_id not in running and (

@@ -58,6 +58,7 @@ class GhostConfig:
     retention_s: float = 7 * 24 * 3600.0  # finished tasks' work dirs and outputs kept this long
     file_gc_s: float = 3600.0  # stored files no running task refers to are removed after this
     gc_every_s: float = 60.0  # how often the ghost collects garbage
+    kill_grace_s: float = 5.0  # SIGTERM to SIGKILL when a task is stopped (executor.KILL_GRACE_S)
 
     def __post_init__(self) -> None:
         # Absolute (the executor changes directory around each task start) and canonical (the
@@ -67,7 +68,7 @@ class GhostConfig:
     def validate(self) -> None:
         """Raise UsageError naming the first option that is wrong and why."""
         check_durations(self, (("retention", "retention_s", False), ("file-gc", "file_gc_s", False),
-                               ("gc-every", "gc_every_s", True)))
+                               ("gc-every", "gc_every_s", True), ("kill-grace", "kill_grace_s", False)))
 
 
 def address_key(addr: str) -> tuple[Any, ...]:
@@ -107,8 +108,9 @@ LOST_CLAIM = "assigned to this ghost, which does not run it (the claim never rea
 @dataclass
 class _State:
     running: dict[tuple[str, int], TaskSpec] = field(default_factory=dict)
+    stopping: dict[tuple[str, int], TaskSpec] = field(default_factory=dict)  # taken away, alive
     finished: list[tuple[str, int, Outcome]] = field(default_factory=list)
-    reserved: Resources = Resources()
+    reserved: Resources = Resources()  # what `running` and `stopping` take
 
 
 class Ghost:
@@ -129,7 +131,7 @@ class Ghost:
         self.state = _State()
         self._unknown: set[tuple[str, int]] = set()  # assigned here, not run: see _reconcile
         self.executor = Executor(self.name, self.paths, self._prepare, time.time,
-                                 lambda: self.clairvoyant)
+                                 lambda: self.clairvoyant, cfg.kill_grace_s)
         self.lock = threading.Lock()
         self.workers: list[str] = list(cfg.peers)
         self.clairvoyant = ""
@@ -218,8 +220,9 @@ class Ghost:
         Returns the task ids whose files went. Without an answer from the clairvoyant nothing
         but stored files goes (LeoronicError)."""
         with self.lock:
-            running = {key[0] for key in self.state.running}
-            keep = {f[1] for spec in self.state.running.values() for f in spec.files}
+            busy = {**self.state.running, **self.state.stopping}
+            running = {key[0] for key in busy}
+            keep = {f[1] for spec in busy.values() for f in spec.files}
         self.store.gc(keep, self.cfg.file_gc_s, now)
         found = {t: items for t, items in task_files(self.paths).items() if t not in running}
         ids = sorted(found)
@@ -345,9 +348,15 @@ class Ghost:
             lost = sorted(unknown & self._unknown)
             self._unknown = unknown
         for key in stale:
-            self.executor.cancel(key, "no longer assigned to this ghost")
-            with self.lock:
-                self._forget(key)
+            with self.lock:  # out of `running`, its resources still taken until it is gone
+                self.state.stopping[key] = self.state.running.pop(key)
+
+            def stopped(key: tuple[str, int] = key) -> None:
+                with self.lock:
+                    spec = self.state.stopping.pop(key, None)
+                    if spec is not None:
+                        self.state.reserved = self.state.reserved - spec.needs
+            self.executor.cancel(key, "no longer assigned to this ghost", stopped)
         for task_id, attempt in lost:
             log.warning("task %s attempt %d is assigned to this ghost, which does not run it: "
                         "giving it back", task_id, attempt)

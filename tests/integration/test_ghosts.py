@@ -442,12 +442,13 @@ def test_a_ghost_restarted_within_its_lease_gives_back_its_previous_lifes_tasks(
 
 def test_a_task_held_while_it_runs_on_a_ghost_is_stopped_there_and_reruns_when_released(
         make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Holding ends the attempt in the replicated state; the ghost's worker stops it on the
-    ghost as an attempt no longer assigned there, like a deletion."""
+    """Holding ends the attempt in the replicated state; the ghost stops it (SIGTERM, then
+    SIGKILL after its --kill-grace) as an attempt no longer assigned there, like a deletion."""
     cluster: Cluster = make_cluster(1, [WORKER])
     start_ghosts(cluster, [("g1", GHOST)])
-    pids, gate = tmp_path / "pids", tmp_path / "gate"
-    tid = add_task(cluster, f"echo $$ >> {pids}; while [ ! -e {gate} ]; do sleep 0.05; done; "
+    pids, gate, stops = tmp_path / "pids", tmp_path / "gate", tmp_path / "stops"
+    tid = add_task(cluster, f"trap 'echo stopped $LEORONIC_ATTEMPT >> {stops}; exit 1' TERM; "
+                            f"echo $$ >> {pids}; while [ ! -e {gate} ]; do sleep 0.05; done; "
                             'echo "attempt $LEORONIC_ATTEMPT on $LEORONIC_NODE_NAME"', task_id="held")
     wait_for(lambda: pids.exists() and pids.read_text().endswith("\n"), 20, "the task to start")
     assert queue(cluster)[tid][2] == "g1"
@@ -462,7 +463,8 @@ def test_a_task_held_while_it_runs_on_a_ghost_is_stopped_there_and_reruns_when_r
             return True
         with open(f"/proc/{first}/stat") as f:  # killed, not yet reaped by the ghost
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    wait_for(stopped, 20, "the ghost to kill the held task")
+    wait_for(stopped, 20, "the ghost to stop the held task")
+    assert stops.read_text() == "stopped 1\n"  # SIGTERM first: it could clean up
     assert queue(cluster)[tid][1] == "queued"
     r = cluster.sh(f"leoronic_release {tid}")
     assert (r.rc, r.out) == (0, "held released\n"), r
@@ -511,6 +513,10 @@ def test_ghost_refuses_a_bad_duration(make_cluster) -> None:  # type: ignore[no-
                     "--peer", cluster.nodes[0].address, timeout=30)
     assert r.rc == 2 and r.err.strip() == \
         "leoronic: --retention: must be a number of seconds, 0 or more; got -1", r
+    r = cluster.cli("ghost", "--home", os.path.join(cluster.root, "bad"), "--kill-grace", "-2",
+                    "--peer", cluster.nodes[0].address, timeout=30)
+    assert r.rc == 2 and r.err.strip() == \
+        "leoronic: --kill-grace: must be a number of seconds, 0 or more; got -2", r
 
 
 def test_a_ghost_stops_a_task_past_its_time_limit(make_cluster) -> None:  # type: ignore[no-untyped-def]

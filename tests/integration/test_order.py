@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -162,6 +163,40 @@ def test_a_running_task_held_is_stopped_and_starts_afresh_when_released(
     assert (r.rc, r.out) == (0, "end\n"), r
     info = json.loads(cluster3.sh("leoronic_task_info --json long").out)
     assert [(a["number"], a["why"]) for a in info["attempts"]] == [(1, "held"), (2, "exit")]
+
+
+def test_a_stopped_task_gets_its_kill_grace_and_its_core_until_it_is_gone(
+        make_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Held or deleted, a running task gets SIGTERM and the worker's --kill-grace to clean
+    up, then SIGKILL; what waits for its core starts only once it is gone."""
+    cluster: Cluster = make_cluster(1, [["--cores", "1", "--kill-grace", "2"]])
+    q = {name: shlex.quote(str(tmp_path / name)) for name in ("pid", "log", "stubborn")}
+    submit(cluster, f"trap 'echo cleaning >> {q['log']}; sleep 0.5; echo cleaned >> {q['log']}; "
+                    f"exit 0' TERM; echo $$ > {q['pid']}; while :; do sleep 0.05; done", "polite")
+    wait_for(lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text().endswith("\n"),
+             20, "the task to start")
+    submit(cluster, f"if kill -0 $(cat {q['pid']}) 2>/dev/null; then echo overlap; "
+                    "else echo alone; fi", "next")  # waits for the one core
+    assert queue_rows(cluster)["next"].split()[1] in ("queued", "running")
+    r = cluster.sh("leoronic_hold polite")
+    assert (r.rc, r.out) == (0, "polite held\n"), r
+    wait_ok(cluster, "next")
+    r = cluster.sh("leoronic_result next")
+    assert (r.rc, r.out) == (0, "alone\n"), r  # it started after the held task was gone
+    assert (tmp_path / "log").read_text() == "cleaning\ncleaned\n"
+
+    submit(cluster, f"trap '' TERM; echo $$ > {q['stubborn']}; while :; do sleep 0.05; done",
+           "stubborn")
+    wait_for(lambda: (tmp_path / "stubborn").exists()
+             and (tmp_path / "stubborn").read_text().endswith("\n"), 20, "the task to start")
+    pid = int((tmp_path / "stubborn").read_text())
+    t0 = time.monotonic()
+    r = cluster.sh("leoronic_del_task stubborn")
+    assert (r.rc, r.out) == (0, "stubborn deleted\n"), r
+    wait_for(lambda: not psutil.pid_exists(pid) or
+             psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 20,
+             "the task ignoring SIGTERM to be killed")
+    assert time.monotonic() - t0 >= 2.0, "killed before its grace was over"
 
 
 def test_hold_release_priority_and_delete_select_tasks_by_state(cluster3: Cluster) -> None:

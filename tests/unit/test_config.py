@@ -38,6 +38,7 @@ def test_a_relative_or_symlinked_home_is_made_absolute_and_canonical(
     ("--file-gc", "file_gc_s", float("inf"), "0 or more; got inf"),
     ("--isolation-after", "isolation_s", -0.5, "0 or more; got -0.5"),
     ("--remove-after", "remove_after_s", -1.0, "0 or more; got -1"),
+    ("--kill-grace", "kill_grace_s", -1.0, "0 or more; got -1"),
 ])
 def test_bad_durations_are_refused_naming_the_option(option: str, field: str, value: float,
                                                       expected: str, tmp_path: Any) -> None:
@@ -48,7 +49,14 @@ def test_bad_durations_are_refused_naming_the_option(option: str, field: str, va
 
 def test_zero_durations_that_mean_at_once_are_accepted(tmp_path: Any) -> None:
     Config(home=str(tmp_path), cookie="c", retention_s=0, forget_after_s=0, file_gc_s=0,
-           isolation_s=0, remove_after_s=0).validate()
+           isolation_s=0, remove_after_s=0, kill_grace_s=0).validate()
+    GhostConfig(home=str(tmp_path), cookie="c", retention_s=0, file_gc_s=0, kill_grace_s=0).validate()
+
+
+def test_a_ghost_refuses_a_bad_kill_grace(tmp_path: Any) -> None:
+    with pytest.raises(UsageError) as err:
+        GhostConfig(home=str(tmp_path), cookie="c", kill_grace_s=float("nan")).validate()
+    assert str(err.value) == "--kill-grace: must be a number of seconds, 0 or more; got nan"
 
 
 def test_the_log_file_rotates(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -203,8 +203,77 @@ def test_a_task_past_its_time_limit_gets_sigterm_with_its_whole_group(run, paths
     wait_for(lambda: not _alive(child), 10, "the task's background child to be stopped too")
 
 
-def test_a_task_ignoring_sigterm_is_killed_after_the_grace(run, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr("comrade.executor.TIME_LIMIT_GRACE_S", 0.5)
+@pytest.fixture
+def graced(paths: Paths) -> Iterator[tuple[Executor, Recorder]]:
+    """An executor with a kill grace of 0.5 s."""
+    ex = Executor("node-x", paths, lambda spec, workdir: spec.command, time.time, kill_grace_s=0.5)
+    try:
+        yield ex, Recorder()
+    finally:
+        ex.stop()
+
+
+def stopped_event() -> tuple[threading.Event, list[float]]:
+    """A `stopped` callback's event and the time it was called."""
+    done, at = threading.Event(), []
+
+    def stopped() -> None:
+        at.append(time.monotonic())
+        done.set()
+    return done, at
+
+
+def test_a_cancelled_task_gets_sigterm_first_and_may_clean_up(run, paths) -> None:  # type: ignore[no-untyped-def]
+    ex, rec = run
+    start(run, "c", "trap 'echo cleaned > done; exit 0' TERM; echo $$ > pid; "
+                    "while :; do sleep 0.05; done")
+    pid = int(wait_for(lambda: _read(os.path.join(paths.workdir("c", 1), "pid")), 10, "the task"))
+    done, _ = stopped_event()
+    ex.cancel(("c", 1), "test", done.set)
+    assert done.wait(4), "stopped() not called well within the 5 s grace"
+    assert not _alive(pid)
+    assert _read(os.path.join(paths.workdir("c", 1), "done")) == "cleaned"
+    assert "c" not in rec.outcomes and "c" not in rec.crashes
+
+
+def test_a_cancelled_task_ignoring_sigterm_is_killed_after_the_grace(graced, paths) -> None:  # type: ignore[no-untyped-def]
+    ex, rec = graced
+    start(graced, "c", "trap '' TERM; sleep 60 & echo $! > child; wait")
+    child = int(wait_for(lambda: _read(os.path.join(paths.workdir("c", 1), "child")), 10, "the task"))
+    done, at = stopped_event()
+    t0 = time.monotonic()
+    ex.cancel(("c", 1), "test", done.set)
+    ex.cancel(("c", 1), "again", lambda: at.append(time.monotonic()))  # no second SIGTERM
+    assert done.wait(10)
+    wait_for(lambda: len(at) == 1, 10, "the second cancel's stopped()")
+    assert at[0] - t0 >= 0.5, "stopped before the grace was over"
+    assert not _alive(child)  # ignored TERM too (inherited), killed with the group
+    assert "c" not in rec.outcomes
+
+
+def test_with_no_grace_a_cancelled_task_is_killed_at_once(paths) -> None:  # type: ignore[no-untyped-def]
+    ex = Executor("node-x", paths, lambda spec, workdir: spec.command, time.time, kill_grace_s=0)
+    try:
+        rec = Recorder()
+        ex.start(spec("c", "trap 'echo cleaned > done' TERM; echo $$ > pid; while :; do sleep 0.05; done"),
+                 1, rec.report, rec.crashed)
+        wait_for(lambda: _read(os.path.join(paths.workdir("c", 1), "pid")), 10, "the task")
+        done, _ = stopped_event()
+        ex.cancel(("c", 1), "test", done.set)
+        assert done.wait(10)
+        assert not os.path.exists(os.path.join(paths.workdir("c", 1), "done"))
+    finally:
+        ex.stop()
+
+
+def test_cancelling_an_attempt_not_here_says_it_stopped_at_once(run) -> None:  # type: ignore[no-untyped-def]
+    done, _ = stopped_event()
+    run[0].cancel(("never", 1), "test", done.set)
+    assert done.wait(5)
+
+
+def test_a_task_ignoring_sigterm_is_killed_after_the_grace(graced) -> None:  # type: ignore[no-untyped-def]
+    run = graced
     start(run, "stubborn", "trap 'echo got TERM' TERM; while :; do sleep 0.1; done",
           time_limit=0.3)
     out = run[1].outcome("stubborn")

@@ -23,12 +23,14 @@ class FakeExecutor:
     def __init__(self) -> None:
         self.started: list[tuple[str, int]] = []
         self.cancelled: list[tuple[str, int]] = []
+        self.stopped: dict[tuple[str, int], Any] = {}  # the callbacks of cancelled attempts
 
     def start(self, spec: TaskSpec, attempt: int, report: Any, crashed: Any) -> None:
         self.started.append((spec.task_id, attempt))
 
-    def cancel(self, key: tuple[str, int], why: str) -> None:
+    def cancel(self, key: tuple[str, int], why: str, stopped: Any = None) -> None:
         self.cancelled.append(key)
+        self.stopped[key] = stopped
 
 
 class FakeProposer:
@@ -156,6 +158,21 @@ def test_a_claim_taken_away_is_cancelled(tmp_path: Any, clock: Clock) -> None:
     apply(n, ("delete", "t1"))
     n.reconcile()
     assert ex.cancelled == [("t1", 1)]
+
+
+def test_a_held_runner_keeps_its_core_until_its_process_is_gone(tmp_path: Any, clock: Clock) -> None:
+    n, ex, prop = make_node(tmp_path, cores=1)
+    claim(n, "t1", "t2")  # t2 claimed ahead, waiting for the one core
+    n.reconcile()
+    apply(n, ("hold", "t1", True, True))
+    n.reconcile()
+    assert ex.cancelled == [("t1", 1)] and ex.started == [("t1", 1)]  # t1 is still stopping
+    n.reconcile()
+    assert ex.started == [("t1", 1)]
+    ex.stopped[("t1", 1)]()  # its process is gone
+    n.reconcile()
+    assert ex.started == [("t1", 1), ("t2", 1)]
+    assert n._stopping == {}
 
 
 def test_room_to_claim_ahead_follows_the_start_rate(tmp_path: Any, clock: Clock) -> None:
