@@ -31,7 +31,7 @@ from comrade.model import WAIT_OVER, State, format_duration
 EXIT_NOT_FINISHED = 5
 
 
-def _fail(message: str, code: int) -> None:
+def fail(message: str, code: int) -> None:
     click.echo(f"leoronic: {message}", err=True)
     sys.exit(code)
 
@@ -43,10 +43,19 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except LeoronicError as exc:
-            _fail(str(exc), exc.exit_code)
+            fail(str(exc), exc.exit_code)
         except ValueError as exc:  # FileError and friends: bad input
-            _fail(str(exc), EXIT_USAGE)
+            fail(str(exc), EXIT_USAGE)
     return run
+
+
+def human_size(n: int) -> str:
+    """Bytes as 1.5K, 2.0G ... (binary units)."""
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return str(n)
 
 
 def _bytes_opt(value: str | None, name: str) -> int | None:
@@ -398,12 +407,12 @@ def result(task_id: str, partial: bool) -> None:
         why = f": {task.reason}" if task.reason else ""
         if partial and state == "running":
             _write_streams(client, task)
-        _fail(f"task {task_id} is still {state}{where}{why}", EXIT_NOT_FINISHED)
+        fail(f"task {task_id} is still {state}{where}{why}", EXIT_NOT_FINISHED)
     if state == "deleted":
         ran = f" after {len(task.attempts)} attempt(s)" if task.attempts else " before it ran"
-        _fail(f"task {task_id} was deleted{ran}; its output is forgotten", 1)
+        fail(f"task {task_id} was deleted{ran}; its output is forgotten", 1)
     if task.outcome is None:
-        _fail(f"task {task_id} {state} without running: {task.reason}", 1)
+        fail(f"task {task_id} {state} without running: {task.reason}", 1)
     if task.outcome.timed_out:
         click.echo(f"leoronic: task {task_id} was stopped after its time limit of "
                    f"{format_duration(task.spec.time_limit)}", err=True)
@@ -460,7 +469,8 @@ def _describe(r: dict[str, Any]) -> str:
         return "-" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     lines = [f"{r['id']}: {r['state']}" + (f" on {r['node']}, attempt {r['attempt']}" if r["node"] else "")
              + (f" ({r['reason']})" if r["reason"] else ""),
-             f"  needs memory {_size(r['memory'])}, {r['cores']} cores, disk {_size(r['storage'])}; "
+             f"  needs memory {human_size(r['memory'])}, {r['cores']} cores, "
+             f"disk {human_size(r['storage'])}; "
              f"{'concurrent' if r['concurrent'] else 'alone on its node'}; "
              f"conditions: {r['conditions'] or '-'}; files: {' '.join(r['files']) or '-'}"
              + (f"; time limit {format_duration(r['time_limit'])}" if r["time_limit"] else "")
@@ -500,7 +510,7 @@ def wait(task_ids: Sequence[str], timeout: float | None) -> None:
         bar.update(total - len(pending))
         while pending:  # only unfinished tasks are asked about again
             if deadline is not None and time.monotonic() > deadline:
-                _fail(f"{len(pending)} of {total} tasks not finished after {timeout} s",
+                fail(f"{len(pending)} of {total} tasks not finished after {timeout} s",
                       EXIT_NOT_FINISHED)
             left = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
             # "unknown" now: it finished and its record was forgotten (--forget-after) between
@@ -525,206 +535,10 @@ class _NoBar:
         return None
 
 
-def _selecting(*states: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """TASK_IDS, or `--state S` (repeatable, one of `states`) for every task in that state."""
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        command = click.argument("task_ids", nargs=-1)(command)
-        return click.option("--state", "states", multiple=True, type=click.Choice(states),
-                            help="Every task in this state instead of IDs; repeatable.")(command)
-    return decorate
-
-
-def _chosen(task_ids: Sequence[str], states: Sequence[str],
-            held: bool | None = None) -> tuple[Client, list[str]]:
-    """A client, and the ids given or those of every task in `states` (held or not held only,
-    if `held` is given); UsageError for neither or both, before reaching the cluster."""
-    if task_ids and states:
-        raise UsageError("--state: give task ids or --state, not both")
-    if not task_ids and not states:
-        raise UsageError("ID: give one or more task ids, or --state STATE")
-    client = Client()
-    if not states:
-        return client, list(task_ids)
-    return client, [row[0] for row in client.call("queue", list(states), "")
-                    if held is None or row[-1] is held]
-
-
-@main.command("del-task")
-@_selecting("queued", "running", "done", "failed")
-@friendly
-def del_task(task_ids: Sequence[str], states: Sequence[str]) -> None:
-    """Remove queued tasks, kill running ones, forget finished ones."""
-    _report_each(*_chosen(task_ids, states), "delete", (), "deleted")
-
-
-@main.command("priority", context_settings={"ignore_unknown_options": True})
-@click.argument("priority")
-@_selecting("queued", "running")
-@friendly
-def priority(priority: str, task_ids: Sequence[str], states: Sequence[str]) -> None:
-    """Give tasks not finished yet a new PRIORITY: among ready tasks, higher starts first."""
-    rank = taskfields.parse_priority(priority, "PRIORITY")
-    _report_each(*_chosen(task_ids, states), "priority", (rank,), f"priority {rank}")
-
-
-@main.command("hold")
-@_selecting("queued", "running")
-@friendly
-def hold(task_ids: Sequence[str], states: Sequence[str]) -> None:
-    """Keep tasks from starting until `leoronic release`: a queued one stays queued, a running
-    one is stopped and queued again (no retry used)."""
-    _report_each(*_chosen(task_ids, states, held=False), "hold", (True,), "held")
-
-
-@main.command("release")
-@_selecting("queued")
-@friendly
-def release(task_ids: Sequence[str], states: Sequence[str]) -> None:
-    """Let held tasks start again (`--state queued`: every held task)."""
-    _report_each(*_chosen(task_ids, states, held=True), "hold", (False,), "released")
-
-
-def _report_each(client: Client, task_ids: list[str], method: str, args: tuple[Any, ...],
-                 done: str) -> None:
-    """Apply a per-task change (`method` with the ids, then `args`): a line per task; exit 2
-    if any was refused (each named)."""
-    if not task_ids:
-        click.echo("leoronic: no task to change: none is in that state", err=True)
-        return
-    lines, errors = [], []
-    for task_id, ok, detail in client.call(method, task_ids, *args):
-        if ok:
-            lines.append(f"{task_id} {done}" + (f" ({detail})" if detail else ""))
-        else:
-            errors.append(f"leoronic: ID: {detail}")
-    if lines:
-        click.echo("\n".join(lines))  # one write: a selection may be a million tasks
-    if errors:
-        click.echo("\n".join(errors), err=True)
-        sys.exit(EXIT_USAGE)
-
-
 @main.command("task-format")
 def task_format() -> None:
     """Explain the task fields, with working examples."""
     click.echo(taskfields.FORMAT_HELP, nl=False)
-
-
-@main.command("nodes")
-@friendly
-def nodes() -> None:
-    """Each node: address, Raft role, tags, offered and free memory/cores/disk, running tasks."""
-    info = Client().call("nodes")
-    click.echo(f"asked {info['self']}; leader {info['leader'] or 'none'}; "
-               f"quorum {'yes' if info['quorum'] else 'NO'}")
-    if info.get("isolated_since"):
-        click.echo(f"{info['self']} is ISOLATED (no quorum) since {_when(info['isolated_since'])}: "
-                   "running queued tasks from its own copy; results merge when the others return")
-    rows = info["nodes"]
-    if not rows:
-        click.echo("no node registered yet: the cluster is starting (or electing a leader)")
-    workers = [n for n in rows if n["kind"] != "ghost"]
-    ghosts = [n for n in rows if n["kind"] == "ghost"]
-    for n in workers:
-        _print_node(n, "")
-        for g in ghosts:
-            if g["clairvoyant"] == n["name"]:
-                _print_node(g, "    ")
-    for g in ghosts:
-        if g["clairvoyant"] not in {n["name"] for n in workers}:
-            _print_node(g, "")
-
-
-def _print_node(n: dict[str, Any], indent: str) -> None:
-    off, free = n["offered"], n["free"]
-    status = "up" if n["alive"] else f"UNREACHABLE since {_when(n['lost_since'])}"
-    if n.get("draining"):
-        status += ", draining (takes no new task)" if n["running"] else ", drained"
-    role = f"ghost of {n['clairvoyant']}" if n["kind"] == "ghost" else n["role"]
-    click.echo(f"{indent}{n['name']}  {n['rpc']}  {role}  {status}")
-    click.echo(f"{indent}    cores {free.cores}/{off.cores} free   memory {_size(free.memory)}/"
-               f"{_size(off.memory)} free   disk {_size(free.storage)}/{_size(off.storage)} free")
-    click.echo(f"{indent}    tags: {' '.join(n['tags']) or '-'}")
-    click.echo(f"{indent}    running: {' '.join(n['running']) or '-'}")
-    if n["note"]:
-        click.echo(f"{indent}    note: {n['note']}")
-
-
-def _when(ts: float | None) -> str:
-    return "?" if ts is None else datetime.fromtimestamp(ts).strftime("%H:%M:%S")
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "K", "M", "G", "T"):
-        if abs(n) < 1024 or unit == "T":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n = n / 1024  # type: ignore[assignment]
-    return str(n)
-
-
-@main.command("add-tag")
-@click.argument("tag")
-@click.option("--node", default="", help="Node name (default: the node LEORONIC_NODE points at).")
-@friendly
-def add_tag(tag: str, node: str) -> None:
-    """Tag a node; replicated, survives restarts."""
-    taskfields.validate_tags([tag])
-    name = Client().call("add_tag", node, tag)
-    click.echo(f"{name}: +{tag}")
-
-
-@main.command("del-tag")
-@click.argument("tag")
-@click.option("--node", default="", help="Node name (default: the node LEORONIC_NODE points at).")
-@friendly
-def del_tag(tag: str, node: str) -> None:
-    """Remove a tag from a node."""
-    name = Client().call("del_tag", node, tag)
-    click.echo(f"{name}: -{tag}")
-
-
-@main.command("drain")
-@click.option("--node", default="", help="Node name (default: the node LEORONIC_NODE points at).")
-@click.option("--wait", "wait_", is_flag=True,
-              help="Then block until the node runs no task (for maintenance: stop it after).")
-@click.option("--timeout", type=float, default=None,
-              help="With --wait: give up after this many seconds (exit 5).")
-@friendly
-def drain(node: str, wait_: bool, timeout: float | None) -> None:
-    """Give a node no new task; the tasks it runs go on, its claims not started yet go back to
-    the queue. Replicated, kept across restarts until `resume`."""
-    if timeout is not None and not wait_:
-        raise UsageError("--timeout: only with --wait")
-    if timeout is not None and not timeout >= 0:
-        raise UsageError(f"--timeout: {timeout} is not a number of seconds >= 0")
-    client = Client()
-    state = client.call("drain", node, True)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while wait_ and state["draining"] and state["running"]:
-        if deadline is not None and time.monotonic() > deadline:
-            _fail(f"{_drain_state(state)} after {timeout} s", EXIT_NOT_FINISHED)
-        left = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
-        state = client.call("drained", state["node"], left)
-    if not state["draining"]:
-        _fail(f"{state['node']}: resumed by someone else while draining", EXIT_NOT_FINISHED)
-    click.echo(_drain_state(state))
-
-
-def _drain_state(state: dict[str, Any]) -> str:
-    running = state["running"]
-    if not running:
-        return f"{state['node']}: drained (runs no task)"
-    more = f" and {len(running) - 10} more" if len(running) > 10 else ""
-    return f"{state['node']}: draining, still running {len(running)}: {' '.join(running[:10])}{more}"
-
-
-@main.command("resume")
-@click.option("--node", default="", help="Node name (default: the node LEORONIC_NODE points at).")
-@friendly
-def resume(node: str) -> None:
-    """Let a drained (or draining) node take tasks again."""
-    state = Client().call("drain", node, False)
-    click.echo(f"{state['node']}: taking tasks")
 
 
 @main.command("get-all-files")
@@ -776,3 +590,7 @@ def _receive(client: Client, address: str, dest: str, *what: str) -> None:
 
 if __name__ == "__main__":
     entry()
+
+
+# The commands of these modules join `main` when they are imported (after it exists).
+from comrade import cli_changes, cli_nodes  # noqa: E402, F401

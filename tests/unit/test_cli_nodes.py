@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from comrade import cli
+from comrade import cli, cli_nodes
 
 
 class StartingClient:
@@ -18,7 +18,7 @@ class StartingClient:
 
 
 def test_nodes_before_any_node_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "Client", StartingClient)
+    monkeypatch.setattr(cli_nodes, "Client", StartingClient)
     r = CliRunner().invoke(cli.main, ["nodes"])
     assert r.exit_code == 0, r.output
     assert r.output.splitlines() == [
