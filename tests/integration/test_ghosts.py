@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from comrade import rpc
 from comrade.model import Resources
 from ghost.ghost import LOST_CLAIM
@@ -474,6 +476,34 @@ def test_a_task_held_while_it_runs_on_a_ghost_is_stopped_there_and_reruns_when_r
     rec = record(cluster, cluster.nodes[0], tid)
     assert [(a.number, a.node, a.why) for a in rec.attempts] == [(1, "g1", "held"), (2, "g1", "exit")]
     assert result(cluster, tid).out == "attempt 2 on g1\n"
+
+
+def test_a_drained_ghost_finishes_its_task_and_takes_no_new_one_until_resumed(
+        make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`leoronic_drain --node GHOST`: what it runs goes on; its clairvoyant claims nothing more
+    for it, though it has room; `--wait` returns once it is empty; `resume` gives it work."""
+    cluster: Cluster = make_cluster(1, [WORKER])
+    start_ghosts(cluster, [("g1", GHOST)])
+    gate = tmp_path / "gate"
+    long = add_task(cluster, f"while [ ! -e {gate} ]; do sleep 0.05; done; "
+                             "echo long on $LEORONIC_NODE_NAME", task_id="long")
+    wait_for(lambda: queue(cluster)[long][1:3] == ["running", "g1"], 20, "long to run on g1")
+    r = cluster.sh("leoronic_drain --node g1")
+    assert (r.rc, r.out) == (0, "g1: draining, still running 1: long\n"), r
+    later = add_task(cluster, "echo later on $LEORONIC_NODE_NAME", task_id="later")
+    # g1 has a core and the memory free (only it fits the task), yet over two of its long
+    # polls (2 s each) the task stays queued.
+    with pytest.raises(AssertionError, match="timed out"):
+        wait_for(lambda: queue(cluster)[later][1] != "queued", 5, "later to leave the queue")
+    gate.touch()
+    r = cluster.sh("leoronic_drain --node g1 --wait --timeout 30", timeout=60)
+    assert (r.rc, r.out) == (0, "g1: drained (runs no task)\n"), r
+    assert result(cluster, long).out == "long on g1\n"  # it ran to its end there
+    assert queue(cluster)[later][1] == "queued"
+    r = cluster.sh("leoronic_resume --node g1")
+    assert (r.rc, r.out) == (0, "g1: taking tasks\n"), r
+    wait_done(cluster, [later])
+    assert result(cluster, later).out == "later on g1\n"
 
 
 def test_ghost_collects_garbage_like_a_worker(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
