@@ -459,7 +459,8 @@ def _record(task: Any) -> dict[str, Any]:
         "result": None if out is None else {
             "exit_code": out.exit_code, "start": out.start, "end": out.end,
             "stdout_bytes": out.stdout_bytes, "stderr_bytes": out.stderr_bytes,
-            "timed_out": out.timed_out},
+            "timed_out": out.timed_out, "cpu_s": out.cpu_s, "max_rss": out.max_rss,
+            "max_rss_exact": out.max_rss_exact},
     }
 
 
@@ -487,6 +488,12 @@ def _describe(r: dict[str, Any]) -> str:
                      f" ({res['end'] - res['start']:.3f} s); stdout {res['stdout_bytes']} B, "
                      f"stderr {res['stderr_bytes']} B"
                      + ("; stopped by its time limit" if res["timed_out"] else ""))
+        if res["max_rss"]:  # 0: not known (a record from before usage was kept)
+            peak = human_size(res["max_rss"]) if res["max_rss_exact"] else \
+                f"at most {human_size(res['max_rss'])} (no more than its node's own)"
+            lines.append(f"  used: cpu {res['cpu_s']:.3f} s, peak memory {peak} of "
+                         f"{human_size(r['memory'])} asked (its process and the children it "
+                         "waited for)")
     return "\n".join(lines)
 
 

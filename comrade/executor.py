@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import select
 import shutil
 import signal
@@ -160,13 +161,21 @@ class Child:
 
     pid: int
     returncode: int | None = None  # as subprocess reports it: -N if killed by signal N
+    cpu_s: float = 0.0  # user + system CPU seconds, its waited-for children included
+    max_rss: int = 0  # bytes: the peak resident memory of the largest of those processes
+    max_rss_exact: bool = False  # above this process's own peak: see Outcome.max_rss_exact
 
     def reap(self) -> int:
-        """Wait for the process (it has exited: its pidfd said so) and keep its status."""
+        """Wait for the process (it has exited: its pidfd said so) and keep its status and
+        what it used (wait4 costs what waitpid does)."""
         if self.returncode is None:
             try:
-                _, status = os.waitpid(self.pid, 0)
+                _, status, usage = os.wait4(self.pid, 0)
                 self.returncode = os.waitstatus_to_exitcode(status)
+                self.cpu_s = usage.ru_utime + usage.ru_stime
+                self.max_rss = usage.ru_maxrss * 1024  # Linux counts KiB
+                # At exec the kernel takes the spawning process's peak into the child's.
+                self.max_rss_exact = usage.ru_maxrss > resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             except ChildProcessError:
                 log.error("task process %d was reaped by someone else: its exit code is lost",
                           self.pid)
@@ -451,7 +460,7 @@ class ExecutorActor(pykka.ThreadingActor):
                 self.spares.give_back(path)
         outcome = Outcome(exit_code=code, start=run.started, end=end, stdout_tail=out_tail,
                           stderr_tail=err_tail, stdout_bytes=out_size, stderr_bytes=err_size,
-                          timed_out=run.timed_out)
+                          timed_out=run.timed_out, **_usage(run.proc))
         try:
             run.report(key[0], key[1], outcome)
         except Exception:
@@ -481,6 +490,12 @@ class ExecutorActor(pykka.ThreadingActor):
         else:
             log.info("killing task %s attempt %d: %s", key[0], key[1], why)
             kill_group(run.proc.pid)
+
+
+def _usage(proc: Child | None) -> dict[str, Any]:
+    """The Outcome fields of what a reaped process used."""
+    return {"cpu_s": proc.cpu_s, "max_rss": proc.max_rss, "max_rss_exact": proc.max_rss_exact} \
+        if proc is not None else {}
 
 
 def _call_stopped(run: _Run, key: Key) -> None:

@@ -127,6 +127,14 @@ class Outcome:
     stderr_bytes: int = 0
     tails_dropped: bool = False  # the queue dropped the tails to stay within TAILS_BUDGET
     timed_out: bool = False  # stopped by its node when it ran out of its spec's time_limit
+    # What the task's process used, with the children it waited for (wait4's rusage; a record
+    # from before these fields, or a task whose usage is unknown, reads 0):
+    cpu_s: float = 0.0  # user + system CPU seconds
+    max_rss: int = 0  # peak resident memory in bytes of the largest of those processes
+    # False: max_rss is only an upper bound. The kernel counts the memory of the process that
+    # started the task (the node, at its spawn) in the task's peak, so a peak no bigger than
+    # the node's own says only "at most this much".
+    max_rss_exact: bool = False
 
 
 @dataclass

@@ -14,6 +14,7 @@ every copy is identical. Rules that keep it safe:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -290,6 +291,10 @@ class Queue:
                 stdout_tail=bytes(outcome.stdout_tail[-TAIL_BYTES:]),
                 stderr_tail=bytes(outcome.stderr_tail[-TAIL_BYTES:]),
             )
+        if not (_is_time(outcome.cpu_s) and math.isfinite(outcome.cpu_s) and outcome.cpu_s >= 0
+                and _is_int(outcome.max_rss) and outcome.max_rss >= 0
+                and isinstance(outcome.max_rss_exact, bool)):
+            outcome = replace(outcome, cpu_s=0.0, max_rss=0, max_rss_exact=False)  # unknown
         timed_out = outcome.timed_out is True and task.spec.time_limit > 0
         if outcome.timed_out is not timed_out:  # only a limit the spec sets can run out
             outcome = replace(outcome, timed_out=timed_out)

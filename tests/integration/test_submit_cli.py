@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import subprocess
 import time
 import uuid
@@ -363,6 +364,29 @@ def test_task_info_shows_every_attempt_and_the_result(make_cluster) -> None:  # 
     bad = c.sh("leoronic_task_info info-1 nope")
     assert bad.rc == EXIT_USAGE, bad
     assert bad.err.strip().splitlines() == ["leoronic: ID: no task 'nope'"], bad
+
+
+def test_task_info_shows_the_cpu_and_peak_memory_a_task_used(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    c = make_cluster(1)
+    burn = ("import time; b = b'x' * (256 << 20); t = time.process_time()\n"
+            "while time.process_time() - t < 0.3: pass")  # far above a node's own memory
+    command = "python3 -c " + shlex.quote(burn)
+    r = c.sh(f"leoronic_add_task 1G 1 1024 true '' '' {shlex.quote(command)} used-1")
+    assert (r.rc, r.out) == (0, "used-1\n"), r
+    assert c.sh("leoronic_wait used-1").rc == 0
+    res = json.loads(c.sh("leoronic_task_info --json used-1").out)["result"]
+    assert res["cpu_s"] >= 0.3, res  # the python child's, which bash waited for
+    assert res["max_rss_exact"] and 256 << 20 <= res["max_rss"] < 1 << 30, res
+    human = c.sh("leoronic_task_info used-1")
+    assert re.search(r"^  used: cpu \d+\.\d{3} s, peak memory \d+\.\dM of 1\.0G asked ", human.out,
+                     re.M), human
+    r = c.sh("leoronic_add_task 1G 1 1024 true '' '' true used-2 && leoronic_wait used-2")
+    assert r.rc == 0, r
+    human = c.sh("leoronic_task_info used-2")  # a peak within the node's own: a bound only
+    assert re.search(r"^  used: cpu \d+\.\d{3} s, peak memory at most \d+\.\dM \(no more than its "
+                     r"node's own\) of 1\.0G asked ", human.out, re.M), human
 
 
 def test_a_task_past_its_time_limit_is_stopped_with_its_children_and_fails(  # type: ignore[no-untyped-def]

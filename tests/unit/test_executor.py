@@ -8,7 +8,10 @@ fixture puts the test process's own working directory back afterwards."""
 from __future__ import annotations
 
 import os
+import resource
+import shlex
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -169,6 +172,23 @@ def test_a_task_starts_clean_whatever_the_node_inherited(paths) -> None:  # type
 
 #: Signals 32 and 33, which glibc keeps for itself and marks ignored in every process.
 _GLIBC_INTERNAL = (1 << 31) | (1 << 32)
+
+
+def test_the_outcome_says_what_the_task_and_its_waited_children_used(run) -> None:  # type: ignore[no-untyped-def]
+    """A peak above this (spawning) process's own is exact; below it, only a bound, since the
+    kernel takes the spawner's peak into the child's at exec."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    size = own + (64 << 20)
+    burn = (f"import time; b = b'x' * {size}; t = time.process_time()\n"
+            "while time.process_time() - t < 0.2: pass")
+    start(run, "u", f"{shlex.quote(sys.executable)} -c {shlex.quote(burn)}")
+    out = run[1].outcome("u")
+    assert out.exit_code == 0 and out.cpu_s >= 0.2, out
+    assert out.max_rss_exact and size <= out.max_rss < size + (256 << 20), out
+    start(run, "small", "true")
+    small = run[1].outcome("small")
+    assert not small.max_rss_exact and small.cpu_s < 0.2, small
+    assert small.max_rss >= own  # the bound: this process's peak at the spawn
 
 
 def test_a_task_killed_by_a_signal_exits_as_a_shell_reports_it(run) -> None:  # type: ignore[no-untyped-def]

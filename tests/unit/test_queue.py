@@ -274,6 +274,37 @@ def test_old_records_without_time_limits_read_as_unlimited() -> None:
     assert s2.time_limit == 0.0 and o2.timed_out is False
 
 
+def test_old_outcomes_without_usage_read_as_unknown() -> None:
+    o = out(0, cpu_s=1.5, max_rss=4096, max_rss_exact=True)
+    for name in ("cpu_s", "max_rss", "max_rss_exact"):
+        del o.__dict__[name]
+    o2 = pickle.loads(pickle.dumps(o))
+    assert (o2.cpu_s, o2.max_rss, o2.max_rss_exact) == (0.0, 0, False)
+
+
+@pytest.mark.parametrize("cpu_s, max_rss, exact", [
+    (-1.0, 10, True), (float("nan"), 10, True), (float("inf"), 10, True), ("x", 10, True),
+    (True, 10, True), (1.0, -5, True), (1.0, 2.5, True), (1.0, None, True), (1.0, False, True),
+    (1.0, 10, 1),
+])
+def test_a_bad_usage_in_an_outcome_reads_as_unknown_and_the_finish_still_counts(
+        q: Queue, cpu_s: Any, max_rss: Any, exact: Any) -> None:
+    ok(q, ("submit", spec("t")))
+    ok(q, ("claim", "t", "a", 1))
+    ok(q, ("finish", "t", "a", 1, out(0, cpu_s=cpu_s, max_rss=max_rss, max_rss_exact=exact)))
+    task = q.tasks["t"]
+    assert task.state is State.DONE and task.outcome is not None
+    assert (task.outcome.cpu_s, task.outcome.max_rss, task.outcome.max_rss_exact) == (0.0, 0, False)
+
+
+def test_a_good_usage_is_kept(q: Queue) -> None:
+    ok(q, ("submit", spec("t")))
+    ok(q, ("claim", "t", "a", 1))
+    ok(q, ("finish", "t", "a", 1, out(0, cpu_s=2, max_rss=1 << 20, max_rss_exact=True)))
+    o = q.tasks["t"].outcome
+    assert o is not None and (o.cpu_s, o.max_rss, o.max_rss_exact) == (2, 1 << 20, True)
+
+
 def test_failed_on_is_sorted_and_unique(q: Queue) -> None:
     ok(q, ("submit", spec("t", retries=3)))
     for attempt, node in enumerate(["b", "a", "b"], start=1):
