@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from comrade.client import Client
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +31,15 @@ def peak_rss(pid: int) -> int:
     """The most resident memory a process has had (VmHWM), bytes."""
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def process_gone(pid: int) -> bool:
+    """Whether a process has exited (gone, or a zombie not yet reaped); safe against it
+    vanishing while it is looked at."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition",

@@ -12,9 +12,7 @@ import signal
 import time
 from pathlib import Path
 
-import psutil
-
-from tests.cluster import Cluster, wait_for, wait_ok
+from tests.cluster import Cluster, process_gone, wait_for, wait_ok
 
 
 def submit(cluster: Cluster, command: str, task_id: str, conditions: str = "",
@@ -145,8 +143,7 @@ def test_a_running_task_held_is_stopped_and_starts_afresh_when_released(
     first = int(pids.read_text())
     r = cluster3.sh("leoronic_hold --state running")
     assert (r.rc, r.out, r.err) == (0, "long held\n", ""), r
-    wait_for(lambda: not psutil.pid_exists(first) or
-             psutil.Process(first).status() == psutil.STATUS_ZOMBIE, 20,
+    wait_for(lambda: process_gone(first), 20,
              "the held task's process to be killed")
     row = queue_rows(cluster3)["long"]
     assert row.split()[1] == "queued" and row.endswith("[held]"), row
@@ -193,8 +190,7 @@ def test_a_stopped_task_gets_its_kill_grace_and_its_core_until_it_is_gone(
     t0 = time.monotonic()
     r = cluster.sh("leoronic_del_task stubborn")
     assert (r.rc, r.out) == (0, "stubborn deleted\n"), r
-    wait_for(lambda: not psutil.pid_exists(pid) or
-             psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 20,
+    wait_for(lambda: process_gone(pid), 20,
              "the task ignoring SIGTERM to be killed")
     assert time.monotonic() - t0 >= 2.0, "killed before its grace was over"
 
