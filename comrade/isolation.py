@@ -141,13 +141,18 @@ class Isolation:
         except ClusterError as exc:
             log.warning("could not merge %d isolated results yet: %s", len(runs), exc)
             return 0
-        # Results appended after we read the file stay for the next merge.
-        remaining = load_results(self.path)[len(runs):]
-        tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
-            for run in remaining:
-                pickle.dump(run, f)
-        os.replace(tmp, self.path)
+        # Results appended after we read the file stay for the next merge. The lock keeps a
+        # runner's `_report` from appending between this read and the replace (it would go
+        # to the old file and be lost).
+        with self.lock:
+            remaining = load_results(self.path)[len(runs):]
+            tmp = self.path + ".tmp"
+            with open(tmp, "wb") as f:
+                for run in remaining:
+                    pickle.dump(run, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
         log.info("merged %d isolated results into the replicated record", len(runs))
         return len(runs)
 
