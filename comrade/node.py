@@ -103,7 +103,13 @@ class Node:
         self._starts: deque[float] = deque()  # when attempts started here in the last second
         self._run_s: float | None = None  # moving average of how long tasks ran here
         self._waiting_since: dict[tuple[str, int], float] = {}  # claimed, not started yet
-        self._given_back: dict[tuple[str, int], float] = {}  # release proposed at (monotonic)
+        # Releases proposed, retried until applied: (monotonic when proposed, why).
+        self._given_back: dict[tuple[str, int], tuple[float, str]] = {}
+        # Attempts that could not start here or whose runner crashed, their release proposed:
+        # written by the executor's thread, moved into `_given_back` by the next pass. Until
+        # the release is applied the state still says they run here; `handled` keeps the
+        # passes from starting them again meanwhile.
+        self._crashed_here: dict[tuple[str, int], tuple[float, str]] = {}
         self._waiting_n = 0  # claims waiting here to start, as of the last reconcile
         self._claims: list[tuple[tuple[str, int], TaskSpec]] = []  # this life's, in rank order
         self._known_claims: tuple[Any, int] | None = None  # (queue, applied) _claims is of
@@ -308,7 +314,7 @@ class Node:
         stamp = (queue, queue.applied)  # read before the state: a change after it comes again
         known = self._known_claims
         full = known is None or known[0] is not stamp[0] or known[1] != stamp[1] \
-            or now >= self._recheck_at
+            or now >= self._recheck_at or bool(self._crashed_here)
         if full:
             self._known_claims = stamp
             self._read_claims()
@@ -331,7 +337,7 @@ class Node:
             queue = self.consumer.queue
             mine = {(t.spec.task_id, t.attempt): t.spec
                     for t in sorted(queue.running_on(self.name), key=rank)}
-            finished = [k for k in self._pending_finish
+            finished = [k for k in list(self._pending_finish)  # the executor's thread adds
                         if k not in mine]
         for key in finished:
             self._pending_finish.pop(key, None)
@@ -348,31 +354,37 @@ class Node:
     def _give_back(self, waiting: list[tuple[tuple[str, int], TaskSpec]], now: float,
                    at_once: str = "") -> None:
         """Give back the `waiting` claims that have waited here GIVE_BACK_S (all of them now,
-        for the reason `at_once` if given), and propose again the releases unapplied for
-        RELEASE_RETRY_S; `_recheck_at` is when the next is due."""
-        give_back = [key for key, _ in waiting
-                     if self._waiting_since.setdefault(key, now) <= now - GIVE_BACK_S or at_once]
-        give_back += [key for key, since in self._given_back.items()
-                      if since <= now - RELEASE_RETRY_S]
-        for key in give_back:
+        for the reason `at_once` if given), take over the releases of attempts that could not
+        start, and propose again the releases unapplied for RELEASE_RETRY_S; `_recheck_at` is
+        when the next is due."""
+        for key, (since, why) in list(self._crashed_here.items()):
+            self._given_back[key] = (since, why)  # before leaving `_crashed_here`: handled()
+            del self._crashed_here[key]
+            if why.startswith("cannot start: "):
+                self._avoid[key[0]] = since + AVOID_S  # let other nodes try first
+        why = at_once or f"not started here within {GIVE_BACK_S:.0f} s of being claimed"
+        releases = [(key, why) for key, _ in waiting
+                    if self._waiting_since.setdefault(key, now) <= now - GIVE_BACK_S or at_once]
+        releases += [(key, old_why) for key, (since, old_why) in self._given_back.items()
+                     if since <= now - RELEASE_RETRY_S]
+        for key, reason in releases:
             self._waiting_since.pop(key, None)
-            self._given_back[key] = now
-            self._avoid[key[0]] = now + GIVE_BACK_S
-        if give_back and self.proposer is not None:
-            why = at_once or f"not started here within {GIVE_BACK_S:.0f} s of being claimed"
-            self.proposer.propose([("release", tid, self.name, attempt, why)
-                                   for tid, attempt in give_back])
+            self._given_back[key] = (now, reason)
+            self._avoid[key[0]] = max(self._avoid.get(key[0], 0.0), now + GIVE_BACK_S)
+        if releases and self.proposer is not None:
+            self.proposer.propose([("release", tid, self.name, attempt, reason)
+                                   for (tid, attempt), reason in releases])
         self._recheck_at = min(
             [self._waiting_since[key] + GIVE_BACK_S for key, _ in waiting
              if key in self._waiting_since]
-            + [since + RELEASE_RETRY_S for since in self._given_back.values()],
+            + [since + RELEASE_RETRY_S for since, _ in self._given_back.values()],
             default=float("inf"))
 
     def handled(self, key: tuple[str, int]) -> bool:
         """True if this node must not start this attempt now: it runs it (or isolated mode's
         runner does), it ended here and the finish is not applied yet, or it was given back."""
         return (key in self._runners or key in self._pending_finish or key in self._given_back
-                or key in self.isolation.runners)
+                or key in self._crashed_here or key in self.isolation.runners)
 
     def fitting(self, waiting: list[tuple[tuple[str, int], TaskSpec]],
                 running: list[TaskSpec]) -> list[tuple[tuple[str, int], TaskSpec]]:
@@ -404,7 +416,10 @@ class Node:
     def _stop_runner(self, key: tuple[str, int], why: str) -> None:
         """Stop an attempt taken away from this node; its resources stay taken until its
         process is gone (the executor says so, on its thread), then a pass starts what waits."""
-        self._stopping[key] = self._runners.pop(key)
+        spec = self._runners.pop(key, None)
+        if spec is None:  # it ended on the executor's thread since the caller looked
+            return
+        self._stopping[key] = spec
 
         def stopped() -> None:
             self._stopping.pop(key, None)
@@ -582,14 +597,19 @@ class Node:
         return ops
 
     def _runner_crashed(self, task_id: str, attempt: int, reason: str) -> None:
-        self._runners.pop((task_id, attempt), None)
+        """The executor's thread: an attempt could not start or its runner crashed. Its release
+        is proposed now (and again by the passes until applied); it must not start again here
+        meanwhile, so it is in `_crashed_here` before it leaves `_runners`."""
+        key = (task_id, attempt)
+        self._crashed_here[key] = (time.monotonic(), reason[:200])
+        self._runners.pop(key, None)
         if reason.startswith("cannot start: "):
             log.warning("task %s attempt %d %s", task_id, attempt, reason)
-            self._avoid[task_id] = time.monotonic() + AVOID_S  # let other nodes try first
         else:
             self.supervisor.child_failed(f"task {task_id} attempt {attempt}", reason)
         assert self.proposer is not None
         self.proposer.propose([("release", task_id, self.name, attempt, reason[:200])])
+        self.wake()
 
     def _escalate(self, why: str) -> None:
         self.note = f"not claiming: executor keeps crashing ({why})"

@@ -349,7 +349,10 @@ class Ghost:
             self._unknown = unknown
         for key in stale:
             with self.lock:  # out of `running`, its resources still taken until it is gone
-                self.state.stopping[key] = self.state.running.pop(key)
+                spec = self.state.running.pop(key, None)
+                if spec is None:  # it ended (or could not start) since `stale` was read
+                    continue
+                self.state.stopping[key] = spec
 
             def stopped(key: tuple[str, int] = key) -> None:
                 with self.lock:

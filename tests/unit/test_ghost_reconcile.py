@@ -73,3 +73,35 @@ def test_an_attempt_unknown_in_answers_that_are_not_consecutive_stays(ghost: Any
     assert released == []
     g._reconcile({("flicker", 1)}, set())
     assert released == [("flicker", 1)]
+
+
+def test_a_task_that_ends_while_it_is_being_taken_away_is_no_error(
+        ghost: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The executor's thread reports the end between the pass's reading of what is stale and
+    its taking the task out of `running` (the ghost's poll loop used to die of a KeyError)."""
+    g, released = ghost
+    g.state.running[("ending", 1)] = spec("ending")
+    g.state.reserved = spec("ending").needs
+    real = g.lock
+    entered = [0]
+
+    class EndsOnSecondEntry:
+        """The ghost's lock; just before the pass takes it a second time, the task ends."""
+
+        def __enter__(self) -> None:
+            entered[0] += 1
+            if entered[0] == 2:
+                g._report("ending", 1, Outcome(0, 1.0, 2.0, b"", b"", 0, 0))
+            real.__enter__()
+
+        def __exit__(self, *exc: Any) -> None:
+            real.__exit__(*exc)
+
+    cancelled: list[Key] = []
+    monkeypatch.setattr(g, "lock", EndsOnSecondEntry())
+    monkeypatch.setattr(g.executor, "cancel", lambda key, why, stopped=None: cancelled.append(key))
+    g._reconcile(set(), set())  # no longer assigned here
+    assert entered[0] >= 2, "the pass no longer takes the lock twice: the test shows nothing"
+    assert cancelled == [] and g.state.stopping == {} and g.state.running == {}
+    assert [f[:2] for f in g.state.finished] == [("ending", 1)]
+    assert g.state.reserved == spec("ending").needs - spec("ending").needs

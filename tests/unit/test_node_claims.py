@@ -151,6 +151,49 @@ def test_a_claim_given_back_never_starts_here_and_its_release_is_retried(
     assert n._given_back == {} and ex.started == [("long", 1)]
 
 
+def test_an_attempt_that_could_not_start_is_not_started_again_before_its_release_applies(
+        tmp_path: Any, clock: Clock) -> None:
+    n, ex, prop = make_node(tmp_path, cores=2)
+    claim(n, "t1")
+    n.reconcile()
+    assert ex.started == [("t1", 1)]
+    n._runner_crashed("t1", 1, "cannot start: too many open files")  # the executor's thread
+    for _ in range(3):  # passes before the release is applied: the state still says t1 runs here
+        n.reconcile()
+    assert ex.started == [("t1", 1)]
+    assert prop.ops == [("release", "t1", "a", 1, "cannot start: too many open files")]
+    apply(n, *prop.ops)
+    assert n.consumer.queue.tasks["t1"].state.value == "queued"
+    assert n._avoid["t1"] >= clock.now + node_mod.AVOID_S - 0.01  # other nodes try it first
+    n.reconcile()
+    assert ex.started == [("t1", 1)] and n._given_back == {} and n._crashed_here == {}
+
+
+def test_the_release_of_an_attempt_that_could_not_start_is_retried_with_its_reason(
+        tmp_path: Any, clock: Clock) -> None:
+    n, ex, prop = make_node(tmp_path, cores=2)
+    claim(n, "t1")
+    n.reconcile()
+    n._runner_crashed("t1", 1, "cannot start: no space left on device")
+    n.reconcile()  # the release is lost (a leader change): nothing else is applied
+    clock.now += node_mod.RELEASE_RETRY_S + 0.1
+    n.reconcile()
+    assert prop.ops == [("release", "t1", "a", 1, "cannot start: no space left on device")] * 2
+    assert ex.started == [("t1", 1)]
+    apply(n, prop.ops[-1])
+    assert n.consumer.queue.tasks["t1"].attempts[-1].why == \
+        "released: cannot start: no space left on device"  # counted as a failed start
+
+
+def test_stopping_an_attempt_that_just_ended_is_no_error(tmp_path: Any, clock: Clock) -> None:
+    n, ex, prop = make_node(tmp_path, cores=2)
+    claim(n, "t1")
+    n.reconcile()
+    n._report_finish("t1", 1, Outcome(0, 0.0, 1.0))  # ended just as the pass decided to stop it
+    n._stop_runner(("t1", 1), "no longer assigned to this node")
+    assert ex.cancelled == [] and n._stopping == {}
+
+
 def test_a_claim_taken_away_is_cancelled(tmp_path: Any, clock: Clock) -> None:
     n, ex, prop = make_node(tmp_path, cores=2)
     claim(n, "t1")
