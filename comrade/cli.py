@@ -208,9 +208,17 @@ def start_worker(opts: dict[str, Any]) -> None:
 
     node = Node(cfg)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    node.start()
+
+    def on_signal(*_: Any) -> None:
+        stop.set()
+        node.interrupt()  # a start still waiting for a quorum gives up
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        node.start()
+    except BaseException:
+        node.stop(leave=False)  # its actor threads would keep the process alive
+        raise
     stop.wait()
     logging.getLogger("leoronic").info("stopping: leaving the cluster")
     node.stop(leave=True)

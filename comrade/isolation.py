@@ -41,6 +41,7 @@ class Isolation:
         self.since: float | None = None
         self.runners: set[tuple[str, int]] = set()
         self.lock = threading.RLock()  # the shadow is changed from the actor and runner threads
+        self._tail_checked = False  # a torn last record (SIGKILL mid-write) was cut off
 
     @property
     def active(self) -> bool:
@@ -55,6 +56,9 @@ class Isolation:
         for name in list(shadow.nodes):
             if name != self.node.name:
                 shadow.apply(("expire_node", name), wall_now)
+        saved = load_results(self.path)  # of an earlier spell (this life's or the last) not merged
+        if saved:
+            shadow.apply(("merge_isolated", self.node.name, saved), wall_now)
         self._absorb_pending(shadow, wall_now)
         # Tasks the replicated state says run here: our runners keep them (same attempt).
         with self.lock:
@@ -105,6 +109,9 @@ class Isolation:
 
     def _report(self, task_id: str, attempt: int, outcome: Outcome) -> None:
         with self.lock:
+            if not self._tail_checked:  # appended after a torn record, a result would be unread
+                _cut_torn_tail(self.path)
+                self._tail_checked = True
             with open(self.path, "ab") as f:
                 pickle.dump((task_id, outcome.start, outcome), f)
                 f.flush()
@@ -159,17 +166,40 @@ class Isolation:
 
 def load_results(path: str) -> list[tuple[str, float, Outcome]]:
     """Every complete record in the results file (a torn last record is ignored)."""
+    return _read_results(path)[0]
+
+
+def _read_results(path: str) -> tuple[list[tuple[str, float, Outcome]], int]:
+    """The complete records and the offset where they end."""
     runs: list[tuple[str, float, Outcome]] = []
+    end = 0
     try:
         with open(path, "rb") as f:
             while True:
                 try:
-                    runs.append(pickle.load(f))
+                    run = pickle.load(f)
                 except EOFError:
                     break
-                except (pickle.UnpicklingError, ValueError, AttributeError):
+                except (pickle.UnpicklingError, ValueError, AttributeError, IndexError,
+                        TypeError, KeyError, MemoryError, ImportError):
                     log.warning("%s: ignoring a torn record at its end", path)
                     break
+                if not (isinstance(run, tuple) and len(run) == 3):
+                    log.warning("%s: ignoring a malformed record at its end", path)
+                    break
+                runs.append(run)
+                end = f.tell()
     except FileNotFoundError:
         pass
-    return runs
+    return runs, end
+
+
+def _cut_torn_tail(path: str) -> None:
+    """Cut the file back to its last complete record (a SIGKILL may have torn the last)."""
+    _, end = _read_results(path)
+    try:
+        if os.path.getsize(path) > end:
+            log.warning("%s: cutting off a torn record at its end", path)
+            os.truncate(path, end)
+    except FileNotFoundError:
+        pass

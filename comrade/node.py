@@ -105,10 +105,11 @@ class Node:
         self._waiting_since: dict[tuple[str, int], float] = {}  # claimed, not started yet
         # Releases proposed, retried until applied: (monotonic when proposed, why).
         self._given_back: dict[tuple[str, int], tuple[float, str]] = {}
-        # Attempts that could not start here or whose runner crashed, their release proposed:
-        # written by the executor's thread, moved into `_given_back` by the next pass. Until
-        # the release is applied the state still says they run here; `handled` keeps the
-        # passes from starting them again meanwhile.
+        # Attempts that could not start here, whose runner crashed, or of a previous life of
+        # this node, their release proposed: written by the executor's thread (or at
+        # registering), moved into `_given_back` by the next pass. Until the release is
+        # applied the state still says they run here; `handled` keeps the passes from
+        # starting them again meanwhile.
         self._crashed_here: dict[tuple[str, int], tuple[float, str]] = {}
         self._waiting_n = 0  # claims waiting here to start, as of the last reconcile
         self._claims: list[tuple[tuple[str, int], TaskSpec]] = []  # this life's, in rank order
@@ -189,7 +190,8 @@ class Node:
         # The ticker runs before registering: a node that left the membership (SIGTERM) or was
         # removed while away asks to be re-added from there.
         threading.Thread(target=self._ticker, name="ticker", daemon=True).start()
-        self._register()
+        if not self._register():
+            return  # stopped (SIGTERM) while waiting for a quorum to register this node
         membership.save_members(members_file, self._members())
         if use_lan:
             self.beacon = discovery.Beacon(self.name, "worker", self.advertise, self.cfg.port,
@@ -218,7 +220,9 @@ class Node:
         if self.syncobj is not None:
             self.syncobj.destroy()
 
-    def _register(self) -> None:
+    def _register(self) -> bool:
+        """Join the replicated state, retrying until a quorum commits it; False if stopped
+        first."""
         info = NodeInfo(
             name=self.name,
             kind="worker",
@@ -229,19 +233,22 @@ class Node:
             pid=os.getpid(),
             protocol=PROTOCOL,
         )
-        deadline = time.monotonic() + 60
-        while True:
+        while not self._stop.is_set():  # as long as it takes: the others may still be booting
             try:
                 assert self.proposer is not None
                 self.proposer.propose_sync([("join", info)], timeout=5.0)
                 self._release_stale()
                 self._registered.set()
                 self.wake()
-                return
+                return True
             except ClusterError as exc:
-                if time.monotonic() > deadline:
-                    raise
                 log.info("waiting for the cluster to register this node: %s", exc)
+        return False
+
+    def interrupt(self) -> None:
+        """Ask a `start` still waiting for a quorum to register this node to give up (signal
+        handlers); `stop` then shuts down what was started."""
+        self._stop.set()
 
     def _release_stale(self) -> None:
         """Tasks the state says run here but that this life never started: back to the queue."""
@@ -251,6 +258,9 @@ class Node:
                if (tid, att) not in self._claimed_here]
         if ops:
             log.warning("releasing %d tasks of a previous life of this node", len(ops))
+            now = time.monotonic()
+            for op in ops:  # proposed again by the passes until applied, like other releases
+                self._crashed_here[(op[1], op[3])] = (now, op[4])
             assert self.proposer is not None
             self.proposer.propose(ops)
 

@@ -320,6 +320,34 @@ def submit_file(cluster: Cluster, tmp_path: Path, rows: list[tuple[str, str, str
     return r.out.split()
 
 
+def test_a_worker_restarted_without_a_quorum_waits_for_one_and_stops_on_sigterm(
+        make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """Restarted while the others are down, a worker waits for them as long as it takes and
+    registers once one is back; SIGTERM while it waits stops it at once. (It gave up after a
+    minute, and then its actor thread kept the process alive for good, deaf to SIGTERM.)"""
+    cluster = fast_cluster(make_cluster)
+    n1, n2, n3 = cluster.nodes
+    waiting = "waiting for the cluster to register this node"
+    for n in cluster.nodes:
+        cluster.kill(n)
+    cluster.launch(n1)
+    wait_for(lambda: waiting in n1.log(), 30, "n1 to wait for a quorum")
+    cluster.launch(n2)
+    cluster.wait_registered(n1)
+    cluster.wait_registered(n2)
+
+    for n in (n2, n1):
+        cluster.kill(n)
+    seen = n1.log().count(waiting)
+    cluster.launch(n1)
+    wait_for(lambda: n1.log().count(waiting) > seen, 30, "n1 to wait for a quorum again")
+    assert n1.proc is not None
+    os.killpg(n1.proc.pid, signal.SIGTERM)
+    wait_for(lambda: n1.proc is not None and n1.proc.poll() is not None, 20,
+             "n1 to exit on SIGTERM while waiting for a quorum")
+    assert n1.proc.returncode == 0, n1.log()[-2000:]
+
+
 def test_whole_cluster_killed_at_once_and_restarted_loses_nothing(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
     cluster = fast_cluster(make_cluster)
     n1, n2, n3 = cluster.nodes

@@ -5,6 +5,7 @@ the cluster keeps them all."""
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import time
 from pathlib import Path
@@ -16,7 +17,8 @@ import pytest
 from comrade import isolation as isolation_mod
 from comrade.errors import ClusterError
 from comrade.isolation import Isolation, load_results
-from comrade.model import Outcome
+from comrade.model import NodeInfo, Outcome, Resources, TaskSpec
+from comrade.queue import Queue
 
 
 def make(tmp_path: Path) -> Isolation:
@@ -77,3 +79,40 @@ def test_a_merge_that_cannot_reach_the_cluster_keeps_every_result(tmp_path: Path
         raise ClusterError("no quorum")
     assert iso.merge(unreachable) == 0
     assert [tid for tid, _, _ in load_results(iso.path)] == ["t0", "t1", "t2"]
+
+
+def test_a_result_appended_after_a_torn_record_is_read(tmp_path: Path) -> None:
+    """SIGKILL mid-write leaves part of a record at the end; the next life's results must not
+    land behind it, where no reader reaches them (and a merge would delete them)."""
+    iso = make(tmp_path)
+    iso._report("a", 1, outcome(1.0))
+    whole = pickle.dumps(("b", 2.0, outcome(2.0)))
+    with open(iso.path, "ab") as f:
+        f.write(whole[: len(whole) // 2])  # killed half way through
+    assert [tid for tid, _, _ in load_results(iso.path)] == ["a"]
+    again = make(tmp_path)  # the restarted node
+    again._report("c", 1, outcome(3.0))
+    assert [tid for tid, _, _ in load_results(again.path)] == ["a", "c"]
+    proposed: list[Any] = []
+    assert again.merge(proposed.extend) == 2
+    assert load_results(again.path) == []
+
+
+def test_isolated_again_a_node_does_not_rerun_what_it_ran_isolated_before(tmp_path: Path) -> None:
+    """Results of an earlier isolated spell not merged yet (the node was killed, or the
+    quorum was lost again first) count in the new spell's shadow queue."""
+    queue = Queue()
+    info = NodeInfo("n1", "worker", "n1:1", "n1:2", Resources(1 << 30, 2, 1 << 30), frozenset())
+    for op in (("join", info), ("submit", TaskSpec("ran", 1, 1, 1, True, "", (), "true")),
+               ("submit", TaskSpec("not-yet", 1, 1, 1, True, "", (), "true"))):
+        assert queue.apply(op, 1.0).ok
+    node = SimpleNamespace(cfg=SimpleNamespace(home=str(tmp_path), isolation_s=15.0), name="n1",
+                           wake=lambda: None, lock=threading.Lock(), _pending_finish={},
+                           consumer=SimpleNamespace(queue=queue))
+    Isolation(node)._report("ran", 1, outcome(5.0))  # type: ignore[arg-type]
+    iso = Isolation(node)  # type: ignore[arg-type]  # a later life
+    iso.enter(10.0)
+    assert iso.shadow is not None
+    assert iso.shadow.tasks["ran"].state.value == "done"
+    assert iso.shadow.tasks["not-yet"].state.value == "queued"
+    assert queue.tasks["ran"].state.value == "queued"  # the replicated copy is not touched

@@ -185,6 +185,23 @@ def test_the_release_of_an_attempt_that_could_not_start_is_retried_with_its_reas
         "released: cannot start: no space left on device"  # counted as a failed start
 
 
+def test_the_release_of_a_previous_lifes_tasks_is_retried_until_applied(
+        tmp_path: Any, clock: Clock) -> None:
+    n, ex, prop = make_node(tmp_path, cores=2)
+    apply(n, ("submit", TaskSpec("old", 1, 1, 1, True, "", (), "true")), ("claim", "old", "a", 1))
+    n._release_stale()  # registering: "old" runs here by the state, but not in this life
+    assert prop.ops == [("release", "old", "a", 1, "node restarted")]
+    n.reconcile()  # the release is lost (a leader change while the node came back)
+    clock.now += node_mod.RELEASE_RETRY_S + 0.1
+    n.reconcile()
+    assert prop.ops == [("release", "old", "a", 1, "node restarted")] * 2
+    assert ex.started == []
+    apply(n, prop.ops[-1])
+    assert n.consumer.queue.tasks["old"].state.value == "queued"
+    n.reconcile()
+    assert n._given_back == {} and n._crashed_here == {}
+
+
 def test_stopping_an_attempt_that_just_ended_is_no_error(tmp_path: Any, clock: Clock) -> None:
     n, ex, prop = make_node(tmp_path, cores=2)
     claim(n, "t1")
