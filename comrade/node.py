@@ -105,12 +105,12 @@ class Node:
         self._waiting_since: dict[tuple[str, int], float] = {}  # claimed, not started yet
         # Releases proposed, retried until applied: (monotonic when proposed, why).
         self._given_back: dict[tuple[str, int], tuple[float, str]] = {}
-        # Attempts that could not start here, whose runner crashed, or of a previous life of
-        # this node, their release proposed: written by the executor's thread (or at
-        # registering), moved into `_given_back` by the next pass. Until the release is
-        # applied the state still says they run here; `handled` keeps the passes from
-        # starting them again meanwhile.
-        self._crashed_here: dict[tuple[str, int], tuple[float, str]] = {}
+        # Releases proposed off the actor's thread (`_propose_releases`: attempts that could
+        # not start here or whose runner crashed, on the executor's thread; a previous life's,
+        # at registering), moved into `_given_back` by the next pass. Until a release is
+        # applied the state still says the attempt runs here; `handled` keeps the passes from
+        # starting it again meanwhile.
+        self._new_releases: dict[tuple[str, int], tuple[float, str]] = {}
         self._waiting_n = 0  # claims waiting here to start, as of the last reconcile
         self._claims: list[tuple[tuple[str, int], TaskSpec]] = []  # this life's, in rank order
         self._known_claims: tuple[Any, int] | None = None  # (queue, applied) _claims is of
@@ -258,11 +258,7 @@ class Node:
                if (tid, att) not in self._claimed_here]
         if ops:
             log.warning("releasing %d tasks of a previous life of this node", len(ops))
-            now = time.monotonic()
-            for op in ops:  # proposed again by the passes until applied, like other releases
-                self._crashed_here[(op[1], op[3])] = (now, op[4])
-            assert self.proposer is not None
-            self.proposer.propose(ops)
+            self._propose_releases([((op[1], op[3]), op[4]) for op in ops])
 
     def caught_up(self) -> bool:
         """True once this replica's copy is no longer replaying the log it missed or held."""
@@ -324,7 +320,7 @@ class Node:
         stamp = (queue, queue.applied)  # read before the state: a change after it comes again
         known = self._known_claims
         full = known is None or known[0] is not stamp[0] or known[1] != stamp[1] \
-            or now >= self._recheck_at or bool(self._crashed_here)
+            or now >= self._recheck_at or bool(self._new_releases)
         if full:
             self._known_claims = stamp
             self._read_claims()
@@ -364,12 +360,12 @@ class Node:
     def _give_back(self, waiting: list[tuple[tuple[str, int], TaskSpec]], now: float,
                    at_once: str = "") -> None:
         """Give back the `waiting` claims that have waited here GIVE_BACK_S (all of them now,
-        for the reason `at_once` if given), take over the releases of attempts that could not
-        start, and propose again the releases unapplied for RELEASE_RETRY_S; `_recheck_at` is
-        when the next is due."""
-        for key, (since, why) in list(self._crashed_here.items()):
-            self._given_back[key] = (since, why)  # before leaving `_crashed_here`: handled()
-            del self._crashed_here[key]
+        for the reason `at_once` if given), take over the releases proposed off this thread
+        (`_new_releases`), and propose again the releases unapplied for RELEASE_RETRY_S;
+        `_recheck_at` is when the next is due."""
+        for key, (since, why) in list(self._new_releases.items()):
+            self._given_back[key] = (since, why)  # in one or the other throughout: handled()
+            del self._new_releases[key]
             if why.startswith("cannot start: "):
                 self._avoid[key[0]] = since + AVOID_S  # let other nodes try first
         why = at_once or f"not started here within {GIVE_BACK_S:.0f} s of being claimed"
@@ -394,7 +390,7 @@ class Node:
         """True if this node must not start this attempt now: it runs it (or isolated mode's
         runner does), it ended here and the finish is not applied yet, or it was given back."""
         return (key in self._runners or key in self._pending_finish or key in self._given_back
-                or key in self._crashed_here or key in self.isolation.runners)
+                or key in self._new_releases or key in self.isolation.runners)
 
     def fitting(self, waiting: list[tuple[tuple[str, int], TaskSpec]],
                 running: list[TaskSpec]) -> list[tuple[tuple[str, int], TaskSpec]]:
@@ -609,16 +605,23 @@ class Node:
     def _runner_crashed(self, task_id: str, attempt: int, reason: str) -> None:
         """The executor's thread: an attempt could not start or its runner crashed. Its release
         is proposed now (and again by the passes until applied); it must not start again here
-        meanwhile, so it is in `_crashed_here` before it leaves `_runners`."""
-        key = (task_id, attempt)
-        self._crashed_here[key] = (time.monotonic(), reason[:200])
-        self._runners.pop(key, None)
+        meanwhile, so it is in `_new_releases` before it leaves `_runners`."""
         if reason.startswith("cannot start: "):
             log.warning("task %s attempt %d %s", task_id, attempt, reason)
         else:
             self.supervisor.child_failed(f"task {task_id} attempt {attempt}", reason)
+        self._propose_releases([((task_id, attempt), reason[:200])])
+        self._runners.pop((task_id, attempt), None)
+
+    def _propose_releases(self, releases: list[tuple[tuple[str, int], str]]) -> None:
+        """Any thread: propose these releases ((task id, attempt), why) now; the passes propose
+        them again until applied (`_give_back`) and do not start them meanwhile (`handled`)."""
+        now = time.monotonic()
+        for key, why in releases:
+            self._new_releases[key] = (now, why)
         assert self.proposer is not None
-        self.proposer.propose([("release", task_id, self.name, attempt, reason[:200])])
+        self.proposer.propose([("release", tid, self.name, attempt, why)
+                               for (tid, attempt), why in releases])
         self.wake()
 
     def _escalate(self, why: str) -> None:

@@ -356,9 +356,7 @@ class Ghost:
 
             def stopped(key: tuple[str, int] = key) -> None:
                 with self.lock:
-                    spec = self.state.stopping.pop(key, None)
-                    if spec is not None:
-                        self.state.reserved = self.state.reserved - spec.needs
+                    self._forget(key, self.state.stopping)
             self.executor.cancel(key, "no longer assigned to this ghost", stopped)
         for task_id, attempt in lost:
             log.warning("task %s attempt %d is assigned to this ghost, which does not run it: "
@@ -381,8 +379,10 @@ class Ghost:
             self.state.reserved = self.state.reserved + spec.needs
         self.executor.start(spec, attempt, self._report, self._crashed)
 
-    def _forget(self, key: tuple[str, int]) -> None:
-        entry = self.state.running.pop(key, None)
+    def _forget(self, key: tuple[str, int], table: dict[tuple[str, int], TaskSpec] | None = None
+                ) -> None:
+        """Drop an attempt from `running` (or `table`) and free what it reserved (under lock)."""
+        entry = (self.state.running if table is None else table).pop(key, None)
         if entry is not None:
             self.state.reserved = self.state.reserved - entry.needs
 

@@ -21,9 +21,11 @@ from comrade.model import NodeInfo, Outcome, Resources, TaskSpec
 from comrade.queue import Queue
 
 
-def make(tmp_path: Path) -> Isolation:
-    node = SimpleNamespace(cfg=SimpleNamespace(home=str(tmp_path)), name="n1",
-                           wake=lambda: None)
+def make(tmp_path: Path, queue: Queue | None = None) -> Isolation:
+    """Isolated mode of a node "n1" whose replicated copy is `queue` (one life per call)."""
+    node = SimpleNamespace(cfg=SimpleNamespace(home=str(tmp_path), isolation_s=15.0), name="n1",
+                           wake=lambda: None, lock=threading.Lock(), _pending_finish={},
+                           consumer=SimpleNamespace(queue=queue or Queue()))
     return Isolation(node)  # type: ignore[arg-type]
 
 
@@ -106,11 +108,8 @@ def test_isolated_again_a_node_does_not_rerun_what_it_ran_isolated_before(tmp_pa
     for op in (("join", info), ("submit", TaskSpec("ran", 1, 1, 1, True, "", (), "true")),
                ("submit", TaskSpec("not-yet", 1, 1, 1, True, "", (), "true"))):
         assert queue.apply(op, 1.0).ok
-    node = SimpleNamespace(cfg=SimpleNamespace(home=str(tmp_path), isolation_s=15.0), name="n1",
-                           wake=lambda: None, lock=threading.Lock(), _pending_finish={},
-                           consumer=SimpleNamespace(queue=queue))
-    Isolation(node)._report("ran", 1, outcome(5.0))  # type: ignore[arg-type]
-    iso = Isolation(node)  # type: ignore[arg-type]  # a later life
+    make(tmp_path, queue)._report("ran", 1, outcome(5.0))
+    iso = make(tmp_path, queue)  # a later life
     iso.enter(10.0)
     assert iso.shadow is not None
     assert iso.shadow.tasks["ran"].state.value == "done"

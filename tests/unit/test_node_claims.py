@@ -166,7 +166,7 @@ def test_an_attempt_that_could_not_start_is_not_started_again_before_its_release
     assert n.consumer.queue.tasks["t1"].state.value == "queued"
     assert n._avoid["t1"] >= clock.now + node_mod.AVOID_S - 0.01  # other nodes try it first
     n.reconcile()
-    assert ex.started == [("t1", 1)] and n._given_back == {} and n._crashed_here == {}
+    assert ex.started == [("t1", 1)] and n._given_back == {} and n._new_releases == {}
 
 
 def test_the_release_of_an_attempt_that_could_not_start_is_retried_with_its_reason(
@@ -199,7 +199,7 @@ def test_the_release_of_a_previous_lifes_tasks_is_retried_until_applied(
     apply(n, prop.ops[-1])
     assert n.consumer.queue.tasks["old"].state.value == "queued"
     n.reconcile()
-    assert n._given_back == {} and n._crashed_here == {}
+    assert n._given_back == {} and n._new_releases == {}
 
 
 def test_stopping_an_attempt_that_just_ended_is_no_error(tmp_path: Any, clock: Clock) -> None:
