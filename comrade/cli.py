@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
+import stat
 import sys
 import threading
 import time
@@ -24,16 +26,37 @@ import click
 
 from comrade import taskfields
 from comrade.client import Client, read_cookie
-from comrade.config import DEFAULT_PORT, Config, default_home
+from comrade.config import DEFAULT_PORT, Config, default_home, split_address, valid_node_name
 from comrade.errors import EXIT_USAGE, LeoronicError, TaskFailed, UsageError
 from comrade.model import WAIT_OVER, State, format_duration
 
 EXIT_NOT_FINISHED = 5
 
 
+#: The most characters of an error line: a 100 KB field is not echoed back whole.
+MAX_ERROR_CHARS = 500
+
+
+def one_line(message: str) -> str:
+    """`message` as one line of at most MAX_ERROR_CHARS: a newline or other control character
+    (from a field the user gave) shown escaped, the rest cut with how much was left out."""
+    if not message.isprintable():
+        message = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
+    if len(message) > MAX_ERROR_CHARS:
+        cut = len(message) - MAX_ERROR_CHARS
+        message = f"{message[:MAX_ERROR_CHARS]}... ({cut} more characters)"
+    return message
+
+
 def fail(message: str, code: int) -> None:
-    click.echo(f"leoronic: {message}", err=True)
+    click.echo(f"leoronic: {one_line(message)}", err=True)
     sys.exit(code)
+
+
+def check_timeout(timeout: float | None) -> None:
+    """UsageError unless `timeout` (--timeout) is None or a finite number of seconds >= 0."""
+    if timeout is not None and not 0 <= timeout < float("inf"):  # NaN fails it too
+        raise UsageError(f"--timeout: {timeout} is not a number of seconds >= 0")
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -92,7 +115,7 @@ class _Cli(click.Group):
             code = super().main(args, prog_name, complete_var, False, **extra)
         except click.UsageError as exc:
             hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
-            click.echo(f"leoronic: {exc.format_message()}{hint}", err=True)
+            click.echo(f"leoronic: {one_line(exc.format_message())}{hint}", err=True)
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
             exc.show()
@@ -188,8 +211,7 @@ def start_worker(opts: dict[str, Any]) -> None:
     """Build the config, start the node, block until SIGTERM/SIGINT, then leave cleanly."""
     global _served
     _served = True
-    home = opts["home"] or default_home()
-    os.makedirs(os.path.join(home, "logs"), exist_ok=True)
+    home = _make_home(opts["home"] or default_home())
     _setup_logging(os.path.join(home, "logs", "node.log"))
     cfg = Config(
         home=home, port=opts["port"], bind=opts["bind"], advertise=opts["advertise"],
@@ -218,10 +240,25 @@ def start_worker(opts: dict[str, Any]) -> None:
         node.start()
     except BaseException:
         node.stop(leave=False)  # its actor threads would keep the process alive
+        if stop.is_set():  # SIGTERM while joining: a stop, not a failure
+            return
         raise
     stop.wait()
     logging.getLogger("leoronic").info("stopping: leaving the cluster")
     node.stop(leave=True)
+
+
+def _make_home(home: str) -> str:
+    """`home` with its logs folder made; UsageError naming --home if it cannot be."""
+    try:
+        os.makedirs(os.path.join(home, "logs"), exist_ok=True)
+        probe = os.path.join(home, "logs", f".probe-{os.getpid()}")
+        with open(probe, "w"):  # a folder we may not write into (/proc, read-only) fails here
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"--home: cannot use {home!r}: {exc.strerror or exc}") from None
+    return home
 
 
 #: The log file is rotated at this size, keeping this many older files (path.1 ... path.N).
@@ -265,23 +302,21 @@ def ghost(target: str, **opts: Any) -> None:
     """
     global _served
     _served = True
+    import dataclasses
+
     from ghost.ghost import Ghost, GhostConfig
 
-    home = opts["home"] or default_home()
-    os.makedirs(os.path.join(home, "logs"), exist_ok=True)
-    _setup_logging(os.path.join(home, "logs", "ghost.log"))
+    if target and not re.fullmatch(r"-?[0-9]+", target):
+        try:
+            split_address(target)
+        except UsageError:
+            raise UsageError(f"TARGET: {target!r} is not an integer or HOST:PORT") from None
     peers = tuple(p for chunk in opts["peers"] for p in chunk.split())
-    cookie = read_cookie()
-    if not peers and not (target and ":" in target):
-        from comrade import discovery
-
-        if discovery.enabled(opts["bind"]):
-            peers = tuple(discovery.discover(cookie, opts["bind"]))
-        peers = peers or (os.environ.get("LEORONIC_NODE") or f"127.0.0.1:{DEFAULT_PORT}",)
-    if target and not target.lstrip("-").isdigit() and ":" not in target:
-        raise UsageError(f"TARGET: {target!r} is not an integer or HOST:PORT")
+    for peer in peers:
+        split_address(peer, "--peer")
+    home = _make_home(opts["home"] or default_home())
     cfg = GhostConfig(
-        home=home, cookie=cookie, target=target, peers=peers, port=opts["port"],
+        home=home, cookie=read_cookie(), target=target, peers=peers, port=opts["port"],
         bind=opts["bind"], advertise=opts["advertise"], name=opts["name"], cores=opts["cores"],
         memory=_bytes_opt(opts["memory"], "--memory"),
         storage=_bytes_opt(opts["storage"], "--storage"),
@@ -289,6 +324,14 @@ def ghost(target: str, **opts: Any) -> None:
         file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"], kill_grace_s=opts["kill_grace"],
     )
     cfg.validate()
+    _setup_logging(os.path.join(home, "logs", "ghost.log"))
+    if not peers and not (target and ":" in target):
+        from comrade import discovery
+
+        if discovery.enabled(opts["bind"]):
+            peers = tuple(discovery.discover(cfg.cookie, opts["bind"]))
+        peers = peers or (os.environ.get("LEORONIC_NODE") or f"127.0.0.1:{DEFAULT_PORT}",)
+        cfg = dataclasses.replace(cfg, peers=peers)
     g = Ghost(cfg)
     signal.signal(signal.SIGTERM, lambda *_: g.stop())
     signal.signal(signal.SIGINT, lambda *_: g.stop())
@@ -334,11 +377,7 @@ def add_task(fields: Sequence[str], retries: int | None, time_limit: str | None,
 def add_tasks_from_file(path: str, retries: int | None, time_limit: str | None,
                         priority: str | None, hold: bool, no_rename: bool) -> None:
     """Queue one task per line (same fields, shell-quoted); all lines are checked first."""
-    try:
-        text = sys.stdin.read() if path == "-" else open(path).read()
-    except OSError as exc:
-        raise UsageError(f"FILE: cannot read {path}: {exc.strerror}") from None
-    lines = taskfields.parse_task_file(text)
+    lines = taskfields.parse_task_file(_read_tasks_file(path))
     rows = [taskfields.parse_fields(f, where=f"line {n}: ") for n, f in lines]
     if not rows:
         raise UsageError(f"FILE: {path} holds no tasks")
@@ -346,11 +385,48 @@ def add_tasks_from_file(path: str, retries: int | None, time_limit: str | None,
             [f"line {n}: " for n, _ in lines])
 
 
+#: The most retries a task may ask for: a task that fails a thousand times will not pass.
+MAX_RETRIES = 1000
+
+#: The largest tasks file taken: about ten million short tasks.
+MAX_TASKS_FILE_BYTES = 1 << 30
+
+
+def _read_tasks_file(path: str) -> str:
+    """The text of a tasks file (`-`: standard input); UsageError naming FILE if it is not a
+    regular file or a pipe (a device such as /dev/zero never ends), is larger than
+    MAX_TASKS_FILE_BYTES, or is not UTF-8 (naming the line)."""
+    try:
+        if path == "-":
+            f = sys.stdin.buffer
+        else:
+            f = open(path, "rb")  # noqa: SIM115 (closed below; stdin is not)
+            mode = os.fstat(f.fileno()).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+                f.close()
+                raise UsageError(f"FILE: {path} is not a regular file or a pipe")
+        try:
+            data = f.read(MAX_TASKS_FILE_BYTES + 1)
+        finally:
+            if path != "-":
+                f.close()
+    except OSError as exc:
+        raise UsageError(f"FILE: cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_TASKS_FILE_BYTES:
+        raise UsageError(f"FILE: {path} is larger than {MAX_TASKS_FILE_BYTES >> 20} MiB; "
+                         "split it and queue each part")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UsageError(f"FILE: {path} line {line}: not UTF-8 text") from None
+
+
 def _submit(rows: list[taskfields.Fields], retries: int | None, time_limit: str | None,
             priority: str | None, hold: bool, no_rename: bool,
             labels: Sequence[str] = ()) -> None:
-    if retries is not None and retries < 0:
-        raise UsageError(f"--retries: must be 0 or more, got {retries}")
+    if retries is not None and not 0 <= retries <= MAX_RETRIES:
+        raise UsageError(f"--retries: must be 0 to {MAX_RETRIES}, got {retries}")
     limit = taskfields.parse_duration(time_limit, "--time-limit") if time_limit else 0.0
     rank = taskfields.parse_priority(priority, "--priority") if priority else 0
     client = Client()
@@ -511,6 +587,7 @@ def _describe(r: dict[str, Any]) -> str:
 @friendly
 def wait(task_ids: Sequence[str], timeout: float | None) -> None:
     """Block until the tasks (default: all) are finished; exit 1 if any failed."""
+    check_timeout(timeout)
     client = Client()
     deadline = None if timeout is None else time.monotonic() + timeout
     show = sys.stderr.isatty()
@@ -562,15 +639,24 @@ def task_format() -> None:
 def get_all_files(dest: str) -> None:
     """Copy every reachable node's work dir (and children) into DEST/<node-name>/."""
     client = Client()
-    unreachable = 0
-    for n in client.call("nodes")["nodes"]:
-        try:
-            _receive(client, n["rpc"], os.path.join(dest, n["name"]), "work")
-        except LeoronicError as exc:
-            click.echo(f"leoronic: node {n['name']} ({n['rpc']}): not reachable: {exc}", err=True)
-            unreachable += 1
-            continue
-        click.echo(f"{n['name']}: {os.path.join(dest, n['name'])}")
+    from comrade.packing import made_for
+
+    with made_for(dest, "DEST"):
+        unreachable = 0
+        for n in client.call("nodes")["nodes"]:
+            where = os.path.join(dest, n["name"])
+            if not valid_node_name(n["name"]):  # from a version that took any --name
+                click.echo(f"leoronic: node {n['name']!r}: skipped, its name is not one safe "
+                           "folder name", err=True)
+                unreachable += 1
+                continue
+            try:
+                _receive(client, n["rpc"], where, "work")
+            except LeoronicError as exc:
+                click.echo(f"leoronic: node {n['name']} ({n['rpc']}): not reachable: {exc}", err=True)
+                unreachable += 1
+                continue
+            click.echo(f"{n['name']}: {where}")
     if unreachable:
         sys.exit(3)
 
@@ -582,17 +668,20 @@ def get_all_files(dest: str) -> None:
 def get_files(task_id: str, dest: str) -> None:
     """Copy one task's work dir(s) from the node(s) that ran it into DEST/."""
     client = Client()
-    task = client.call("task", task_id)
-    nodes = {n["name"]: n["rpc"] for n in client.call("nodes")["nodes"]}
-    ran_on = sorted({a.node for a in task.attempts})
-    if not ran_on:
-        raise UsageError(f"ID: task {task_id} has not run yet")
-    for name in ran_on:
-        if name not in nodes:
-            click.echo(f"leoronic: node {name} is unknown", err=True)
-            continue
-        _receive(client, nodes[name], dest, "task", task_id)
-        click.echo(f"{name}: {dest}")
+    from comrade.packing import made_for
+
+    with made_for(dest, "DEST"):
+        task = client.call("task", task_id)
+        nodes = {n["name"]: n["rpc"] for n in client.call("nodes")["nodes"]}
+        ran_on = sorted({a.node for a in task.attempts})
+        if not ran_on:
+            raise UsageError(f"ID: task {task_id} has not run yet")
+        for name in ran_on:
+            if name not in nodes:
+                click.echo(f"leoronic: node {name} is unknown", err=True)
+                continue
+            _receive(client, nodes[name], dest, "task", task_id)
+            click.echo(f"{name}: {dest}")
 
 
 def _receive(client: Client, address: str, dest: str, *what: str) -> None:

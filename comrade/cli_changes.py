@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from comrade import taskfields
-from comrade.cli import friendly, main
+from comrade.cli import friendly, main, one_line
 from comrade.client import Client
 from comrade.errors import EXIT_USAGE, UsageError
 
@@ -86,7 +86,7 @@ def _report_each(client: Client, task_ids: list[str], method: str, args: tuple[A
         if ok:
             lines.append(f"{task_id} {done}" + (f" ({detail})" if detail else ""))
         else:
-            errors.append(f"leoronic: ID: {detail}")
+            errors.append(f"leoronic: ID: {one_line(detail)}")
     if lines:
         click.echo("\n".join(lines))  # one write: a selection may be a million tasks
     if errors:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from comrade import taskfields
-from comrade.cli import EXIT_NOT_FINISHED, fail, friendly, human_size, main
+from comrade.cli import EXIT_NOT_FINISHED, check_timeout, fail, friendly, human_size, main
 from comrade.client import Client
 from comrade.errors import UsageError
 
@@ -92,8 +92,7 @@ def drain(node: str, wait_: bool, timeout: float | None) -> None:
     the queue. Replicated, kept across restarts until `resume`."""
     if timeout is not None and not wait_:
         raise UsageError("--timeout: only with --wait")
-    if timeout is not None and not timeout >= 0:
-        raise UsageError(f"--timeout: {timeout} is not a number of seconds >= 0")
+    check_timeout(timeout)
     client = Client()
     state = client.call("drain", node, True)
     deadline = None if timeout is None else time.monotonic() + timeout

@@ -36,23 +36,36 @@ def cookie_path() -> str:
 
 
 def read_cookie(create: bool = False) -> str:
-    """The cluster secret; created (random, mode 0600) if missing and `create` is set."""
+    """The cluster secret; created (random, mode 0600) if missing and `create` is set.
+    UsageError, naming the file and how it was chosen, if it is missing, empty or unreadable."""
     path = cookie_path()
+    where = (f"LEORONIC_COOKIE: {path}" if os.environ.get("LEORONIC_COOKIE")
+             else f"cookie: {path} (LEORONIC_COOKIE names another file)")
     try:
         with open(path) as f:
             secret = f.read().strip()
     except FileNotFoundError:
         if not create:
-            raise ClusterError(
-                f"no cookie at {path}: start a node first, or copy the cluster's cookie there"
-            ) from None
-        secret = secrets.token_hex(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secret + "\n")
-        return secret
+            raise UsageError(f"{where} does not exist: start a node first, or copy the "
+                             "cluster's cookie there") from None
+        return _new_cookie(path, where)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise UsageError(f"{where} cannot be read: {why}") from None
     if not secret:
-        raise ClusterError(f"cookie file {path} is empty")
+        raise UsageError(f"{where} is empty: put the cluster's secret in it")
+    return secret
+
+
+def _new_cookie(path: str, where: str) -> str:
+    """A new random secret written to `path` (mode 0600)."""
+    secret = secrets.token_hex(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise UsageError(f"{where} cannot be made: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
     return secret
 
 
@@ -66,7 +79,7 @@ def max_file_bytes() -> int:
     raw = os.environ.get("LEORONIC_MAX_FILE_BYTES", "")
     if not raw:
         return DEFAULT_MAX_FILE_BYTES
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise UsageError(f"LEORONIC_MAX_FILE_BYTES: {raw!r} is not a number of bytes")
     return int(raw)
 

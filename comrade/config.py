@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -70,10 +71,7 @@ class Config:
         """Raise UsageError naming the first field that is wrong and why."""
         if not 1 <= self.port <= 65534:
             raise UsageError(f"--port: {self.port} is not a port number (1..65534, Raft uses port+1)")
-        for name in ("cores", "memory", "storage"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise UsageError(f"--{name}: must be a positive number, got {value}")
+        check_offer(self)
         for peer in self.peers:
             split_address(peer, "--peer")
         check_durations(self, _DURATIONS)
@@ -87,6 +85,28 @@ class Config:
             raise UsageError(f"--on-isolation: {self.on_isolation!r} is not run or wait")
         if not self.cookie:
             raise UsageError("cookie: empty; put a secret in ~/.leoronic_cookie or LEORONIC_COOKIE")
+
+
+#: A node name: it names the node's folder in `get-all-files` DEST/ and its work dirs' owner.
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}", re.ASCII)
+
+
+def valid_node_name(name: str) -> bool:
+    """Whether `name` is a node name a node may be given (one safe path component)."""
+    return _NAME_RE.fullmatch(name) is not None
+
+
+def check_offer(config: object) -> None:
+    """Raise UsageError for a --name, --cores, --memory or --storage a worker and a ghost
+    both refuse: a name that is not one safe path component, a cap that is not positive."""
+    name = config.name  # type: ignore[attr-defined]
+    if name and not valid_node_name(name):
+        raise UsageError(f"--name: {name!r} is not a node name (letters, digits, '.', '_', '-', "
+                         "not starting with '.' or '-'; at most 100)")
+    for option in ("cores", "memory", "storage"):
+        value = getattr(config, option)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{option}: must be a positive number, got {value}")
 
 
 #: Duration options: (option, Config field, must be more than 0 rather than 0 or more).
@@ -111,6 +131,6 @@ def check_durations(config: object, durations: Sequence[tuple[str, str, bool]]) 
 def split_address(text: str, what: str = "address") -> tuple[str, int]:
     """Parse HOST:PORT; raise UsageError naming `what` if it is not one."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise UsageError(f"{what}: {text!r} is not HOST:PORT")
     return host, int(port)

@@ -8,12 +8,14 @@ cluster without `--peer`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -69,33 +71,49 @@ def load_members(path: str) -> list[str]:
 def save_members(path: str, members: Sequence[str]) -> None:
     """Atomically write the member list (safe from several threads: a unique temp file each)."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".members.")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"members": sorted(members)}, f)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"members": sorted(members)}, f)
+            f.flush()
+            os.fsync(f.fileno())  # a SIGKILL or power cut right after leaves the whole list
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk, say: no .members.* file left behind
+        raise
 
 
 def initial_members(
-    path: str, self_raft: str, peers: Sequence[str], cookie: str
+    path: str, self_raft: str, peers: Sequence[str], cookie: str,
+    stop: threading.Event | None = None,
 ) -> tuple[list[str], bool]:
     """The Raft peers to start with, and whether this node must ask to be added.
 
     A node with a saved member list restarts into that cluster. A new node with --peer asks a
     peer for the current members and must then be added. A new node without peers forms a
-    one-node cluster.
+    one-node cluster. Asking the peers gives up when `stop` is set.
     """
     saved = load_members(path)
     if saved:
         return [m for m in saved if m != self_raft], False
     if not peers:
         return [], False
-    members = _ask_peers(peers, cookie, "members")
+    members = _ask_peers(peers, cookie, "members", stop=stop)
     return [m for m in members if m != self_raft], True
 
 
-def _ask_peers(peers: Sequence[str], cookie: str, method: str, *args: Any) -> Any:
+#: Seconds a joining worker keeps asking its peers (they may still be starting).
+ASK_PEERS_S = 30.0
+
+
+def _ask_peers(peers: Sequence[str], cookie: str, method: str, *args: Any,
+               stop: threading.Event | None = None) -> Any:
+    """The first answer of a peer to `method`; ClusterError after ASK_PEERS_S without one,
+    or at once when `stop` is set (SIGTERM while joining)."""
+    stop = stop or threading.Event()
     last: Exception | None = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + ASK_PEERS_S
+    while time.monotonic() < deadline and not stop.is_set():
         for peer in peers:
             try:
                 return rpc.call(peer, cookie, method, *args)
@@ -103,8 +121,10 @@ def _ask_peers(peers: Sequence[str], cookie: str, method: str, *args: Any) -> An
                 if exc.exit_code in (EXIT_AUTH, EXIT_USAGE):  # waiting will not mend these
                     raise
                 last = exc
-        time.sleep(0.5)  # retry pacing while peers start up
-    raise ClusterError(f"no peer answered {method}: {last}")
+        stop.wait(0.5)  # retry pacing while peers start up
+    if stop.is_set():
+        raise ClusterError(f"stopped before a peer answered {method}")
+    raise ClusterError(f"no peer answered {method} in {ASK_PEERS_S:.0f} s: {last}")
 
 
 def protocol_mismatch(theirs: int, ours: int, who: str, where: str) -> str:
@@ -149,9 +169,10 @@ def answers(rpc_addr: str, cookie: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
-def ask_to_be_added(peers: Sequence[str], self_raft: str, cookie: str) -> None:
+def ask_to_be_added(peers: Sequence[str], self_raft: str, cookie: str,
+                    stop: threading.Event | None = None) -> None:
     """Ask the cluster (through any peer) to add us to the Raft membership."""
-    _ask_peers(peers, cookie, "add_member", self_raft, PROTOCOL)
+    _ask_peers(peers, cookie, "add_member", self_raft, PROTOCOL, stop=stop)
     log.info("added to the cluster as %s", self_raft)
 
 

@@ -34,7 +34,7 @@ from comrade.queue import PROTOCOL, Reply, forgettable_in, rank
 from comrade.relay import CLAIRVOYANT, Relay
 from comrade.removal import Removal
 from comrade.replication import Proposer, ReplicatedQueue, last_log_index, make_syncobj
-from comrade.rpc import Server
+from comrade.rpc import Server, check_port_free
 from comrade.scheduler import Claim, LocalFacts, plan, plan_ahead
 from comrade.service import Service
 from comrade.supervisor import RestartPolicy, Supervisor
@@ -148,6 +148,13 @@ class Node:
     def start(self) -> None:
         """Join or form the cluster and start serving; returns once the node is registered."""
         self._home_lock = take_home(self.paths)
+        # Both ports first, so a busy one is a one-line refusal at once (pysyncobj would only
+        # log its bind failures, over and over); the server accepts once started below.
+        self.server = Server(self.cfg.bind, self.cfg.port, self.cfg.cookie,
+                             {**self.service.handlers(), **self.relay.handlers()},
+                             packing.streams(self.paths, self.name, self.store),
+                             self.service.uploads())
+        check_port_free(self.advertise, self.cfg.raft_port, "--port (Raft uses PORT+1)")
         raft_dir = os.path.join(self.cfg.home, "raft")
         journal_check.check_journal(os.path.join(raft_dir, "journal"))
         journal_check.check_dump(os.path.join(raft_dir, "dump"))
@@ -160,16 +167,12 @@ class Node:
             log.info("discovery: %s", f"found {', '.join(peers)}" if peers else
                      "no cluster on the LAN; forming a new one")
         others, joining = membership.initial_members(
-            members_file, self.raft_addr, peers, self.cfg.cookie
+            members_file, self.raft_addr, peers, self.cfg.cookie, self._stop
         )
         membership.check_protocol(list(peers) if joining else
                                   [membership.rpc_of_raft(m) for m in others], self.cfg.cookie)
         log.info("node %s: rpc %s, raft %s, peers %s", self.name, self.rpc_addr, self.raft_addr,
                  others or "none (new cluster)")
-        self.server = Server(self.cfg.bind, self.cfg.port, self.cfg.cookie,
-                             {**self.service.handlers(), **self.relay.handlers()},
-                             packing.streams(self.paths, self.name, self.store),
-                             self.service.uploads())
         self.syncobj = make_syncobj(
             self.raft_addr,
             others,
@@ -186,7 +189,7 @@ class Node:
         self.actor = NodeActor.start(self)
         self.server.start()
         if joining:
-            membership.ask_to_be_added(peers, self.raft_addr, self.cfg.cookie)
+            membership.ask_to_be_added(peers, self.raft_addr, self.cfg.cookie, self._stop)
         # The ticker runs before registering: a node that left the membership (SIGTERM) or was
         # removed while away asks to be re-added from there.
         threading.Thread(target=self._ticker, name="ticker", daemon=True).start()

@@ -139,13 +139,28 @@ def receive_pack(fetch: Callable[[Send], object], dest: str) -> None:
     """Receive a pack through `fetch(sink)` into a temporary file in `dest` (never whole in
     memory), then extract it into `dest`, refusing members that would land outside it. If the
     fetch fails, a `dest` made for it is removed again (when still empty)."""
+    with made_for(dest), tempfile.TemporaryFile(dir=dest) as spool:
+        fetch(spool.write)
+        spool.seek(0)
+        unpack_file(spool, dest)
+
+
+@contextlib.contextmanager
+def made_for(dest: str, what: str = "") -> Iterator[None]:
+    """Make the folder `dest` for the block; if the block fails, a `dest` made here is removed
+    again when still empty. With `what` (the argument's name), a `dest` that cannot be made is
+    a UsageError naming it, and so is an empty one."""
+    if what and not dest:
+        raise UsageError(f"{what}: empty; give the folder to copy into")
     made = not os.path.isdir(dest)
-    os.makedirs(dest, exist_ok=True)
     try:
-        with tempfile.TemporaryFile(dir=dest) as spool:
-            fetch(spool.write)
-            spool.seek(0)
-            unpack_file(spool, dest)
+        os.makedirs(dest, exist_ok=True)
+    except OSError as exc:
+        if not what:
+            raise
+        raise UsageError(f"{what}: cannot make {dest!r}: {exc.strerror or exc}") from None
+    try:
+        yield
     except BaseException:
         if made:
             with contextlib.suppress(OSError):

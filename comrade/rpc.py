@@ -49,6 +49,33 @@ PART_BYTES = 1 << 20
 CONNECT_TIMEOUT_S = 5.0
 
 
+def listen_problem(exc: BaseException, bind: str, port: int, option: str) -> str:
+    """The one-line reason a node cannot listen on `bind`:`port` (`option` names the port)."""
+    errno_ = getattr(exc, "errno", None)
+    if isinstance(exc, OverflowError) or errno_ == 13:  # EACCES: a port below 1024 needs root
+        why = "not a port number (1..65535)" if isinstance(exc, OverflowError) else \
+            "needs privileges this process lacks (ports below 1024 need root)"
+        return f"{option}: {port} {why}"
+    if errno_ == 98:  # EADDRINUSE
+        return f"{option}: {port} is already in use on {bind} (another leoronic, or another program)"
+    if isinstance(exc, socket.gaierror):
+        return f"--bind: {bind!r} is not a known address ({exc.strerror})"
+    if errno_ == 99:  # EADDRNOTAVAIL
+        return f"--bind: {bind} is not an address of this machine"
+    return f"--bind: cannot listen on {bind}:{port}: {getattr(exc, 'strerror', None) or exc}"
+
+
+def check_port_free(host: str, port: int, option: str) -> None:
+    """Raise UsageError (`listen_problem`) if nothing could listen on `host`:`port` now: a
+    port that a server started later (pysyncobj's, which only logs bind failures) needs."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as pysyncobj binds
+        try:
+            probe.bind((host, port))
+        except (OSError, OverflowError) as exc:
+            raise UsageError(listen_problem(exc, host, port, option)) from None
+
+
 class Server:
     """Serves `handlers[method](*args)`, `streams[method](send, *args)` and
     `uploads[method](parts, *args)` to authenticated connections, one thread each."""
@@ -60,7 +87,10 @@ class Server:
         self._handlers = handlers
         self._streams = streams or {}
         self._uploads = uploads or {}
-        self._listener = Listener((bind, port), backlog=128)
+        try:
+            self._listener = Listener((bind, port), backlog=128)
+        except (OSError, OverflowError) as exc:
+            raise UsageError(listen_problem(exc, bind, port, "--port")) from None
         self._stopped = False
         self._thread = threading.Thread(target=self._accept_loop, name="rpc-accept", daemon=True)
 

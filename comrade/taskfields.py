@@ -18,9 +18,9 @@ from comrade.model import MAX_PRIORITY, MAX_TIME_LIMIT_S, MIN_PRIORITY
 FIELDS = ("MEM", "CORES", "STORAGE", "CONCURRENT", "CONDITIONS", "FILES", "COMMAND")
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_BYTES_RE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
+_BYTES_RE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE | re.ASCII)
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def parse_duration(text: str, field: str) -> float:
 
 def parse_priority(text: str, field: str) -> int:
     """A task priority: a whole number, negative allowed, higher runs first."""
-    if not re.fullmatch(r"[+-]?\d+", text.strip()):
+    if not re.fullmatch(r"[+-]?[0-9]+", text.strip()):
         raise UsageError(f"{field}: {text!r} is not a whole number")
     priority = int(text)
     if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
@@ -69,7 +69,7 @@ def parse_priority(text: str, field: str) -> int:
 
 def parse_cores(text: str) -> int:
     """A whole number of cores, at least 1."""
-    if not re.fullmatch(r"\d+", text.strip()):
+    if not re.fullmatch(r"[0-9]+", text.strip()):
         raise UsageError(f"CORES: {text!r} is not a whole number of cores")
     cores = int(text)
     if cores <= 0:

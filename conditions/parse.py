@@ -55,7 +55,9 @@ _PREDICATES: dict[str, tuple[str, ...]] = {
     "worker": WORKER_PREDICATES,
 }
 
-_TASK_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_TASK_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")  # any id a task may have (or once had)
+# A new task's id: not "-x" (an option to every command), not "." or ".." (a path).
+_NEW_TASK_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _MAX_TAG_LEN = 64
 
 
@@ -80,10 +82,11 @@ class Condition:
 def validate_task_id(task_id: str) -> str:
     """Return ``task_id`` unchanged if it is a valid task id, else raise ConditionError.
 
-    A valid id is 1 to 128 characters from ``[A-Za-z0-9._-]``.
+    A valid id is 1 to 128 characters from ``[A-Za-z0-9._-]``, not starting with ``.`` or
+    ``-``.
     """
-    if not _is_task_id(task_id):
-        raise ConditionError(f"task id '{task_id}' is not valid {_TASK_ID_RULE}")
+    if _NEW_TASK_ID_RE.fullmatch(task_id) is None:
+        raise ConditionError(f"task id {task_id!r} is not valid {_NEW_TASK_ID_RULE}")
     return task_id
 
 
@@ -106,6 +109,9 @@ def parse(text: str) -> tuple[Condition, ...]:
     skipped. Raises ConditionError, with the 1-based index of the offending
     condition among non-empty segments, if any condition is malformed.
     """
+    bad = next((ch for ch in text if not ch.isprintable() and ch not in " \t\r\n"), None)
+    if bad is not None:
+        raise ConditionError(f"must not contain control characters (found {bad!r})")
     conditions: list[Condition] = []
     for segment in text.split(";"):
         stripped = segment.strip()
@@ -136,6 +142,7 @@ def dependency_ids(conds: Iterable[Condition]) -> tuple[str, ...]:
 
 
 _TASK_ID_RULE = "(letters, digits, '.', '_', '-'; at most 128)"
+_NEW_TASK_ID_RULE = "(letters, digits, '.', '_', '-', not starting with '.' or '-'; at most 128)"
 
 
 def _is_task_id(task_id: str) -> bool:
@@ -149,6 +156,8 @@ def _tag_problem(tag: str) -> str | None:
         return "must not be empty"
     if any(ch.isspace() for ch in tag):
         return "must not contain spaces"
+    if not tag.isprintable():
+        return "must not contain control characters"
     if ";" in tag:
         return "must not contain ';'"
     if ":" in tag:

@@ -24,8 +24,8 @@ from typing import Any
 import pykka
 
 from comrade import packing, resources, rpc
-from comrade.config import check_durations, split_address
-from comrade.errors import AuthError, LeoronicError, UsageError
+from comrade.config import check_durations, check_offer, split_address
+from comrade.errors import AuthError, ClusterError, LeoronicError, UsageError
 from comrade.executor import Executor, Paths, remove_task_files, task_files
 from comrade.files import FileRef, FileStore, place_files, rewrite_command
 from comrade.homelock import take_home
@@ -67,6 +67,9 @@ class GhostConfig:
 
     def validate(self) -> None:
         """Raise UsageError naming the first option that is wrong and why."""
+        if not 1 <= self.port <= 65535:
+            raise UsageError(f"--port: {self.port} is not a port number (1..65535)")
+        check_offer(self)
         check_durations(self, (("retention", "retention_s", False), ("file-gc", "file_gc_s", False),
                                ("gc-every", "gc_every_s", True), ("kill-grace", "kill_grace_s", False)))
 
@@ -84,7 +87,7 @@ def choose(workers: Sequence[str], target: str, skip: Sequence[str] = ()) -> str
     """Which worker to attach to, by the original's rules (see GhostConfig.target)."""
     ordered = sorted(set(workers), key=address_key)
     if not ordered:
-        raise UsageError("ghost: no worker found; name one with --peer HOST:PORT")
+        raise ClusterError("ghost: no worker found; name one with --peer HOST:PORT")
     if target and not target.lstrip("-").isdigit():
         return target
     if target:
@@ -267,7 +270,7 @@ class Ghost:
                                   key=address_key)
             return
         if not self.workers:
-            raise UsageError("ghost: no worker answered; name one with --peer HOST:PORT")
+            raise ClusterError("ghost: no worker answered; name one with --peer HOST:PORT")
 
     def _info(self) -> NodeInfo:
         return NodeInfo(name=self.name, kind="ghost", rpc=f"{self.advertise}:{self.cfg.port}",

@@ -30,7 +30,7 @@ from comrade.taskfields import (
 )
 
 K, M, G, T = 1024, 1024**2, 1024**3, 1024**4
-ID_RULE = "(letters, digits, '.', '_', '-'; at most 128)"
+ID_RULE = "(letters, digits, '.', '_', '-', not starting with '.' or '-'; at most 128)"
 
 
 def row(mem: str = "1024", cores: str = "1", storage: str = "1024", concurrent: str = "true",
@@ -181,6 +181,10 @@ FIELD_LIST = " ".join(FIELDS)
     ([], f"expected 7 fields ({FIELD_LIST}) and an optional ID, got 0"),
     (row("1", "1", "1", "true", "", "", "c", "a b"), f"ID: task id 'a b' is not valid {ID_RULE}"),
     (row("1", "1", "1", "true", "", "", "c", ""), f"ID: task id '' is not valid {ID_RULE}"),
+    (row("1", "1", "1", "true", "", "", "c", "-x"), f"ID: task id '-x' is not valid {ID_RULE}"),
+    (row("1", "1", "1", "true", "", "", "c", ".."), f"ID: task id '..' is not valid {ID_RULE}"),
+    (row("１", "1", "1", "true", "", "", "c"), "MEM: '１' is not a number of bytes (e.g. 1024, 512M, 2G)"),
+    (row("1", "２", "1", "true", "", "", "c"), "CORES: '２' is not a whole number of cores"),
     (row("1", "1", "1", "true", "", "", "c", "x" * 129),
      f"ID: task id '{'x' * 129}' is not valid {ID_RULE}"),
     (row(conditions="foo"),

@@ -211,7 +211,9 @@ ERRORS: list[tuple[str, str]] = [
     ("worker:has_file ../x", _e(1, "worker:has_file ../x", "file name '../x'" + FILE_TAIL)),
     ("worker:has_file a/../b", _e(1, "worker:has_file a/../b", "file name 'a/../b'" + FILE_TAIL)),
     ("worker:has_file a/..", _e(1, "worker:has_file a/..", "file name 'a/..'" + FILE_TAIL)),
-    ("worker:has_file a\0b", _e(1, "worker:has_file a\0b", "file name 'a\0b'" + FILE_TAIL)),
+    ("worker:has_file a\0b", "must not contain control characters (found '\\x00')"),
+    ("queue:after x\x1b[2J", "must not contain control characters (found '\\x1b')"),
+    ("worker:tag a\x7f", "must not contain control characters (found '\\x7f')"),
     ("queue:after a/b", _e(1, "queue:after a/b", "task id 'a/b'" + ID_TAIL)),
     ("queue:after_ok a b", _e(1, "queue:after_ok a b", "task id 'a b'" + ID_TAIL)),
     ("queue:after  a1", _e(1, "queue:after  a1", "task id ' a1'" + ID_TAIL)),
@@ -286,15 +288,18 @@ def test_validate_tag_errors(tag: str, message: str) -> None:
     assert str(info.value) == message
 
 
-@pytest.mark.parametrize("task_id", ["a", "a1", "A.b_c-d", "0", "x" * 128])
+@pytest.mark.parametrize("task_id", ["a", "a1", "A.b_c-d", "0", "x" * 128, "_x", "a..b", "a-"])
 def test_validate_task_id_ok(task_id: str) -> None:
     """Valid task ids are returned unchanged."""
     assert validate_task_id(task_id) == task_id
 
 
-@pytest.mark.parametrize("task_id", ["", "a b", "a/b", "a:b", "a;b", "é", "x" * 129, "a\n"])
+@pytest.mark.parametrize("task_id", ["", "a b", "a/b", "a:b", "a;b", "é", "x" * 129, "a\n",
+                                     "-x", ".", "..", ".hidden", "１"])
 def test_validate_task_id_errors(task_id: str) -> None:
-    """Invalid task ids raise ConditionError with the exact message."""
+    """Invalid task ids raise ConditionError with the exact message: not "-x" (an option), not
+    "." or ".." (a path), only ASCII."""
     with pytest.raises(ConditionError) as info:
         validate_task_id(task_id)
-    assert str(info.value) == f"task id '{task_id}'" + ID_TAIL
+    assert str(info.value) == f"task id {task_id!r} is not valid (letters, digits, '.', '_', " \
+        "'-', not starting with '.' or '-'; at most 128)"
