@@ -26,8 +26,23 @@ from comrade.files import (
 from comrade.model import TAIL_BYTES, TAILS_BUDGET, TaskSpec
 from comrade.taskfields import Fields
 
-#: Seconds a command keeps retrying a node that is unreachable or has no quorum.
-RETRY_S = float(os.environ.get("LEORONIC_RETRY_S", "15"))
+#: Seconds a command keeps retrying a node that is unreachable or has no quorum (an election
+#: takes about a second; a worker restarting, a few).
+DEFAULT_RETRY_S = 15.0
+
+
+def env_retry_s() -> float:
+    """LEORONIC_RETRY_S, else DEFAULT_RETRY_S; UsageError naming it if it is not seconds >= 0."""
+    raw = os.environ.get("LEORONIC_RETRY_S", "")
+    if not raw:
+        return DEFAULT_RETRY_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise UsageError(f"LEORONIC_RETRY_S: {raw!r} is not a number of seconds >= 0")
+    return value
 
 
 def cookie_path() -> str:
@@ -70,8 +85,14 @@ def _new_cookie(path: str, where: str) -> str:
 
 
 def node_address() -> str:
-    """The node this client talks to."""
-    return os.environ.get("LEORONIC_NODE") or f"127.0.0.1:{os.environ.get('LEORONIC_PORT', DEFAULT_PORT)}"
+    """The node this client talks to: LEORONIC_NODE, else this box at LEORONIC_PORT."""
+    node = os.environ.get("LEORONIC_NODE")
+    if node:
+        return node
+    port = os.environ.get("LEORONIC_PORT", "") or str(DEFAULT_PORT)
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise UsageError(f"LEORONIC_PORT: {port!r} is not a port number (1..65535)")
+    return f"127.0.0.1:{port}"
 
 
 def max_file_bytes() -> int:
@@ -89,15 +110,18 @@ class Client:
 
     def __init__(self, address: str | None = None, cookie: str | None = None) -> None:
         self.address = address or node_address()
+        self.retry_s = env_retry_s()  # LEORONIC_RETRY_S, checked before any cluster is asked
         self.cookie = cookie if cookie is not None else read_cookie()
         self._conn: rpc.Connection_ | None = None
         self._others: list[str] = []  # other workers, learned once connected: failover targets
 
-    def call(self, method: str, *args: Any, retry_s: float = RETRY_S,
+    def call(self, method: str, *args: Any, retry_s: float | None = None,
              parts: Callable[[], Iterable[bytes]] | None = None) -> Any:
         """Call a method; on connection failures or no quorum, retry (moving to another
         worker of the cluster if ours is gone) for `retry_s` seconds. With `parts`, an upload:
         each try sends the parts `parts()` gives."""
+        if retry_s is None:
+            retry_s = self.retry_s
         deadline = time.monotonic() + retry_s
         candidates = [self.address]
         turn = 0

@@ -56,8 +56,9 @@ OK = Reply(True)
 #: files pass between workers as a streamed `file_parts` (no `file_get`). 4: uploads are a
 #: streamed `file_upload` (no `file_put`); `drain` (a draining node's claims are refused).
 #: 5: task priorities (the order in which ready tasks are dealt) and `priority`; `hold`.
-#: 6: `hold` with `stop` also stops a running task and queues it held.
-PROTOCOL = 6
+#: 6: `hold` with `stop` also stops a running task and queues it held. 7: `merge_isolated`
+#: skips a run already merged.
+PROTOCOL = 7
 
 #: A task that could not be started this many times (e.g. no node can supply a necessary file
 #: with the right hash) fails with the reason instead of bouncing forever.
@@ -440,7 +441,9 @@ class Queue:
 
         the first final result to reach the replicated log wins. A run of a task that is already
         final is kept in its history as a duplicate; a run of a task still queued, or running
-        elsewhere (that attempt is ended as superseded), is applied like a `finish`.
+        elsewhere (that attempt is ended as superseded), is applied like a `finish`. A run
+        already in the task's history (the same merge again: proposed once more after a
+        timeout, or re-sent by a node restarted before it deleted its results) is skipped.
         """
         merged = 0
         for task_id, start, outcome in runs:
@@ -448,6 +451,9 @@ class Queue:
             if task is None or not isinstance(outcome, Outcome) or not _is_int(outcome.exit_code) \
                     or not all(_is_time(t) for t in (start, outcome.start, outcome.end)):
                 continue  # before any change: `finish` would refuse it, leaving it running
+            if any(a.node == node and a.start == start and a.end == outcome.end
+                   and a.why.startswith("isolated run") for a in task.attempts):
+                continue
             number = max([a.number for a in task.attempts] + [task.attempt]) + 1
             run = Attempt(number=number, node=node, start=start, end=outcome.end,
                           exit_code=outcome.exit_code, why="isolated run")

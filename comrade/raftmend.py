@@ -40,6 +40,13 @@ more, because of how `TcpConnection` handles a message:
   (three nodes: 1 and 7 ms). After appending with no other node, the leader now wakes its
   own poller, so the next tick commits at once.
 
+- Log compaction rewrote the journal in place: it marked it empty, then appended the entries
+  it keeps one by one. A SIGKILL in between left a journal without the entries after the
+  snapshot, some of them acknowledged to the leader as stored (with three workers, losing
+  one more copy of such an entry loses a committed entry). The kept entries are now written
+  to a new file, fsync'd, and renamed over the journal: a kill leaves the old journal or the
+  new one, each whole.
+
 These rely on pysyncobj's private names; where one is missing (another version) nothing is
 changed and the log says so.
 """
@@ -48,13 +55,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import struct
 import zlib
 from typing import Any
 
 import pysyncobj.pickle as syncobj_pickle
-from pysyncobj import syncobj, tcp_connection
+from pysyncobj import journal, syncobj, tcp_connection
 from pysyncobj.monotonic import monotonic
 from pysyncobj.poller import POLL_EVENT_TYPE
 
@@ -78,6 +86,8 @@ _CHECK_COMMANDS = "_checkCommandsToApply"
 _ALONE = ("_SyncObj__otherNodes", "_SyncObj__getCurrentLogIndex", "_SyncObj__pipeNotifier")
 _NEXT_INDEX = "_SyncObj__raftNextIndex"
 _EVENTS = POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR
+_J = "_FileJournal__"  # prefix of FileJournal's private names
+_JOURNAL = ("journal", "journalFile", "currentOffset", "getDefaultHeader")
 _installed = False
 
 
@@ -90,6 +100,9 @@ def mend() -> bool:
     missing = [name for name in _NEEDED if not hasattr(cls, _P + name)]
     missing += [name for name in (_ON_MESSAGE, _CHECK_COMMANDS, _ALONE[1])
                 if not hasattr(syncobj.SyncObj, name)]
+    missing += [_J + name for name in _JOURNAL[3:] if not hasattr(journal.FileJournal, _J + name)]
+    missing += [name for name in ("FIRST_RECORD_OFFSET", "LAST_RECORD_OFFSET_OFFSET", "ResizableFile")
+                if not hasattr(journal, name)]
     if missing or not hasattr(syncobj_pickle, "__protocol"):
         log.warning("pysyncobj internals changed (%s missing): its transport is used unmended",
                     ", ".join(missing) or "__protocol")
@@ -102,6 +115,7 @@ def mend() -> bool:
     setattr(syncobj.SyncObj, _ON_MESSAGE, _keep_next_index(getattr(syncobj.SyncObj, _ON_MESSAGE)))
     setattr(syncobj.SyncObj, _CHECK_COMMANDS,
             _commit_alone_at_once(getattr(syncobj.SyncObj, _CHECK_COMMANDS)))
+    journal.FileJournal.deleteEntriesTo = _delete_entries_to
     _installed = True
     return True
 
@@ -136,6 +150,40 @@ def _commit_alone_at_once(check_commands: Any) -> Any:
             if pipe is not None:
                 pipe.notify()
     return check
+
+
+def _delete_entries_to(self: Any, entry_to: int) -> None:
+    """FileJournal.deleteEntriesTo (log compaction: drop the entries before `entry_to`, now in
+    the snapshot) as a new file renamed over the journal, so a kill leaves one of the two."""
+    kept = getattr(self, _J + "journal")[entry_to:]
+    old = getattr(self, _J + "journalFile")
+    path = old._ResizableFile__fileName
+    offset = journal.FIRST_RECORD_OFFSET
+    records = []
+    for command, idx, term in kept:  # pysyncobj's record: size, index, term, command, size
+        data = struct.pack("<QQ", idx, term) + syncobj_pickle.to_bytes(command)
+        size = struct.pack("<I", len(data))
+        records.append(size + data + size)
+        offset += len(data) + 8
+    header = getattr(self, _J + "getDefaultHeader")()
+    at = journal.LAST_RECORD_OFFSET_OFFSET
+    header = header[:at] + struct.pack("<I", offset) + header[at + 4:]
+    tmp = path + ".compacting"
+    with open(tmp, "wb") as f:
+        f.write(header)
+        f.writelines(records)
+        f.flush()
+        os.fsync(f.fileno())
+    old._destroy()  # flushes and unmaps the old journal
+    os.replace(tmp, path)
+    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
+    setattr(self, _J + "journalFile", journal.ResizableFile(path, defaultContent=header))
+    setattr(self, _J + "journal", list(kept))
+    setattr(self, _J + "currentOffset", offset)
 
 
 def _buffer(conn: Any, name: str) -> bytearray:

@@ -136,6 +136,9 @@ class Ghost:
         self.executor = Executor(self.name, self.paths, self._prepare, time.time,
                                  lambda: self.clairvoyant, cfg.kill_grace_s)
         self.lock = threading.Lock()
+        # Held while stored files are collected; `_preparing` counts starts placing files.
+        self._files_guard = threading.Lock()
+        self._preparing = 0
         self.workers: list[str] = list(cfg.peers)
         self.clairvoyant = ""
         self.advertise = cfg.advertise or _advertise(cfg.bind, self.workers or [cfg.target])
@@ -222,11 +225,15 @@ class Ghost:
         `retention_s`; and stored files no running task refers to, older than `file_gc_s`.
         Returns the task ids whose files went. Without an answer from the clairvoyant nothing
         but stored files goes (LeoronicError)."""
-        with self.lock:
-            busy = {**self.state.running, **self.state.stopping}
-            running = {key[0] for key in busy}
-            keep = {f[1] for spec in busy.values() for f in spec.files}
-        self.store.gc(keep, self.cfg.file_gc_s, now)
+        with self._files_guard:  # no start is placing files meanwhile (`_prepare`)
+            with self.lock:
+                busy = {**self.state.running, **self.state.stopping}
+                running = {key[0] for key in busy}
+                keep = {f[1] for spec in busy.values() for f in spec.files}
+            if self._preparing:
+                log.debug("stored files not collected: %d starts are placing files", self._preparing)
+            else:
+                self.store.gc(keep, self.cfg.file_gc_s, now)
         found = {t: items for t, items in task_files(self.paths).items() if t not in running}
         ids = sorted(found)
         states: dict[str, tuple[str, Any]] = {}
@@ -411,15 +418,24 @@ class Ghost:
         self._slot_freed.set()
 
     def _prepare(self, spec: TaskSpec, workdir: str) -> str:
+        """Fetch a starting task's files into the store and place them in its work dir. Stored
+        files are not collected meanwhile: a file found in the store could otherwise go
+        before it is placed (the start failed, and the task went back to the queue)."""
         if not spec.files:
             return spec.command
-        refs = [FileRef(n, sha, size) for n, sha, size in spec.files]
-        for ref in refs:
-            if not self.store.has(ref.sha256):
-                if not packing.receive_file(self.store, self.clairvoyant, self.cfg.cookie,
-                                            ref.sha256):
-                    raise UsageError(f"file {ref.sha256[:12]}: the clairvoyant does not have it")
-        mapping = place_files(self.store, workdir, refs, rename=spec.rename)
+        with self._files_guard:
+            self._preparing += 1
+        try:
+            refs = [FileRef(n, sha, size) for n, sha, size in spec.files]
+            for ref in refs:
+                if not self.store.has(ref.sha256):
+                    if not packing.receive_file(self.store, self.clairvoyant, self.cfg.cookie,
+                                                ref.sha256):
+                        raise UsageError(f"file {ref.sha256[:12]}: the clairvoyant does not have it")
+            mapping = place_files(self.store, workdir, refs, rename=spec.rename)
+        finally:
+            with self._files_guard:
+                self._preparing -= 1
         return rewrite_command(spec.command, mapping) if spec.rename else spec.command
 
     # ----- served to clients -------------------------------------------------------------------

@@ -65,6 +65,18 @@ def test_bad_client_input_is_one_line_and_exit_2_before_any_cluster(
     refused(leoronic(tmp_path, *args), start)
 
 
+@pytest.mark.parametrize("env, start", [
+    ({"LEORONIC_RETRY_S": "abc"}, "LEORONIC_RETRY_S: 'abc' is not a number of seconds >= 0"),
+    ({"LEORONIC_RETRY_S": "nan"}, "LEORONIC_RETRY_S: 'nan' is not a number of seconds >= 0"),
+    ({"LEORONIC_NODE": "", "LEORONIC_PORT": "x"}, "Invalid value for '--port': 'x' is not a valid"),
+    ({"LEORONIC_NODE": "", "LEORONIC_PORT": "70000"}, "LEORONIC_PORT: '70000' is not a port number"),
+    ({"LEORONIC_NODE": "nowhere"}, "LEORONIC_NODE: 'nowhere' is not HOST:PORT"),
+])
+def test_bad_client_settings_are_one_line_and_exit_2(tmp_path: Path, env: dict[str, str],
+                                                       start: str) -> None:
+    refused(leoronic(tmp_path, "get-queue", **env), start)
+
+
 def test_a_tasks_file_that_is_not_utf8_names_the_file_and_line(tmp_path: Path) -> None:
     tasks = tmp_path / "tasks.txt"
     tasks.write_bytes(b'1 1 1 true "" "" true\n\n1 1 1 true "" "" "echo \xff"\n')

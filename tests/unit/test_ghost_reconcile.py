@@ -7,6 +7,7 @@ tests/integration/test_ghosts.py.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -105,3 +106,33 @@ def test_a_task_that_ends_while_it_is_being_taken_away_is_no_error(
     assert cancelled == [] and g.state.stopping == {} and g.state.running == {}
     assert [f[:2] for f in g.state.finished] == [("ending", 1)]
     assert g.state.reserved == spec("ending").needs - spec("ending").needs
+
+
+def test_stored_files_are_not_collected_while_a_start_places_them(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A garbage collection that comes while a task's start has found its file in the store but
+    not placed it yet leaves the file: removed there, the start failed (and the task went back
+    to the queue). A collection with no start under way removes it."""
+    monkeypatch.setattr(ghost_module.rpc, "call", lambda *a, **k: {})  # the clairvoyant: "tasks"
+    g = Ghost(GhostConfig(home=str(tmp_path / "home"), cookie="secret", port=free_port_pair(),
+                          bind="127.0.0.1", name="g1", cores=1, memory=1 << 30, storage=1 << 30))
+    g.clairvoyant = "127.0.0.1:9"
+    try:
+        sha = g.store.put_bytes(b"input data\n")
+        later = time.time() + 2 * g.cfg.file_gc_s  # the stored file is long unused by then
+        place = ghost_module.place_files
+
+        def place_after_a_collection(*args: Any, **kwargs: Any) -> Any:
+            g.collect_garbage(later)  # the collector thread, between `has` and placing
+            return place(*args, **kwargs)
+        monkeypatch.setattr(ghost_module, "place_files", place_after_a_collection)
+        task = TaskSpec("t", 1024, 1, 1024, True, "", (("in.txt", sha, 11),), "cat in.txt",
+                        rename=False)
+        workdir = tmp_path / "work"
+        workdir.mkdir()
+        g._prepare(task, str(workdir))
+        assert (workdir / "in.txt").read_bytes() == b"input data\n"
+        g.collect_garbage(later)
+        assert not g.store.has(sha)
+    finally:
+        g.stop()

@@ -1201,6 +1201,25 @@ def test_merge_isolated_results_the_first_final_result_wins(q: Queue) -> None:
     assert q.running_on("a") == [] and q.running_on("b") == []
 
 
+def test_the_same_isolated_results_merged_twice_change_nothing_the_second_time(q: Queue) -> None:
+    """A merge proposed again (a timeout after it committed, a node restarted before it deleted
+    its results) adds no duplicate attempt: the history stays that of one merge."""
+    for tid in ("queued", "final"):
+        ok(q, ("submit", spec(tid)))
+    ok(q, ("claim", "final", "b", 1))
+    ok(q, ("finish", "final", "b", 1, out(0)))
+    runs = [(tid, 0.5, out(7)) for tid in ("queued", "final")]
+    assert ok(q, ("merge_isolated", "a", runs), now=3.0).detail == "merged 1 of 2"
+    once = observe(q)
+    assert ok(q, ("merge_isolated", "a", runs), now=4.0).detail == "merged 0 of 2"
+    assert observe(q)[:-1] == once[:-1]
+    assert [a.why for a in q.get("final").attempts] == [  # type: ignore[union-attr]
+        "exit", "isolated run (duplicate; result not used)"]
+    # Another run of the same task (a later start) is still kept as a duplicate.
+    assert ok(q, ("merge_isolated", "a", [("final", 2.5, out(7))]), now=5.0).detail == "merged 0 of 1"
+    assert len(q.get("final").attempts) == 3  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("run", [
     ("t", 0.5, Outcome(None, 0.0, 1.0)),  # type: ignore[arg-type]
     ("t", 0.5, Outcome(0, 0.0, None)),  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ reads, without waiting for the connection's next send."""
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import zlib
 from typing import Any
@@ -105,21 +106,24 @@ def test_an_acknowledgement_never_moves_a_followers_next_index_back() -> None:
     assert leader._SyncObj__raftNextIndex["f"] == 5  # a rejection still rewinds
 
 
+class Counter(SyncObjConsumer):
+    """A replicated counter: the state of a one-node pysyncobj."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = 0
+
+    @replicated
+    def add(self, n: int) -> int:
+        self.value += n
+        return self.value
+
+
 def test_a_cluster_of_one_commits_without_waiting_for_its_next_tick(tmp_path: Any) -> None:
     # The leader appends proposals at the end of a tick and then sleeps in its poller for the
     # tick period; with no follower to acknowledge, nothing woke it before the mend. With a
     # 2 s period, a commit that waited for the tick would miss the 1 s timeout below.
     assert raftmend.mend()
-
-    class Counter(SyncObjConsumer):
-        def __init__(self) -> None:
-            super().__init__()
-            self.value = 0
-
-        @replicated
-        def add(self, n: int) -> int:
-            self.value += n
-            return self.value
 
     counter = Counter()
     port = free_port_pair()
@@ -134,3 +138,81 @@ def test_a_cluster_of_one_commits_without_waiting_for_its_next_tick(tmp_path: An
     finally:
         node.destroy()
 
+
+
+def _journal_entries(path: str) -> list[tuple[bytes, int, int]]:
+    """The entries a fresh pysyncobj reads back from a journal file."""
+    from pysyncobj.journal import FileJournal
+
+    j = FileJournal(path)
+    try:
+        return [(bytes(c), i, t) for c, i, t in (j[n] for n in range(len(j)))]
+    finally:
+        j._destroy()
+
+
+def test_log_compaction_rewrites_the_journal_whole_or_not_at_all(tmp_path: Any, monkeypatch: Any) -> None:
+    from pysyncobj.journal import FileJournal
+
+    from comrade import journal_check
+
+    assert raftmend.mend()
+    path = str(tmp_path / "journal")
+    j = FileJournal(path)
+    entries = [(b"\0" + pickle.dumps(("op", i, "x" * (i % 7 * 50))), i, 1 + i // 10)
+               for i in range(1, 41)]  # as pysyncobj journals a regular command
+    for entry in entries:
+        j.add(*entry)
+    j.deleteEntriesTo(25)  # what compaction keeps: the entries after the snapshot
+    assert [(bytes(c), i, t) for c, i, t in (j[n] for n in range(len(j)))] == entries[25:]
+    after = (b"\0" + pickle.dumps(("op", 41)), 41, 5)
+    j.add(*after)  # and the journal goes on where the rewrite ended
+    j._destroy()
+    assert _journal_entries(path) == entries[25:] + [after]
+    assert journal_check.check_journal(path) == 16
+    assert not os.path.exists(path + ".compacting")
+
+    # Killed before the rename (the rewrite is the slow part): the old journal is there whole.
+    j = FileJournal(path)
+    before = _journal_entries(path)
+
+    def killed(*_: Any) -> None:
+        raise KeyboardInterrupt("SIGKILL")
+    monkeypatch.setattr(os, "replace", killed)
+    try:
+        j.deleteEntriesTo(10)
+    except KeyboardInterrupt:
+        pass
+    assert _journal_entries(path) == before and len(before) == 16
+
+
+def test_a_node_restarted_after_log_compactions_has_every_entry(tmp_path: Any) -> None:
+    # A one-node pysyncobj compacting every few entries (snapshot, then the mended rewrite of
+    # its journal), restarted from its files: the state is that of every entry applied.
+    assert raftmend.mend()
+
+    def start(counter: Counter, port: int) -> SyncObj:
+        conf = SyncObjConf(password="secret", journalFile=str(tmp_path / "journal"),
+                           fullDumpFile=str(tmp_path / "dump"), logCompactionMinEntries=5,
+                           logCompactionMinTime=0.05)
+        node = SyncObj(f"127.0.0.1:{port}", [], conf=conf, consumers=[counter])
+        wait_for(node._getLeader, timeout=15, what="the node to become leader", interval=0.01)
+        return node
+
+    port = free_port_pair()
+    counter = Counter()
+    node = start(counter, port)
+    try:
+        for n in range(1, 31):
+            counter.add(n, sync=True, timeout=5.0)
+            if n % 10 == 0:  # let a compaction (a forked snapshot, then the rewrite) happen
+                wait_for(lambda: node.getStatus()["log_len"] < 10, timeout=10,
+                         what="a log compaction")
+    finally:
+        node.destroy()
+    again = Counter()
+    node = start(again, port)
+    try:
+        wait_for(lambda: again.value == sum(range(1, 31)), timeout=10, what="the replayed state")
+    finally:
+        node.destroy()
