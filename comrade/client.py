@@ -81,6 +81,8 @@ def _new_cookie(path: str, where: str) -> str:
         raise UsageError(f"{where} cannot be made: {exc.strerror}") from None
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
+        f.flush()
+        os.fsync(f.fileno())  # the workers started with it must find it after a power cut
     return secret
 
 

@@ -71,7 +71,7 @@ class Config:
         """Raise UsageError naming the first field that is wrong and why."""
         if not 1 <= self.port <= 65534:
             raise UsageError(f"--port: {self.port} is not a port number (1..65534, Raft uses port+1)")
-        check_offer(self)
+        check_node_options(self)
         for peer in self.peers:
             split_address(peer, "--peer")
         check_durations(self, _DURATIONS)
@@ -96,10 +96,13 @@ def valid_node_name(name: str) -> bool:
     return _NAME_RE.fullmatch(name) is not None
 
 
-def check_offer(config: object) -> None:
-    """Raise UsageError for a --name, --cores, --memory or --storage a worker and a ghost
-    both refuse: a name that is not one safe path component, a cap that is not positive."""
-    name = config.name  # type: ignore[attr-defined]
+def check_node_options(config: object) -> None:
+    """Raise UsageError for a --name, --advertise, --cores, --memory or --storage a worker and
+    a ghost both refuse: a name that is not one safe path component, an address that is not a
+    host, a cap that is not positive."""
+    name, advertise = config.name, config.advertise  # type: ignore[attr-defined]
+    if advertise and not valid_host(advertise):
+        raise UsageError(f"--advertise: {advertise!r} is not a host name or address")
     if name and not valid_node_name(name):
         raise UsageError(f"--name: {name!r} is not a node name (letters, digits, '.', '_', '-', "
                          "not starting with '.' or '-'; at most 100)")
@@ -131,6 +134,16 @@ def check_durations(config: object, durations: Sequence[tuple[str, str, bool]]) 
 def split_address(text: str, what: str = "address") -> tuple[str, int]:
     """Parse HOST:PORT; raise UsageError naming `what` if it is not one."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+    if not sep or not valid_host(host) or not (port.isascii() and port.isdigit()) \
+            or not 1 <= int(port) <= 65535:
         raise UsageError(f"{what}: {text!r} is not HOST:PORT")
     return host, int(port)
+
+
+#: A host name or address: letters, digits, '.', '-', '_' and (IPv6) ':'.
+_HOST_RE = re.compile(r"[A-Za-z0-9._:-]{1,253}", re.ASCII)
+
+
+def valid_host(host: str) -> bool:
+    """Whether `host` can be a host name or IP address (no spaces, slashes or the like)."""
+    return _HOST_RE.fullmatch(host) is not None

@@ -24,7 +24,7 @@ from typing import Any
 import pykka
 
 from comrade import packing, resources, rpc
-from comrade.config import check_durations, check_offer, split_address
+from comrade.config import check_durations, check_node_options, split_address
 from comrade.errors import AuthError, ClusterError, LeoronicError, UsageError
 from comrade.executor import Executor, Paths, remove_task_files, task_files
 from comrade.files import FileRef, FileStore, place_files, rewrite_command
@@ -69,7 +69,7 @@ class GhostConfig:
         """Raise UsageError naming the first option that is wrong and why."""
         if not 1 <= self.port <= 65535:
             raise UsageError(f"--port: {self.port} is not a port number (1..65535)")
-        check_offer(self)
+        check_node_options(self)
         check_durations(self, (("retention", "retention_s", False), ("file-gc", "file_gc_s", False),
                                ("gc-every", "gc_every_s", True), ("kill-grace", "kill_grace_s", False)))
 

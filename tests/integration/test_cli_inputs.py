@@ -119,6 +119,10 @@ def test_a_worker_refuses_a_bad_home_name_and_address(tmp_path: Path) -> None:
     home = str(tmp_path / "home")
     refused(leoronic(tmp_path, *worker, "--home", home, "--name", "../../escape"),
             "--name: '../../escape' is not a node name")
+    refused(leoronic(tmp_path, *worker, "--home", home, "--advertise", "a b"),
+            "--advertise: 'a b' is not a host name or address")
+    refused(leoronic(tmp_path, *worker, "--home", home, "--peer", "a/b:7341"),
+            "--peer: 'a/b:7341' is not HOST:PORT")
     refused(leoronic(tmp_path, "--home", home, "--bind", "192.0.2.1", "--port", str(port)),
             "--bind: 192.0.2.1 is not an address of this machine")  # TEST-NET: never this box's
 
@@ -145,6 +149,7 @@ def test_a_worker_whose_port_or_raft_port_is_taken_is_refused_at_once(
     (["--cores", "-1"], "--cores: must be a positive number, got -1"),
     (["--memory", "0"], "--memory: must be a positive number, got 0"),
     (["--name", "a/b"], "--name: 'a/b' is not a node name"),
+    (["--advertise", "a\tb"], "--advertise: 'a\\tb' is not a host name or address"),
     (["nowhere"], "TARGET: 'nowhere' is not an integer or HOST:PORT"),
     (["--peer", "nowhere"], "--peer: 'nowhere' is not HOST:PORT"),
 ])

@@ -25,3 +25,27 @@ def test_nodes_before_any_node_registered(monkeypatch: pytest.MonkeyPatch) -> No
         "asked n1; leader none; quorum NO",
         "no node registered yet: the cluster is starting (or electing a leader)",
     ]
+
+
+def test_get_all_files_skips_a_node_whose_name_is_not_one_folder_name(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A node named before names were checked (`--name ../../x`) would have its work dir
+    copied outside DEST: it is skipped and named (exit 3, as for a node not reached); the
+    others are copied."""
+    fetched: list[str] = []
+
+    class Nodes:
+        def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+            assert method == "nodes"
+            return {"nodes": [{"name": "../../escape", "rpc": "127.0.0.1:9"},
+                              {"name": "w1", "rpc": "127.0.0.1:10"}]}
+
+    monkeypatch.setattr(cli, "Client", Nodes)
+    monkeypatch.setattr(cli, "_receive", lambda client, rpc, where, *what: fetched.append(where))
+    dest = tmp_path / "dest"
+    r = CliRunner().invoke(cli.main, ["get-all-files", str(dest)])
+    assert r.exit_code == 3, r.output
+    assert fetched == [str(dest / "w1")]
+    assert r.stdout.splitlines() == [f"w1: {dest / 'w1'}"]
+    assert r.stderr.splitlines() == [
+        "leoronic: node '../../escape': skipped, its name is not one safe folder name"]
