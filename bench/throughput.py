@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.throughput [--tasks N] [--rounds K] [--latency-samples M]
                                          [--command CMD] [--nodes W] [--time-limit S]
+                                         [--no-sync-journal]
 
 1. Starts 3 (or W) real `leoronic` workers on 127.0.0.1 (tests/cluster.py), each offering all
    the machine's cores; always stops them (by PID) and kills anything left behind. `--nodes 1`
@@ -243,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--command", default="true",
                     help="each task's command, for Leoronic and xargs alike (default: true)")
     ap.add_argument("--nodes", type=int, default=3, help="workers in the cluster (default: 3)")
+    ap.add_argument("--no-sync-journal", action="store_true",
+                    help="start the workers with --no-sync-journal (journal entries not synced)")
     ap.add_time_limit(600.0)
     ap.add_keep()
     args = ap.parse_positive(argv, "--tasks", "--rounds", "--latency-samples", "--nodes")
@@ -258,7 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with bench:
         log(f"starting {args.nodes} workers in {root} (run {prefix})")
         t0 = time.perf_counter()
-        cluster = bench.stop_on_exit(start_cluster(os.path.join(root, "cluster"), args.nodes))
+        cluster = bench.stop_on_exit(start_cluster(
+            os.path.join(root, "cluster"), args.nodes,
+            [["--no-sync-journal"]] * args.nodes if args.no_sync_journal else ()))
         log(f"cluster up in {time.perf_counter() - t0:.1f} s: "
             + ", ".join(f"{n.name}={n.address}" for n in cluster.nodes))
 
@@ -285,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = args.tasks
     x_rate = n / statistics.mean(xargs_runs) if xargs_runs else float("nan")
     bench.print_figures_header(f"uname -m: {platform.machine()}; cores: {cores}; "
-                               f"python: {platform.python_version()}; workers: {args.nodes}")
+                               f"python: {platform.python_version()}; workers: {args.nodes}"
+                               + ("; --no-sync-journal" if args.no_sync_journal else ""))
     ratios = [(n / tp["elapsed"]) / (n / statistics.mean(xargs_runs[k:k + 2]))
               for k, tp in enumerate(rounds) if len(xargs_runs) > k + 1]
     for k, tp in enumerate(rounds[:len(ratios)]):

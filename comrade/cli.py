@@ -185,6 +185,11 @@ def entry() -> None:
 @click.option("--discovery/--no-discovery", default=True, envvar="LEORONIC_DISCOVERY",
               help="Announce this node on the LAN (mDNS) and, with no --peer, join a cluster "
               "found there (LEORONIC_DISCOVERY). Always off on a loopback --bind.")
+@click.option("--sync-journal/--no-sync-journal", default=True, envvar="LEORONIC_SYNC_JOURNAL",
+              help="Sync each Raft journal entry to disk before acknowledging it, so a power "
+              "cut of most boxes loses nothing committed; off: more tasks/s (README: "
+              "benchmarks), and the kernel writes the journal back within about 30 s "
+              "(LEORONIC_SYNC_JOURNAL).")
 @click.option("--on-isolation", type=click.Choice(["run", "wait"]), default="run",
               envvar="LEORONIC_ON_ISOLATION",
               help="Without quorum for 15 s: keep running tasks from the local copy, or wait.")
@@ -220,7 +225,8 @@ def start_worker(opts: dict[str, Any]) -> None:
         storage=_bytes_opt(opts["storage"], "--storage"),
         tags=taskfields.validate_tags(opts["tags"]), cookie=read_cookie(create=True),
         lease_s=opts["lease"], heartbeat_s=min(2.0, opts["lease"] / 3),
-        discovery=opts["discovery"], on_isolation=opts["on_isolation"], isolation_s=opts["isolation_after"],
+        discovery=opts["discovery"], sync_journal=opts["sync_journal"],
+        on_isolation=opts["on_isolation"], isolation_s=opts["isolation_after"],
         remove_after_s=opts["remove_after"], retention_s=opts["retention"],
         forget_after_s=opts["forget_after"],
         file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"], claim_ahead_s=opts["claim_ahead"],

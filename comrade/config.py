@@ -43,6 +43,7 @@ class Config:
     storage: int | None = None  # cap on disk offered (bytes); None = all free
     tags: tuple[str, ...] = ()
     discovery: bool = True  # announce on the LAN (mDNS) and find peers there when none is named
+    sync_journal: bool = True  # each Raft journal entry reaches the disk before it is acknowledged
     discovery_s: float = 2.0  # how long a new node listens for peers before forming a cluster
     cookie: str = ""  # the secret itself (normally read from the cookie file)
     lease_s: float = 10.0  # a node silent this long is lost; its running tasks are requeued

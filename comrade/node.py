@@ -181,6 +181,7 @@ class Node:
             self.cfg.cookie,
             on_state_changed=self._on_raft_state,
             on_ready=self._ready.set,
+            sync=self.cfg.sync_journal,
         )
         self._replay_to = last_log_index(self.syncobj)
         self.proposer = Proposer(self.consumer)

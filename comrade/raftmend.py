@@ -47,6 +47,13 @@ more, because of how `TcpConnection` handles a message:
   to a new file, fsync'd, and renamed over the journal: a kill leaves the old journal or the
   new one, each whole.
 
+- The journal was never synced: a power cut of a majority could lose entries already
+  committed. Each appended entry is now msync'd before pysyncobj goes on (and so before it
+  acknowledges the entry to the leader or counts it towards a commit): first the record,
+  then the header's end marker that points past it, so a cut between the two leaves the
+  entry out, not a marker pointing at nothing. The term and vote, which pysyncobj writes to
+  a new file renamed into place, are fsync'd before the rename.
+
 These rely on pysyncobj's private names; where one is missing (another version) nothing is
 changed and the log says so.
 """
@@ -55,6 +62,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
 import socket
 import struct
@@ -89,6 +97,8 @@ _EVENTS = POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR
 _J = "_FileJournal__"  # prefix of FileJournal's private names
 _JOURNAL = ("journal", "journalFile", "currentOffset", "getDefaultHeader")
 _installed = False
+#: Whether appended journal entries are synced (`set_sync`; a worker's --no-sync-journal).
+_sync = True
 
 
 def mend() -> bool:
@@ -101,7 +111,8 @@ def mend() -> bool:
     missing += [name for name in (_ON_MESSAGE, _CHECK_COMMANDS, _ALONE[1])
                 if not hasattr(syncobj.SyncObj, name)]
     missing += [_J + name for name in _JOURNAL[3:] if not hasattr(journal.FileJournal, _J + name)]
-    missing += [name for name in ("FIRST_RECORD_OFFSET", "LAST_RECORD_OFFSET_OFFSET", "ResizableFile")
+    missing += [name for name in ("FIRST_RECORD_OFFSET", "LAST_RECORD_OFFSET_OFFSET", "ResizableFile",
+                                  "MetaStorer", "dumps")
                 if not hasattr(journal, name)]
     if missing or not hasattr(syncobj_pickle, "__protocol"):
         log.warning("pysyncobj internals changed (%s missing): its transport is used unmended",
@@ -116,6 +127,9 @@ def mend() -> bool:
     setattr(syncobj.SyncObj, _CHECK_COMMANDS,
             _commit_alone_at_once(getattr(syncobj.SyncObj, _CHECK_COMMANDS)))
     journal.FileJournal.deleteEntriesTo = _delete_entries_to
+    journal.FileJournal.add = _synced_add(journal.FileJournal.add)
+    journal.FileJournal.deleteEntriesFrom = _synced_header(journal.FileJournal.deleteEntriesFrom)
+    journal.MetaStorer.storeMeta = _store_meta
     _installed = True
     return True
 
@@ -184,6 +198,51 @@ def _delete_entries_to(self: Any, entry_to: int) -> None:
     setattr(self, _J + "journalFile", journal.ResizableFile(path, defaultContent=header))
     setattr(self, _J + "journal", list(kept))
     setattr(self, _J + "currentOffset", offset)
+
+
+def set_sync(on: bool) -> None:
+    """Sync each appended journal entry to disk (the default), or leave it to the kernel."""
+    global _sync
+    _sync = on
+
+
+def _mapping(journal_: Any) -> mmap.mmap:
+    return journal_._FileJournal__journalFile._ResizableFile__mm  # type: ignore[no-any-return]
+
+
+def _synced_add(add: Any) -> Any:
+    """Wrap FileJournal.add: the new record reaches the disk, then the header's end marker."""
+    def add_synced(self: Any, command: Any, idx: int, term: int) -> None:
+        start = getattr(self, _J + "currentOffset")
+        add(self, command, idx, term)
+        if not _sync:
+            return
+        mm = _mapping(self)
+        low = start - start % mmap.PAGESIZE  # msync takes whole pages
+        mm.flush(low, getattr(self, _J + "currentOffset") - low)
+        mm.flush(0, journal.FIRST_RECORD_OFFSET)  # the end marker, once what it points past is
+    return add_synced
+
+
+def _synced_header(delete_from: Any) -> Any:
+    """Wrap FileJournal.deleteEntriesFrom (a follower dropping entries that conflict with its
+    leader's): its new end marker reaches the disk before the entries that replace them."""
+    def delete_synced(self: Any, entry_from: int) -> None:
+        delete_from(self, entry_from)
+        if _sync:
+            _mapping(self).flush(0, journal.FIRST_RECORD_OFFSET)
+    return delete_synced
+
+
+def _store_meta(self: Any, meta: dict[str, Any]) -> None:
+    """MetaStorer.storeMeta (the term, the vote, the commit index) as pysyncobj does it, a new
+    file renamed into place, with the new file fsync'd first."""
+    path = self._MetaStorer__path
+    with open(path + ".tmp", "wb") as f:
+        f.write(journal.dumps(meta))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
 
 
 def _buffer(conn: Any, name: str) -> bytearray:

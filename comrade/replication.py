@@ -82,10 +82,13 @@ def make_syncobj(
     password: str,
     on_state_changed: Callable[[int, int], None] | None = None,
     on_ready: Callable[[], None] | None = None,
+    sync: bool = True,
 ) -> SyncObj:
-    """Start pysyncobj with the settings we learned the hard way (see ARCHITECTURE.md)."""
+    """Start pysyncobj with the settings we learned the hard way (see ARCHITECTURE.md);
+    `sync`: each journal entry reaches the disk before it is acknowledged (raftmend)."""
     os.makedirs(raft_dir, exist_ok=True)
     raftmend.mend()
+    raftmend.set_sync(sync)
     conf = SyncObjConf(
         journalFile=os.path.join(raft_dir, "journal"),
         fullDumpFile=os.path.join(raft_dir, "dump"),

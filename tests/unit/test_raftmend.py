@@ -216,3 +216,75 @@ def test_a_node_restarted_after_log_compactions_has_every_entry(tmp_path: Any) -
         wait_for(lambda: again.value == sum(range(1, 31)), timeout=10, what="the replayed state")
     finally:
         node.destroy()
+
+
+class Flushes:
+    """A journal's mapping that records the ranges msync'd, in order."""
+
+    def __init__(self, mm: Any) -> None:
+        self.mm = mm
+        self.calls: list[tuple[int, int]] = []
+
+    def flush(self, offset: int, size: int) -> None:
+        self.calls.append((offset, size))
+        self.mm.flush(offset, size)
+
+
+def test_each_journal_entry_is_synced_before_its_end_marker(tmp_path: Any, monkeypatch: Any) -> None:
+    """What a power cut would test: an appended entry is msync'd (whole pages covering it), and
+    then the header whose end marker points past it; without --sync-journal, neither."""
+    import mmap
+
+    from pysyncobj.journal import FIRST_RECORD_OFFSET, FileJournal
+
+    assert raftmend.mend()
+    j = FileJournal(str(tmp_path / "journal"))
+    seen: list[Flushes] = []
+
+    def recording(journal_: Any) -> Flushes:
+        seen.append(Flushes(journal_._FileJournal__journalFile._ResizableFile__mm))
+        return seen[-1]
+    monkeypatch.setattr(raftmend, "_mapping", recording)
+    try:
+        big = b"\0" + pickle.dumps("x" * 5000)  # crosses a page boundary
+        for idx, command in enumerate([b"\0" + pickle.dumps(1), big, b"\0" + pickle.dumps(3)], 1):
+            before = j._FileJournal__currentOffset
+            j.add(command, idx, 1)
+            after = j._FileJournal__currentOffset
+            low = before - before % mmap.PAGESIZE
+            assert seen[-1].calls == [(low, after - low), (0, FIRST_RECORD_OFFSET)]
+        j.deleteEntriesFrom(2)  # a follower dropping entries its leader does not have
+        assert seen[-1].calls == [(0, FIRST_RECORD_OFFSET)]
+        raftmend.set_sync(False)
+        count = len(seen)
+        j.add(b"\0" + pickle.dumps(4), 2, 2)
+        assert len(seen) == count  # not synced
+    finally:
+        raftmend.set_sync(True)
+        j._destroy()
+
+
+def test_the_term_and_vote_are_fsynced_before_they_replace_the_old(tmp_path: Any,
+                                                                   monkeypatch: Any) -> None:
+    from pysyncobj.journal import FileJournal
+
+    assert raftmend.mend()
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = str(tmp_path / "journal")
+    j = FileJournal(path)
+    try:
+        j.setCurrentTerm(7, "127.0.0.1:7342")
+        assert synced == [path + ".meta.tmp"]
+    finally:
+        j._destroy()
+    again = FileJournal(path)
+    try:
+        assert (again.getCurrentTerm(), again.getVotedForNodeId()) == (7, "127.0.0.1:7342")
+    finally:
+        again._destroy()
