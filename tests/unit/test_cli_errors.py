@@ -3,10 +3,13 @@ exit 2 (click's own three-line usage error is folded into that form); --help sti
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from click.testing import CliRunner
 
 from comrade import cli
+from comrade.errors import UsageError
 
 
 @pytest.mark.parametrize("args, line", [
@@ -46,3 +49,40 @@ def test_selecting_tasks_needs_ids_or_a_state_checked_before_any_cluster(
     monkeypatch.setenv("LEORONIC_COOKIE", "/nonexistent/cookie")  # never read: no cluster asked
     r = CliRunner().invoke(cli.main, args, prog_name="leoronic")
     assert (r.exit_code, r.stdout, r.stderr.splitlines()) == (2, "", [line]), r.output
+
+
+@pytest.mark.parametrize("args, synced", [([], True), (["--no-sync-journal"], False)])
+def test_the_worker_options_reach_its_config(args: list[str], synced: bool, tmp_path: Any,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+    import signal
+
+    from comrade import node as node_module
+
+    configs: list[Any] = []
+
+    class Stub:
+        def __init__(self, cfg: Any) -> None:
+            configs.append(cfg)
+
+        def start(self) -> None:
+            raise UsageError("stub: not started")
+
+        def stop(self, leave: bool = True) -> None:
+            pass
+
+    monkeypatch.setattr(node_module, "Node", Stub)
+    monkeypatch.setenv("LEORONIC_COOKIE", str(tmp_path / "cookie"))
+    handlers = list(logging.getLogger().handlers)
+    signals = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        r = CliRunner().invoke(cli.main, ["--home", str(tmp_path / "home"), *args])
+    finally:
+        for sig, handler in signals.items():  # the worker's own handlers
+            signal.signal(sig, handler)
+        for handler in logging.getLogger().handlers:  # the worker's own logging set-up
+            if handler not in handlers:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+    assert r.exit_code == 2 and "stub: not started" in r.stderr, r.output
+    assert [c.sync_journal for c in configs] == [synced]

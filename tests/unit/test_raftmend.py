@@ -288,3 +288,21 @@ def test_the_term_and_vote_are_fsynced_before_they_replace_the_old(tmp_path: Any
         assert (again.getCurrentTerm(), again.getVotedForNodeId()) == (7, "127.0.0.1:7342")
     finally:
         again._destroy()
+
+
+def test_a_worker_started_with_no_sync_journal_leaves_its_journal_unsynced(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    # The worker option reaches the mend: `make_syncobj(sync=...)` is how a Node starts Raft
+    # (Config.sync_journal, from --sync-journal/--no-sync-journal).
+    from comrade import replication
+
+    made: list[Any] = []
+    monkeypatch.setattr(replication, "SyncObj", lambda *args, **kwargs: made.append(kwargs["conf"]))
+    try:
+        replication.make_syncobj("127.0.0.1:1", [], None, str(tmp_path), "secret",  # type: ignore[arg-type]
+                                 sync=False)
+        assert raftmend._sync is False and len(made) == 1
+        replication.make_syncobj("127.0.0.1:1", [], None, str(tmp_path), "secret")  # type: ignore[arg-type]
+        assert raftmend._sync is True
+    finally:
+        raftmend.set_sync(True)
