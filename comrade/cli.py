@@ -85,6 +85,23 @@ def _bytes_opt(value: str | None, name: str) -> int | None:
     return None if value is None else taskfields.parse_bytes(value, name)
 
 
+class _WholeNumber(click.ParamType):
+    """click's int, but only ASCII digits: Python's int() also takes '１' (fullwidth)."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
+            self.fail(f"{value!r} is not a whole number", param, ctx)
+        return int(text)
+
+
+WHOLE = _WholeNumber()
+
+
 def _runner_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--retention, --file-gc, --gc-every and --kill-grace, the same for workers and ghosts."""
     for option in (
@@ -155,7 +172,7 @@ def entry() -> None:
 
 @click.group(cls=_Cli, invoke_without_command=True,
              context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--port", type=int, default=DEFAULT_PORT, envvar="LEORONIC_PORT",
+@click.option("--port", type=WHOLE, default=DEFAULT_PORT, envvar="LEORONIC_PORT",
               help="Port for clients and ghosts (LEORONIC_PORT); Raft uses PORT+1.")
 @click.option("--bind", default="0.0.0.0", envvar="LEORONIC_BIND",
               help="Interface to listen on (LEORONIC_BIND).")
@@ -168,7 +185,7 @@ def entry() -> None:
 @click.option("--peer", "peers", multiple=True, envvar="LEORONIC_PEERS",
               help="HOST:PORT of a node of the cluster to join; repeatable "
               "(LEORONIC_PEERS, space-separated).")
-@click.option("--cores", type=int, default=None, envvar="LEORONIC_CORES",
+@click.option("--cores", type=WHOLE, default=None, envvar="LEORONIC_CORES",
               help="Cap the cores this node offers (LEORONIC_CORES; default all).")
 @click.option("--memory", default=None, envvar="LEORONIC_MEMORY",
               help="Cap the memory this node offers, bytes, e.g. 4G (LEORONIC_MEMORY; default all).")
@@ -288,13 +305,13 @@ def _setup_logging(path: str) -> None:
 @click.argument("target", required=False, default="")
 @click.option("--peer", "peers", multiple=True, envvar="LEORONIC_PEERS",
               help="HOST:PORT of a worker to learn the cluster from; repeatable (LEORONIC_PEERS).")
-@click.option("--port", type=int, default=7351, envvar="LEORONIC_GHOST_PORT",
+@click.option("--port", type=WHOLE, default=7351, envvar="LEORONIC_GHOST_PORT",
               help="Port this ghost serves outputs and files on (LEORONIC_GHOST_PORT).")
 @click.option("--bind", default="0.0.0.0", envvar="LEORONIC_BIND")
 @click.option("--advertise", default="", envvar="LEORONIC_ADVERTISE")
 @click.option("--home", default=None, envvar="LEORONIC_HOME")
 @click.option("--name", default="", envvar="LEORONIC_NAME")
-@click.option("--cores", type=int, default=None, envvar="LEORONIC_CORES")
+@click.option("--cores", type=WHOLE, default=None, envvar="LEORONIC_CORES")
 @click.option("--memory", default=None, envvar="LEORONIC_MEMORY")
 @click.option("--storage", default=None, envvar="LEORONIC_STORAGE")
 @click.option("--tag", "tags", multiple=True, envvar="LEORONIC_TAGS")
@@ -355,7 +372,7 @@ _TIME_LIMIT_HELP = ("Stop each attempt after this long: SIGTERM to its process g
 
 
 @main.command("add-task", context_settings={"ignore_unknown_options": True})
-@click.option("--retries", type=int, default=None, envvar="LEORONIC_RETRIES",
+@click.option("--retries", type=WHOLE, default=None, envvar="LEORONIC_RETRIES",
               help="Extra attempts after a non-zero exit or a time limit (LEORONIC_RETRIES; "
                    "default 0).")
 @click.option("--time-limit", default=None, envvar="LEORONIC_TIME_LIMIT", help=_TIME_LIMIT_HELP)
@@ -373,7 +390,7 @@ def add_task(fields: Sequence[str], retries: int | None, time_limit: str | None,
 
 
 @main.command("add-tasks-from-file")
-@click.option("--retries", type=int, default=None, envvar="LEORONIC_RETRIES")
+@click.option("--retries", type=WHOLE, default=None, envvar="LEORONIC_RETRIES")
 @click.option("--time-limit", default=None, envvar="LEORONIC_TIME_LIMIT", help=_TIME_LIMIT_HELP)
 @click.option("--priority", default=None, envvar="LEORONIC_PRIORITY", help=_PRIORITY_HELP)
 @click.option("--hold", is_flag=True, envvar="LEORONIC_HOLD", help=_HOLD_HELP)

@@ -56,6 +56,8 @@ def refused(r: subprocess.CompletedProcess[str], start: str) -> None:
     (["add-task", "--", "1", "1", "1", "true", "", "", "true", ".."], "ID: task id '..' is not valid"),
     (["add-task", "--", "1", "1", "1", "true", "", "", "true", "a\nb"], "ID: task id 'a\\nb' is not"),
     (["add-task", "--", "１", "1", "1", "true", "", "", "true"], "MEM: '１' is not a number of bytes"),
+    (["add-task", "--retries", "２", "--", "1", "1", "1", "true", "", "", "true"],
+     "Invalid value for '--retries': '２' is not a whole number"),
     (["add-task", "--", "1", "1", "1", "true", "worker:tag a\x01", "", "true"],
      "CONDITIONS: must not contain control characters (found '\\x01')"),
     (["add-tag", "gpu\x1b[2J"], "--tag: tag 'gpu\\x1b[2J' is not valid: must not contain control"),
@@ -68,7 +70,7 @@ def test_bad_client_input_is_one_line_and_exit_2_before_any_cluster(
 @pytest.mark.parametrize("env, start", [
     ({"LEORONIC_RETRY_S": "abc"}, "LEORONIC_RETRY_S: 'abc' is not a number of seconds >= 0"),
     ({"LEORONIC_RETRY_S": "nan"}, "LEORONIC_RETRY_S: 'nan' is not a number of seconds >= 0"),
-    ({"LEORONIC_NODE": "", "LEORONIC_PORT": "x"}, "Invalid value for '--port': 'x' is not a valid"),
+    ({"LEORONIC_NODE": "", "LEORONIC_PORT": "x"}, "Invalid value for '--port': 'x' is not a whole number"),
     ({"LEORONIC_NODE": "", "LEORONIC_PORT": "70000"}, "LEORONIC_PORT: '70000' is not a port number"),
     ({"LEORONIC_NODE": "nowhere"}, "LEORONIC_NODE: 'nowhere' is not HOST:PORT"),
 ])
@@ -147,6 +149,7 @@ def test_a_worker_whose_port_or_raft_port_is_taken_is_refused_at_once(
     (["--port", "0"], "--port: 0 is not a port number"),
     (["--cores", "0"], "--cores: must be a positive number, got 0"),
     (["--cores", "-1"], "--cores: must be a positive number, got -1"),
+    (["--cores", "１"], "Invalid value for '--cores': '１' is not a whole number"),
     (["--memory", "0"], "--memory: must be a positive number, got 0"),
     (["--name", "a/b"], "--name: 'a/b' is not a node name"),
     (["--advertise", "a\tb"], "--advertise: 'a\\tb' is not a host name or address"),
