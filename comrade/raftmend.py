@@ -49,9 +49,10 @@ more, because of how `TcpConnection` handles a message:
 
 - The journal was never synced: a power cut of a majority could lose entries already
   committed. Each appended entry is now msync'd before pysyncobj goes on (and so before it
-  acknowledges the entry to the leader or counts it towards a commit): first the record,
-  then the header's end marker that points past it, so a cut between the two leaves the
-  entry out, not a marker pointing at nothing. The term and vote, which pysyncobj writes to
+  acknowledges the entry to the leader or counts it towards a commit): the record is
+  written and synced first, and only then is the header's end marker that points past it
+  changed and synced, so a cut at any point leaves the entry out, never a marker pointing
+  at bytes not on disk. The term and vote, which pysyncobj writes to
   a new file renamed into place, are fsync'd before the rename.
 
 These rely on pysyncobj's private names; where one is missing (another version) nothing is
@@ -95,7 +96,7 @@ _ALONE = ("_SyncObj__otherNodes", "_SyncObj__getCurrentLogIndex", "_SyncObj__pip
 _NEXT_INDEX = "_SyncObj__raftNextIndex"
 _EVENTS = POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR
 _J = "_FileJournal__"  # prefix of FileJournal's private names
-_JOURNAL = ("journal", "journalFile", "currentOffset", "getDefaultHeader")
+_JOURNAL = ("journal", "journalFile", "currentOffset", "getDefaultHeader", "setLastRecordOffset")
 _installed = False
 #: Whether appended journal entries are synced (`set_sync`; a worker's --no-sync-journal).
 _sync = True
@@ -211,16 +212,26 @@ def _mapping(journal_: Any) -> mmap.mmap:
 
 
 def _synced_add(add: Any) -> Any:
-    """Wrap FileJournal.add: the new record reaches the disk, then the header's end marker."""
+    """Wrap FileJournal.add: with syncing on, pysyncobj's add with a sync between its two
+    writes, so the header's end marker is changed only once the record it points past is on
+    disk (the kernel may write a dirty page back at any time: had both been written first,
+    the marker could reach the disk ahead of the record)."""
     def add_synced(self: Any, command: Any, idx: int, term: int) -> None:
-        start = getattr(self, _J + "currentOffset")
-        add(self, command, idx, term)
         if not _sync:
+            add(self, command, idx, term)
             return
+        getattr(self, _J + "journal").append((command, idx, term))
+        data = struct.pack("<QQ", idx, term) + syncobj_pickle.to_bytes(command)
+        size = struct.pack("<I", len(data))
+        start = getattr(self, _J + "currentOffset")
+        end = start + len(data) + 8
+        getattr(self, _J + "journalFile").write(start, size + data + size)
         mm = _mapping(self)
         low = start - start % mmap.PAGESIZE  # msync takes whole pages
-        mm.flush(low, getattr(self, _J + "currentOffset") - low)
-        mm.flush(0, journal.FIRST_RECORD_OFFSET)  # the end marker, once what it points past is
+        mm.flush(low, end - low)
+        setattr(self, _J + "currentOffset", end)
+        getattr(self, _J + "setLastRecordOffset")(end)
+        mm.flush(0, journal.FIRST_RECORD_OFFSET)
     return add_synced
 
 

@@ -219,20 +219,27 @@ def test_a_node_restarted_after_log_compactions_has_every_entry(tmp_path: Any) -
 
 
 class Flushes:
-    """A journal's mapping that records the ranges msync'd, in order."""
+    """A journal's mapping that records the ranges msync'd, in order, and the header's end
+    marker as it was at each msync."""
 
     def __init__(self, mm: Any) -> None:
         self.mm = mm
         self.calls: list[tuple[int, int]] = []
+        self.markers: list[int] = []
 
     def flush(self, offset: int, size: int) -> None:
+        from pysyncobj.journal import LAST_RECORD_OFFSET_OFFSET
+
         self.calls.append((offset, size))
+        self.markers.append(int.from_bytes(self.mm[LAST_RECORD_OFFSET_OFFSET:
+                                                   LAST_RECORD_OFFSET_OFFSET + 4], "little"))
         self.mm.flush(offset, size)
 
 
 def test_each_journal_entry_is_synced_before_its_end_marker(tmp_path: Any, monkeypatch: Any) -> None:
-    """What a power cut would test: an appended entry is msync'd (whole pages covering it), and
-    then the header whose end marker points past it; without --sync-journal, neither."""
+    """What a power cut would test: an appended entry is written and msync'd (whole pages
+    covering it), and only then is the header's end marker moved past it and msync'd; the
+    journal reads back the same; without --sync-journal, nothing is synced."""
     import mmap
 
     from pysyncobj.journal import FIRST_RECORD_OFFSET, FileJournal
@@ -253,8 +260,12 @@ def test_each_journal_entry_is_synced_before_its_end_marker(tmp_path: Any, monke
             after = j._FileJournal__currentOffset
             low = before - before % mmap.PAGESIZE
             assert seen[-1].calls == [(low, after - low), (0, FIRST_RECORD_OFFSET)]
+            # The end marker moves past the record only after the record was synced.
+            assert seen[-1].markers == [before, after]
         j.deleteEntriesFrom(2)  # a follower dropping entries its leader does not have
         assert seen[-1].calls == [(0, FIRST_RECORD_OFFSET)]
+        assert _journal_entries(str(tmp_path / "journal")) == [
+            (b"\0" + pickle.dumps(1), 1, 1), (big, 2, 1)]
         raftmend.set_sync(False)
         count = len(seen)
         j.add(b"\0" + pickle.dumps(4), 2, 2)
