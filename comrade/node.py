@@ -258,11 +258,10 @@ class Node:
         """Tasks the state says run here but that this life never started: back to the queue."""
         with self.lock:
             stale = [(t.spec.task_id, t.attempt) for t in self.consumer.queue.running_on(self.name)]
-        ops = [("release", tid, self.name, att, "node restarted") for tid, att in stale
-               if (tid, att) not in self._claimed_here]
-        if ops:
-            log.warning("releasing %d tasks of a previous life of this node", len(ops))
-            self._propose_releases([((op[1], op[3]), op[4]) for op in ops])
+        releases = [(key, "node restarted") for key in stale if key not in self._claimed_here]
+        if releases:
+            log.warning("releasing %d tasks of a previous life of this node", len(releases))
+            self._propose_releases(releases)
 
     def caught_up(self) -> bool:
         """True once this replica's copy is no longer replaying the log it missed or held."""

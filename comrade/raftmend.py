@@ -52,8 +52,8 @@ more, because of how `TcpConnection` handles a message:
   acknowledges the entry to the leader or counts it towards a commit): the record is
   written and synced first, and only then is the header's end marker that points past it
   changed and synced, so a cut at any point leaves the entry out, never a marker pointing
-  at bytes not on disk. The term and vote, which pysyncobj writes to
-  a new file renamed into place, are fsync'd before the rename.
+  at bytes not on disk. The term and vote, which pysyncobj writes to a new file renamed
+  into place, are fsync'd before the rename.
 
 These rely on pysyncobj's private names; where one is missing (another version) nothing is
 changed and the log says so.
@@ -167,19 +167,21 @@ def _commit_alone_at_once(check_commands: Any) -> Any:
     return check
 
 
+def _record(command: Any, idx: int, term: int) -> bytes:
+    """One journal record as pysyncobj frames it: size, index, term, command, size."""
+    data = struct.pack("<QQ", idx, term) + syncobj_pickle.to_bytes(command)
+    size = struct.pack("<I", len(data))
+    return size + data + size
+
+
 def _delete_entries_to(self: Any, entry_to: int) -> None:
     """FileJournal.deleteEntriesTo (log compaction: drop the entries before `entry_to`, now in
     the snapshot) as a new file renamed over the journal, so a kill leaves one of the two."""
     kept = getattr(self, _J + "journal")[entry_to:]
     old = getattr(self, _J + "journalFile")
     path = old._ResizableFile__fileName
-    offset = journal.FIRST_RECORD_OFFSET
-    records = []
-    for command, idx, term in kept:  # pysyncobj's record: size, index, term, command, size
-        data = struct.pack("<QQ", idx, term) + syncobj_pickle.to_bytes(command)
-        size = struct.pack("<I", len(data))
-        records.append(size + data + size)
-        offset += len(data) + 8
+    records = [_record(command, idx, term) for command, idx, term in kept]
+    offset = journal.FIRST_RECORD_OFFSET + sum(len(r) for r in records)
     header = getattr(self, _J + "getDefaultHeader")()
     at = journal.LAST_RECORD_OFFSET_OFFSET
     header = header[:at] + struct.pack("<I", offset) + header[at + 4:]
@@ -221,11 +223,10 @@ def _synced_add(add: Any) -> Any:
             add(self, command, idx, term)
             return
         getattr(self, _J + "journal").append((command, idx, term))
-        data = struct.pack("<QQ", idx, term) + syncobj_pickle.to_bytes(command)
-        size = struct.pack("<I", len(data))
+        record = _record(command, idx, term)
         start = getattr(self, _J + "currentOffset")
-        end = start + len(data) + 8
-        getattr(self, _J + "journalFile").write(start, size + data + size)
+        end = start + len(record)
+        getattr(self, _J + "journalFile").write(start, record)
         mm = _mapping(self)
         low = start - start % mmap.PAGESIZE  # msync takes whole pages
         mm.flush(low, end - low)

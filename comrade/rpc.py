@@ -14,6 +14,7 @@ or when it does not know the method, so the connection stays in step.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import struct
@@ -51,16 +52,16 @@ CONNECT_TIMEOUT_S = 5.0
 
 def listen_problem(exc: BaseException, bind: str, port: int, option: str) -> str:
     """The one-line reason a node cannot listen on `bind`:`port` (`option` names the port)."""
-    errno_ = getattr(exc, "errno", None)
-    if isinstance(exc, OverflowError) or errno_ == 13:  # EACCES: a port below 1024 needs root
-        why = "not a port number (1..65535)" if isinstance(exc, OverflowError) else \
-            "needs privileges this process lacks (ports below 1024 need root)"
-        return f"{option}: {port} {why}"
-    if errno_ == 98:  # EADDRINUSE
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, OverflowError):
+        return f"{option}: {port} is not a port number (1..65535)"
+    if code == errno.EACCES:
+        return f"{option}: {port} needs privileges this process lacks (ports below 1024 need root)"
+    if code == errno.EADDRINUSE:
         return f"{option}: {port} is already in use on {bind} (another leoronic, or another program)"
     if isinstance(exc, socket.gaierror):
         return f"--bind: {bind!r} is not a known address ({exc.strerror})"
-    if errno_ == 99:  # EADDRNOTAVAIL
+    if code == errno.EADDRNOTAVAIL:
         return f"--bind: {bind} is not an address of this machine"
     return f"--bind: cannot listen on {bind}:{port}: {getattr(exc, 'strerror', None) or exc}"
 
