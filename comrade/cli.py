@@ -26,7 +26,14 @@ import click
 
 from comrade import taskfields
 from comrade.client import Client, read_cookie
-from comrade.config import DEFAULT_PORT, Config, default_home, split_address, valid_node_name
+from comrade.config import (
+    DEFAULT_PORT,
+    Config,
+    default_home,
+    is_seconds,
+    split_address,
+    valid_node_name,
+)
 from comrade.errors import EXIT_USAGE, LeoronicError, TaskFailed, UsageError
 from comrade.model import WAIT_OVER, State, format_duration
 
@@ -55,7 +62,7 @@ def fail(message: str, code: int) -> None:
 
 def check_timeout(timeout: float | None) -> None:
     """UsageError unless `timeout` (--timeout) is None or a finite number of seconds >= 0."""
-    if timeout is not None and not 0 <= timeout < float("inf"):  # NaN fails it too
+    if timeout is not None and not is_seconds(timeout):
         raise UsageError(f"--timeout: {timeout} is not a number of seconds >= 0")
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from comrade import rpc
-from comrade.config import DEFAULT_PORT, default_cookie_path
+from comrade.config import DEFAULT_PORT, default_cookie_path, is_seconds
 from comrade.errors import AuthError, ClusterError, LeoronicError, RemoteError, UsageError
 from comrade.files import (
     DEFAULT_MAX_FILE_BYTES,
@@ -40,7 +40,7 @@ def env_retry_s() -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not 0 <= value < float("inf"):
+    if not is_seconds(value):
         raise UsageError(f"LEORONIC_RETRY_S: {raw!r} is not a number of seconds >= 0")
     return value
 

@@ -122,12 +122,18 @@ _DURATIONS = (
 )
 
 
+def is_seconds(value: float, positive: bool = False) -> bool:
+    """Whether `value` is a finite number of seconds, 0 or more (more than 0 if `positive`);
+    NaN is not."""
+    return (value > 0 if positive else value >= 0) and math.isfinite(value)
+
+
 def check_durations(config: object, durations: Sequence[tuple[str, str, bool]]) -> None:
     """Raise UsageError naming the first duration option that is negative (or 0 where it
     must be more), not a number or infinite. `durations`: (option, field, must be > 0)."""
     for option, attr, positive in durations:
         value = getattr(config, attr)
-        if not (value > 0 if positive else value >= 0) or not math.isfinite(value):
+        if not is_seconds(value, positive):
             more = "more than 0" if positive else "0 or more"
             raise UsageError(f"--{option}: must be a number of seconds, {more}; got {value:g}")
 

@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 
 from comrade.client import Client
+from comrade.executor import Paths, kill_orphans
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEORONIC = os.path.join(REPO, "leoronic")
@@ -248,18 +249,10 @@ class Cluster:
         """Stop every node (SIGKILL: tests do not need a clean leave) and their tasks."""
         for node in self.nodes:
             self.kill(node, signal.SIGKILL)
-        # Task process groups are separate sessions: kill any left behind.
+        # Task process groups are sessions of their own, which a killed node leaves running:
+        # each is found by the LEORONIC_WORKDIR its processes carry, as a restarted node does.
         for node in self.nodes:
-            running = os.path.join(node.home, "running")
-            if os.path.isdir(running):
-                for name in os.listdir(running):
-                    try:
-                        import json
-
-                        with open(os.path.join(running, name)) as f:
-                            os.killpg(int(json.load(f)["pid"]), signal.SIGKILL)
-                    except (OSError, ValueError, KeyError):
-                        pass
+            kill_orphans(Paths(node.home))
 
 
 def wait_ok(cluster: Cluster, *ids: str, timeout: float = 30) -> None:

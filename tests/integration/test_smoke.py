@@ -1,6 +1,11 @@
 """The original README's three example tasks on a 3-worker cluster."""
 
-from tests.cluster import Cluster
+import os
+from pathlib import Path
+
+import psutil
+
+from tests.cluster import Cluster, process_gone, start_cluster, wait_for
 
 
 def test_original_examples_complete_and_read_back(cluster3: Cluster) -> None:
@@ -21,3 +26,19 @@ def test_original_examples_complete_and_read_back(cluster3: Cluster) -> None:
     c = cluster3.sh("leoronic_result c")
     assert c.rc == 2 and "unexpected EOF" in c.err, c
     assert cluster3.sh("leoronic_result d").out == "what's up\n"
+
+
+def test_stopping_a_test_cluster_leaves_no_task_running(tmp_path: Path) -> None:
+    """The harness's own promise (every test stops what it started): nodes are SIGKILLed,
+    which leaves their tasks' sessions running, and `stop` then kills those too."""
+    cluster = start_cluster(str(tmp_path / "cluster"), 1)
+    try:
+        r = cluster.sh('leoronic_add_task 1024 1 1024 true "" "" "echo \\$\\$ > pid; exec sleep 300" s')
+        assert r.rc == 0, r
+        pid_file = os.path.join(cluster.nodes[0].home, "work", "s-a1", "pid")
+        pid = int(wait_for(lambda: os.path.exists(pid_file) and open(pid_file).read().strip(),
+                           30, "the task to start"))
+        wait_for(lambda: "sleep" in psutil.Process(pid).cmdline(), 10, "the task to exec sleep")
+    finally:
+        cluster.stop()
+    wait_for(lambda: process_gone(pid), 10, "the task's process to be killed")
