@@ -247,12 +247,18 @@ class Cluster:
 
     def stop(self) -> None:
         """Stop every node (SIGKILL: tests do not need a clean leave) and their tasks."""
-        for node in self.nodes:
-            self.kill(node, signal.SIGKILL)
-        # Task process groups are sessions of their own, which a killed node leaves running:
-        # each is found by the LEORONIC_WORKDIR its processes carry, as a restarted node does.
-        for node in self.nodes:
-            kill_orphans(Paths(node.home))
+        try:
+            for node in self.nodes:
+                try:
+                    self.kill(node, signal.SIGKILL)
+                except subprocess.TimeoutExpired:  # unkillable (D state): go on with the others
+                    pass
+        finally:
+            # Task process groups are sessions of their own, which a killed node leaves
+            # running: each is found by the LEORONIC_WORKDIR its processes carry, as a
+            # restarted node does.
+            for node in self.nodes:
+                kill_orphans(Paths(node.home))
 
 
 def wait_ok(cluster: Cluster, *ids: str, timeout: float = 30) -> None:

@@ -4,6 +4,7 @@ restarted worker stays drained, and `resume` gives it work again."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import subprocess
@@ -56,13 +57,13 @@ def test_a_drained_worker_finishes_its_task_takes_no_new_one_and_stays_drained(
     waiting = subprocess.Popen(
         ["bash", "-c", f"source {UTILITIES}\nleoronic_drain --node {where} --wait"],
         env=cluster.env(), cwd=cluster.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        text=True, start_new_session=True)
     try:
         gate.touch()
         out, err = waiting.communicate(timeout=30)
     finally:
-        if waiting.poll() is None:
-            waiting.kill()
+        if waiting.poll() is None:  # the shell and the `leoronic drain` it runs
+            os.killpg(waiting.pid, signal.SIGKILL)
             waiting.wait()
     assert (waiting.returncode, out, err) == (0, f"{where}: drained (runs no task)\n", ""), err
     wait_ok(cluster, "long")
@@ -101,5 +102,6 @@ def test_drain_refuses_bad_input_with_one_line(cluster3: Cluster) -> None:
         assert (r.rc, r.out, r.err) == (2, "", message), (args, r)
     r = cluster3.sh("leoronic_resume --node nosuch")
     assert (r.rc, r.err) == (2, "leoronic: --node: unknown node 'nosuch'\n"), r
-    assert all(line.endswith("  up") for line in cluster3.sh("leoronic_nodes").out.splitlines()
-               if line.startswith("n")), "no node was drained"
+    listed = [line for line in cluster3.sh("leoronic_nodes").out.splitlines()
+              if line.startswith("n")]
+    assert len(listed) == 3 and all(line.endswith("  up") for line in listed), listed

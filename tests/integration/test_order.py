@@ -150,10 +150,14 @@ def test_a_running_task_held_is_stopped_and_starts_afresh_when_released(
     info = json.loads(cluster3.sh("leoronic_task_info --json long").out)
     assert info["held"] and info["retries_left"] == 0 and info["result"] is None, info
     assert [(a["number"], a["why"]) for a in info["attempts"]] == [(1, "held")], info
+    submit(cluster3, "true", "sentinel")
+    wait_ok(cluster3, "sentinel")  # proof the schedulers made passes since
+    assert pids.read_text().split() == [str(first)]  # it did not start while held
+    row = queue_rows(cluster3)["long"]
+    assert row.split()[1] == "queued" and row.endswith("[held]"), row
     r = cluster3.sh("leoronic_release long")
     assert (r.rc, r.out) == (0, "long released\n"), r
     wait_for(lambda: pids.read_text().count("\n") == 2, 20, "the released task to start again")
-    assert len(pids.read_text().split()) == 2  # it did not start while held
     gate.touch()
     wait_ok(cluster3, "long")
     r = cluster3.sh("leoronic_result long")

@@ -123,13 +123,12 @@ def test_an_output_a_survivor_still_writes_is_never_reused(run, paths) -> None: 
     """A process that left the task's group and outlived it keeps the task's stdout open: that
     file stays the task's, so nothing it writes later can land in another task's output."""
     start(run, "left", "setsid sleep 60 & echo $! > pid")
-    assert run[1].outcome("left").exit_code == 0
-    survivor = int(_read(os.path.join(paths.workdir("left", 1), "pid")))
     try:
+        assert run[1].outcome("left").exit_code == 0
         assert sorted(os.listdir(paths.outputs)) == ["left.1.err", "left.1.out"]
         assert os.listdir(paths.spare) == []
     finally:
-        os.kill(survivor, signal.SIGKILL)
+        kill_orphans(paths)  # the survivor carries the task's LEORONIC_WORKDIR
 
 
 def test_task_leads_its_own_session_and_process_group(run) -> None:  # type: ignore[no-untyped-def]
@@ -334,9 +333,9 @@ def test_orphans_of_a_previous_life_are_killed_by_their_mark(paths, tmp_path) ->
         wait_for(lambda: not _alive(unmarked), 10, "the unmarked member of the group to die")
         assert other.poll() is None, "a process of another home was killed"
     finally:
-        for p in (mine, other):
+        for p in (mine, other):  # each leads its own group
             if p.poll() is None:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
 
 

@@ -339,6 +339,34 @@ def test_release_requeues_without_using_a_retry(q: Queue) -> None:
     ok(q, ("claim", "t", "a", 2))
 
 
+def test_a_task_that_cannot_start_five_times_fails_with_the_reason(q: Queue) -> None:
+    ok(q, ("submit", spec("t")))
+    for attempt in range(1, 5):
+        ok(q, ("claim", "t", "a", attempt))
+        ok(q, ("release", "t", "a", attempt, "cannot start: no space left on device"))
+        task = q.get("t")
+        assert task is not None and task.state is State.QUEUED and task.reason == ""
+    ok(q, ("claim", "t", "b", 5))
+    reply = ok(q, ("release", "t", "b", 5, "cannot start: Is a directory"))
+    assert reply.detail == "failed: could not start"
+    task = q.get("t")
+    assert task is not None and task.state is State.FAILED
+    assert task.reason == "could not start after 5 tries: cannot start: Is a directory"
+
+
+def test_other_releases_never_count_as_failed_starts(q: Queue) -> None:
+    """Claims given back unstarted (claimed ahead, a drain) or stopped (a hold) may recur any
+    number of times; only "cannot start" releases lead to failing the task."""
+    ok(q, ("submit", spec("t")))
+    for attempt in range(1, 13):
+        ok(q, ("claim", "t", "a", attempt))
+        ok(q, ("release", "t", "a", attempt, "not started here within 1 s"))
+    ok(q, ("claim", "t", "a", 13))
+    ok(q, ("release", "t", "a", 13, "cannot start: no space left on device"))
+    task = q.get("t")
+    assert task is not None and task.state is State.QUEUED and task.reason == ""
+
+
 # ----- delete ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("setup", ["queued", "running", "done", "failed"])

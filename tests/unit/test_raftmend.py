@@ -9,6 +9,7 @@ import socket
 import zlib
 from typing import Any
 
+import pytest
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.poller import createPoller
 from pysyncobj.tcp_connection import TcpConnection
@@ -179,10 +180,8 @@ def test_log_compaction_rewrites_the_journal_whole_or_not_at_all(tmp_path: Any, 
     def killed(*_: Any) -> None:
         raise KeyboardInterrupt("SIGKILL")
     monkeypatch.setattr(os, "replace", killed)
-    try:
+    with pytest.raises(KeyboardInterrupt):
         j.deleteEntriesTo(10)
-    except KeyboardInterrupt:
-        pass
     assert _journal_entries(path) == before and len(before) == 16
 
 

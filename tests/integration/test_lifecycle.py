@@ -1,0 +1,118 @@
+"""A worker's life as an operator sees it: the cookie made on first start, a worker stopped
+with SIGTERM handing its running tasks back, and a client moving on when its node dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import stat
+import subprocess
+from pathlib import Path
+
+from tests.cluster import UTILITIES, Cluster, process_gone, result_out, wait_for, wait_ok
+
+
+def test_first_start_makes_a_private_cookie_and_later_starts_keep_it(tmp_path: Path) -> None:
+    cluster = Cluster(str(tmp_path / "cluster"))
+    try:
+        os.remove(cluster.cookie_path)  # a fresh machine: no cookie yet
+        node = cluster.start_node()
+        mode = stat.S_IMODE(os.stat(cluster.cookie_path).st_mode)
+        assert mode == 0o600, oct(mode)
+        with open(cluster.cookie_path) as f:
+            made = f.read()
+        assert re.fullmatch(r"[0-9a-f]{64}\n", made), made
+        r = cluster.sh('leoronic_add_task 1024 1 1024 true "" "" "echo first" first')
+        assert (r.rc, r.out) == (0, "first\n"), r
+        wait_ok(cluster, "first")
+
+        cluster.kill(node, signal.SIGTERM)
+        cluster.launch(node)
+        cluster.wait_registered(node)
+        with open(cluster.cookie_path) as f:
+            assert f.read() == made  # kept: the other boxes have a copy of it
+        r = cluster.sh('leoronic_add_task 1024 1 1024 true "" "" "echo again" again')
+        assert (r.rc, r.out) == (0, "again\n"), r
+        wait_ok(cluster, "again")
+        assert result_out(cluster, "first") == "first\n"
+    finally:
+        cluster.stop()
+
+
+def test_a_worker_stopped_with_sigterm_kills_its_tasks_and_they_run_elsewhere(
+        cluster3: Cluster, tmp_path: Path) -> None:
+    gate, pids = tmp_path / "gate", tmp_path / "pids"
+    command = (f'echo "$$ $LEORONIC_NODE_NAME" >> {shlex.quote(str(pids))}; '
+               f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.05; done; "
+               "echo ended on $LEORONIC_NODE_NAME")
+    r = cluster3.sh(f"leoronic_add_task 1024 1 1024 true '' '' {shlex.quote(command)} moved")
+    assert r.rc == 0, r
+    wait_for(lambda: pids.exists() and pids.read_text().endswith("\n"), 30, "the task to start")
+    pid, first = pids.read_text().split()
+    stopped = next(n for n in cluster3.nodes if n.name == first)
+    asked = next(n for n in cluster3.nodes if n is not stopped)
+
+    cluster3.kill(stopped, signal.SIGTERM)  # waits for the worker to exit
+    assert process_gone(int(pid)), "the stopped worker left its task running"
+
+    def second_attempt() -> list[str]:
+        lines = pids.read_text().splitlines()
+        return lines if len(lines) == 2 else []
+    pid2, second = wait_for(second_attempt, 30, "a second attempt")[1].split()
+    assert second != first and pid2 != pid
+    gate.touch()
+    r = cluster3.sh("leoronic_wait --timeout 30 moved", node=asked)
+    assert r.rc == 0, r
+    r = cluster3.sh("leoronic_result moved", node=asked)
+    assert (r.rc, r.out) == (0, f"ended on {second}\n"), r
+    info = json.loads(cluster3.sh("leoronic_task_info --json moved", node=asked).out)
+    assert [(a["number"], a["node"], a["why"]) for a in info["attempts"]] == [
+        (1, first, "node left"), (2, second, "exit")], info
+
+
+def test_a_waiting_client_moves_to_another_worker_when_its_node_dies(
+        make_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = make_cluster(3, per_node_args=[[], ["--tag", "here"], []])
+    n1 = cluster.nodes[0]
+    gate = tmp_path / "gate"
+    r = cluster.sh(f"leoronic_add_task 1024 1 1024 true 'worker:tag here' '' "
+                   f"'while [ ! -e {gate} ]; do sleep 0.05; done; echo done' kept")
+    assert r.rc == 0, r
+    wait_for(lambda: "running" in cluster.sh("leoronic_get_queue --state running").out, 30,
+             "the task to run on n2")
+    waiting = subprocess.Popen(  # talks to n1, which is killed under it
+        ["bash", "-c", f"source {UTILITIES}\nleoronic_wait kept"],
+        env=cluster.env(n1, LEORONIC_RETRY_S="30"), cwd=cluster.root, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: _connected_to(waiting.pid, n1.port), 20, "the client to reach n1")
+        cluster.kill(n1, signal.SIGKILL)
+        gate.touch()
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            os.killpg(waiting.pid, signal.SIGKILL)
+            waiting.wait()
+    assert waiting.returncode == 0, (out, err)
+    r = cluster.sh("leoronic_result kept", node=cluster.nodes[1])
+    assert (r.rc, r.out) == (0, "done\n"), r
+
+
+def _connected_to(shell_pid: int, port: int) -> bool:
+    """Whether a process under `shell_pid` has a TCP connection open to 127.0.0.1:`port`."""
+    import psutil
+    try:
+        procs = [psutil.Process(shell_pid), *psutil.Process(shell_pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    for proc in procs:
+        try:
+            connections = getattr(proc, "net_connections", None) or proc.connections  # psutil < 6
+            if any(c.raddr and c.raddr.port == port for c in connections("tcp")):
+                return True
+        except psutil.NoSuchProcess:
+            continue
+    return False
