@@ -138,6 +138,11 @@ def check_durations(config: object, durations: Sequence[tuple[str, str, bool]]) 
             raise UsageError(f"--{option}: must be a number of seconds, {more}; got {value:g}")
 
 
+def binds_everywhere(bind: str) -> bool:
+    """Whether `--bind` means every interface (its default) rather than one address."""
+    return bind in ("0.0.0.0", "", "::")
+
+
 def split_address(text: str, what: str = "address") -> tuple[str, int]:
     """Parse HOST:PORT; raise UsageError naming `what` if it is not one."""
     host, sep, port = text.rpartition(":")

@@ -22,6 +22,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from comrade.config import binds_everywhere
+
 if TYPE_CHECKING:  # zeroconf is imported only when discovery runs (it costs ~6 MB of RSS)
     from zeroconf import Zeroconf
 
@@ -48,7 +50,7 @@ def enabled(bind: str) -> bool:
 def _zeroconf(bind: str) -> Zeroconf:
     from zeroconf import IPVersion, Zeroconf
 
-    if bind in ("0.0.0.0", "", "::"):
+    if binds_everywhere(bind):
         return Zeroconf(ip_version=IPVersion.V4Only)
     return Zeroconf(interfaces=[bind], ip_version=IPVersion.V4Only)
 

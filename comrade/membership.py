@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from comrade import rpc
-from comrade.config import split_address
+from comrade.config import binds_everywhere, split_address
 from comrade.errors import EXIT_AUTH, EXIT_USAGE, AuthError, ClusterError, LeoronicError, UsageError
 from comrade.queue import PROTOCOL
 
@@ -38,7 +38,7 @@ def advertise_address(bind: str, peers: Sequence[str]) -> str:
     first peer (a UDP socket `connect` sends no packet), else the host name's address, else
     127.0.0.1.
     """
-    if bind not in ("0.0.0.0", "", "::"):
+    if not binds_everywhere(bind):
         return bind
     for peer in peers:
         host, port = split_address(peer, "--peer")

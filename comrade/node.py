@@ -22,7 +22,7 @@ from typing import Any
 import pykka
 
 from comrade import discovery, journal_check, membership, packing, resources, rpc
-from comrade.config import Config
+from comrade.config import Config, binds_everywhere
 from comrade.errors import ClusterError, LeoronicError
 from comrade.executor import Crashed, Executor, Paths, Report, remove_task_files, task_files
 from comrade.files import FileRef as FileRefT
@@ -182,6 +182,8 @@ class Node:
             on_state_changed=self._on_raft_state,
             on_ready=self._ready.set,
             sync=self.cfg.sync_journal,
+            bind=None if binds_everywhere(self.cfg.bind)
+            else f"{self.cfg.bind}:{self.cfg.raft_port}",
         )
         self._replay_to = last_log_index(self.syncobj)
         self.proposer = Proposer(self.consumer)

@@ -83,9 +83,11 @@ def make_syncobj(
     on_state_changed: Callable[[int, int], None] | None = None,
     on_ready: Callable[[], None] | None = None,
     sync: bool = True,
+    bind: str | None = None,
 ) -> SyncObj:
     """Start pysyncobj with the settings we learned the hard way (see ARCHITECTURE.md);
-    `sync`: each journal entry reaches the disk before it is acknowledged (raftmend)."""
+    `sync`: each journal entry reaches the disk before it is acknowledged (raftmend);
+    `bind`: HOST:PORT to listen on (None: every interface, at `self_addr`'s port)."""
     os.makedirs(raft_dir, exist_ok=True)
     raftmend.mend()
     raftmend.set_sync(sync)
@@ -93,6 +95,7 @@ def make_syncobj(
         journalFile=os.path.join(raft_dir, "journal"),
         fullDumpFile=os.path.join(raft_dir, "dump"),
         password=password,
+        bindAddress=bind,  # pysyncobj listens on every interface without it
         appendEntriesUseBatch=False,
         appendEntriesBatchSizeBytes=APPEND_ENTRIES_BYTES,
         dynamicMembershipChange=True,

@@ -12,6 +12,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import psutil
+
 from tests.cluster import UTILITIES, Cluster, process_gone, result_out, wait_for, wait_ok
 
 
@@ -103,16 +105,36 @@ def test_a_waiting_client_moves_to_another_worker_when_its_node_dies(
 
 def _connected_to(shell_pid: int, port: int) -> bool:
     """Whether a process under `shell_pid` has a TCP connection open to 127.0.0.1:`port`."""
-    import psutil
+    return any(c.raddr and c.raddr.port == port
+               for proc in _tree(shell_pid) for c in _connections(proc, "tcp"))
+
+
+def test_workers_bound_to_loopback_listen_on_nothing_else(cluster3: Cluster) -> None:
+    """--bind is every port's address: the client port and Raft's (PORT+1; pysyncobj listened
+    on every interface before it was told)."""
+    for node in cluster3.nodes:
+        assert node.proc is not None
+        listening = set()
+        for proc in _tree(node.proc.pid):
+            for c in _connections(proc, "inet"):
+                if c.status == "LISTEN" or not c.raddr:  # listening TCP, or any UDP socket
+                    listening.add((c.laddr.ip, c.laddr.port))
+        assert listening == {("127.0.0.1", node.port), ("127.0.0.1", node.port + 1)}, \
+            (node.name, listening)
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    """The process `pid` and its descendants (none if it is gone)."""
     try:
-        procs = [psutil.Process(shell_pid), *psutil.Process(shell_pid).children(recursive=True)]
+        return [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
-        return False
-    for proc in procs:
-        try:
-            connections = getattr(proc, "net_connections", None) or proc.connections  # psutil < 6
-            if any(c.raddr and c.raddr.port == port for c in connections("tcp")):
-                return True
-        except psutil.NoSuchProcess:
-            continue
-    return False
+        return []
+
+
+def _connections(proc: psutil.Process, kind: str) -> list:  # type: ignore[type-arg]
+    """proc's sockets of `kind` (none once it is gone)."""
+    try:
+        connections = getattr(proc, "net_connections", None) or proc.connections  # psutil < 6
+        return list(connections(kind))
+    except psutil.NoSuchProcess:
+        return []

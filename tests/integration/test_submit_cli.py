@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pty
 import re
+import select
 import shlex
+import signal
 import subprocess
 import time
 import uuid
@@ -290,6 +293,48 @@ def test_wait_timeout_gives_up_in_time(make_cluster) -> None:  # type: ignore[no
     err = one_line_error(w, EXIT_NOT_FINISHED)
     assert "1 of 1 tasks not finished" in err, w
     assert took < 3.0, f"--timeout 0.5 took {took:.1f} s"
+
+
+def test_wait_shows_progress_on_a_terminal_and_nothing_in_a_pipe(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    c = make_cluster(1)
+    gate = tmp_path / "gate"
+    r = c.sh('leoronic_add_task 1024 1 1024 true "" "" "true" quick\n'
+             f'leoronic_add_task 1024 1 1024 true "" "" "while [ ! -e {gate} ]; do sleep 0.05; done" gated')
+    assert r.rc == 0, r
+    wait_for(lambda: state_is(c, "quick", "done"), 20, "quick to finish")
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(["bash", "-c", f"source {UTILITIES}\nleoronic_wait quick gated"],
+                            stdin=follower, stdout=follower, stderr=follower, env=c.env(),
+                            start_new_session=True)
+    os.close(follower)
+    seen = b""
+    try:
+        def shown(text: bytes) -> bool:  # what the terminal got so far holds `text`
+            nonlocal seen
+            while True:
+                ready, _, _ = select.select([leader], [], [], 0.1)
+                if not ready:
+                    break
+                try:
+                    chunk = os.read(leader, 4096)
+                except OSError:  # the terminal closed: the command ended
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            return text in seen
+        wait_for(lambda: shown(b" 50%"), 20, "half the tasks shown finished")
+        gate.touch()
+        wait_for(lambda: shown(b"100%") and proc.poll() is not None, 20, "the bar to fill")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        os.close(leader)
+    assert proc.returncode == 0, seen
+    assert b"tasks finished" in seen, seen
+    piped = c.sh("leoronic_wait quick gated")
+    assert (piped.rc, piped.out, piped.err) == (0, "", ""), piped
 
 
 def test_del_task_queued_running_and_finished(cluster3: Cluster) -> None:
