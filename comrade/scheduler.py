@@ -110,7 +110,9 @@ def plan(
             if waited(task_id) < defer_s:
                 deferred = True  # dealt elsewhere; take it only if it is still queued later
                 continue
-        elif not mine_ok:
+        elif not mine_ok:  # dealt here, but it cannot start here now: no room kept for it
+            caps[me] = caps[me] + needs
+            dealt_to[me] -= 1
             continue
         claims.append(Claim(task_id, task.attempt + 1))
         free = free - needs

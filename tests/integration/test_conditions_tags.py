@@ -281,3 +281,12 @@ def test_has_file_runs_only_on_the_node_holding_the_file(cluster3: Cluster) -> N
            for _ in range(3)]
     wait_ok(cluster3, *ids)
     assert [result_out(cluster3, t) for t in ids] == ["on n3\n"] * 3
+
+
+def test_a_task_waiting_for_a_file_holds_no_core(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """On a one-core node, a task whose file is nowhere waits, and the tasks behind it run."""
+    cluster: Cluster = make_cluster(1, [["--cores", "1"]])
+    waiting = submit(cluster, "echo never", "worker:has_file nowhere.bin")
+    behind = [submit(cluster, "echo behind") for _ in range(2)]
+    wait_ok(cluster, *behind)
+    assert_still_queued(cluster, waiting)

@@ -179,6 +179,16 @@ def test_has_file_steers() -> None:
     assert ids(run_plan(q, local=local)[0]) == ["f", "x"]
 
 
+
+def test_a_task_this_node_cannot_run_takes_none_of_its_room() -> None:
+    """Dealt to this node by the replicated facts, but its file is not here: a one-core node
+    still starts the task behind it (the deal had counted the core as taken)."""
+    one = Resources(GiB, 1, GiB)
+    q = build([node("a", one)], [spec("f", conditions="worker:has_file data.csv"), spec("x")])
+    assert ids(run_plan(q, free=one)[0]) == ["x"]
+    q = build([node("a", one)], [spec("f"), spec("x")])
+    assert ids(run_plan(q, free=one, avoid=["f"])[0]) == ["x"]  # f could not start here
+
 def test_waiting_conditions_are_skipped() -> None:
     q = build([node("a")], [spec("first"), spec("dep", conditions="queue:after first"),
                             spec("seq", conditions="queue:is_first"), spec("free")])
