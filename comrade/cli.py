@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -31,6 +32,7 @@ from comrade.config import (
     Config,
     default_home,
     is_seconds,
+    parse_number,
     split_address,
     valid_node_name,
 )
@@ -109,18 +111,36 @@ class _WholeNumber(click.ParamType):
 WHOLE = _WholeNumber()
 
 
+class _Seconds(click.ParamType):
+    """click's float, but only ASCII digits (Python's float() also takes '２' and '1_000');
+    whether the value is in range is for the command to say."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        number = parse_number(str(value))
+        if number is None or not math.isfinite(number):  # 1e400 reads as inf
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return number
+
+
+SECONDS = _Seconds()
+
+
 def _runner_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--retention, --file-gc, --gc-every and --kill-grace, the same for workers and ghosts."""
     for option in (
-        click.option("--kill-grace", type=float, default=5.0, envvar="LEORONIC_KILL_GRACE",
+        click.option("--kill-grace", type=SECONDS, default=5.0, envvar="LEORONIC_KILL_GRACE",
                      help="Seconds from SIGTERM to SIGKILL when a task is stopped: deleted, "
                      "held, taken away or past its time limit; 0: SIGKILL at once "
                      "(LEORONIC_KILL_GRACE)."),
-        click.option("--gc-every", type=float, default=60.0, envvar="LEORONIC_GC_EVERY",
+        click.option("--gc-every", type=SECONDS, default=60.0, envvar="LEORONIC_GC_EVERY",
                      help="Seconds between garbage collections (LEORONIC_GC_EVERY)."),
-        click.option("--file-gc", type=float, default=3600.0, envvar="LEORONIC_FILE_GC",
+        click.option("--file-gc", type=SECONDS, default=3600.0, envvar="LEORONIC_FILE_GC",
                      help="Seconds an unreferenced necessary file is kept (LEORONIC_FILE_GC)."),
-        click.option("--retention", type=float, default=7 * 24 * 3600.0, envvar="LEORONIC_RETENTION",
+        click.option("--retention", type=SECONDS, default=7 * 24 * 3600.0, envvar="LEORONIC_RETENTION",
                      help="Seconds finished tasks' work dirs and outputs are kept (LEORONIC_RETENTION)."),
     ):
         command = option(command)
@@ -200,10 +220,10 @@ def entry() -> None:
               help="Cap the disk this node offers, bytes (LEORONIC_STORAGE; default all free).")
 @click.option("--tag", "tags", multiple=True, envvar="LEORONIC_TAGS",
               help="Tag this node; repeatable (LEORONIC_TAGS, space-separated).")
-@click.option("--lease", type=float, default=10.0, envvar="LEORONIC_LEASE",
+@click.option("--lease", type=SECONDS, default=10.0, envvar="LEORONIC_LEASE",
               help="Seconds of silence after which a node's running tasks are requeued (LEORONIC_LEASE).")
 @_runner_options
-@click.option("--forget-after", type=float, default=30 * 24 * 3600.0, envvar="LEORONIC_FORGET_AFTER",
+@click.option("--forget-after", type=SECONDS, default=30 * 24 * 3600.0, envvar="LEORONIC_FORGET_AFTER",
               help="Seconds after a task finished that the cluster forgets its record; the "
               "leader's setting counts (LEORONIC_FORGET_AFTER; default 30 days).")
 @click.option("--discovery/--no-discovery", default=True, envvar="LEORONIC_DISCOVERY",
@@ -217,13 +237,13 @@ def entry() -> None:
 @click.option("--on-isolation", type=click.Choice(["run", "wait"]), default="run",
               envvar="LEORONIC_ON_ISOLATION",
               help="Without quorum for 15 s: keep running tasks from the local copy, or wait.")
-@click.option("--isolation-after", type=float, default=15.0, envvar="LEORONIC_ISOLATION_AFTER",
+@click.option("--isolation-after", type=SECONDS, default=15.0, envvar="LEORONIC_ISOLATION_AFTER",
               help="Seconds without quorum before isolated mode (LEORONIC_ISOLATION_AFTER).")
-@click.option("--claim-ahead", type=float, default=0.1, envvar="LEORONIC_CLAIM_AHEAD",
+@click.option("--claim-ahead", type=SECONDS, default=0.1, envvar="LEORONIC_CLAIM_AHEAD",
               help="While every node is busy, claim ahead what this node starts in this many "
               "seconds at its current rate, so short tasks run back to back; 0: never "
               "(LEORONIC_CLAIM_AHEAD).")
-@click.option("--remove-after", type=float, default=30.0, envvar="LEORONIC_REMOVE_AFTER",
+@click.option("--remove-after", type=SECONDS, default=30.0, envvar="LEORONIC_REMOVE_AFTER",
               help="Seconds a lost worker stays in the Raft membership (LEORONIC_REMOVE_AFTER).")
 @click.pass_context
 def main(ctx: click.Context, **opts: Any) -> None:
@@ -613,7 +633,7 @@ def _describe(r: dict[str, Any]) -> str:
 
 @main.command("wait")
 @click.argument("task_ids", nargs=-1)
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 5).")
+@click.option("--timeout", type=SECONDS, default=None, help="Give up after this many seconds (exit 5).")
 @friendly
 def wait(task_ids: Sequence[str], timeout: float | None) -> None:
     """Block until the tasks (default: all) are finished; exit 1 if any failed."""

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from comrade import taskfields
-from comrade.cli import EXIT_NOT_FINISHED, check_timeout, fail, friendly, human_size, main
+from comrade.cli import EXIT_NOT_FINISHED, SECONDS, check_timeout, fail, friendly, human_size, main
 from comrade.client import Client
 from comrade.errors import UsageError
 
@@ -84,7 +84,7 @@ def del_tag(tag: str, node: str) -> None:
 @click.option("--node", default="", help="Node name (default: the node LEORONIC_NODE points at).")
 @click.option("--wait", "wait_", is_flag=True,
               help="Then block until the node runs no task (for maintenance: stop it after).")
-@click.option("--timeout", type=float, default=None,
+@click.option("--timeout", type=SECONDS, default=None,
               help="With --wait: give up after this many seconds (exit 5).")
 @friendly
 def drain(node: str, wait_: bool, timeout: float | None) -> None:

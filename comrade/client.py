@@ -9,12 +9,13 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from comrade import rpc
-from comrade.config import DEFAULT_PORT, default_cookie_path, is_seconds
+from comrade.config import DEFAULT_PORT, default_cookie_path, is_seconds, parse_number
 from comrade.errors import AuthError, ClusterError, LeoronicError, RemoteError, UsageError
 from comrade.files import (
     DEFAULT_MAX_FILE_BYTES,
@@ -36,13 +37,14 @@ def env_retry_s() -> float:
     raw = os.environ.get("LEORONIC_RETRY_S", "")
     if not raw:
         return DEFAULT_RETRY_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not is_seconds(value):
+    value = parse_number(raw)
+    if value is None or not is_seconds(value):
         raise UsageError(f"LEORONIC_RETRY_S: {raw!r} is not a number of seconds >= 0")
     return value
+
+
+#: A cookie file bigger than this is refused (a made one holds 65 bytes).
+MAX_COOKIE_BYTES = 4096
 
 
 def cookie_path() -> str:
@@ -57,8 +59,14 @@ def read_cookie(create: bool = False) -> str:
     where = (f"LEORONIC_COOKIE: {path}" if os.environ.get("LEORONIC_COOKIE")
              else f"cookie: {path} (LEORONIC_COOKIE names another file)")
     try:
-        with open(path) as f:
-            secret = f.read().strip()
+        # Not blocking: opening a FIFO would wait for a writer; /dev/zero would never end.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise UsageError(f"{where} is not a regular file")
+            raw = f.read(MAX_COOKIE_BYTES + 1)
+        if len(raw) > MAX_COOKIE_BYTES:
+            raise UsageError(f"{where} is over {MAX_COOKIE_BYTES} bytes: not a cookie")
+        secret = raw.decode().strip()
     except FileNotFoundError:
         if not create:
             raise UsageError(f"{where} does not exist: start a node first, or copy the "

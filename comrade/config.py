@@ -6,6 +6,7 @@ The CLI takes its defaults from here; every option is also an environment variab
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -122,6 +123,20 @@ _DURATIONS = (
 )
 
 
+#: The longest duration an option takes: about 100 years (also below what a thread's timed
+#: wait accepts; 1e308 made a stopped task's kill timer raise OverflowError).
+MAX_DURATION_S = 100 * 365.25 * 24 * 3600
+#: A number as typed: ASCII digits only (Python's float() also takes '２' and '1_000').
+_NUMBER_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+
+
+def parse_number(text: str) -> float | None:
+    """`text` as a number, or None unless it is one written with ASCII digits (no '_', no
+    'nan' or 'inf'; blanks around it are ignored)."""
+    text = text.strip()
+    return float(text) if _NUMBER_RE.fullmatch(text) else None
+
+
 def is_seconds(value: float, positive: bool = False) -> bool:
     """Whether `value` is a finite number of seconds, 0 or more (more than 0 if `positive`);
     NaN is not."""
@@ -136,6 +151,8 @@ def check_durations(config: object, durations: Sequence[tuple[str, str, bool]]) 
         if not is_seconds(value, positive):
             more = "more than 0" if positive else "0 or more"
             raise UsageError(f"--{option}: must be a number of seconds, {more}; got {value:g}")
+        if value > MAX_DURATION_S:
+            raise UsageError(f"--{option}: {value:g} s is more than 100 years")
 
 
 def binds_everywhere(bind: str) -> bool:
@@ -146,6 +163,8 @@ def binds_everywhere(bind: str) -> bool:
 def split_address(text: str, what: str = "address") -> tuple[str, int]:
     """Parse HOST:PORT; raise UsageError naming `what` if it is not one."""
     host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]") and ":" in host:  # [IPv6]:PORT
+        host = host[1:-1]
     if not sep or not valid_host(host) or not (port.isascii() and port.isdigit()) \
             or not 1 <= int(port) <= 65535:
         raise UsageError(f"{what}: {text!r} is not HOST:PORT")
@@ -157,5 +176,13 @@ _HOST_RE = re.compile(r"[A-Za-z0-9._:-]{1,253}", re.ASCII)
 
 
 def valid_host(host: str) -> bool:
-    """Whether `host` can be a host name or IP address (no spaces, slashes or the like)."""
-    return _HOST_RE.fullmatch(host) is not None
+    """Whether `host` can be a host name or IP address (no spaces, slashes or the like; a ':'
+    only in an IPv6 address, so HOST:PORT:PORT is refused)."""
+    if _HOST_RE.fullmatch(host) is None:
+        return False
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+    return True

@@ -45,9 +45,12 @@ def refused(r: subprocess.CompletedProcess[str], start: str) -> None:
     (["get-files", "t1", "/proc/1/x"], "DEST: cannot make '/proc/1/x'"),
     (["get-all-files", "/proc/1/x"], "DEST: cannot make '/proc/1/x'"),
     (["get-all-files", LONG], f"DEST: cannot make '{LONG}': File name too long"),
-    (["wait", "--timeout", "nan"], "--timeout: nan is not a number of seconds >= 0"),
-    (["wait", "--timeout", "inf"], "--timeout: inf is not a number of seconds >= 0"),
-    (["wait", "--timeout", "1e400"], "--timeout: inf is not a number of seconds >= 0"),
+    (["wait", "--timeout", "nan"], "Invalid value for '--timeout': 'nan' is not a number of seconds"),
+    (["wait", "--timeout", "inf"], "Invalid value for '--timeout': 'inf' is not a number of seconds"),
+    (["wait", "--timeout", "1e400"], "Invalid value for '--timeout': '1e400' is not a number of seconds"),
+    (["wait", "--timeout", "２"], "Invalid value for '--timeout': '２' is not a number of seconds"),
+    (["wait", "--timeout", "1_000"], "Invalid value for '--timeout': '1_000' is not a number of seconds"),
+    (["drain", "--wait", "--timeout", "٢"], "Invalid value for '--timeout': '٢' is not a number of seconds"),
     (["wait", "--timeout", "-1"], "--timeout: -1.0 is not a number of seconds >= 0"),
     (["add-tasks-from-file", "/dev/zero"], "FILE: /dev/zero is not a regular file or a pipe"),
     (["add-task", "--retries", "1001", "--", "1", "1", "1", "true", "", "", "true"],
@@ -70,6 +73,8 @@ def test_bad_client_input_is_one_line_and_exit_2_before_any_cluster(
 @pytest.mark.parametrize("env, start", [
     ({"LEORONIC_RETRY_S": "abc"}, "LEORONIC_RETRY_S: 'abc' is not a number of seconds >= 0"),
     ({"LEORONIC_RETRY_S": "nan"}, "LEORONIC_RETRY_S: 'nan' is not a number of seconds >= 0"),
+    ({"LEORONIC_RETRY_S": "２"}, "LEORONIC_RETRY_S: '２' is not a number of seconds >= 0"),
+    ({"LEORONIC_RETRY_S": "1_000"}, "LEORONIC_RETRY_S: '1_000' is not a number of seconds >= 0"),
     ({"LEORONIC_NODE": "", "LEORONIC_PORT": "x"}, "Invalid value for '--port': 'x' is not a whole number"),
     ({"LEORONIC_NODE": "", "LEORONIC_PORT": "70000"}, "LEORONIC_PORT: '70000' is not a port number"),
     ({"LEORONIC_NODE": "nowhere"}, "LEORONIC_NODE: 'nowhere' is not HOST:PORT"),
@@ -104,9 +109,14 @@ def test_a_huge_field_is_not_echoed_whole(tmp_path: Path) -> None:
     (lambda tmp: str(tmp), "LEORONIC_COOKIE: {} cannot be read: Is a directory"),
     (lambda tmp: str(tmp / "no" / "cookie"), "LEORONIC_COOKIE: {} does not exist"),
     (lambda tmp: str(tmp / "empty"), "LEORONIC_COOKIE: {} is empty"),
+    (lambda tmp: "/dev/zero", "LEORONIC_COOKIE: {} is not a regular file"),  # it never ends
+    (lambda tmp: str(tmp / "fifo"), "LEORONIC_COOKIE: {} is not a regular file"),  # no writer
+    (lambda tmp: str(tmp / "big"), "LEORONIC_COOKIE: {} is over 4096 bytes"),
 ])
 def test_a_cookie_that_cannot_be_used_names_leoronic_cookie(tmp_path: Path, make, start) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "empty").write_text("\n")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "big").write_text("x" * 5000)
     path = make(tmp_path)
     refused(leoronic(tmp_path, "get-queue", LEORONIC_COOKIE=path), start.format(path))
 

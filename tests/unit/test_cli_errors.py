@@ -14,7 +14,7 @@ from comrade.errors import UsageError
 
 @pytest.mark.parametrize("args, line", [
     (["wait", "--timeout", "abc"],
-     "leoronic: Invalid value for '--timeout': 'abc' is not a valid float. (see leoronic wait --help)"),
+     "leoronic: Invalid value for '--timeout': 'abc' is not a number of seconds (see leoronic wait --help)"),
     (["--on-isolation", "x"],
      "leoronic: Invalid value for '--on-isolation': 'x' is not one of 'run', 'wait'. "
      "(see leoronic --help)"),

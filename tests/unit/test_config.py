@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from comrade.config import Config
+from comrade.config import MAX_DURATION_S, Config, parse_number, split_address
 from comrade.errors import UsageError
 from comrade.executor import Paths
 from ghost.ghost import GhostConfig
@@ -58,6 +58,46 @@ def test_a_ghost_refuses_a_bad_kill_grace(tmp_path: Any) -> None:
         GhostConfig(home=str(tmp_path), cookie="c", kill_grace_s=float("nan")).validate()
     assert str(err.value) == "--kill-grace: must be a number of seconds, 0 or more; got nan"
 
+
+
+@pytest.mark.parametrize("field", ["kill_grace_s", "lease_s", "retention_s", "forget_after_s"])
+def test_durations_over_100_years_are_refused(field: str, tmp_path: Any) -> None:
+    """1e308 s of --kill-grace was taken, and the timer of the first task stopped raised
+    OverflowError in the worker."""
+    with pytest.raises(UsageError, match="s is more than 100 years"):
+        Config(home=str(tmp_path), cookie="c", **{field: 1e308}).validate()
+    Config(home=str(tmp_path), cookie="c", **{field: MAX_DURATION_S}).validate()
+    with pytest.raises(UsageError, match="--kill-grace: 1e\\+10 s is more than 100 years"):
+        GhostConfig(home=str(tmp_path), cookie="c", kill_grace_s=1e10).validate()
+
+
+@pytest.mark.parametrize("text, number", [
+    ("5", 5.0), ("0.5", 0.5), (".5", 0.5), ("5.", 5.0), ("1e3", 1000.0), ("-1", -1.0),
+    (" 2 ", 2.0), ("+3", 3.0), ("1e400", float("inf")),
+    ("２", None), ("١", None), ("1_000", None), ("nan", None), ("inf", None), ("", None),
+    ("0x10", None), ("1 2", None), ("e3", None), (".", None),
+])
+def test_numbers_are_ascii_digits_only(text: str, number: float | None) -> None:
+    assert parse_number(text) == number
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("127.0.0.1:7341", ("127.0.0.1", 7341)), ("box-2.lan:1", ("box-2.lan", 1)),
+    ("::1:7341", ("::1", 7341)), ("[::1]:7341", ("::1", 7341)),
+    ("[fe80::1]:80", ("fe80::1", 80)),
+])
+def test_addresses_that_are_host_and_port(text: str, expected: tuple[str, int]) -> None:
+    assert split_address(text, "LEORONIC_NODE") == expected
+
+
+@pytest.mark.parametrize("text", [
+    "127.0.0.1:7341:5", "::1", "host", ":7341", "host:", "host:0", "host:65536", "host:x",
+    "a b:1", "a/b:1", "[host]:1", "[::1]", "host:１",
+])
+def test_addresses_that_are_not_host_and_port(text: str) -> None:
+    with pytest.raises(UsageError) as err:
+        split_address(text, "LEORONIC_NODE")
+    assert str(err.value) == f"LEORONIC_NODE: {text!r} is not HOST:PORT"
 
 def test_the_log_file_rotates(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
