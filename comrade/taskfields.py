@@ -221,9 +221,17 @@ def _unquote(piece: re.Match[str]) -> str:
 
 
 def parse_task_file(text: str) -> list[tuple[int, list[str]]]:
-    """Split a tasks file into (line number, fields); `#` comments and blank lines skipped."""
+    """Split a tasks file into (line number, fields); `#` comments and blank lines skipped.
+    Lines end at '\\n' (or '\\r\\n') only, as bash reads them: str.splitlines also splits at
+    '\\v', '\\f', '\\x1c'-'\\x1e', '\\x85' and U+2028, which queued the end of a comment as a
+    task and cut quoted commands holding one."""
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the last line's newline
+    for number, line in enumerate(lines, start=1):
+        if line.endswith("\r"):
+            line = line[:-1]
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue

@@ -230,6 +230,19 @@ def test_parse_task_file_comments_blanks_and_quoting() -> None:
     ]
 
 
+
+def test_parse_task_file_lines_end_only_at_newlines() -> None:
+    """A form feed, vertical tab, NEL or U+2028 is part of its line, as in bash: the end of a
+    comment holding one is no task, and a quoted command holding one is whole."""
+    text = ('# 1 1 1 true "" "" "echo off" \x0b 1 1 1 true "" "" "echo commented" c1\n'
+            "1 1 1 true '' '' 'printf \"a\x0cb\u2028c\x85d\"' t2\n"
+            "# a\x0cb\n"
+            "1 1 1 true '' '' 'echo last' t4")  # no newline at the end
+    assert parse_task_file(text) == [
+        (2, ["1", "1", "1", "true", "", "", 'printf "a\x0cb\u2028c\x85d"', "t2"]),
+        (4, ["1", "1", "1", "true", "", "", "echo last", "t4"]),
+    ]
+
 def test_parse_task_file_rows_feed_parse_fields() -> None:
     rows = parse_task_file('1G 2 0 False "" "" "sleep 1" s1\n')
     assert parse_fields(rows[0][1], f"line {rows[0][0]}: ") == Fields(
