@@ -62,6 +62,16 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def node_option(node: str | None) -> str:
+    """A --node value for the cluster ('' for the node asked); UsageError if it was given empty
+    (`--node ''` from an unset variable must not quietly mean this node)."""
+    if node is None:
+        return ""
+    if not node.strip():
+        raise UsageError("--node: empty; give a node name (leoronic_nodes lists them)")
+    return node
+
+
 def check_timeout(timeout: float | None) -> None:
     """UsageError unless `timeout` (--timeout) is None or a finite number of seconds >= 0."""
     if timeout is not None and not is_seconds(timeout):
@@ -491,12 +501,15 @@ def _submit(rows: list[taskfields.Fields], retries: int | None, time_limit: str 
 @main.command("get-queue")
 @click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in State]),
               help="Only tasks in this state; repeatable.")
-@click.option("--node", default="", help="Only tasks whose current (or last) attempt is on NODE.")
+@click.option("--node", default=None, help="Only tasks whose current (or last) attempt is on NODE.")
 @click.option("--summary", is_flag=True, help="Counts of tasks per state instead of the table.")
 @friendly
-def get_queue(states: Sequence[str], node: str, summary: bool) -> None:
+def get_queue(states: Sequence[str], node: str | None, summary: bool) -> None:
     """A table of tasks: id, state, node, attempt, age, command."""
-    rows = Client().call("queue", list(states), node)
+    client = Client()
+    rows = client.call("queue", list(states), node_option(node))
+    if not rows and node and node not in {n["name"] for n in client.call("nodes")["nodes"]}:
+        raise UsageError(f"--node: unknown node {node!r} (leoronic_nodes lists them)")
     if summary:
         counts = Counter(row[1] for row in rows)
         held = sum(1 for row in rows if row[-1])

@@ -9,7 +9,16 @@ from typing import Any
 import click
 
 from comrade import taskfields
-from comrade.cli import EXIT_NOT_FINISHED, SECONDS, check_timeout, fail, friendly, human_size, main
+from comrade.cli import (
+    EXIT_NOT_FINISHED,
+    SECONDS,
+    check_timeout,
+    fail,
+    friendly,
+    human_size,
+    main,
+    node_option,
+)
 from comrade.client import Client
 from comrade.errors import UsageError
 
@@ -61,40 +70,40 @@ def _when(ts: float | None) -> str:
 
 @main.command("add-tag")
 @click.argument("tag")
-@click.option("--node", default="", help="Node name (default: the node LEORONIC_NODE points at).")
+@click.option("--node", default=None, help="Node name (default: the node LEORONIC_NODE points at).")
 @friendly
-def add_tag(tag: str, node: str) -> None:
+def add_tag(tag: str, node: str | None) -> None:
     """Tag a node; replicated, survives restarts."""
-    taskfields.validate_tags([tag])
-    name = Client().call("add_tag", node, tag)
+    taskfields.validate_tags([tag], "TAG", whole=True)
+    name = Client().call("add_tag", node_option(node), tag)
     click.echo(f"{name}: +{tag}")
 
 
 @main.command("del-tag")
 @click.argument("tag")
-@click.option("--node", default="", help="Node name (default: the node LEORONIC_NODE points at).")
+@click.option("--node", default=None, help="Node name (default: the node LEORONIC_NODE points at).")
 @friendly
-def del_tag(tag: str, node: str) -> None:
+def del_tag(tag: str, node: str | None) -> None:
     """Remove a tag from a node."""
-    name = Client().call("del_tag", node, tag)
+    name = Client().call("del_tag", node_option(node), tag)
     click.echo(f"{name}: -{tag}")
 
 
 @main.command("drain")
-@click.option("--node", default="", help="Node name (default: the node LEORONIC_NODE points at).")
+@click.option("--node", default=None, help="Node name (default: the node LEORONIC_NODE points at).")
 @click.option("--wait", "wait_", is_flag=True,
               help="Then block until the node runs no task (for maintenance: stop it after).")
 @click.option("--timeout", type=SECONDS, default=None,
               help="With --wait: give up after this many seconds (exit 5).")
 @friendly
-def drain(node: str, wait_: bool, timeout: float | None) -> None:
+def drain(node: str | None, wait_: bool, timeout: float | None) -> None:
     """Give a node no new task; the tasks it runs go on, its claims not started yet go back to
     the queue. Replicated, kept across restarts until `resume`."""
     if timeout is not None and not wait_:
         raise UsageError("--timeout: only with --wait")
     check_timeout(timeout)
     client = Client()
-    state = client.call("drain", node, True)
+    state = client.call("drain", node_option(node), True)
     deadline = None if timeout is None else time.monotonic() + timeout
     while wait_ and state["draining"] and state["running"]:
         if deadline is not None and time.monotonic() > deadline:
@@ -115,9 +124,9 @@ def _drain_state(state: dict[str, Any]) -> str:
 
 
 @main.command("resume")
-@click.option("--node", default="", help="Node name (default: the node LEORONIC_NODE points at).")
+@click.option("--node", default=None, help="Node name (default: the node LEORONIC_NODE points at).")
 @friendly
-def resume(node: str) -> None:
+def resume(node: str | None) -> None:
     """Let a drained (or draining) node take tasks again."""
-    state = Client().call("drain", node, False)
+    state = Client().call("drain", node_option(node), False)
     click.echo(f"{state['node']}: taking tasks")

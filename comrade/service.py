@@ -338,7 +338,8 @@ class Service:
     def _tag(self, op: str, node: str, tag: str) -> str:
         [reply] = self._propose([(op, node, tag)])
         if not reply.ok:
-            raise UsageError(f"tag: {reply.detail}")
+            field = "--node" if reply.detail.startswith("unknown node") else "TAG"
+            raise UsageError(f"{field}: {reply.detail}")
         return node
 
     # ----- files ------------------------------------------------------------------------------

@@ -85,17 +85,18 @@ def parse_bool(text: str) -> bool:
     return low == "true"
 
 
-def validate_tags(tags: Sequence[str]) -> tuple[str, ...]:
-    """Check tags given on the command line; UsageError names the bad one."""
+def validate_tags(tags: Sequence[str], field: str = "--tag", whole: bool = False) -> tuple[str, ...]:
+    """Check tags given on the command line (each may hold several, blank-separated, unless
+    `whole`: then each is one tag); UsageError names `field` and the bad one."""
     out = []
     for tag in tags:
-        for one in tag.split():
+        if not tag.strip():
+            raise UsageError(f"{field}: empty tag")
+        for one in [tag] if whole else tag.split():
             try:
                 out.append(cond.validate_tag(one))
             except cond.ConditionError as exc:
-                raise UsageError(f"--tag: {exc}") from None
-        if not tag.strip():
-            raise UsageError("--tag: empty tag")
+                raise UsageError(f"{field}: {exc}") from None
     return tuple(out)
 
 

@@ -63,7 +63,13 @@ def refused(r: subprocess.CompletedProcess[str], start: str) -> None:
      "Invalid value for '--retries': '２' is not a whole number"),
     (["add-task", "--", "1", "1", "1", "true", "worker:tag a\x01", "", "true"],
      "CONDITIONS: must not contain control characters (found '\\x01')"),
-    (["add-tag", "gpu\x1b[2J"], "--tag: tag 'gpu\\x1b[2J' is not valid: must not contain control"),
+    (["add-tag", "gpu\x1b[2J"], "TAG: tag 'gpu\\x1b[2J' is not valid: must not contain control"),
+    (["add-tag", "a b"], "TAG: tag 'a b' is not valid: must not contain spaces"),
+    (["add-tag", ""], "TAG: empty tag"),
+    (["add-tag", "--node", "", "gpu"], "--node: empty; give a node name"),
+    (["drain", "--node", " "], "--node: empty; give a node name"),
+    (["resume", "--node", ""], "--node: empty; give a node name"),
+    (["get-queue", "--node", ""], "--node: empty; give a node name"),
 ])
 def test_bad_client_input_is_one_line_and_exit_2_before_any_cluster(
         tmp_path: Path, args: list[str], start: str) -> None:
