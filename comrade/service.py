@@ -81,28 +81,35 @@ class Service:
                     raise
                 log.info("retrying %d operations after an unknown outcome", len(ops))
 
-    def _read(self, fn: Callable[[Any], Any]) -> Any:
+    def _read(self, fn: Callable[[Any], Any], stale_ok: bool = False) -> Any:
         """Apply `fn` to the queue readers should see: the replicated one, or while this node
         is isolated its shadow copy (with the results it produced alone and the other nodes
         marked lost), so `leoronic_result`, `get_queue` and `nodes` show what it is doing.
         A node that just started waits (up to READ_CATCH_UP_S) until its copy has caught up
         with the log the leader had committed: a restarted worker replaying its journal once
-        listed half the queue right after `leoronic_nodes` showed it up."""
+        listed half the queue right after `leoronic_nodes` showed it up, and after a restart of
+        every worker, before they had elected a leader, `get_queue` answered from an empty
+        copy and `leoronic_wait` exited 0 with tasks queued. Still behind after that, it says
+        so (ClusterError: the client retries, or tries another worker), unless `stale_ok`
+        (`leoronic_nodes`, which shows the missing quorum itself)."""
         iso = self.node.isolation
         with iso.lock:
             if iso.shadow is not None:
                 return fn(iso.shadow)
-        self._wait_caught_up()
+        if not self._wait_caught_up() and not stale_ok:
+            raise ClusterError(f"node {self.node.name} has not caught up with the cluster's "
+                               "log since it started (no leader yet): its copy may be behind")
         with self.node.lock:
             return fn(self.node.consumer.queue)
 
-    def _wait_caught_up(self) -> None:
-        """Wait (up to READ_CATCH_UP_S, and only while this node sees a quorum) for a node that
-        just (re)started to catch up with the log; checked every 20 ms, only in those seconds."""
+    def _wait_caught_up(self) -> bool:
+        """Wait (up to READ_CATCH_UP_S) for a node that just (re)started to catch up with the
+        log; checked every 20 ms, only in those seconds. True once it has."""
         node, deadline = self.node, time.monotonic() + READ_CATCH_UP_S
-        while node.syncobj is not None and not node.caught_up() \
-                and node.syncobj.hasQuorum and time.monotonic() < deadline:
-            node._stop.wait(0.02)
+        while node.syncobj is not None and not node.caught_up():
+            if time.monotonic() >= deadline or node._stop.wait(0.02):
+                return False
+        return True
 
     # ----- cluster ----------------------------------------------------------------------------
 
@@ -290,7 +297,7 @@ class Service:
                 })
             return out
         iso = self.node.isolation
-        return {"self": self.node.name, "leader": leader_addr, "nodes": self._read(rows),
+        return {"self": self.node.name, "leader": leader_addr, "nodes": self._read(rows, stale_ok=True),
                 "isolated_since": iso.since, "on_isolation": self.node.cfg.on_isolation,
                 "quorum": bool(self.node.syncobj and self.node.syncobj.hasQuorum)}
 
