@@ -491,7 +491,9 @@ def test_get_queue_filters_by_state_and_node_and_sums_up(make_cluster) -> None: 
     assert set(queue(c, "--state done --state failed")) == {"ok", "bad"}
     assert set(queue(c, "--state queued")) == {"stuck"}
     assert set(queue(c, f"--node {node}")) == {"ok", "bad"}
-    assert queue(c, "--node elsewhere") == {}
+    assert queue(c, f"--node {node} --state queued") == {}  # a node with none of them
+    err = one_line_error(c.sh("leoronic_get_queue --node elsewhere"), EXIT_USAGE)
+    assert err == "leoronic: --node: unknown node 'elsewhere' (leoronic_nodes lists them)\n", err
     r = c.sh("leoronic_get_queue --summary")
     assert r.rc == 0 and r.out == "queued 1  running 0  done 1  failed 1  deleted 0  total 3\n", r
     r = c.sh("leoronic_get_queue --state failed --summary")
