@@ -246,7 +246,8 @@ def entry() -> None:
               "(LEORONIC_SYNC_JOURNAL).")
 @click.option("--on-isolation", type=click.Choice(["run", "wait"]), default="run",
               envvar="LEORONIC_ON_ISOLATION",
-              help="Without quorum for 15 s: keep running tasks from the local copy, or wait.")
+              help="Without quorum for --isolation-after: keep running tasks from the local "
+              "copy, or wait (LEORONIC_ON_ISOLATION).")
 @click.option("--isolation-after", type=SECONDS, default=15.0, envvar="LEORONIC_ISOLATION_AFTER",
               help="Seconds without quorum before isolated mode (LEORONIC_ISOLATION_AFTER).")
 @click.option("--claim-ahead", type=SECONDS, default=0.1, envvar="LEORONIC_CLAIM_AHEAD",
@@ -403,20 +404,19 @@ def ghost(target: str, **opts: Any) -> None:
 _PRIORITY_HELP = ("Among tasks ready to run, a higher priority is started first (LEORONIC_PRIORITY; "
                   "a whole number, negative allowed; default 0).")
 _HOLD_HELP = "Queue on hold: it starts only after `leoronic release` (LEORONIC_HOLD=1)."
+_RETRIES_HELP = "Extra attempts after a non-zero exit or a time limit (LEORONIC_RETRIES; default 0)."
+_NO_RENAME_HELP = "Keep necessary files' original names (LEORONIC_NO_RENAME=1)."
 _TIME_LIMIT_HELP = ("Stop each attempt after this long: SIGTERM to its process group, SIGKILL "
                     "the node's --kill-grace later (LEORONIC_TIME_LIMIT; 90, 90s, 15m, 1.5h, 2d; "
                     "default 0: none).")
 
 
 @main.command("add-task", context_settings={"ignore_unknown_options": True})
-@click.option("--retries", type=WHOLE, default=None, envvar="LEORONIC_RETRIES",
-              help="Extra attempts after a non-zero exit or a time limit (LEORONIC_RETRIES; "
-                   "default 0).")
+@click.option("--retries", type=WHOLE, default=None, envvar="LEORONIC_RETRIES", help=_RETRIES_HELP)
 @click.option("--time-limit", default=None, envvar="LEORONIC_TIME_LIMIT", help=_TIME_LIMIT_HELP)
 @click.option("--priority", default=None, envvar="LEORONIC_PRIORITY", help=_PRIORITY_HELP)
 @click.option("--hold", is_flag=True, envvar="LEORONIC_HOLD", help=_HOLD_HELP)
-@click.option("--no-rename", is_flag=True, envvar="LEORONIC_NO_RENAME",
-              help="Keep necessary files' original names (LEORONIC_NO_RENAME=1).")
+@click.option("--no-rename", is_flag=True, envvar="LEORONIC_NO_RENAME", help=_NO_RENAME_HELP)
 @click.argument("fields", nargs=-1, required=True)
 @friendly
 def add_task(fields: Sequence[str], retries: int | None, time_limit: str | None,
@@ -427,11 +427,11 @@ def add_task(fields: Sequence[str], retries: int | None, time_limit: str | None,
 
 
 @main.command("add-tasks-from-file")
-@click.option("--retries", type=WHOLE, default=None, envvar="LEORONIC_RETRIES")
+@click.option("--retries", type=WHOLE, default=None, envvar="LEORONIC_RETRIES", help=_RETRIES_HELP)
 @click.option("--time-limit", default=None, envvar="LEORONIC_TIME_LIMIT", help=_TIME_LIMIT_HELP)
 @click.option("--priority", default=None, envvar="LEORONIC_PRIORITY", help=_PRIORITY_HELP)
 @click.option("--hold", is_flag=True, envvar="LEORONIC_HOLD", help=_HOLD_HELP)
-@click.option("--no-rename", is_flag=True, envvar="LEORONIC_NO_RENAME")
+@click.option("--no-rename", is_flag=True, envvar="LEORONIC_NO_RENAME", help=_NO_RENAME_HELP)
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
 @friendly
 def add_tasks_from_file(path: str, retries: int | None, time_limit: str | None,
@@ -560,11 +560,14 @@ def result(task_id: str, partial: bool) -> None:
         fail(f"task {task_id} was deleted{ran}; its output is forgotten", 1)
     if task.outcome is None:
         fail(f"task {task_id} {state} without running: {task.reason}", 1)
+    code = task.outcome.exit_code
     if task.outcome.timed_out:
         click.echo(f"leoronic: task {task_id} was stopped after its time limit of "
                    f"{format_duration(task.spec.time_limit)}", err=True)
+        if code < 128:  # it exited on its own after the SIGTERM (a trap): it still failed
+            code = 128 + signal.SIGTERM
     _write_streams(client, task)
-    sys.exit(task.outcome.exit_code if state != "deleted" else 1)
+    sys.exit(code)
 
 
 def _write_streams(client: Client, task: Any) -> None:

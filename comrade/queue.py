@@ -217,14 +217,16 @@ class Queue:
         if old_spec is not None:
             if old_spec == spec:
                 return None, ()
-            return f"task id {spec.task_id!r} is already used by a different task", ()
+            return (f"ID: task id {spec.task_id!r} is already used by a different task (command, "
+                    "resources, conditions, files, or --retries, --time-limit, --priority, "
+                    "--hold)"), ()
         try:
             parsed = cond.parse(spec.conditions)
         except cond.ConditionError as exc:
             return str(exc), ()
         for dep in cond.dependency_ids(parsed):
             if dep not in self.tasks and dep not in earlier:
-                return f"conditions: unknown task {dep!r}", ()
+                return f"CONDITIONS: unknown task {dep!r} (named by a queue: condition)", ()
         return "", parsed
 
     def submit(self, spec: TaskSpec, *, now: float) -> Reply:

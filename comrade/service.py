@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from comrade import packing, rpc
 from comrade.errors import ClusterError, LeoronicError, UsageError
-from comrade.membership import protocol_mismatch
-from comrade.model import WAIT_OVER, Resources, Task, TaskSpec
+from comrade.membership import protocol_mismatch, rpc_of_raft
+from comrade.model import WAIT_OVER, Resources, State, Task, TaskSpec
 from comrade.queue import PROTOCOL
 from comrade.taskfields import command_too_long, conditions_too_long
 
@@ -238,6 +238,20 @@ class Service:
             self._read(advance)
         if remaining:
             states.update(self.tasks(remaining))  # outside the cv
+        return self._succeeded_as_done(states)
+
+    def _succeeded_as_done(self, states: dict[str, tuple[str, int | None]]
+                           ) -> dict[str, tuple[str, int | None]]:
+        """`states` with each task deleted after it had succeeded shown done: deleting it
+        forgot its output, not its success (`wait` exited 1 for it from then on)."""
+        deleted = [t for t, (s, _) in states.items() if s == State.DELETED.value]
+        if deleted:
+            def succeeded(q: Any) -> list[str]:
+                return [tid for tid in deleted if (t := q.tasks.get(tid)) is not None
+                        and t.attempts and t.attempts[-1].why == "exit"
+                        and t.attempts[-1].exit_code == 0]
+            for tid in self._read(succeeded):
+                states[tid] = (State.DONE.value, 0)
         return states
 
     def _wait_entry(self, gen: int, timeout: float) -> None:
@@ -297,7 +311,8 @@ class Service:
                 })
             return out
         iso = self.node.isolation
-        return {"self": self.node.name, "leader": leader_addr, "nodes": self._read(rows, stale_ok=True),
+        shown = rpc_of_raft(leader_addr) if leader_addr else ""  # what LEORONIC_NODE takes
+        return {"self": self.node.name, "leader": shown, "nodes": self._read(rows, stale_ok=True),
                 "isolated_since": iso.since, "on_isolation": self.node.cfg.on_isolation,
                 "quorum": bool(self.node.syncobj and self.node.syncobj.hasQuorum)}
 

@@ -269,13 +269,15 @@ Conditions:
 Options, for every task a command queues (as environment variables for leoronic_add_task):
   LEORONIC_RETRIES=N          extra attempts after a non-zero exit or a time limit (default 0)
   LEORONIC_TIME_LIMIT=15m     stop each attempt after 90, 90s, 15m, 1.5h or 2d: SIGTERM to its
-                              process group, SIGKILL 5 s later (default 0: no limit)
+                              process group, SIGKILL the node's --kill-grace (default 5 s)
+                              later (default 0: no limit)
   LEORONIC_PRIORITY=N         among waiting tasks a higher one starts first (default 0;
                               negative allowed); change it later with leoronic_priority
   LEORONIC_HOLD=1             queue on hold: it starts after leoronic_release
   LEORONIC_NO_RENAME=1        keep necessary files' original names
 
-Examples:
+Examples (the second waits for a node tagged has_gpu; the third, for a task with id prep,
+and ships ./data.csv from where it is typed):
   leoronic_add_task 1024 1 1024 false "" "" "echo hello world"
   leoronic_add_task 512M 2 1G true "worker:tag has_gpu" "" "nvidia-smi"
   leoronic_add_task 1024 1 1024 true "queue:after prep" "data.csv" "wc -l data.csv" count

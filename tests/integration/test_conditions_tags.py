@@ -256,7 +256,8 @@ def test_bad_conditions_are_refused_at_submit_and_nothing_is_queued(cluster3: Cl
         ("queue:all_with_cmd_done (", ["invalid regular expression '('"]),
         ("queue:all_with_cmd_ok make(?!-test)",  # RE2 runs patterns: no lookaround
          ["invalid regular expression 'make(?!-test)': invalid perl operator: (?!"]),
-        ("queue:is_first; queue:after nosuch", ["'nosuch'"]),
+        ("queue:is_first; queue:after nosuch",
+         ["CONDITIONS: unknown task 'nosuch' (named by a queue: condition)"]),
         ("worker:gpu", ["unknown predicate 'gpu'"]),
         ("node:tag x", ["unknown scope 'node'"]),
     ]

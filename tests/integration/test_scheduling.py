@@ -114,7 +114,8 @@ def test_work_spreads_and_nodes_listing(make_cluster, tmp_path) -> None:  # type
         assert r.rc == 0, r
         return r.out if re.search(r"running: s-\d", r.out) else ""
     out = wait_for(listing_with_running, 20, "nodes to show running tasks")
-    assert re.match(r"asked n1; leader \S+; quorum yes\n", out), out
+    head = re.match(r"asked n1; leader (\S+); quorum yes\n", out)
+    assert head and head.group(1) in {n.address for n in c.nodes}, out  # LEORONIC_NODE takes it
     blocks = re.findall(
         r"^(n\d)  127\.0\.0\.1:\d+  (leader|follower)  up\n"
         r"    cores (\d+)/(\d+) free   memory \S+/(\S+) free   disk \S+/\S+ free\n"

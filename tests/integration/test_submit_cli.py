@@ -74,7 +74,7 @@ def test_ids_resubmit_queue_table_task_format_env_and_workdirs(cluster3: Cluster
     assert fmt.rc == 0, fmt
     for name in ("MEM", "CORES", "STORAGE", "CONCURRENT", "CONDITIONS", "FILES", "COMMAND", "ID"):
         assert re.search(rf"^\s+{name}\s", fmt.out, re.M), (name, fmt.out)
-    assert "Examples:" in fmt.out and "leoronic_add_task 1024 1 1024 false" in fmt.out, fmt
+    assert "Examples (" in fmt.out and "leoronic_add_task 1024 1 1024 false" in fmt.out, fmt
     for option in ("LEORONIC_RETRIES=N", "LEORONIC_TIME_LIMIT=15m", "LEORONIC_NO_RENAME=1"):
         assert re.search(rf"^\s+{option}\s", fmt.out, re.M), (option, fmt.out)
 
@@ -187,7 +187,7 @@ def test_tasks_file_with_conflicting_id_on_line_3_queues_nothing(make_cluster, t
     r = c.sh(f"leoronic_add_tasks_from_file {bad}")
     assert r.rc == EXIT_USAGE and r.out == "", r
     assert set(queue(c)) == {"taken"}, "lines 1-2 were queued although line 3 was refused"
-    assert "line 3" in r.err, r
+    assert "line 3: ID: task id 'taken' is already used by a different task (" in r.err, r
 
 
 def test_tasks_file_impossible_line_3_names_the_line(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -370,6 +370,12 @@ def test_del_task_queued_running_and_finished(cluster3: Cluster) -> None:
     for tid in ("stuck", "sleeper", "fin"):
         res = c.sh(f"leoronic_result {tid}")
         assert res.rc not in (0, EXIT_NOT_FINISHED) and res.out == "", res
+    # `wait` counts the two deleted before they succeeded as failed, not the finished one,
+    # whose output was forgotten but not its success.
+    w = c.sh("leoronic_wait fin")
+    assert (w.rc, w.err) == (0, ""), w
+    w = c.sh("leoronic_wait")
+    assert w.rc == EXIT_TASK_FAILED and "2 of 3 tasks did not succeed: sleeper, stuck" in w.err, w
 
     # An unknown id: bad input.
     for cmd in ("leoronic_del_task", "leoronic_result", "leoronic_wait"):
@@ -445,12 +451,15 @@ def test_a_task_past_its_time_limit_is_stopped_with_its_children_and_fails(  # t
         f"'echo started; sleep {marker} & wait' slow\n"
     )
     assert (r.rc, r.out) == (0, "slow\n"), r
+    r = c.sh("LEORONIC_TIME_LIMIT=1s leoronic_add_task 1024 1 1024 true '' '' "  # exits 0 on TERM
+             f"'trap \"exit 0\" TERM; sleep {marker} & wait' trapped\n")
+    assert (r.rc, r.out) == (0, "trapped\n"), r
     r = c.cli("add-task", "--time-limit", "1m", "1024", "1", "1024", "true", "", "", "echo quick",
               "quick")
     assert (r.rc, r.out) == (0, "quick\n"), r
     t0 = time.monotonic()
-    w = c.sh("leoronic_wait slow quick", timeout=60)
-    assert w.rc == EXIT_TASK_FAILED and "1 of 2 tasks did not succeed: slow" in w.err, w
+    w = c.sh("leoronic_wait slow quick trapped", timeout=60)
+    assert w.rc == EXIT_TASK_FAILED and "2 of 3 tasks did not succeed: slow, trapped" in w.err, w
     assert time.monotonic() - t0 < 30, "the limit did not stop the task"
     assert not pgrep(marker), "the task's background child outlived its time limit"
 
@@ -458,6 +467,8 @@ def test_a_task_past_its_time_limit_is_stopped_with_its_children_and_fails(  # t
     assert (res.rc, res.out) == (128 + 15, "started\n"), res  # SIGTERM, as a shell reports it
     assert "leoronic: task slow was stopped after its time limit of 1s" in res.err, res
     assert c.sh("leoronic_result quick").rc == 0
+    res = c.sh("leoronic_result trapped")  # stopped all the same: the signal's code, not its 0
+    assert res.rc == 128 + 15 and "stopped after its time limit of 1s" in res.err, res
     assert queue(c)["slow"]["command"].endswith("[exit 143]  [stopped after its time limit of 1s]")
 
     rec = json.loads(c.sh("leoronic_task_info slow --json").out)
@@ -476,7 +487,7 @@ def test_a_task_past_its_time_limit_is_stopped_with_its_children_and_fails(  # t
                 f"leoronic_add_tasks_from_file --time-limit 400d {tmp_path / 'tasks.txt'}"):
         err = one_line_error(c.sh(cmd), EXIT_USAGE)
         assert err.startswith("leoronic: --time-limit: "), (cmd, err)
-    assert set(queue(c)) == {"slow", "quick"}
+    assert set(queue(c)) == {"slow", "quick", "trapped"}
 
 
 def test_get_queue_filters_by_state_and_node_and_sums_up(make_cluster) -> None:  # type: ignore[no-untyped-def]

@@ -1033,8 +1033,10 @@ def test_check_submit_sees_earlier_specs_of_the_same_batch() -> None:
     second = TaskSpec("two", 1, 1, 1, True, "queue:after one", (), "true")
     clash = TaskSpec("one", 1, 1, 1, True, "", (), "false")
     assert q.check_submit([first, second]) == []
-    assert q.check_submit([second]) == [(0, "conditions: unknown task 'one'")]
-    assert q.check_submit([first, clash]) == [(1, "task id 'one' is already used by a different task")]
+    assert q.check_submit([second]) == [
+        (0, "CONDITIONS: unknown task 'one' (named by a queue: condition)")]
+    [(index, problem)] = q.check_submit([first, clash])
+    assert index == 1 and problem.startswith("ID: task id 'one' is already used by a different task")
     assert q.tasks == {}  # a dry run changes nothing
 
 
