@@ -271,7 +271,7 @@ def start_worker(opts: dict[str, Any]) -> None:
     """Build the config, start the node, block until SIGTERM/SIGINT, then leave cleanly."""
     global _served
     _served = True
-    home = _make_home(opts["home"] or default_home())
+    home = _make_home(default_home() if opts["home"] is None else opts["home"])
     _setup_logging(os.path.join(home, "logs", "node.log"))
     cfg = Config(
         home=home, port=opts["port"], bind=opts["bind"], advertise=opts["advertise"],
@@ -310,7 +310,10 @@ def start_worker(opts: dict[str, Any]) -> None:
 
 
 def _make_home(home: str) -> str:
-    """`home` with its logs folder made; UsageError naming --home if it cannot be."""
+    """`home` with its logs folder made; UsageError naming --home if it cannot be (or is
+    given empty: `--home "$DIR"` with DIR unset must not start in ~/.leoronic)."""
+    if not home.strip():
+        raise UsageError("--home: empty; give the folder for the journal, outputs and work dirs")
     try:
         os.makedirs(os.path.join(home, "logs"), exist_ok=True)
         probe = os.path.join(home, "logs", f".probe-{os.getpid()}")
@@ -375,7 +378,7 @@ def ghost(target: str, **opts: Any) -> None:
     peers = tuple(p for chunk in opts["peers"] for p in chunk.split())
     for peer in peers:
         split_address(peer, "--peer")
-    home = _make_home(opts["home"] or default_home())
+    home = _make_home(default_home() if opts["home"] is None else opts["home"])
     cfg = GhostConfig(
         home=home, cookie=read_cookie(), target=target, peers=peers, port=opts["port"],
         bind=opts["bind"], advertise=opts["advertise"], name=opts["name"], cores=opts["cores"],
@@ -487,8 +490,9 @@ def _submit(rows: list[taskfields.Fields], retries: int | None, time_limit: str 
             labels: Sequence[str] = ()) -> None:
     if retries is not None and not 0 <= retries <= MAX_RETRIES:
         raise UsageError(f"--retries: must be 0 to {MAX_RETRIES}, got {retries}")
-    limit = taskfields.parse_duration(time_limit, "--time-limit") if time_limit else 0.0
-    rank = taskfields.parse_priority(priority, "--priority") if priority else 0
+    # Given empty ('--time-limit ""'), they are refused, not taken for the default.
+    limit = taskfields.parse_duration(time_limit, "--time-limit") if time_limit is not None else 0.0
+    rank = taskfields.parse_priority(priority, "--priority") if priority is not None else 0
     client = Client()
     specs, uploads = client.build_specs(rows, retries=retries or 0, rename=not no_rename,
                                         time_limit=limit, priority=rank, held=hold)

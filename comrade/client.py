@@ -16,7 +16,14 @@ from typing import Any
 
 from comrade import rpc
 from comrade.config import DEFAULT_PORT, default_cookie_path, is_seconds, parse_number
-from comrade.errors import AuthError, ClusterError, LeoronicError, RemoteError, UsageError
+from comrade.errors import (
+    EXIT_CLUSTER,
+    AuthError,
+    ClusterError,
+    LeoronicError,
+    RemoteError,
+    UsageError,
+)
 from comrade.files import (
     DEFAULT_MAX_FILE_BYTES,
     FileError,
@@ -92,6 +99,16 @@ def _new_cookie(path: str, where: str) -> str:
         f.flush()
         os.fsync(f.fileno())  # the workers started with it must find it after a power cut
     return secret
+
+
+def _maybe_queued(unsure: Sequence[TaskSpec], queued: int) -> str:
+    """What a submit cut off by a lost quorum leaves: tasks it cannot know about (a node may
+    commit them once it has a quorum again), which only the same ids can safely resubmit."""
+    ids = [s.task_id for s in unsure]
+    which = f"task {ids[0]}" if len(ids) == 1 else f"{len(ids)} tasks, {ids[0]} to {ids[-1]},"
+    return (f"{queued} tasks were queued, and {which} may still be queued once the cluster has a "
+            "quorum again: submit them again with the same ids to be sure (a no-op for those "
+            "that were)")
 
 
 def node_address() -> str:
@@ -221,12 +238,18 @@ class Client:
         for index, problem in self.call("check", list(specs))[:1]:
             label = labels[index] if index < len(labels) else ""
             raise UsageError(f"{label}{problem}")
-        ids = []
+        ids: list[str] = []
         start, size = 0, min(first, batch)
         while start < len(specs):
             chunk = list(specs[start : start + size])
+            try:
+                answers = self.call("submit", chunk)
+            except LeoronicError as exc:
+                if exc.exit_code != EXIT_CLUSTER:
+                    raise
+                raise ClusterError(f"{exc}; {_maybe_queued(specs[start:], len(ids))}") from None
             start, size = start + size, batch
-            for task_id, ok, detail in self.call("submit", chunk):
+            for task_id, ok, detail in answers:
                 if not ok:
                     raise UsageError(f"task {task_id}: {detail}")
                 ids.append(task_id)

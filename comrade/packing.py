@@ -150,7 +150,7 @@ def made_for(dest: str, what: str = "") -> Iterator[None]:
     """Make the folder `dest` for the block; if the block fails, a `dest` made here is removed
     again when still empty. With `what` (the argument's name), a `dest` that cannot be made is
     a UsageError naming it, and so is an empty one."""
-    if what and not dest:
+    if what and not dest.strip():
         raise UsageError(f"{what}: empty; give the folder to copy into")
     made = not os.path.isdir(dest)
     try:

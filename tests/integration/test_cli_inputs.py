@@ -41,6 +41,7 @@ def refused(r: subprocess.CompletedProcess[str], start: str) -> None:
 
 @pytest.mark.parametrize("args, start", [
     (["get-files", "t1", ""], "DEST: empty"),
+    (["get-files", "t1", " "], "DEST: empty"),
     (["get-all-files", ""], "DEST: empty"),
     (["get-files", "t1", "/proc/1/x"], "DEST: cannot make '/proc/1/x'"),
     (["get-all-files", "/proc/1/x"], "DEST: cannot make '/proc/1/x'"),
@@ -67,6 +68,10 @@ def refused(r: subprocess.CompletedProcess[str], start: str) -> None:
     (["add-tag", "a b"], "TAG: tag 'a b' is not valid: must not contain spaces"),
     (["add-tag", ""], "TAG: empty tag"),
     (["add-tag", "--node", "", "gpu"], "--node: empty; give a node name"),
+    (["add-task", "--time-limit", "", "--", "1", "1", "1", "true", "", "", "true"],
+     "--time-limit: '' is not a duration"),
+    (["add-task", "--priority", "", "--", "1", "1", "1", "true", "", "", "true"],
+     "--priority: '' is not a whole number"),
     (["drain", "--node", " "], "--node: empty; give a node name"),
     (["resume", "--node", ""], "--node: empty; give a node name"),
     (["get-queue", "--node", ""], "--node: empty; give a node name"),
@@ -134,6 +139,8 @@ def test_a_worker_refuses_a_bad_home_name_and_address(tmp_path: Path) -> None:
     refused(leoronic(tmp_path, *worker, "--home", str(tmp_path / "file")),
             f"--home: cannot use '{tmp_path / 'file'}': Not a directory")
     refused(leoronic(tmp_path, *worker, "--home", "/proc/leoronic"), "--home: cannot use '/proc/leoronic'")
+    refused(leoronic(tmp_path, *worker, "--home", ""), "--home: empty")
+    refused(leoronic(tmp_path, "ghost", *worker, "--home", " "), "--home: empty")
     home = str(tmp_path / "home")
     refused(leoronic(tmp_path, *worker, "--home", home, "--name", "../../escape"),
             "--name: '../../escape' is not a node name")

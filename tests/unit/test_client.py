@@ -62,6 +62,33 @@ def test_a_refused_spec_queues_nothing_and_names_its_line() -> None:
     assert [m for m, _ in client.calls] == ["check"]
 
 
+
+class QuorumLost(Recording):
+    """Answers `answered` submits, then loses its quorum: the outcome of the rest is unknown."""
+
+    def __init__(self, error: Exception, answered: int = 1) -> None:
+        super().__init__()
+        self.error = error
+        self.answered = answered
+
+    def call(self, method: str, *args: Any, retry_s: float = 0) -> Any:
+        if method == "submit" and len(self.calls) == 1 + self.answered:
+            raise self.error
+        return super().call(method, *args, retry_s=retry_s)
+
+
+def test_a_submit_cut_off_by_a_lost_quorum_names_the_ids_that_may_be_queued() -> None:
+    with pytest.raises(ClusterError) as err:
+        QuorumLost(ClusterError("no quorum: no answer in time")).submit(specs(120), first=50)
+    assert str(err.value) == (
+        "no quorum: no answer in time; 50 tasks were queued, and 70 tasks, t50 to t119, may "
+        "still be queued once the cluster has a quorum again: submit them again with the same "
+        "ids to be sure (a no-op for those that were)")
+    with pytest.raises(ClusterError, match=r"; 0 tasks were queued, and task t0 may still be"):
+        QuorumLost(ClusterError("x"), answered=0).submit(specs(1))
+    with pytest.raises(UsageError, match="^bad$"):  # not about the outcome: as it was
+        QuorumLost(UsageError("bad")).submit(specs(120), first=50)
+
 class NodeGone(Client):
     def __init__(self) -> None:
         super().__init__("127.0.0.1:1", "cookie")
