@@ -169,7 +169,12 @@ class _Cli(click.Group):
             code = super().main(args, prog_name, complete_var, False, **extra)
         except click.UsageError as exc:
             hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
-            click.echo(f"leoronic: {one_line(exc.format_message())}{hint}", err=True)
+            message = exc.format_message()
+            if isinstance(exc, click.BadParameter) and exc.param is not None \
+                    and exc.param.name and exc.ctx is not None \
+                    and _from_environment(exc.ctx, exc.param.name):
+                message += f" (from {exc.param.envvar})"  # not typed: say where it came from
+            click.echo(f"leoronic: {one_line(message)}{hint}", err=True)
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
             exc.show()
@@ -178,6 +183,20 @@ class _Cli(click.Group):
             click.echo("Aborted!", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _from_environment(ctx: click.Context, name: str) -> bool:
+    """Whether option `name` of the command being run took its value from its variable."""
+    from click.core import ParameterSource
+    return ctx.get_parameter_source(name) is ParameterSource.ENVIRONMENT
+
+
+def option_name(flag: str, envvar: str) -> str:
+    """How to name an option in an error: its variable when the value came from there (the
+    shell functions pass options only that way), else its flag."""
+    ctx = click.get_current_context(silent=True)
+    name = flag.lstrip("-").replace("-", "_")
+    return envvar if ctx is not None and _from_environment(ctx, name) else flag
 
 
 #: Set once this process has served as a worker or a ghost: it then exits the usual way.
@@ -489,10 +508,13 @@ def _submit(rows: list[taskfields.Fields], retries: int | None, time_limit: str 
             priority: str | None, hold: bool, no_rename: bool,
             labels: Sequence[str] = ()) -> None:
     if retries is not None and not 0 <= retries <= MAX_RETRIES:
-        raise UsageError(f"--retries: must be 0 to {MAX_RETRIES}, got {retries}")
+        raise UsageError(f"{option_name('--retries', 'LEORONIC_RETRIES')}: must be 0 to "
+                         f"{MAX_RETRIES}, got {retries}")
     # Given empty ('--time-limit ""'), they are refused, not taken for the default.
-    limit = taskfields.parse_duration(time_limit, "--time-limit") if time_limit is not None else 0.0
-    rank = taskfields.parse_priority(priority, "--priority") if priority is not None else 0
+    limit = 0.0 if time_limit is None else taskfields.parse_duration(
+        time_limit, option_name("--time-limit", "LEORONIC_TIME_LIMIT"))
+    rank = 0 if priority is None else taskfields.parse_priority(
+        priority, option_name("--priority", "LEORONIC_PRIORITY"))
     client = Client()
     specs, uploads = client.build_specs(rows, retries=retries or 0, rename=not no_rename,
                                         time_limit=limit, priority=rank, held=hold)

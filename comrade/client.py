@@ -32,6 +32,7 @@ from comrade.files import (
     upload_parts,
 )
 from comrade.model import TAIL_BYTES, TAILS_BUDGET, TaskSpec
+from comrade.renaming import rename_plan
 from comrade.taskfields import Fields
 
 #: Seconds a command keeps retrying a node that is unreachable or has no quorum (an election
@@ -198,6 +199,13 @@ class Client:
         specs, uploads, seen = [], [], set()
         for fields in rows:
             files = read_files_field(fields.files, limit)
+            for f in files:  # what the node would refuse when placing them, refused now
+                try:
+                    f.ref.name.encode()
+                except UnicodeEncodeError:  # undecodable bytes of the file system's name
+                    raise FileError(f"necessary file {f.ref.name!r}: its name is not UTF-8 "
+                                    "text; rename it") from None
+            rename_plan([f.ref for f in files], rename)
             for f in files:
                 if f.ref.sha256 not in seen:
                     seen.add(f.ref.sha256)

@@ -31,6 +31,15 @@ log = logging.getLogger(__name__)
 MIN_FREE_DISK = 64 * 1024 * 1024
 
 
+def check_resolves(host: str, option: str) -> None:
+    """UsageError naming `option` unless `host` is an address or a name that resolves."""
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as exc:
+        why = exc.strerror if isinstance(exc, socket.gaierror) else "not a host name"
+        raise UsageError(f"{option}: {host!r} is not a known address ({why})") from None
+
+
 def advertise_address(bind: str, peers: Sequence[str]) -> str:
     """The address other boxes reach this one at.
 

@@ -154,7 +154,13 @@ class Node:
                              {**self.service.handlers(), **self.relay.handlers()},
                              packing.streams(self.paths, self.name, self.store),
                              self.service.uploads())
-        check_port_free(self.advertise, self.cfg.raft_port, "--port (Raft uses PORT+1)")
+        # Where pysyncobj will listen (make_syncobj's bind): --advertise need not be an address
+        # of this box (it was probed here, and refused as "--bind: ... not an address").
+        everywhere = "::" if ":" in self.advertise else "0.0.0.0"  # as pysyncobj picks
+        check_port_free(everywhere if binds_everywhere(self.cfg.bind) else self.cfg.bind,
+                        self.cfg.raft_port, "--port (Raft uses PORT+1)")
+        if self.cfg.advertise:
+            membership.check_resolves(self.cfg.advertise, "--advertise")
         raft_dir = os.path.join(self.cfg.home, "raft")
         journal_check.check_journal(os.path.join(raft_dir, "journal"))
         journal_check.check_dump(os.path.join(raft_dir, "dump"))

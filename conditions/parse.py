@@ -10,6 +10,7 @@ This module is pure: it does no I/O and imports nothing from the project but thi
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -168,10 +169,11 @@ def _tag_problem(tag: str) -> str | None:
 
 
 def _file_name_ok(name: str) -> bool:
-    """Tell whether ``name`` is a relative path that stays inside a directory."""
-    if not name or "\0" in name or name.startswith("/"):
+    """Tell whether ``name`` is a relative path that stays inside a directory and names
+    something in it (not the directory itself, no control characters: a newline passed)."""
+    if not name or not name.isprintable() or name.startswith("/"):
         return False
-    return ".." not in name.split("/")
+    return ".." not in name.split("/") and posixpath.normpath(name) != "."
 
 
 def _split_head(text: str) -> tuple[str, str | None]:
@@ -228,5 +230,6 @@ def _check_argument(prefix: str, predicate: str, argument: str) -> None:
     elif predicate == "has_file" and not _file_name_ok(argument):
         raise ConditionError(
             f"{prefix}file name '{argument}' must be a relative path inside the "
-            "leoronic files directory (no '..', not absolute)"
+            "leoronic files directory (no '..', not absolute, not the directory itself, no "
+            "control characters)"
         )

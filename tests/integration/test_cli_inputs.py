@@ -86,7 +86,8 @@ def test_bad_client_input_is_one_line_and_exit_2_before_any_cluster(
     ({"LEORONIC_RETRY_S": "nan"}, "LEORONIC_RETRY_S: 'nan' is not a number of seconds >= 0"),
     ({"LEORONIC_RETRY_S": "２"}, "LEORONIC_RETRY_S: '２' is not a number of seconds >= 0"),
     ({"LEORONIC_RETRY_S": "1_000"}, "LEORONIC_RETRY_S: '1_000' is not a number of seconds >= 0"),
-    ({"LEORONIC_NODE": "", "LEORONIC_PORT": "x"}, "Invalid value for '--port': 'x' is not a whole number"),
+    ({"LEORONIC_NODE": "", "LEORONIC_PORT": "x"},
+     "Invalid value for '--port': 'x' is not a whole number (from LEORONIC_PORT)"),
     ({"LEORONIC_NODE": "", "LEORONIC_PORT": "70000"}, "LEORONIC_PORT: '70000' is not a port number"),
     ({"LEORONIC_NODE": "nowhere"}, "LEORONIC_NODE: 'nowhere' is not HOST:PORT"),
 ])
@@ -224,3 +225,22 @@ def test_a_worker_joining_an_unreachable_peer_stops_at_once_on_sigterm(tmp_path:
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_necessary_files_no_node_could_place_are_refused_at_submit(tmp_path: Path) -> None:
+    """Both were queued, and then claimed and given back five times over about 50 s before
+    failing with a Python message ('surrogates not allowed')."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "d.txt").write_text(folder)
+    refused(leoronic(tmp_path, "add-task", "--no-rename", "--", "1", "1", "1", "true", "",
+                     f"{tmp_path}/a/d.txt;{tmp_path}/b/d.txt", "cat d.txt"),
+            f"necessary files '{tmp_path}/a/d.txt' and '{tmp_path}/b/d.txt' would both be "
+            "placed as 'd.txt'; turn renaming on or rename one")
+    odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9.txt")
+    with open(odd, "wb") as f:
+        f.write(b"x")
+    name = os.fsdecode(odd)
+    refused(leoronic(tmp_path, "add-task", "--", "1", "1", "1", "true", "", name, "cat x"),
+            f"necessary file {name!r}: its name is not UTF-8 text; rename it".replace(
+                "\udce9", "\\udce9"))

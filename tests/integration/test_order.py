@@ -92,7 +92,7 @@ def test_priority_refuses_bad_input_with_one_line(cluster3: Cluster) -> None:
         ("leoronic_add_tasks_from_file --priority 1.5 <(echo \"1024 1 1024 true '' '' true p1\")",
          "leoronic: --priority: '1.5' is not a whole number\n"),
         ("LEORONIC_PRIORITY=high leoronic_add_task 1024 1 1024 true '' '' true p2",
-         "leoronic: --priority: 'high' is not a whole number\n"),
+         "leoronic: LEORONIC_PRIORITY: 'high' is not a whole number\n"),  # as it was given
     ]:
         r = cluster3.sh(script)
         assert (r.rc, r.out, r.err) == (2, "", message), (script, r)

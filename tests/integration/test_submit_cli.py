@@ -481,12 +481,15 @@ def test_a_task_past_its_time_limit_is_stopped_with_its_children_and_fails(  # t
 
     # Bad limits: one line naming the option, exit 2, nothing queued.
     (tmp_path / "tasks.txt").write_text("1024 1 1024 true '' '' 'echo hi' from-file\n")
-    for cmd in ("LEORONIC_TIME_LIMIT=soon leoronic_add_task 1024 1 1024 true '' '' true bad1",
-                "bash $_leoronic_here/leoronic add-task --time-limit -5 1024 1 1024 true '' '' "
-                "true bad2",
-                f"leoronic_add_tasks_from_file --time-limit 400d {tmp_path / 'tasks.txt'}"):
+    for cmd, field in (
+            ("LEORONIC_TIME_LIMIT=soon leoronic_add_task 1024 1 1024 true '' '' true bad1",
+             "LEORONIC_TIME_LIMIT"),  # named as it was given
+            ("bash $_leoronic_here/leoronic add-task --time-limit -5 1024 1 1024 true '' '' "
+             "true bad2", "--time-limit"),
+            (f"leoronic_add_tasks_from_file --time-limit 400d {tmp_path / 'tasks.txt'}",
+             "--time-limit")):
         err = one_line_error(c.sh(cmd), EXIT_USAGE)
-        assert err.startswith("leoronic: --time-limit: "), (cmd, err)
+        assert err.startswith(f"leoronic: {field}: "), (cmd, err)
     assert set(queue(c)) == {"slow", "quick", "trapped"}
 
 

@@ -86,7 +86,8 @@ SCOPE_TAIL = "; expected one of queue, worker"
 QPRED_TAIL = "; expected one of is_first, all_with_cmd_done, all_with_cmd_ok, after, after_ok"
 WPRED_TAIL = "; expected one of tag, has_file"
 ID_TAIL = " is not valid (letters, digits, '.', '_', '-'; at most 128)"
-FILE_TAIL = " must be a relative path inside the leoronic files directory (no '..', not absolute)"
+FILE_TAIL = (" must be a relative path inside the leoronic files directory (no '..', not absolute, "
+             "not the directory itself, no control characters)")
 
 
 def _re_error(pattern: str) -> str:
@@ -211,6 +212,10 @@ ERRORS: list[tuple[str, str]] = [
     ("worker:has_file ../x", _e(1, "worker:has_file ../x", "file name '../x'" + FILE_TAIL)),
     ("worker:has_file a/../b", _e(1, "worker:has_file a/../b", "file name 'a/../b'" + FILE_TAIL)),
     ("worker:has_file a/..", _e(1, "worker:has_file a/..", "file name 'a/..'" + FILE_TAIL)),
+    ("worker:has_file .", _e(1, "worker:has_file .", "file name '.'" + FILE_TAIL)),
+    ("worker:has_file ./", _e(1, "worker:has_file ./", "file name './'" + FILE_TAIL)),
+    ("worker:has_file a\nb", _e(1, "worker:has_file a\nb", "file name 'a\nb'" + FILE_TAIL)),
+    ("worker:has_file a\tb", _e(1, "worker:has_file a\tb", "file name 'a\tb'" + FILE_TAIL)),
     ("worker:has_file a\0b", "must not contain control characters (found '\\x00')"),
     ("queue:after x\x1b[2J", "must not contain control characters (found '\\x1b')"),
     ("worker:tag a\x7f", "must not contain control characters (found '\\x7f')"),
