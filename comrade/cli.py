@@ -49,12 +49,19 @@ MAX_ERROR_CHARS = 500
 def one_line(message: str) -> str:
     """`message` as one line of at most MAX_ERROR_CHARS: a newline or other control character
     (from a field the user gave) shown escaped, the rest cut with how much was left out."""
-    if not message.isprintable():
-        message = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
+    message = printable(message)
     if len(message) > MAX_ERROR_CHARS:
         cut = len(message) - MAX_ERROR_CHARS
         message = f"{message[:MAX_ERROR_CHARS]}... ({cut} more characters)"
     return message
+
+
+def printable(text: str) -> str:
+    """`text` with every control character shown escaped (`\\r`, `\\x1b`): a command or
+    a reason printed as it is could move the cursor and overwrite the lines above."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def fail(message: str, code: int) -> None:
@@ -545,11 +552,11 @@ def get_queue(states: Sequence[str], node: str | None, summary: bool) -> None:
     now = time.time()
     lines = [f"{'ID':<14} {'STATE':<8} {'NODE':<20} {'TRY':>3} {'AGE':>7}  COMMAND"]
     for tid, state, where, attempt, submitted, command, reason, code, rank, held in rows:
-        shown = command.replace("\n", "; ")
+        shown = printable(command.replace("\n", "; "))
         if len(shown) > 60:
             shown = shown[:57] + "..."
         extra = f"  [exit {code}]" if code not in (None, 0) else ""
-        extra += f"  [{reason}]" if reason and state == "failed" else ""
+        extra += f"  [{printable(reason)}]" if reason and state == "failed" else ""
         extra += f"  [priority {rank}]" if rank and state in ("queued", "running") else ""
         extra += "  [held]" if held else ""
         age = _age(now - submitted)
@@ -653,7 +660,7 @@ def _describe(r: dict[str, Any]) -> str:
              + (f"; time limit {format_duration(r['time_limit'])}" if r["time_limit"] else "")
              + (f"; priority {r['priority']}" if r["priority"] else "")
              + ("; held (leoronic release starts it)" if r["held"] else ""),
-             f"  submitted {when(r['submitted'])}; command: {r['command']}"]
+             f"  submitted {when(r['submitted'])}; command: {printable(r['command'])}"]
     for a in r["attempts"]:
         code = "" if a["exit_code"] is None else f", exit {a['exit_code']}"
         lines.append(f"  attempt {a['number']} on {a['node']}: claimed {when(a['claimed'])}, "

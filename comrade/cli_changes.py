@@ -34,7 +34,7 @@ def _chosen(task_ids: Sequence[str], states: Sequence[str],
         raise UsageError("ID: give one or more task ids, or --state STATE")
     client = Client()
     if not states:
-        return client, list(task_ids)
+        return client, list(dict.fromkeys(task_ids))  # each once: one line per task
     return client, [row[0] for row in client.call("queue", list(states), "")
                     if held is None or row[-1] is held]
 

@@ -88,6 +88,7 @@ def test_priority_refuses_bad_input_with_one_line(cluster3: Cluster) -> None:
         ("leoronic_priority 99999999999 done1",
          "leoronic: PRIORITY: 99999999999 is outside -2147483648 to 2147483647\n"),
         ("leoronic_priority 3 nosuch", "leoronic: ID: no task 'nosuch'\n"),
+        ("leoronic_priority 3 nosuch nosuch", "leoronic: ID: no task 'nosuch'\n"),  # once
         ("leoronic_priority 3 done1", "leoronic: ID: task 'done1' is done\n"),
         ("leoronic_add_tasks_from_file --priority 1.5 <(echo \"1024 1 1024 true '' '' true p1\")",
          "leoronic: --priority: '1.5' is not a whole number\n"),

@@ -86,3 +86,14 @@ def test_the_worker_options_reach_its_config(args: list[str], synced: bool, tmp_
                 handler.close()
     assert r.exit_code == 2 and "stub: not started" in r.stderr, r.output
     assert [c.sync_journal for c in configs] == [synced]
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("echo hi", "echo hi"),
+    ("printf 'a\rb'", "printf 'a\\rb'"),  # a carriage return would overwrite the row
+    ("echo \x1b[2Jgone", "echo \\x1b[2Jgone"),  # an escape sequence would clear the screen
+    ("tab\there", "tab\\there"),
+])
+def test_commands_and_reasons_are_printed_with_control_characters_escaped(
+        text: str, shown: str) -> None:
+    assert cli.printable(text) == shown
