@@ -36,7 +36,7 @@ from comrade.config import (
     split_address,
     valid_node_name,
 )
-from comrade.errors import EXIT_USAGE, LeoronicError, TaskFailed, UsageError
+from comrade.errors import EXIT_CLUSTER, EXIT_USAGE, ClusterError, LeoronicError, TaskFailed, UsageError
 from comrade.model import WAIT_OVER, State, format_duration
 
 EXIT_NOT_FINISHED = 5
@@ -775,12 +775,21 @@ def get_files(task_id: str, dest: str) -> None:
         ran_on = sorted({a.node for a in task.attempts})
         if not ran_on:
             raise UsageError(f"ID: task {task_id} has not run yet")
+        missed = 0
         for name in ran_on:
-            if name not in nodes:
-                click.echo(f"leoronic: node {name} is unknown", err=True)
+            try:
+                if name not in nodes:
+                    raise ClusterError("it is no longer a member of the cluster")
+                _receive(client, nodes[name], dest, "task", task_id)
+            except LeoronicError as exc:  # the other nodes' copies still come, then exit 3
+                if exc.exit_code != EXIT_CLUSTER:
+                    raise
+                click.echo(f"leoronic: node {name}: {exc}", err=True)
+                missed += 1
                 continue
-            _receive(client, nodes[name], dest, "task", task_id)
             click.echo(f"{name}: {dest}")
+    if missed:
+        sys.exit(3)
 
 
 def _receive(client: Client, address: str, dest: str, *what: str) -> None:

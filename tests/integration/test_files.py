@@ -353,6 +353,12 @@ def test_get_all_files_and_get_files_bring_work_dirs_back(cluster3: Cluster, tmp
     assert (partial / "n1" / f"{ids['n1']}-a1" / "out_n1.txt").read_text() == "from n1\n"
     assert (partial / "n2" / f"{ids['n2']}-a1" / "out_n2.txt").read_text() == "from n2\n"
     assert not (partial / "n3").exists()
+    # One task's dirs from a node that is down: said in one line, exit 3 (it said the node was
+    # unknown and exited 0 when the node had left, and stopped at the first unreachable one).
+    r = cluster3.sh(f"leoronic_get_files {ids['n3']} {tmp_path / 'from-n3'}", timeout=90,
+                    LEORONIC_RETRY_S="2")
+    assert r.rc == 3 and r.out == "" and r.err.startswith("leoronic: node n3: "), r
+    assert r.err.count("\n") == 1, r
 
 
 # ----- garbage --------------------------------------------------------------------------------
