@@ -61,6 +61,7 @@ changed and the log says so.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import logging
 import mmap
@@ -76,6 +77,13 @@ from pysyncobj.monotonic import monotonic
 from pysyncobj.poller import POLL_EVENT_TYPE
 
 log = logging.getLogger(__name__)
+
+# pysyncobj (tcp_connection) imports its copy of win_inet_pton, whose `if os.name == "nt"`
+# covers only inet_pton: on every system it replaces socket.inet_ntop with a Windows-only
+# function that raises TypeError, for the whole process (psutil's net_connections and
+# zeroconf's DNSAddress repr call it). The C function is still in _socket.
+if os.name != "nt" and socket.inet_ntop is not _socket.inet_ntop:
+    socket.inet_ntop = _socket.inet_ntop
 
 #: zlib level of every Raft message (pysyncobj: 3).
 COMPRESS_LEVEL = 1

@@ -316,3 +316,12 @@ def test_a_worker_started_with_no_sync_journal_leaves_its_journal_unsynced(
         assert raftmend._sync is True
     finally:
         raftmend.set_sync(True)
+
+
+def test_socket_inet_ntop_is_the_c_one_again_after_pysyncobj_is_imported() -> None:
+    """pysyncobj's win_inet_pton replaced it on Linux with a Windows-only function."""
+    import socket
+
+    import pysyncobj.tcp_connection  # noqa: F401 - the import that replaced it
+    assert socket.inet_ntop(socket.AF_INET, b"\x7f\x00\x00\x01") == "127.0.0.1"
+    assert socket.inet_ntop(socket.AF_INET6, b"\x00" * 15 + b"\x01") == "::1"
