@@ -253,8 +253,8 @@ class Client:
             try:
                 answers = self.call("submit", chunk)
             except LeoronicError as exc:
-                if exc.exit_code != EXIT_CLUSTER:
-                    raise
+                if exc.exit_code != EXIT_CLUSTER or getattr(exc, "kind", "") == "NotChanged":
+                    raise  # not about an unknown outcome
                 raise ClusterError(f"{exc}; {_maybe_queued(specs[start:], len(ids))}") from None
             start, size = start + size, batch
             for task_id, ok, detail in answers:

@@ -3,6 +3,7 @@
 LeoronicError
   UsageError         bad input from the user (exit 2); nothing was queued or changed
   ClusterError       the cluster could not be reached or has no quorum (exit 3)
+    NotChanged       ... and the change was refused before it was proposed (exit 3)
     AuthError        the cookie was refused (exit 4)
   TaskFailed         a waited-for task failed (exit 1); carries no traceback
 """
@@ -32,6 +33,11 @@ class ClusterError(LeoronicError):
     """Raised when no node answers, or the cluster has no quorum to commit a change."""
 
     exit_code = EXIT_CLUSTER
+
+
+class NotChanged(ClusterError):
+    """Raised when a node refuses a change before proposing it (it is isolated): unlike a
+    ClusterError after a proposal, the outcome is known, nothing was changed."""
 
 
 class AuthError(ClusterError):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from comrade import packing, rpc
-from comrade.errors import ClusterError, LeoronicError, UsageError
+from comrade.errors import ClusterError, LeoronicError, NotChanged, UsageError
 from comrade.membership import protocol_mismatch, rpc_of_raft
 from comrade.model import WAIT_OVER, Resources, State, Task, TaskSpec
 from comrade.queue import PROTOCOL
@@ -68,6 +68,19 @@ class Service:
         }
 
     # ----- helpers ----------------------------------------------------------------------------
+
+    def _change(self, ops: list[Any]) -> list[Any]:
+        """`_propose` for a client's change (submit, delete, hold, priority, drain, tags):
+        refused at once, and so certainly not made, while this node is isolated: it has had
+        no quorum for --isolation-after already, and waiting SUBMIT_DEADLINE_S more for one
+        only to say "unknown outcome" helped nobody."""
+        since = self.node.isolation.since
+        if since is not None:
+            raise NotChanged(
+                f"no quorum: node {self.node.name} is isolated since "
+                f"{time.strftime('%H:%M:%S', time.localtime(since))} (a majority of the workers "
+                "is unreachable); changes need a majority, so nothing was changed")
+        return self._propose(ops)
 
     def _propose(self, ops: list[Any], deadline_s: float = SUBMIT_DEADLINE_S) -> list[Any]:
         """Propose and wait, retrying unknown outcomes with the same (idempotent) operations."""
@@ -180,7 +193,7 @@ class Service:
             why = _unrunnable(spec, biggest)
             if why:
                 raise UsageError(why)
-        replies = self._propose([("submit", s) for s in specs])
+        replies = self._change([("submit", s) for s in specs])
         return [(s.task_id, r.ok, r.detail) for s, r in zip(specs, replies, strict=False)]
 
     def queue(self, states: Sequence[str] = (), node: str = "") -> list[tuple[Any, ...]]:
@@ -281,7 +294,7 @@ class Service:
 
     def _each(self, ids: Sequence[str], op: Callable[[str], Any]) -> list[tuple[str, bool, str]]:
         """Propose one operation per task id: (id, accepted, detail) for each."""
-        replies = self._propose([op(tid) for tid in ids])
+        replies = self._change([op(tid) for tid in ids])
         return [(tid, r.ok, r.detail) for tid, r in zip(ids, replies, strict=False)]
 
     # ----- nodes and tags ---------------------------------------------------------------------
@@ -328,7 +341,7 @@ class Service:
         """Stop (`on`) or resume giving a node (this one if node is empty) new tasks; its
         state as `drained` gives it."""
         name = node or self.node.name
-        [reply] = self._propose([("drain", name, bool(on))])
+        [reply] = self._change([("drain", name, bool(on))])
         if not reply.ok:
             raise UsageError(f"--node: {reply.detail}")
         return self.drained(name, 0.0)
@@ -358,7 +371,7 @@ class Service:
             self._wait_entry(gen, left)
 
     def _tag(self, op: str, node: str, tag: str) -> str:
-        [reply] = self._propose([(op, node, tag)])
+        [reply] = self._change([(op, node, tag)])
         if not reply.ok:
             field = "--node" if reply.detail.startswith("unknown node") else "TAG"
             raise UsageError(f"{field}: {reply.detail}")

@@ -160,6 +160,16 @@ def test_shrink_to_the_last_worker_which_runs_isolated_and_merges(make_cluster, 
         assert (r.rc, r.out) == (0, f"{tid} on n1\n"), r
     view = nodes_view(cluster, n1)
     assert view is not None and view.isolated, view
+    # Changes need a majority: refused at once (nothing changed), while `leoronic_wait` is
+    # answered from n1's own copy.
+    for script in ("leoronic_add_task 1024 1 1024 true '' '' true iso-new",
+                   f"leoronic_del_task {deps[0]}", f"leoronic_hold {deps[0]}"):
+        started = time.monotonic()
+        r = cluster.sh(script, node=n1, timeout=60, LEORONIC_RETRY_S="0")
+        assert r.rc == 3 and "is isolated since" in r.err and "nothing was changed" in r.err, r
+        assert time.monotonic() - started < 10, (script, "waited for a quorum")
+    r = cluster.sh(f"leoronic_wait --timeout 10 {' '.join(deps)}", node=n1)
+    assert r.rc == 0, r
 
     # The others come back (same homes): n1 rejoins, the isolated results merge.
     cluster.launch(n2)

@@ -125,6 +125,35 @@ def test_files_reach_a_node_without_the_upload_under_renamed_names(make_cluster,
         f"lf_{digest[:12]}_data.txt lf_{script_digest[:12]}_script.py keep data.txt.bak\n")
 
 
+
+def test_a_file_survives_losing_the_node_it_was_uploaded_to(make_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The README's promise that losing one node loses no file: uploaded through n1, which
+    keeps a copy and makes one more, the file still reaches a node without a copy once n1 is
+    gone (SIGKILL), from the other copy alone."""
+    cluster: Cluster = make_cluster(3)
+    n1 = cluster.nodes[0]
+    src = write_inputs(tmp_path)
+    digest = sha(DATA)
+    r = add_task(cluster, "cat data.txt", "worker:tag far", "data.txt", "survivor", cwd=src)
+    assert (r.rc, r.out) == (0, "survivor\n"), r
+    have = wait_for(lambda: len(holders(cluster, digest)) >= 2 and holders(cluster, digest),
+                    20, "two stored copies")
+    assert n1 in have and len(have) == 2, have
+    keeper = next(n for n in have if n is not n1)
+    lacking = next(n for n in cluster.nodes if n not in have)
+
+    cluster.kill(n1, signal.SIGKILL)
+    r = cluster.cli("add-tag", "far", "--node", lacking.name, node=keeper)
+    assert r.rc == 0, r
+    r = cluster.sh("leoronic_wait --timeout 60 survivor", node=keeper, timeout=90)
+    assert r.rc == 0, r
+    r = cluster.sh("leoronic_result survivor", node=keeper)
+    assert (r.rc, r.out) == (0, DATA.decode()), r
+    info = cluster.sh("leoronic_task_info --json survivor", node=keeper)
+    assert f'"node": "{lacking.name}"' in info.out, info
+    with open(stored(lacking, digest), "rb") as f:
+        assert f.read() == DATA
+
 def test_no_rename_keeps_the_original_basenames(cluster3: Cluster, tmp_path: Path) -> None:
     src = write_inputs(tmp_path)
     # LEORONIC_NO_RENAME=1 with relative names.

@@ -88,6 +88,9 @@ def test_a_submit_cut_off_by_a_lost_quorum_names_the_ids_that_may_be_queued() ->
         QuorumLost(ClusterError("x"), answered=0).submit(specs(1))
     with pytest.raises(UsageError, match="^bad$"):  # not about the outcome: as it was
         QuorumLost(UsageError("bad")).submit(specs(120), first=50)
+    refused = RemoteError("NotChanged", "no quorum: node n1 is isolated; nothing was changed")
+    with pytest.raises(RemoteError, match="nothing was changed$"):  # a known outcome
+        QuorumLost(refused).submit(specs(120), first=50)
 
 class NodeGone(Client):
     def __init__(self) -> None:
