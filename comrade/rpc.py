@@ -33,6 +33,7 @@ from comrade.errors import (
     RemoteError,
     UsageError,
 )
+from comrade.files import FileError
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,9 @@ def _answer(method: str, fn: Callable[[], Any]) -> tuple[Any, ...]:
         raise
     except LeoronicError as exc:
         return ("err", type(exc).__name__, str(exc), exc.exit_code)
+    except FileError as exc:  # what a client sent was refused (a file that changed while it
+        log.warning("request %s refused: %s", method, exc)  # was sent): no traceback
+        return ("err", type(exc).__name__, f"{method}: {exc}", EXIT_CLUSTER)
     except Exception as exc:  # report, keep serving
         log.exception("request %s failed", method)
         return ("err", type(exc).__name__, f"{method}: {exc}", EXIT_CLUSTER)

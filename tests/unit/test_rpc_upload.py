@@ -174,7 +174,8 @@ def test_upload_stores_the_file_from_its_parts(node: tuple[str, FileStore], tmp_
 
 @pytest.mark.parametrize("change", ["same size", "shorter", "longer"])
 def test_a_file_changed_after_it_was_hashed_is_refused_by_name_and_not_stored(
-        node: tuple[str, FileStore], tmp_path: Path, change: str) -> None:
+        node: tuple[str, FileStore], tmp_path: Path, change: str,
+        caplog: pytest.LogCaptureFixture) -> None:
     address, store = node
     data = os.urandom(rpc.PART_BYTES + 5)
     f = local(tmp_path, "data.bin", data)
@@ -183,4 +184,6 @@ def test_a_file_changed_after_it_was_hashed_is_refused_by_name_and_not_stored(
     with pytest.raises(FileError, match=r"^necessary file 'data.bin': changed while it was being sent"):
         Client(address, COOKIE).upload([f])
     assert empty_soon(store._tmpdir) == []
+    refusals = [r for r in caplog.records if r.name == "comrade.rpc"]  # the node's log: one line
+    assert [(r.levelname, r.exc_info) for r in refusals] == [("WARNING", None)], refusals
     assert not store.has(f.ref.sha256)
