@@ -65,7 +65,7 @@ def read_cookie(create: bool = False) -> str:
     UsageError, naming the file and how it was chosen, if it is missing, empty or unreadable."""
     path = cookie_path()
     where = (f"LEORONIC_COOKIE: {path}" if os.environ.get("LEORONIC_COOKIE")
-             else f"cookie: {path} (LEORONIC_COOKIE names another file)")
+             else f"cookie: {path} (set LEORONIC_COOKIE to use another file)")
     try:
         # Not blocking: opening a FIFO would wait for a writer; /dev/zero would never end.
         with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
@@ -168,7 +168,7 @@ class Client:
                     self._conn.close()
                     self._conn = None
                 if time.monotonic() > deadline:
-                    raise ClusterError(f"{exc} (gave up after {retry_s:.0f} s)") from None
+                    raise ClusterError(f"{exc} (gave up after {retry_s:g} s)") from None
                 candidates = [self.address] + [a for a in self._others if a != self.address]
                 turn += 1
                 time.sleep(0.2)  # pacing between reconnection attempts
