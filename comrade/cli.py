@@ -701,7 +701,7 @@ def wait(task_ids: Sequence[str], timeout: float | None) -> None:
         bar.update(total - len(pending))
         while pending:  # only unfinished tasks are asked about again
             if deadline is not None and time.monotonic() > deadline:
-                fail(f"{len(pending)} of {total} tasks not finished after {abs(timeout):g} s",
+                fail(f"{len(pending)} of {total} tasks not finished after {abs(timeout or 0.0):g} s",
                       EXIT_NOT_FINISHED)
             left = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
             # "unknown" now: it finished and its record was forgotten (--forget-after) between

@@ -107,7 +107,7 @@ def drain(node: str | None, wait_: bool, timeout: float | None) -> None:
     deadline = None if timeout is None else time.monotonic() + timeout
     while wait_ and state["draining"] and state["running"]:
         if deadline is not None and time.monotonic() > deadline:
-            fail(f"{_drain_state(state)} after {abs(timeout):g} s", EXIT_NOT_FINISHED)
+            fail(f"{_drain_state(state)} after {abs(timeout or 0.0):g} s", EXIT_NOT_FINISHED)
         left = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
         state = client.call("drained", state["node"], left)
     if not state["draining"]:

@@ -133,6 +133,10 @@ def max_file_bytes() -> int:
     return int(raw)
 
 
+#: Errors a node answers with when it lacks a quorum: the client tries again (LEORONIC_RETRY_S).
+_NO_QUORUM = ("ClusterError", "NotChanged")
+
+
 class Client:
     """A connection to one node, re-opened and retried while the cluster is unavailable."""
 
@@ -163,11 +167,17 @@ class Client:
                 return self._conn.call(method, *args, parts=None if parts is None else parts())
             except AuthError:
                 raise
-            except ClusterError as exc:
+            except (ClusterError, RemoteError) as exc:
+                # A node that answered may still lack a quorum (or not have caught up since it
+                # started): that too is worth another try, here or at another worker.
+                if isinstance(exc, RemoteError) and exc.kind not in _NO_QUORUM:
+                    raise
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
                 if time.monotonic() > deadline:
+                    if isinstance(exc, RemoteError):
+                        raise
                     raise ClusterError(f"{exc} (gave up after {retry_s:g} s)") from None
                 candidates = [self.address] + [a for a in self._others if a != self.address]
                 turn += 1

@@ -274,3 +274,40 @@ def test_a_necessary_file_comes_in_parts_into_the_store(node: tuple[str, Paths],
     with pytest.raises(ValueError, match="content hash is"):
         packing.receive_file(other, address, COOKIE, sha)
     assert not other.has(sha) and os.listdir(tmp_path / "other" / "tmp") == []
+
+
+class _NoQuorumYet:
+    """A connection whose node answers 'no quorum' (as a worker not caught up does) `times`
+    times, then answers."""
+
+    def __init__(self, kind: str, times: int) -> None:
+        self.kind, self.times = kind, times
+        self.calls = 0
+
+    def call(self, method: str, *args: Any, parts: Any = None) -> Any:
+        if method == "nodes":
+            return {"nodes": []}
+        self.calls += 1
+        if self.calls <= self.times:
+            raise RemoteError(self.kind, "no quorum: not caught up", 3)
+        return "answer"
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("kind", ["ClusterError", "NotChanged"])
+def test_a_node_without_quorum_is_asked_again_within_the_retry_time(
+        kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = _NoQuorumYet(kind, times=2)
+    monkeypatch.setattr(rpc, "connect", lambda address, cookie, **kw: conn)
+    assert Client("127.0.0.1:1", "cookie").call("queue", retry_s=5) == "answer"
+    assert conn.calls == 3
+    conn = _NoQuorumYet(kind, times=99)
+    with pytest.raises(RemoteError, match="^no quorum: not caught up$"):  # then as it was
+        Client("127.0.0.1:1", "cookie").call("queue", retry_s=0)
+    assert conn.calls == 1
+    conn = _NoQuorumYet("UsageError", times=1)
+    with pytest.raises(RemoteError):  # bad input is not tried again
+        Client("127.0.0.1:1", "cookie").call("queue", retry_s=5)
+    assert conn.calls == 1
