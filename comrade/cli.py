@@ -789,7 +789,7 @@ def get_files(task_id: str, dest: str) -> None:
                 continue
             click.echo(f"{name}: {dest}")
     if missed:
-        sys.exit(3)
+        sys.exit(EXIT_CLUSTER)
 
 
 def _receive(client: Client, address: str, dest: str, *what: str) -> None:

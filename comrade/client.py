@@ -209,17 +209,16 @@ class Client:
         specs, uploads, seen = [], [], set()
         for fields in rows:
             files = read_files_field(fields.files, limit)
-            for f in files:  # what the node would refuse when placing them, refused now
-                try:
+            for f in files:
+                try:  # what a node would refuse when placing it, refused now
                     f.ref.name.encode()
                 except UnicodeEncodeError:  # undecodable bytes of the file system's name
                     raise FileError(f"necessary file {f.ref.name!r}: its name is not UTF-8 "
                                     "text; rename it") from None
-            rename_plan([f.ref for f in files], rename)
-            for f in files:
                 if f.ref.sha256 not in seen:
                     seen.add(f.ref.sha256)
                     uploads.append(f)
+            rename_plan([f.ref for f in files], rename)  # names it would place twice
             specs.append(TaskSpec(
                 task_id=fields.task_id, memory=fields.memory, cores=fields.cores,
                 storage=fields.storage, concurrent=fields.concurrent,

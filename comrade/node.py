@@ -154,11 +154,12 @@ class Node:
                              {**self.service.handlers(), **self.relay.handlers()},
                              packing.streams(self.paths, self.name, self.store),
                              self.service.uploads())
-        # Where pysyncobj will listen (make_syncobj's bind): --advertise need not be an address
-        # of this box (it was probed here, and refused as "--bind: ... not an address").
-        everywhere = "::" if ":" in self.advertise else "0.0.0.0"  # as pysyncobj picks
-        check_port_free(everywhere if binds_everywhere(self.cfg.bind) else self.cfg.bind,
-                        self.cfg.raft_port, "--port (Raft uses PORT+1)")
+        # Probed where pysyncobj will listen: --advertise need not be an address of this box
+        # (it was probed there, and refused as "--bind: ... not an address").
+        everywhere = binds_everywhere(self.cfg.bind)
+        raft_host = ("::" if ":" in self.advertise else "0.0.0.0") if everywhere \
+            else self.cfg.bind  # as pysyncobj picks without a bindAddress
+        check_port_free(raft_host, self.cfg.raft_port, "--port (Raft uses PORT+1)")
         if self.cfg.advertise:
             membership.check_resolves(self.cfg.advertise, "--advertise")
         raft_dir = os.path.join(self.cfg.home, "raft")
@@ -188,8 +189,7 @@ class Node:
             on_state_changed=self._on_raft_state,
             on_ready=self._ready.set,
             sync=self.cfg.sync_journal,
-            bind=None if binds_everywhere(self.cfg.bind)
-            else f"{self.cfg.bind}:{self.cfg.raft_port}",
+            bind=None if everywhere else f"{raft_host}:{self.cfg.raft_port}",
         )
         self._replay_to = last_log_index(self.syncobj)
         self.proposer = Proposer(self.consumer)
