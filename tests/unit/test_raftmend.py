@@ -217,54 +217,44 @@ def test_a_node_restarted_after_log_compactions_has_every_entry(tmp_path: Any) -
         node.destroy()
 
 
-class Flushes:
-    """A journal's mapping that records the ranges msync'd, in order, and the header's end
-    marker as it was at each msync."""
-
-    def __init__(self, mm: Any) -> None:
-        self.mm = mm
-        self.calls: list[tuple[int, int]] = []
-        self.markers: list[int] = []
-
-    def flush(self, offset: int, size: int) -> None:
-        from pysyncobj.journal import LAST_RECORD_OFFSET_OFFSET
-
-        self.calls.append((offset, size))
-        self.markers.append(int.from_bytes(self.mm[LAST_RECORD_OFFSET_OFFSET:
-                                                   LAST_RECORD_OFFSET_OFFSET + 4], "little"))
-        self.mm.flush(offset, size)
-
-
 def test_each_journal_entry_is_synced_before_its_end_marker(tmp_path: Any, monkeypatch: Any) -> None:
-    """What a power cut would test: an appended entry is written and msync'd (whole pages
-    covering it), and only then is the header's end marker moved past it and msync'd; the
-    journal reads back the same; without --sync-journal, nothing is synced."""
-    import mmap
-
-    from pysyncobj.journal import FIRST_RECORD_OFFSET, FileJournal
+    """What a power cut would test: an appended entry is written and synced (fdatasync of the
+    journal file, which lets go of the GIL, unlike msync), and only then is the header's end
+    marker moved past it and synced; the journal reads back the same; without
+    --sync-journal, nothing is synced."""
+    from pysyncobj.journal import LAST_RECORD_OFFSET_OFFSET, FileJournal
 
     assert raftmend.mend()
-    j = FileJournal(str(tmp_path / "journal"))
-    seen: list[Flushes] = []
+    path = str(tmp_path / "journal")
+    j = FileJournal(path)
+    mm = lambda: j._FileJournal__journalFile._ResizableFile__mm  # noqa: E731
+    # Each sync: (the file synced, the end marker then, the bytes then up to the journal's end)
+    seen: list[tuple[str, int, bytes]] = []
+    real = os.fdatasync
 
-    def recording(journal_: Any) -> Flushes:
-        seen.append(Flushes(journal_._FileJournal__journalFile._ResizableFile__mm))
-        return seen[-1]
-    monkeypatch.setattr(raftmend, "_mapping", recording)
+    def fdatasync(fd: int) -> None:
+        marker = int.from_bytes(mm()[LAST_RECORD_OFFSET_OFFSET:LAST_RECORD_OFFSET_OFFSET + 4],
+                                "little")
+        seen.append((os.readlink(f"/proc/self/fd/{fd}"), marker,
+                     bytes(mm()[:j._FileJournal__currentOffset + 10000])))
+        real(fd)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     try:
         big = b"\0" + pickle.dumps("x" * 5000)  # crosses a page boundary
         for idx, command in enumerate([b"\0" + pickle.dumps(1), big, b"\0" + pickle.dumps(3)], 1):
             before = j._FileJournal__currentOffset
+            count = len(seen)
             j.add(command, idx, 1)
             after = j._FileJournal__currentOffset
-            low = before - before % mmap.PAGESIZE
-            assert seen[-1].calls == [(low, after - low), (0, FIRST_RECORD_OFFSET)]
+            record = bytes(mm()[before:after])
+            assert command in record
+            assert [(f, m) for f, m, _ in seen[count:]] == [(path, before), (path, after)]
             # The end marker moves past the record only after the record was synced.
-            assert seen[-1].markers == [before, after]
+            assert seen[count][2][before:after] == record
+        count = len(seen)
         j.deleteEntriesFrom(2)  # a follower dropping entries its leader does not have
-        assert seen[-1].calls == [(0, FIRST_RECORD_OFFSET)]
-        assert _journal_entries(str(tmp_path / "journal")) == [
-            (b"\0" + pickle.dumps(1), 1, 1), (big, 2, 1)]
+        assert [(f, m) for f, m, _ in seen[count:]] == [(path, j._FileJournal__currentOffset)]
+        assert _journal_entries(path) == [(b"\0" + pickle.dumps(1), 1, 1), (big, 2, 1)]
         raftmend.set_sync(False)
         count = len(seen)
         j.add(b"\0" + pickle.dumps(4), 2, 2)
