@@ -119,6 +119,23 @@ class NodeProc:
             return ""
 
 
+def new_cookie(path: str | os.PathLike[str]) -> str:
+    """Write a new random cookie to `path` (mode 0600, as a worker makes one); return it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(16) + "\n")
+    return str(path)
+
+
+def lan_env(cookie: str, node: str, retry_s: float = 3) -> dict[str, str]:
+    """A user's shell on a box of a network-namespace test: talks to `node` with `cookie`;
+    discovery as an operator has it (on, unless a worker is started with --no-discovery)."""
+    env = dict(os.environ)
+    env.update(LEORONIC_COOKIE=cookie, LEORONIC_NODE=node, LEORONIC_RETRY_S=str(retry_s))
+    env.pop("LEORONIC_DISCOVERY", None)
+    return env
+
+
 @dataclass
 class Cluster:
     """A set of workers on loopback sharing one cookie."""
@@ -132,9 +149,7 @@ class Cluster:
         os.makedirs(self.root, exist_ok=True)
         self.cookie_path = os.path.join(self.root, "cookie")
         if not os.path.exists(self.cookie_path):
-            fd = os.open(self.cookie_path, os.O_WRONLY | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(16) + "\n")
+            new_cookie(self.cookie_path)
 
     def env(self, node: NodeProc | None = None, **extra: str) -> dict[str, str]:
         """The environment a user's shell would have to talk to `node` (default: the first)."""
