@@ -12,9 +12,11 @@ import logging
 import math
 import os
 import re
+import shlex
 import signal
 import stat
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -26,7 +28,7 @@ from typing import Any
 import click
 
 from comrade import taskfields
-from comrade.client import Client, read_cookie
+from comrade.client import Client, SubmitCutOff, read_cookie
 from comrade.config import (
     DEFAULT_PORT,
     Config,
@@ -37,7 +39,7 @@ from comrade.config import (
     valid_node_name,
 )
 from comrade.errors import EXIT_CLUSTER, EXIT_USAGE, ClusterError, LeoronicError, TaskFailed, UsageError
-from comrade.model import WAIT_OVER, State, format_duration
+from comrade.model import WAIT_OVER, State, TaskSpec, format_duration
 
 EXIT_NOT_FINISHED = 5
 
@@ -290,6 +292,24 @@ def main(ctx: click.Context, **opts: Any) -> None:
     """
     if ctx.invoked_subcommand is None:
         start_worker(opts)
+        return
+    from click.core import ParameterSource
+    for param in ctx.command.params:  # typed before a subcommand: it would be ignored
+        if param.name and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+            flag = max(param.opts, key=len)
+            raise click.UsageError(
+                f"{flag}: an option of the worker (`leoronic` with no command); give a "
+                f"{ctx.invoked_subcommand!r} option after {ctx.invoked_subcommand!r}", ctx)
+
+
+def _peers(values: Sequence[str]) -> tuple[str, ...]:
+    """The --peer values (each may hold several, space-separated); UsageError for one that is
+    not HOST:PORT, an empty one included (`--peer "$PEER"` with PEER unset must not quietly
+    mean "find a cluster some other way")."""
+    peers = tuple(p for chunk in values for p in (chunk.split() or [chunk]))
+    for peer in peers:
+        split_address(peer, "--peer")
+    return peers
 
 
 @friendly
@@ -301,7 +321,7 @@ def start_worker(opts: dict[str, Any]) -> None:
     _setup_logging(os.path.join(home, "logs", "node.log"))
     cfg = Config(
         home=home, port=opts["port"], bind=opts["bind"], advertise=opts["advertise"],
-        name=opts["name"], peers=tuple(opts["peers"]), cores=opts["cores"],
+        name=opts["name"], peers=_peers(opts["peers"]), cores=opts["cores"],
         memory=_bytes_opt(opts["memory"], "--memory"),
         storage=_bytes_opt(opts["storage"], "--storage"),
         tags=taskfields.validate_tags(opts["tags"]), cookie=read_cookie(create=True),
@@ -382,6 +402,9 @@ def _setup_logging(path: str) -> None:
 @click.option("--memory", default=None, envvar="LEORONIC_MEMORY")
 @click.option("--storage", default=None, envvar="LEORONIC_STORAGE")
 @click.option("--tag", "tags", multiple=True, envvar="LEORONIC_TAGS")
+@click.option("--discovery/--no-discovery", default=True, envvar="LEORONIC_DISCOVERY",
+              help="With no --peer and no HOST:PORT target, find the workers on the LAN (mDNS; "
+              "LEORONIC_DISCOVERY). Always off on a loopback --bind.")
 @_runner_options
 @friendly
 def ghost(target: str, **opts: Any) -> None:
@@ -401,9 +424,7 @@ def ghost(target: str, **opts: Any) -> None:
             split_address(target)
         except UsageError:
             raise UsageError(f"TARGET: {target!r} is not an integer or HOST:PORT") from None
-    peers = tuple(p for chunk in opts["peers"] for p in chunk.split())
-    for peer in peers:
-        split_address(peer, "--peer")
+    peers = _peers(opts["peers"])
     home = _make_home(default_home() if opts["home"] is None else opts["home"])
     cfg = GhostConfig(
         home=home, cookie=read_cookie(), target=target, peers=peers, port=opts["port"],
@@ -418,7 +439,7 @@ def ghost(target: str, **opts: Any) -> None:
     if not peers and not (target and ":" in target):
         from comrade import discovery
 
-        if discovery.enabled(opts["bind"]):
+        if opts["discovery"] and discovery.enabled(opts["bind"]):
             peers = tuple(discovery.discover(cfg.cookie, opts["bind"]))
         peers = peers or (os.environ.get("LEORONIC_NODE") or f"127.0.0.1:{DEFAULT_PORT}",)
         cfg = dataclasses.replace(cfg, peers=peers)
@@ -526,7 +547,38 @@ def _submit(rows: list[taskfields.Fields], retries: int | None, time_limit: str 
     specs, uploads = client.build_specs(rows, retries=retries or 0, rename=not no_rename,
                                         time_limit=limit, priority=rank, held=hold)
     client.upload(uploads)
-    click.echo("\n".join(client.submit(specs, labels)))  # one write for a million ids
+    try:
+        ids = client.submit(specs, labels)
+    except SubmitCutOff as cut:
+        if cut.queued:  # a script reading the ids gets those it can count on
+            click.echo("\n".join(cut.queued))
+        if len(specs) - cut.start < 2:
+            raise
+        path = _write_unsure(rows[cut.start:], specs[cut.start:])
+        raise ClusterError(
+            f"{cut.reason}; {len(cut.queued)} tasks were queued (their ids are on stdout), and "
+            f"{len(specs) - cut.start} may still be queued once the cluster has a quorum again: "
+            f"they are in {path}, with their ids; `leoronic_add_tasks_from_file {path}`, with "
+            "the options given here, from this folder, queues them again safely (a no-op for "
+            "those that were)") from None
+    click.echo("\n".join(ids))  # one write for a million ids
+
+
+def _write_unsure(rows: Sequence[taskfields.Fields], specs: Sequence[TaskSpec]) -> str:
+    """Write tasks whose submit had an unknown outcome as a tasks file, each with the id it
+    was submitted with, in this folder (else the temp folder); return its path."""
+    lines = "".join(shlex.join([str(r.memory), str(r.cores), str(r.storage),
+                                "true" if r.concurrent else "false", r.conditions, r.files,
+                                r.command, spec.task_id]) + "\n" for r, spec in zip(rows, specs, strict=True))
+    for folder in (os.getcwd(), tempfile.gettempdir()):
+        try:
+            fd, path = tempfile.mkstemp(prefix="leoronic-unsure-", suffix=".tasks", dir=folder)
+        except OSError:
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(lines)
+        return os.path.relpath(path) if folder == os.getcwd() else path
+    raise ClusterError("no quorum, and no folder to write the tasks that may still be queued to")
 
 
 # ----- reading --------------------------------------------------------------------------------

@@ -75,7 +75,8 @@ def _when(ts: float | None) -> str:
 def add_tag(tag: str, node: str | None) -> None:
     """Tag a node; replicated, survives restarts."""
     taskfields.validate_tags([tag], "TAG", whole=True)
-    name = Client().call("add_tag", node_option(node), tag)
+    client = Client()
+    name = client.call("add_tag", _named(client, node), tag)
     click.echo(f"{name}: +{tag}")
 
 
@@ -85,7 +86,8 @@ def add_tag(tag: str, node: str | None) -> None:
 @friendly
 def del_tag(tag: str, node: str | None) -> None:
     """Remove a tag from a node."""
-    name = Client().call("del_tag", node_option(node), tag)
+    client = Client()
+    name = client.call("del_tag", _named(client, node), tag)
     click.echo(f"{name}: -{tag}")
 
 
@@ -103,7 +105,7 @@ def drain(node: str | None, wait_: bool, timeout: float | None) -> None:
         raise UsageError("--timeout: only with --wait")
     check_timeout(timeout)
     client = Client()
-    state = client.call("drain", node_option(node), True)
+    state = client.call("drain", _named(client, node), True)
     deadline = None if timeout is None else time.monotonic() + timeout
     while wait_ and state["draining"] and state["running"]:
         if deadline is not None and time.monotonic() > deadline:
@@ -128,5 +130,12 @@ def _drain_state(state: dict[str, Any]) -> str:
 @friendly
 def resume(node: str | None) -> None:
     """Let a drained (or draining) node take tasks again."""
-    state = Client().call("drain", node_option(node), False)
+    client = Client()
+    state = client.call("drain", _named(client, node), False)
     click.echo(f"{state['node']}: taking tasks")
+
+
+def _named(client: Client, node: str | None) -> str:
+    """The node a change is for: --node, else the one LEORONIC_NODE points at, by name (sent
+    as "this node", a retry at another worker changed that worker instead)."""
+    return node_option(node) or client.own_name()

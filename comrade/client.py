@@ -102,6 +102,16 @@ def _new_cookie(path: str, where: str) -> str:
     return secret
 
 
+class SubmitCutOff(ClusterError):
+    """A submit cut off by a lost quorum: `queued` (ids) were queued; the specs from index
+    `start` on may or may not be (`reason`: what the node said)."""
+
+    def __init__(self, reason: str, queued: list[str], unsure: Sequence[TaskSpec],
+                 start: int) -> None:
+        super().__init__(f"{reason}; {_maybe_queued(unsure, len(queued))}")
+        self.reason, self.queued, self.start = reason, queued, start
+
+
 def _maybe_queued(unsure: Sequence[TaskSpec], queued: int) -> str:
     """What a submit cut off by a lost quorum leaves: tasks it cannot know about (a node may
     commit them once it has a quorum again), which only the same ids can safely resubmit."""
@@ -181,6 +191,21 @@ class Client:
                     raise ClusterError(f"{exc} (gave up after {retry_s:g} s)") from None
                 candidates = [self.address] + [a for a in self._others if a != self.address]
                 turn += 1
+                time.sleep(0.2)  # pacing between reconnection attempts
+
+    def own_name(self) -> str:
+        """The name of the node this client was pointed at (LEORONIC_NODE), asked of that node
+        alone, retried for `retry_s`: a change meant for "this node" must never land on another
+        worker the client moved to because this one did not answer."""
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                with rpc.connect(self.address, self.cookie) as conn:
+                    return str(conn.call("ping")["name"])
+            except ClusterError as exc:
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"{exc} (gave up after {self.retry_s:g} s); to change "
+                                       "another node, name it with --node") from None
                 time.sleep(0.2)  # pacing between reconnection attempts
 
     def _learn_others(self) -> None:
@@ -264,7 +289,7 @@ class Client:
             except LeoronicError as exc:
                 if exc.exit_code != EXIT_CLUSTER or getattr(exc, "kind", "") == "NotChanged":
                     raise  # not about an unknown outcome
-                raise ClusterError(f"{exc}; {_maybe_queued(specs[start:], len(ids))}") from None
+                raise SubmitCutOff(str(exc), ids, specs[start:], start) from None
             start, size = start + size, batch
             for task_id, ok, detail in answers:
                 if not ok:

@@ -23,7 +23,7 @@ from typing import Any
 from comrade import rpc
 from comrade.config import binds_everywhere, split_address
 from comrade.errors import EXIT_AUTH, EXIT_USAGE, AuthError, ClusterError, LeoronicError, UsageError
-from comrade.queue import PROTOCOL
+from comrade.queue import PROTOCOL, name_taken
 
 log = logging.getLogger(__name__)
 
@@ -142,25 +142,49 @@ def protocol_mismatch(theirs: int, ours: int, who: str, where: str) -> str:
             f"{ours}: stop every worker and upgrade them together (README: Upgrading)")
 
 
+def _first_answer(contacts: Sequence[str], cookie: str, method: str,
+                  timeout_s: float) -> tuple[str, Any] | None:
+    """(address, answer to `method`) of the first of `contacts` that answers within
+    `timeout_s` in all, or None if none does (AuthError is raised: no other node will take
+    the cookie)."""
+    deadline = time.monotonic() + timeout_s
+    for addr in contacts:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        try:
+            return addr, rpc.call(addr, cookie, method, timeout=left)
+        except AuthError:
+            raise
+        except LeoronicError:
+            continue
+    return None
+
+
 def check_protocol(contacts: Sequence[str], cookie: str, timeout_s: float = 3.0) -> None:
     """Before joining or rejoining a cluster: ask the first of `contacts` (RPC addresses) that
     answers within `timeout_s` in all which state machine version it runs, and raise
     UsageError if it is not ours. If none answers (the whole cluster is down, say for an
     upgrade), go on."""
-    deadline = time.monotonic() + timeout_s
-    for addr in contacts:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        try:
-            theirs = rpc.call(addr, cookie, "ping", timeout=left).get("protocol", 0)
-        except AuthError:
-            raise
-        except LeoronicError:
-            continue
-        if theirs != PROTOCOL:
-            raise UsageError(protocol_mismatch(theirs, PROTOCOL, f"the cluster at {addr}", "this node"))
+    first = _first_answer(contacts, cookie, "ping", timeout_s)
+    if first is None:
         return
+    addr, answer = first
+    theirs = answer.get("protocol", 0)
+    if theirs != PROTOCOL:
+        raise UsageError(protocol_mismatch(theirs, PROTOCOL, f"the cluster at {addr}", "this node"))
+
+
+def check_name(contacts: Sequence[str], cookie: str, name: str, kind: str, rpc_addr: str,
+               timeout_s: float = 3.0) -> None:
+    """Before a new node joins: ask the first of `contacts` that answers within `timeout_s`
+    which nodes there are, and raise UsageError if one that is up holds `name` at another
+    address or is of the other kind (the cluster would refuse to register this node:
+    `Queue.join`). If none answers, go on: registering refuses it then."""
+    first = _first_answer(contacts, cookie, "nodes", timeout_s)
+    for n in first[1]["nodes"] if first is not None else ():
+        if n["name"] == name and n["alive"] and (n["kind"], n["rpc"]) != (kind, rpc_addr):
+            raise UsageError(name_taken(name, n["kind"], n["rpc"], kind))
 
 
 def rpc_of_raft(raft_addr: str) -> str:

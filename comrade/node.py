@@ -178,6 +178,8 @@ class Node:
         )
         membership.check_protocol(list(peers) if joining else
                                   [membership.rpc_of_raft(m) for m in others], self.cfg.cookie)
+        if joining:
+            membership.check_name(list(peers), self.cfg.cookie, self.name, "worker", self.rpc_addr)
         log.info("node %s: rpc %s, raft %s, peers %s", self.name, self.rpc_addr, self.raft_addr,
                  others or "none (new cluster)")
         self.syncobj = make_syncobj(
@@ -248,7 +250,11 @@ class Node:
         while not self._stop.is_set():  # as long as it takes: the others may still be booting
             try:
                 assert self.proposer is not None
-                self.proposer.propose_sync([("join", info)], timeout=5.0)
+                [reply] = self.proposer.propose_sync([("join", info)], timeout=5.0)
+                if not reply.ok:  # the name is held elsewhere (until that node is lost)
+                    log.warning("the cluster does not register this node yet: %s", reply.detail)
+                    self._stop.wait(1.0)  # pacing: a lease has to run out first
+                    continue
                 self._release_stale()
                 self._registered.set()
                 self.wake()
@@ -726,6 +732,8 @@ class Node:
             self.proposer.propose([("forget", old[start:start + FORGET_BATCH])])
 
     def _heartbeat(self) -> None:
+        if not self._registered.is_set():
+            return  # the name may be another node's until registering succeeds (Queue.join)
         with self.lock:
             reserved = self.consumer.queue.reserved(self.name)
         free = resources.free(self.probe, self.offer, reserved)

@@ -9,17 +9,20 @@ it belongs (stdout, or a temporary file the pack is then extracted from).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from comrade import rpc
-from comrade.errors import UsageError
+from comrade.errors import ClusterError, LeoronicError, UsageError
 from comrade.executor import Paths, workdir_task_id
 from comrade.files import FileStore
 from comrade.rpc import PART_BYTES, Send
+
+log = logging.getLogger(__name__)
 
 
 def send_file(path: str, send: Send, what: str) -> int:
@@ -133,6 +136,24 @@ def receive_file(store: FileStore, address: str, cookie: str, sha: str) -> bool:
     except _Lacks:
         return False
     return True
+
+
+def fetch_from_any(store: FileStore, addresses: Iterable[str], cookie: str, sha: str) -> None:
+    """Get a necessary file into `store` from the first of `addresses` that has a good copy:
+    one that lacks it, cannot be reached, or sends a corrupted copy (rejected by its hash) is
+    passed over. ClusterError naming each node's answer if none could supply it."""
+    errors = []
+    for addr in addresses:
+        try:
+            if receive_file(store, addr, cookie, sha):
+                return
+        except LeoronicError as exc:
+            errors.append(f"{addr}: {exc}")
+        except ValueError as exc:  # HashMismatch: a corrupted copy; try the next node
+            log.warning("file %s from %s rejected: %s", sha[:12], addr, exc)
+            errors.append(f"{addr}: {exc}")
+    raise ClusterError(f"file {sha[:12]}: no node could supply it "
+                       f"({'; '.join(errors) or 'none has it'})")
 
 
 def receive_pack(fetch: Callable[[Send], object], dest: str) -> None:

@@ -57,8 +57,15 @@ OK = Reply(True)
 #: streamed `file_upload` (no `file_put`); `drain` (a draining node's claims are refused).
 #: 5: task priorities (the order in which ready tasks are dealt) and `priority`; `hold`.
 #: 6: `hold` with `stop` also stops a running task and queues it held. 7: `merge_isolated`
-#: skips a run already merged.
-PROTOCOL = 7
+#: skips a run already merged. 8: `join` refuses a name held by a node that is up elsewhere
+#: or of the other kind.
+PROTOCOL = 8
+
+def name_taken(name: str, kind: str, rpc: str, newcomer: str) -> str:
+    """Why a node may not take `name`: a `kind` at `rpc` that is up holds it."""
+    return (f"--name: {name!r} is the name of a {kind} at {rpc} that is up; give this "
+            f"{newcomer} another --name, or stop that {kind} first")
+
 
 #: A task that could not be started this many times (e.g. no node can supply a necessary file
 #: with the right hash) fails with the reason instead of bouncing forever.
@@ -480,11 +487,19 @@ class Queue:
     # ----- nodes ----------------------------------------------------------------------------
 
     def join(self, info: NodeInfo, *, now: float) -> Reply:
-        """Register a node, or refresh one that comes back (its tags added later are kept)."""
+        """Register a node, or refresh one that comes back (its tags added later are kept).
+        A name is one node's: while a node that is up holds it, another kind of node, or one
+        at another address, is refused (a second ghost or worker started with the same
+        --name, or a ghost named after a worker, would otherwise take over its record and
+        its running tasks). A node that restarts at the same address takes its record back;
+        one that moved can once its old record is lost (the lease)."""
         if not (isinstance(info, NodeInfo) and isinstance(info.name, str) and info.name
-                and _is_resources(info.offered) and isinstance(info.tags, frozenset)):
+                and _is_resources(info.offered) and isinstance(info.tags, frozenset)
+                and isinstance(info.kind, str) and isinstance(info.rpc, str)):
             return Reply(False, "not a node")
         old = self.nodes.get(info.name)
+        if old is not None and old.alive and (old.info.kind, old.info.rpc) != (info.kind, info.rpc):
+            return Reply(False, name_taken(info.name, old.info.kind, old.info.rpc, info.kind))
         tags = set(info.tags) | (old.tags if old else set())
         self.nodes[info.name] = NodeState(info=info, tags=tags, alive=True, last_seen=now,
                                           draining=bool(old and old.draining))

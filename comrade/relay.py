@@ -39,7 +39,14 @@ class Relay:
     def handlers(self) -> dict[str, Any]:
         """Method name -> handler."""
         return {"ghost_attach": self.attach, "ghost_poll": self.poll, "ghost_report": self.report,
-                "ghost_release": self.release}
+                "ghost_release": self.release, "ghost_leave": self.leave}
+
+    def leave(self, name: str) -> bool:
+        """A ghost stops (SIGTERM) having killed its tasks: they go back to the queue now
+        (`node left`) and it is no longer shown up."""
+        self._check_ghost(name)
+        [reply] = self.node.service._propose([("leave", name)])
+        return bool(reply.ok)
 
     def release(self, name: str, task_id: str, attempt: int, reason: str) -> bool:
         """A ghost could not start a task (e.g. a necessary file): back to the queue, as for a
@@ -72,7 +79,9 @@ class Relay:
             tagged = me is not None and CLAIRVOYANT in me.tags
         if not tagged:
             ops.append(("add_tag", self.node.name, CLAIRVOYANT))
-        self.node.service._propose(ops)
+        joined = self.node.service._propose(ops)[0]
+        if not joined.ok:  # its name is held by a node that is up elsewhere
+            raise UsageError(joined.detail)
         log.info("ghost %s attached (%s)", info.name, info.rpc)
         return {"clairvoyant": self.node.name, "workers": self._workers()}
 

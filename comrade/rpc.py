@@ -254,13 +254,10 @@ class Connection_:
         except AuthenticationError:
             conn.close()
             raise AuthError(f"authentication failed: node {address} refused our cookie") from None
-        except (EOFError, OSError) as exc:
-            conn.close()
-            if isinstance(exc, EOFError):
-                raise AuthError(
-                    f"authentication failed: node {address} refused our cookie"
-                ) from None
-            raise ClusterError(f"cannot reach node {address}: {exc}") from None
+        except (EOFError, OSError) as exc:  # a node that died (or stopped) mid-handshake:
+            conn.close()  # not a refusal, which comes as one (AuthenticationError)
+            raise ClusterError(f"node {address} hung up during the handshake: "
+                               f"{exc or 'connection closed'}") from None
         self._conn = conn
         self._lock = threading.Lock()
 

@@ -80,7 +80,13 @@ class Service:
                 f"no quorum: node {self.node.name} is isolated since "
                 f"{time.strftime('%H:%M:%S', time.localtime(since))} (a majority of the workers "
                 "is unreachable); changes need a majority, so nothing was changed")
-        return self._propose(ops)
+        try:
+            return self._propose(ops)
+        except ClusterError as exc:
+            if ops and ops[0][0] == "submit":
+                raise  # the client says which tasks may be queued
+            raise ClusterError(f"{exc}: the change may still be made once a majority is back "
+                               "(repeating it then is safe)") from None
 
     def _propose(self, ops: list[Any], deadline_s: float = SUBMIT_DEADLINE_S) -> list[Any]:
         """Propose and wait, retrying unknown outcomes with the same (idempotent) operations."""
@@ -387,12 +393,15 @@ class Service:
     def file_upload(self, parts: Iterable[bytes], sha: str, copies: int = 2) -> int:
         """Store an uploaded file, written to the store part by part as it comes (hash-checked
         at the end; nothing is stored if it does not match), and pass it on, the same way,
-        until `copies` nodes hold it. Returns its size."""
+        until `copies` nodes hold it, before answering: the client submits the tasks that use
+        it once this returns, and a node killed right after had held the only copy (the
+        tasks failed after five starts, "no node could supply it"). With no other worker
+        reachable the one copy is all there is (a one-node cluster). Returns its size."""
         with self.node.store.writer(sha) as out:
             for part in parts:
                 out.write(part)
         if copies > 1:
-            threading.Thread(target=self._spread, args=(sha, copies - 1), daemon=True).start()
+            self._spread(sha, copies - 1)
         return out.size
 
     def _spread(self, sha: str, copies: int) -> None:
@@ -410,17 +419,7 @@ class Service:
 
     def fetch_file(self, sha: str) -> None:
         """Get a file from any node that has it into the local store (hash-checked)."""
-        errors = []
-        for addr in self._other_workers():
-            try:
-                if packing.receive_file(self.node.store, addr, self.node.cfg.cookie, sha):
-                    return
-            except LeoronicError as exc:
-                errors.append(f"{addr}: {exc}")
-            except ValueError as exc:  # HashMismatch: a corrupted copy; try the next node
-                log.warning("file %s from %s rejected: %s", sha[:12], addr, exc)
-                errors.append(f"{addr}: {exc}")
-        raise ClusterError(f"file {sha[:12]}: no node could supply it ({'; '.join(errors) or 'none has it'})")
+        packing.fetch_from_any(self.node.store, self._other_workers(), self.node.cfg.cookie, sha)
 
     def _other_workers(self) -> list[str]:
         def addrs(q: Any) -> list[str]:

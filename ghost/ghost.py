@@ -25,7 +25,7 @@ import pykka
 
 from comrade import packing, resources, rpc
 from comrade.config import check_durations, check_node_options, split_address
-from comrade.errors import AuthError, ClusterError, LeoronicError, UsageError
+from comrade.errors import AuthError, ClusterError, LeoronicError, RemoteError, UsageError
 from comrade.executor import Executor, Paths, remove_task_files, task_files
 from comrade.files import FileRef, FileStore, place_files, rewrite_command
 from comrade.homelock import take_home
@@ -113,6 +113,8 @@ class _State:
     running: dict[tuple[str, int], TaskSpec] = field(default_factory=dict)
     stopping: dict[tuple[str, int], TaskSpec] = field(default_factory=dict)  # taken away, alive
     finished: list[tuple[str, int, Outcome]] = field(default_factory=list)
+    #: attempts that could not start, to give back once a clairvoyant answers: (id, attempt, why)
+    unreleased: list[tuple[str, int, str]] = field(default_factory=list)
     reserved: Resources = Resources()  # what `running` and `stopping` take
 
 
@@ -146,6 +148,7 @@ class Ghost:
             "ping": lambda: {"name": self.name, "kind": "ghost", "clairvoyant": self.clairvoyant},
         }, packing.streams(self.paths, self.name, self.store))
         self._stop = threading.Event()
+        self.failed: LeoronicError | None = None  # why the ghost stopped by itself, if it did
         self._finished_event = threading.Event()  # set when a task ends: report it at once
         self._slot_freed = threading.Event()  # set when a task ends: a full ghost polls again
 
@@ -161,6 +164,9 @@ class Ghost:
         threading.Thread(target=self._collector, name="gc", daemon=True).start()
         while not self._stop.is_set():
             self._poll_once()
+        if self.failed is not None:
+            self.stop()
+            raise self.failed
 
     def _first_attach(self, patience_s: float = 60.0) -> None:
         """Attach to the chosen worker; a busy cluster may not answer in time (say, many
@@ -170,8 +176,9 @@ class Ghost:
             error = self._attach_any(self.cfg.target, [])
             if error is None:
                 return
-            if isinstance(error, AuthError) or time.monotonic() > deadline or self._stop.is_set():
-                raise error  # a wrong cookie does not get better by waiting
+            if isinstance(error, AuthError) or time.monotonic() > deadline or self._stop.is_set() \
+                    or (isinstance(error, RemoteError) and error.kind == "UsageError"):
+                raise error  # a wrong cookie, or a name in use, does not get better by waiting
             self._stop.wait(1.0)  # pacing between rounds
 
     def _attach_any(self, target: str, skip: list[str]) -> LeoronicError | None:
@@ -256,9 +263,15 @@ class Ghost:
             self.state.finished = [f for f in self.state.finished if (f[0], f[1]) not in keys]
 
     def stop(self) -> None:
-        """Stop polling, kill running tasks (their leases requeue them)."""
+        """Stop polling, kill the running tasks and leave: the cluster requeues them at once
+        (as for a worker stopped with SIGTERM), not after a lease with the ghost shown up."""
         self._stop.set()
         self.executor.stop()
+        if self.clairvoyant:
+            try:
+                rpc.call(self.clairvoyant, self.cfg.cookie, "ghost_leave", self.name, timeout=5.0)
+            except LeoronicError as exc:  # unreachable: the lease requeues them
+                log.warning("could not leave cleanly: %s", exc)
         self.server.stop()
         pykka.ActorRegistry.stop_all(block=True, timeout=5)
 
@@ -270,6 +283,8 @@ class Ghost:
         for addr in sources:
             try:
                 nodes = rpc.call(addr, self.cfg.cookie, "nodes")["nodes"]
+            except AuthError:
+                raise  # a wrong cookie: no other worker will take it either
             except LeoronicError as exc:
                 log.warning("cannot ask %s for the workers: %s", addr, exc)
                 continue
@@ -307,10 +322,17 @@ class Ghost:
                              timeout=self.cfg.switch_after_s) as conn:
                 reply = conn.call("ghost_poll", self.name, free, files, finished,
                                   0.0 if full else self.cfg.poll_s)
+        except RemoteError as exc:
+            if exc.kind == "UsageError":  # it answered that this ghost is not attached there
+                self._reattach(exc)
+            else:  # no quorum, say: it may answer later, or another worker will
+                self._failover(exc, started)
+            return
         except LeoronicError as exc:
             self._failover(exc, started)
             return
         self._drop_reported(finished)
+        self._release_pending()
         self.workers = reply["workers"] or self.workers
         self._reconcile(set(map(tuple, reply["assigned"])),
                         {(spec.task_id, attempt) for spec, attempt in reply["tasks"]})
@@ -322,6 +344,22 @@ class Ghost:
             if still_full:
                 self._slot_freed.wait(self.cfg.poll_s)
                 self._slot_freed.clear()
+
+    def _reattach(self, exc: RemoteError) -> None:
+        """The clairvoyant answered a poll with an error (it no longer has this ghost attached,
+        say its record was replaced): attach again, there or to another worker, pacing the
+        tries; give up, and stop, if no worker will have this ghost (its name is taken)."""
+        log.warning("clairvoyant %s refused a poll: %s; attaching again", self.clairvoyant, exc)
+        deadline = time.monotonic() + 60.0
+        while not self._stop.wait(1.0):  # pacing: never a busy loop on a refusing worker
+            error = self._attach_any(self.cfg.target, [])
+            if error is None:
+                return
+            if time.monotonic() > deadline:
+                log.error("no worker will have this ghost: %s", error)
+                self.failed = error
+                self._stop.set()
+                return
 
     def _failover(self, exc: Exception, started: float) -> None:
         log.warning("clairvoyant %s did not answer: %s", self.clairvoyant, exc)
@@ -352,7 +390,8 @@ class Ghost:
         releases are fenced by the attempt, but it would be noise)."""
         with self.lock:
             stale = [k for k in self.state.running if k not in assigned]
-            ended = {(task_id, attempt) for task_id, attempt, _ in self.state.finished}
+            ended = {(task_id, attempt) for task_id, attempt, _ in self.state.finished} | {
+                (task_id, attempt) for task_id, attempt, _ in self.state.unreleased}
             unknown = {k for k in assigned
                        if k not in self.state.running and k not in ended and k not in delivered}
             lost = sorted(unknown & self._unknown)
@@ -404,18 +443,27 @@ class Ghost:
         self._slot_freed.set()
 
     def _crashed(self, task_id: str, attempt: int, reason: str) -> None:
-        """Starting failed: release the task through the clairvoyant, as a worker would; if
-        the clairvoyant cannot be reached, report the attempt as failed (exit 127)."""
+        """Starting failed: release the task through the clairvoyant, as a worker would. If
+        the clairvoyant cannot be reached (say it died while the ghost fetched the task's
+        files from it), the release waits for the next clairvoyant that answers a poll: the
+        task never ran, so it must not end as failed (it goes back to the queue, at the
+        latest when the cluster's lease on this attempt runs out)."""
         log.error("task %s attempt %d could not run: %s", task_id, attempt, reason)
         released = self._release(task_id, attempt, reason)
         with self.lock:
             self._forget((task_id, attempt))
             if not released:
-                self.state.finished.append((task_id, attempt, Outcome(
-                    exit_code=127, start=time.time(), end=time.time(),
-                    stderr_tail=f"leoronic ghost: could not start the task: {reason}\n".encode())))
-        self._finished_event.set()
+                self.state.unreleased.append((task_id, attempt, reason))
         self._slot_freed.set()
+
+    def _release_pending(self) -> None:
+        """Give back the attempts `_crashed` could not (a poll just went through)."""
+        with self.lock:
+            pending = list(self.state.unreleased)
+        for task_id, attempt, reason in pending:
+            if self._release(task_id, attempt, reason):
+                with self.lock:
+                    self.state.unreleased.remove((task_id, attempt, reason))
 
     def _prepare(self, spec: TaskSpec, workdir: str) -> str:
         """Fetch a starting task's files into the store and place them in its work dir. Stored
@@ -428,10 +476,9 @@ class Ghost:
         try:
             refs = [FileRef(n, sha, size) for n, sha, size in spec.files]
             for ref in refs:
-                if not self.store.has(ref.sha256):
-                    if not packing.receive_file(self.store, self.clairvoyant, self.cfg.cookie,
-                                                ref.sha256):
-                        raise UsageError(f"file {ref.sha256[:12]}: the clairvoyant does not have it")
+                if not self.store.has(ref.sha256):  # from the clairvoyant, else any worker
+                    sources = [self.clairvoyant, *(w for w in self.workers if w != self.clairvoyant)]
+                    packing.fetch_from_any(self.store, sources, self.cfg.cookie, ref.sha256)
             mapping = place_files(self.store, workdir, refs, rename=spec.rename)
         finally:
             with self._files_guard:

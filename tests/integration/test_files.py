@@ -154,6 +154,25 @@ def test_a_file_survives_losing_the_node_it_was_uploaded_to(make_cluster, tmp_pa
     with open(stored(lacking, digest), "rb") as f:
         assert f.read() == DATA
 
+def test_an_upload_is_answered_only_once_a_second_worker_holds_the_file(
+        make_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The node that received the upload is SIGKILLed the moment the submit returns: the task
+    still runs from the other copy. It answered before copying, and a file of some size was
+    then on that node alone: the task failed after five starts ("no node could supply it")."""
+    cluster: Cluster = make_cluster(3)
+    receiver, other = cluster.nodes[0], cluster.nodes[1]
+    data = os.urandom(32 << 20)
+    (tmp_path / "big.bin").write_bytes(data)
+    r = add_task(cluster, "sha256sum < big.bin", "", "big.bin", "copied", cwd=tmp_path)
+    assert (r.rc, r.out) == (0, "copied\n"), r
+    assert len(holders(cluster, sha(data))) == 2  # at once: no waiting for the copy
+    cluster.kill(receiver, signal.SIGKILL)
+    r = cluster.sh("leoronic_wait --timeout 60 copied", node=other, timeout=90)
+    assert r.rc == 0, r
+    r = cluster.sh("leoronic_result copied", node=other)
+    assert (r.rc, r.out.split()[0]) == (0, sha(data)), r
+
+
 def test_no_rename_keeps_the_original_basenames(cluster3: Cluster, tmp_path: Path) -> None:
     src = write_inputs(tmp_path)
     # LEORONIC_NO_RENAME=1 with relative names.

@@ -16,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,16 @@ def wait_done(cluster: Cluster, ids: list[str], node: NodeProc | None = None,
     r = cluster.sh(f"leoronic_wait --timeout {timeout} " + " ".join(map(shlex.quote, ids)),
                    node=node, timeout=timeout + 30)
     assert r.rc == 0, r
+
+
+def running_on_one_of(cluster: Cluster, task_id: str, names: Iterable[str]) -> str:
+    """Wait until the task runs on one of the nodes `names`; its name."""
+    wanted = set(names)
+
+    def running_on() -> str:
+        row = queue(cluster).get(task_id)
+        return row[2] if row and row[1] == "running" and row[2] in wanted else ""
+    return str(wait_for(running_on, 30, f"{task_id} to run on one of {sorted(wanted)}", interval=0.1))
 
 
 def result(cluster: Cluster, task_id: str, node: NodeProc | None = None) -> Result:
@@ -281,12 +292,7 @@ def test_ghost_killed_its_task_is_requeued_to_another_ghost(make_cluster) -> Non
     # Attempt 1 must still be running when its ghost dies; attempt 2 ends quickly.
     tid = add_task(cluster, 'if [ "$LEORONIC_ATTEMPT" = 1 ]; then sleep 60; fi; '
                             'echo "$LEORONIC_NODE_NAME $LEORONIC_ATTEMPT"', task_id="victim")
-
-    def running_on() -> str:
-        row = queue(cluster).get(tid)
-        return row[2] if row and row[1] == "running" and row[2] in names else ""
-
-    first = wait_for(running_on, 30, "the task to run on a ghost", interval=0.1)
+    first = running_on_one_of(cluster, tid, names)
     cluster.kill(names[first], signal.SIGKILL)
     wait_done(cluster, [tid], timeout=40)
 
@@ -300,7 +306,10 @@ def test_ghost_killed_its_task_is_requeued_to_another_ghost(make_cluster) -> Non
     assert r.rc == 0 and r.out == f"{other} 2\n", r
 
 
-def test_ghost_with_wrong_cookie_is_refused(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("how", ["--peer", "TARGET"])
+def test_ghost_with_wrong_cookie_is_refused(make_cluster, tmp_path, how) -> None:  # type: ignore[no-untyped-def]
+    """Told its worker by --peer or only as its TARGET (which said "no worker answered",
+    exit 3, before)."""
     cluster: Cluster = make_cluster(3, [WORKER] * 3)
     wrong = tmp_path / "wrong-cookie"
     wrong.write_text(secrets.token_hex(16) + "\n")
@@ -308,8 +317,9 @@ def test_ghost_with_wrong_cookie_is_refused(make_cluster, tmp_path) -> None:  # 
 
     port = free_port_pair()
     home = os.path.join(cluster.root, "gbad")
+    where = ["--peer", cluster.nodes[0].address] if how == "--peer" else [cluster.nodes[0].address]
     args = ["ghost", "--bind", "127.0.0.1", "--port", str(port), "--home", home,
-            "--name", "gbad", "--peer", cluster.nodes[0].address, *GHOST]
+            "--name", "gbad", *where, *GHOST]
     ghost = NodeProc(name="gbad", port=port, home=home, args=args)
     cluster.nodes.append(ghost)  # stopped with the cluster
     os.makedirs(home, exist_ok=True)
@@ -562,3 +572,90 @@ def test_a_ghost_stops_a_task_past_its_time_limit(make_cluster) -> None:  # type
     assert rec.node == "g1" and rec.outcome.timed_out and rec.outcome.exit_code == 143, rec
     assert rec.reason == "stopped after its time limit of 1s", rec
     assert result(cluster, "on-ghost").out == "started\n"
+
+
+def test_a_ghost_gets_a_necessary_file_its_worker_lacks_from_another_worker(
+        make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A file is stored on two workers; a ghost attached to the third gets it from one of
+    them (it got it only from its own worker, and the task failed after five starts)."""
+    cluster: Cluster = make_cluster(3, [WORKER] * 3)
+    (tmp_path / "data.txt").write_text("the data\n")
+    r = cluster.sh(f"cd {tmp_path} && leoronic_add_task 1024 1 1024 true 'worker:tag nowhere' "
+                   "data.txt 'cat data.txt' holder")  # stores the file; never runs
+    assert r.rc == 0, r
+
+    def holders() -> list[NodeProc]:
+        return [n for n in cluster.nodes
+                if any(len(f) == 64 for _r, _d, fs in os.walk(os.path.join(n.home, "store"))
+                       for f in fs)]
+    have = wait_for(lambda: len(holders()) == 2 and holders(), 20, "two stored copies")
+    [lacking] = [n for n in cluster.nodes if n not in have]
+    start_ghosts(cluster, [("g1", GHOST)], target=lacking.address)
+    assert clairvoyant_of(cluster, "g1") == lacking.name
+    r = cluster.sh(f"cd {tmp_path} && leoronic_add_task {BIG} 1 1024 true '' data.txt "
+                   "'cat data.txt' on-ghost")
+    assert r.rc == 0, r
+    wait_done(cluster, ["on-ghost"], timeout=60)
+    r = result(cluster, "on-ghost")
+    assert r.rc == 0 and r.out == "the data\n", r
+    rec = record(cluster, cluster.nodes[0], "on-ghost")
+    assert [(a.node, a.exit_code) for a in rec.attempts] == [("g1", 0)], rec.attempts
+
+
+def test_a_ghost_stopped_with_sigterm_hands_its_task_back_at_once(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """Like a worker: the task it was running is requeued now (`node left`) and runs on
+    another ghost, not after the lease (30 s here), and the ghost is no longer shown up."""
+    cluster: Cluster = make_cluster(1, [WORKER + ["--lease", "30"]])
+    g1, g2 = start_ghosts(cluster, [("g1", GHOST), ("g2", GHOST)])
+    names = {"g1": g1, "g2": g2}
+    tid = add_task(cluster, 'if [ "$LEORONIC_ATTEMPT" = 1 ]; then sleep 120; fi; '
+                            'echo "attempt $LEORONIC_ATTEMPT on $LEORONIC_NODE_NAME"', task_id="moved")
+    first = running_on_one_of(cluster, tid, names)
+    stopped_at = time.monotonic()
+    cluster.kill(names[first], signal.SIGTERM)
+    wait_done(cluster, [tid], timeout=20)
+    assert time.monotonic() - stopped_at < 15, "requeued only by the lease"
+    other = ({"g1", "g2"} - {first}).pop()
+    rec = record(cluster, cluster.nodes[0], tid)
+    assert [(a.node, a.why) for a in rec.attempts] == [(first, "node left"), (other, "exit")], \
+        rec.attempts
+    assert result(cluster, tid).out == f"attempt 2 on {other}\n"
+    assert nodes(cluster)[first].status != "up"
+
+
+def _refused(cluster: Cluster, name: str, args: list[str]) -> str:
+    """Start `leoronic ARGS --home HOME --port PORT` (a node that must be refused at start)
+    and return its last line once it has exited 2 (bounded)."""
+    node = NodeProc(name=name, port=free_port_pair(), home=os.path.join(cluster.root, name),
+                    args=[])
+    node.args = [*args, "--home", node.home, "--port", str(node.port)]
+    cluster.nodes.append(node)  # stopped with the cluster, should it not exit
+    cluster.launch(node)
+    code = wait_for(lambda: node.proc is not None and node.proc.poll() is not None
+                    and [node.proc.returncode], 40, f"{name} to be refused", interval=0.2)[0]
+    assert code == 2, node.log()
+    cluster.nodes.remove(node)
+    return node.log().splitlines()[-1]
+
+
+def test_a_name_held_by_a_node_that_is_up_is_refused_to_a_new_ghost_or_worker(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """A ghost named after a worker took over the worker's record (its task restarted over
+    and over); a second ghost or worker with a name in use ran tasks under it on two boxes.
+    Each is now refused at start with one line naming the holder, and the holders go on."""
+    cluster: Cluster = make_cluster(1, [WORKER])
+    worker = cluster.nodes[0]
+    [ghost] = start_ghosts(cluster, [("g1", GHOST)])
+    tid = add_task(cluster, "sleep 3; echo slept on $LEORONIC_NODE_NAME", task_id="steady")
+    for i, (args, taken, holder) in enumerate((
+        (["ghost", "--name", worker.name, *GHOST], worker.name, f"a worker at {worker.address}"),
+        (["ghost", "--name", "g1", *GHOST], "g1", f"a ghost at {ghost.address}"),
+        (["--name", worker.name, *WORKER], worker.name, f"a worker at {worker.address}"),
+    )):
+        line = _refused(cluster, f"dup{i}", [*args, "--bind", "127.0.0.1", "--peer", worker.address])
+        assert line.startswith(f"leoronic: --name: {taken!r} is the name of {holder} that is up"), line
+    wait_done(cluster, [tid], timeout=30)
+    rec = record(cluster, worker, tid)
+    assert len(rec.attempts) == 1, rec.attempts
+    rows = nodes(cluster)
+    assert rows[worker.name].address == worker.address and rows["g1"].address == ghost.address
+    assert rows["g1"].role == f"ghost of {worker.name}" and rows["g1"].status == "up", rows

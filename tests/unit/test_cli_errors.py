@@ -21,6 +21,15 @@ from comrade.errors import UsageError
     (["ghost", "--zzz", "3"], "leoronic: No such option '--zzz'. (see leoronic ghost --help)"),
     (["result"], "leoronic: Missing argument 'TASK_ID'. (see leoronic result --help)"),
     (["no-such-command"], "leoronic: No such command 'no-such-command'. (see leoronic --help)"),
+    # A worker's option typed before a command would be dropped silently (the ghost started
+    # in ~/.leoronic with --home given).
+    (["--home", "/tmp/x", "ghost"], "leoronic: --home: an option of the worker (`leoronic` with "
+     "no command); give a 'ghost' option after 'ghost' (see leoronic --help)"),
+    (["--cores", "0", "nodes"], "leoronic: --cores: an option of the worker (`leoronic` with no "
+     "command); give a 'nodes' option after 'nodes' (see leoronic --help)"),
+    # `--peer "$PEER"` with PEER unset must not quietly mean "find a cluster another way".
+    (["ghost", "--peer", ""], "leoronic: --peer: '' is not HOST:PORT"),
+    (["ghost", "--no-discovery", "--peer", ""], "leoronic: --peer: '' is not HOST:PORT"),
 ])
 def test_bad_options_and_arguments_are_one_line(args: list[str], line: str) -> None:
     r = CliRunner().invoke(cli.main, args, prog_name="leoronic")

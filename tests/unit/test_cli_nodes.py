@@ -49,3 +49,32 @@ def test_get_all_files_skips_a_node_whose_name_is_not_one_folder_name(
     assert r.stdout.splitlines() == [f"w1: {dest / 'w1'}"]
     assert r.stderr.splitlines() == [
         "leoronic: node '../../escape': skipped, its name is not one safe folder name"]
+
+
+@pytest.mark.parametrize("args, method, sent", [
+    (["drain"], "drain", ("n2", True)),
+    (["resume"], "drain", ("n2", False)),
+    (["add-tag", "gpu"], "add_tag", ("n2", "gpu")),
+    (["del-tag", "gpu"], "del_tag", ("n2", "gpu")),
+    (["drain", "--node", "n3"], "drain", ("n3", True)),
+])
+def test_a_change_for_this_node_names_it(monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                         method: str, sent: tuple[Any, ...]) -> None:
+    """Without --node, a change is for the node LEORONIC_NODE points at, and is sent with its
+    name (asked of that node alone): sent as "this node" (''), the client's retry at another
+    worker, after its own stopped answering, drained or tagged that worker instead."""
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    class Recording:
+        def own_name(self) -> str:
+            return "n2"
+
+        def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+            calls.append((method, args))
+            name = args[0]
+            return {"node": name, "draining": method == "drain" and args[1], "running": []} \
+                if method == "drain" else name
+    monkeypatch.setattr(cli_nodes, "Client", Recording)
+    r = CliRunner().invoke(cli.main, args)
+    assert r.exit_code == 0, r.output
+    assert calls == [(method, sent)]

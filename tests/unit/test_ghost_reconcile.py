@@ -27,6 +27,8 @@ def ghost(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Ghos
     released: list[Key] = []
 
     def call(address: str, cookie: str, method: str, *args: Any, **kwargs: Any) -> bool:
+        if method == "ghost_leave":  # the ghost stopping at the end
+            return True
         assert method == "ghost_release", method
         name, task_id, attempt, reason = args
         assert (name, reason) == ("g1", LOST_CLAIM)
@@ -34,13 +36,19 @@ def ghost(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Ghos
         return True
 
     monkeypatch.setattr(ghost_module.rpc, "call", call)
-    g = Ghost(GhostConfig(home=str(tmp_path / "home"), cookie="secret", port=free_port_pair(),
-                          bind="127.0.0.1", name="g1", cores=1, memory=1 << 30, storage=1 << 30))
-    g.clairvoyant = "127.0.0.1:9"
+    g = unattached_ghost(tmp_path)
     try:
         yield g, released
     finally:
         g.stop()
+
+
+def unattached_ghost(tmp_path: Any) -> Ghost:
+    """A ghost named g1 (one core, 1 GiB) whose clairvoyant is an address nothing answers at."""
+    g = Ghost(GhostConfig(home=str(tmp_path / "home"), cookie="secret", port=free_port_pair(),
+                          bind="127.0.0.1", name="g1", cores=1, memory=1 << 30, storage=1 << 30))
+    g.clairvoyant = "127.0.0.1:9"
+    return g
 
 
 def spec(task_id: str) -> TaskSpec:
@@ -114,9 +122,7 @@ def test_stored_files_are_not_collected_while_a_start_places_them(
     not placed it yet leaves the file: removed there, the start failed (and the task went back
     to the queue). A collection with no start under way removes it."""
     monkeypatch.setattr(ghost_module.rpc, "call", lambda *a, **k: {})  # the clairvoyant: "tasks"
-    g = Ghost(GhostConfig(home=str(tmp_path / "home"), cookie="secret", port=free_port_pair(),
-                          bind="127.0.0.1", name="g1", cores=1, memory=1 << 30, storage=1 << 30))
-    g.clairvoyant = "127.0.0.1:9"
+    g = unattached_ghost(tmp_path)
     try:
         sha = g.store.put_bytes(b"input data\n")
         later = time.time() + 2 * g.cfg.file_gc_s  # the stored file is long unused by then
@@ -134,5 +140,40 @@ def test_stored_files_are_not_collected_while_a_start_places_them(
         assert (workdir / "in.txt").read_bytes() == b"input data\n"
         g.collect_garbage(later)
         assert not g.store.has(sha)
+    finally:
+        g.stop()
+
+
+def test_a_start_that_failed_while_the_clairvoyant_was_gone_is_released_later_not_failed(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clairvoyant died while the ghost was getting a task's files from it: the start
+    failed and so did its release. The task never ran, so it must not be reported as ended
+    (it was reported as exit 127, and failed for good); it is given back through the next
+    clairvoyant that answers a poll, and meanwhile is not given back twice as unknown."""
+    up = {"now": False}
+    released: list[tuple[str, int, str]] = []
+
+    def call(address: str, cookie: str, method: str, *args: Any, **kwargs: Any) -> bool:
+        if method == "ghost_leave":
+            return True
+        assert method == "ghost_release", method
+        if not up["now"]:
+            raise ghost_module.ClusterError(f"node {address} hung up: connection refused")
+        released.append((args[1], args[2], args[3]))
+        return True
+    monkeypatch.setattr(ghost_module.rpc, "call", call)
+    g = unattached_ghost(tmp_path)
+    try:
+        g.state.running[("t", 1)] = TaskSpec("t", 1024, 1, 1024, True, "", (), "true")
+        g._crashed("t", 1, "cannot start: node 127.0.0.1:9 hung up")
+        assert g.state.finished == [] and ("t", 1) not in g.state.running
+        assert released == []
+        for _ in range(2):  # still assigned to it: not "unknown", so not given back as such
+            g._reconcile({("t", 1)}, set())
+        assert released == []
+        up["now"] = True  # a poll went through, to the next clairvoyant
+        g._release_pending()
+        assert released == [("t", 1, "cannot start: node 127.0.0.1:9 hung up")]
+        assert g.state.unreleased == []
     finally:
         g.stop()

@@ -431,6 +431,23 @@ def test_join_refresh_keeps_added_tags(q: Queue) -> None:
     no(q, ("join", "a"), "not a node")
 
 
+def test_a_name_held_by_a_node_that_is_up_is_refused_to_another(q: Queue) -> None:
+    """A second node with a live node's name (another address, or the other kind) would take
+    over its record and the tasks running there: refused, and the record is unchanged."""
+    from dataclasses import replace
+    ok(q, ("submit", spec("t1")))
+    ok(q, ("claim", "t1", "a", 1))
+    elsewhere = replace(info("a"), rpc="other:1", raft="other:2")
+    ghost = replace(info("a"), kind="ghost", raft="")
+    no(q, ("join", elsewhere), "'a' is the name of a worker at a:1 that is up; give this worker")
+    no(q, ("join", ghost), "give this ghost another --name, or stop that worker first")
+    assert q.nodes["a"].info == info("a") and state(q, "t1") is State.RUNNING
+    ok(q, ("join", info("a")), now=1.0)  # the same node restarting where it was: its own
+    ok(q, ("expire_node", "a"), now=20.0)  # once it is lost, another may take the name
+    ok(q, ("join", elsewhere), now=21.0)
+    assert q.nodes["a"].info.rpc == "other:1" and q.nodes["a"].alive
+
+
 @pytest.mark.parametrize("op, contains", [
     (("add_tag", "a", "has space"), "must not contain spaces"),
     (("add_tag", "a", ""), "must not be empty"),
