@@ -20,7 +20,7 @@ from comrade.cli import (
     node_option,
 )
 from comrade.client import Client
-from comrade.errors import UsageError
+from comrade.errors import RemoteError, UsageError
 
 
 @main.command("nodes")
@@ -87,7 +87,15 @@ def add_tag(tag: str, node: str | None) -> None:
 def del_tag(tag: str, node: str | None) -> None:
     """Remove a tag from a node."""
     client = Client()
-    name = client.call("del_tag", _named(client, node), tag)
+    name = _named(client, node)
+    rows = {n["name"]: n for n in client.call("nodes")["nodes"]}
+    if name in rows and tag not in rows[name]["tags"]:
+        raise UsageError(f"TAG: node {name!r} has no tag {tag!r}")
+    try:
+        client.call("del_tag", name, tag)
+    except RemoteError as exc:  # a retry whose first try was applied: done, not a typo
+        if f"has no tag {tag!r}" not in str(exc):
+            raise
     click.echo(f"{name}: -{tag}")
 
 

@@ -55,7 +55,6 @@ def test_get_all_files_skips_a_node_whose_name_is_not_one_folder_name(
     (["drain"], "drain", ("n2", True)),
     (["resume"], "drain", ("n2", False)),
     (["add-tag", "gpu"], "add_tag", ("n2", "gpu")),
-    (["del-tag", "gpu"], "del_tag", ("n2", "gpu")),
     (["drain", "--node", "n3"], "drain", ("n3", True)),
 ])
 def test_a_change_for_this_node_names_it(monkeypatch: pytest.MonkeyPatch, args: list[str],
@@ -78,3 +77,28 @@ def test_a_change_for_this_node_names_it(monkeypatch: pytest.MonkeyPatch, args: 
     r = CliRunner().invoke(cli.main, args)
     assert r.exit_code == 0, r.output
     assert calls == [(method, sent)]
+
+
+def test_a_del_tag_whose_retry_finds_the_tag_gone_succeeds_and_a_typo_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Removing a tag is made idempotent by checking first: a retry of a removal that was
+    applied (the node answered "has no tag") is success; a tag the node never had is exit 2."""
+    from comrade.errors import RemoteError
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    class Retried:
+        def own_name(self) -> str:
+            return "n2"
+
+        def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+            calls.append((method, args))
+            if method == "nodes":
+                return {"nodes": [{"name": "n2", "tags": ["gpu", "os-linux"]}]}
+            assert method == "del_tag"
+            raise RemoteError("UsageError", "TAG: node 'n2' has no tag 'gpu'", 2)
+    monkeypatch.setattr(cli_nodes, "Client", Retried)
+    r = CliRunner().invoke(cli.main, ["del-tag", "gpu"])
+    assert (r.exit_code, r.output) == (0, "n2: -gpu\n")
+    assert calls[-1] == ("del_tag", ("n2", "gpu"))
+    r = CliRunner().invoke(cli.main, ["del-tag", "gpx"], prog_name="leoronic")
+    assert r.exit_code == 2 and r.stderr == "leoronic: TAG: node 'n2' has no tag 'gpx'\n", r.output
