@@ -449,11 +449,10 @@ class Ghost:
         task never ran, so it must not end as failed (it goes back to the queue, at the
         latest when the cluster's lease on this attempt runs out)."""
         log.error("task %s attempt %d could not run: %s", task_id, attempt, reason)
-        released = self._release(task_id, attempt, reason)
         with self.lock:
             self._forget((task_id, attempt))
-            if not released:
-                self.state.unreleased.append((task_id, attempt, reason))
+            self.state.unreleased.append((task_id, attempt, reason))
+        self._release_pending()  # now, if the clairvoyant answers
         self._slot_freed.set()
 
     def _release_pending(self) -> None:
@@ -475,9 +474,9 @@ class Ghost:
             self._preparing += 1
         try:
             refs = [FileRef(n, sha, size) for n, sha, size in spec.files]
+            sources = [self.clairvoyant, *(w for w in self.workers if w != self.clairvoyant)]
             for ref in refs:
                 if not self.store.has(ref.sha256):  # from the clairvoyant, else any worker
-                    sources = [self.clairvoyant, *(w for w in self.workers if w != self.clairvoyant)]
                     packing.fetch_from_any(self.store, sources, self.cfg.cookie, ref.sha256)
             mapping = place_files(self.store, workdir, refs, rename=spec.rename)
         finally:
