@@ -82,7 +82,7 @@ def _report_each(client: Client, task_ids: list[str], method: str, args: tuple[A
         click.echo("leoronic: no task to change: none is in that state", err=True)
         return
     lines, errors = [], []
-    for task_id, ok, detail in client.call(method, task_ids, *args):
+    for task_id, ok, detail in client.change(method, task_ids, *args):
         if ok:
             lines.append(f"{task_id} {done}" + (f" ({detail})" if detail else ""))
         else:

@@ -76,7 +76,7 @@ def add_tag(tag: str, node: str | None) -> None:
     """Tag a node; replicated, survives restarts."""
     taskfields.validate_tags([tag], "TAG", whole=True)
     client = Client()
-    name = client.call("add_tag", _named(client, node), tag)
+    name = client.change("add_tag", _named(client, node), tag)
     click.echo(f"{name}: +{tag}")
 
 
@@ -92,7 +92,7 @@ def del_tag(tag: str, node: str | None) -> None:
     if name in rows and tag not in rows[name]["tags"]:
         raise UsageError(f"TAG: node {name!r} has no tag {tag!r}")
     try:
-        client.call("del_tag", name, tag)
+        client.change("del_tag", name, tag)
     except RemoteError as exc:  # a retry whose first try was applied: done, not a typo
         if f"has no tag {tag!r}" not in str(exc):
             raise
@@ -113,7 +113,7 @@ def drain(node: str | None, wait_: bool, timeout: float | None) -> None:
         raise UsageError("--timeout: only with --wait")
     check_timeout(timeout)
     client = Client()
-    state = client.call("drain", _named(client, node), True)
+    state = client.change("drain", _named(client, node), True)
     deadline = None if timeout is None else time.monotonic() + timeout
     while wait_ and state["draining"] and state["running"]:
         if deadline is not None and time.monotonic() > deadline:
@@ -139,7 +139,7 @@ def _drain_state(state: dict[str, Any]) -> str:
 def resume(node: str | None) -> None:
     """Let a drained (or draining) node take tasks again."""
     client = Client()
-    state = client.call("drain", _named(client, node), False)
+    state = client.change("drain", _named(client, node), False)
     click.echo(f"{state['node']}: taking tasks")
 
 

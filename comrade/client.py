@@ -193,6 +193,11 @@ class Client:
                 turn += 1
                 time.sleep(0.2)  # pacing between reconnection attempts
 
+    def change(self, method: str, *args: Any) -> Any:
+        """`call` for a change (a submit, delete, hold, priority, drain or tag): the node is told
+        how long this client waits (LEORONIC_RETRY_S), and waits no longer for a quorum."""
+        return self.call(method, *args, self.retry_s)
+
     def own_name(self) -> str:
         """The name of the node this client was pointed at (LEORONIC_NODE), asked of that node
         alone, retried for `retry_s`: a change meant for "this node" must never land on another
@@ -285,7 +290,7 @@ class Client:
         while start < len(specs):
             chunk = list(specs[start : start + size])
             try:
-                answers = self.call("submit", chunk)
+                answers = self.change("submit", chunk)
             except LeoronicError as exc:
                 if exc.exit_code != EXIT_CLUSTER or getattr(exc, "kind", "") == "NotChanged":
                     raise  # not about an unknown outcome

@@ -25,11 +25,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: How long a submit keeps retrying an unknown outcome (leader change) before giving up.
+#: How long a change (a submit, delete, hold, priority, drain or tag) keeps retrying an unknown
+#: outcome (a leader change, no quorum) before answering that it may still be made: at most
+#: this, and no longer than the client's own LEORONIC_RETRY_S, which it sends with the change...
 SUBMIT_DEADLINE_S = 20.0
+#: ...but at least this (a commit takes milliseconds, an election about a second).
+CHANGE_WAIT_MIN_S = 2.0
 #: How long a read waits for a node that just started to catch up with the log its leader had
 #: committed (the wait ends as soon as it has; without a quorum it does not wait).
 READ_CATCH_UP_S = 5.0
+
+
+def change_wait(wait_s: Any) -> float:
+    """How long a change waits for a quorum: the client's wait (None from an older client, or
+    a bad value: SUBMIT_DEADLINE_S), within CHANGE_WAIT_MIN_S..SUBMIT_DEADLINE_S."""
+    if not isinstance(wait_s, (int, float)) or isinstance(wait_s, bool) or wait_s != wait_s:
+        return SUBMIT_DEADLINE_S
+    return min(max(float(wait_s), CHANGE_WAIT_MIN_S), SUBMIT_DEADLINE_S)
 
 
 class Service:
@@ -69,11 +81,12 @@ class Service:
 
     # ----- helpers ----------------------------------------------------------------------------
 
-    def _change(self, ops: list[Any]) -> list[Any]:
+    def _change(self, ops: list[Any], wait_s: float | None = None) -> list[Any]:
         """`_propose` for a client's change (submit, delete, hold, priority, drain, tags):
         refused at once, and so certainly not made, while this node is isolated: it has had
         no quorum for --isolation-after already, and waiting SUBMIT_DEADLINE_S more for one
-        only to say "unknown outcome" helped nobody."""
+        only to say "unknown outcome" helped nobody. `wait_s`: the client's LEORONIC_RETRY_S,
+        so a client that gives up after 1 s is not kept 20 s (`change_wait`)."""
         since = self.node.isolation.since
         if since is not None:
             raise NotChanged(
@@ -81,7 +94,7 @@ class Service:
                 f"{time.strftime('%H:%M:%S', time.localtime(since))} (a majority of the workers "
                 "is unreachable); changes need a majority, so nothing was changed")
         try:
-            return self._propose(ops)
+            return self._propose(ops, change_wait(wait_s))
         except ClusterError as exc:
             if ops and ops[0][0] == "submit":
                 raise  # the client says which tasks may be queued
@@ -94,9 +107,10 @@ class Service:
         deadline = time.monotonic() + deadline_s
         while True:
             try:
-                return self.node.proposer.propose_sync(ops, timeout=6.0)
+                return self.node.proposer.propose_sync(
+                    ops, timeout=min(6.0, max(deadline - time.monotonic(), 0.1)))
             except ClusterError:
-                if time.monotonic() > deadline:
+                if time.monotonic() >= deadline:
                     raise
                 log.info("retrying %d operations after an unknown outcome", len(ops))
 
@@ -192,14 +206,16 @@ class Service:
                 problems.append((i, why))
         return sorted(problems)
 
-    def submit(self, specs: Sequence[TaskSpec]) -> list[tuple[str, bool, str]]:
-        """Queue tasks; returns (id, accepted, detail) for each. Impossible tasks are refused."""
+    def submit(self, specs: Sequence[TaskSpec], wait_s: float | None = None
+               ) -> list[tuple[str, bool, str]]:
+        """Queue tasks; returns (id, accepted, detail) for each. Impossible tasks are refused.
+        `wait_s`, here and in every change: how long the client waits (`change_wait`)."""
         biggest = self._read(_largest)
         for spec in specs:
             why = _unrunnable(spec, biggest)
             if why:
                 raise UsageError(why)
-        replies = self._change([("submit", s) for s in specs])
+        replies = self._change([("submit", s) for s in specs], wait_s)
         return [(s.task_id, r.ok, r.detail) for s, r in zip(specs, replies, strict=False)]
 
     def queue(self, states: Sequence[str] = (), node: str = "") -> list[tuple[Any, ...]]:
@@ -286,21 +302,26 @@ class Service:
             raise UsageError(f"ID: no task {task_id!r}")
         return t.summary()
 
-    def delete(self, ids: Sequence[str]) -> list[tuple[str, bool, str]]:
+    def delete(self, ids: Sequence[str], wait_s: float | None = None
+               ) -> list[tuple[str, bool, str]]:
         """Delete tasks (queued: removed; running: killed; finished: forgotten)."""
-        return self._each(ids, lambda tid: ("delete", tid))
+        return self._each(ids, lambda tid: ("delete", tid), wait_s)
 
-    def priority(self, ids: Sequence[str], priority: int) -> list[tuple[str, bool, str]]:
+    def priority(self, ids: Sequence[str], priority: int, wait_s: float | None = None
+                 ) -> list[tuple[str, bool, str]]:
         """Give tasks not finished yet a new priority."""
-        return self._each(ids, lambda tid: ("priority", tid, priority))
+        return self._each(ids, lambda tid: ("priority", tid, priority), wait_s)
 
-    def hold(self, ids: Sequence[str], on: bool) -> list[tuple[str, bool, str]]:
+    def hold(self, ids: Sequence[str], on: bool, wait_s: float | None = None
+             ) -> list[tuple[str, bool, str]]:
         """Hold queued and running tasks (on: a running one is stopped) or release them."""
-        return self._each(ids, lambda tid: ("hold", tid, on, True) if on else ("hold", tid, on))
+        return self._each(ids, lambda tid: ("hold", tid, on, True) if on else ("hold", tid, on),
+                          wait_s)
 
-    def _each(self, ids: Sequence[str], op: Callable[[str], Any]) -> list[tuple[str, bool, str]]:
+    def _each(self, ids: Sequence[str], op: Callable[[str], Any], wait_s: float | None
+              ) -> list[tuple[str, bool, str]]:
         """Propose one operation per task id: (id, accepted, detail) for each."""
-        replies = self._change([op(tid) for tid in ids])
+        replies = self._change([op(tid) for tid in ids], wait_s)
         return [(tid, r.ok, r.detail) for tid, r in zip(ids, replies, strict=False)]
 
     # ----- nodes and tags ---------------------------------------------------------------------
@@ -335,19 +356,19 @@ class Service:
                 "isolated_since": iso.since, "on_isolation": self.node.cfg.on_isolation,
                 "quorum": bool(self.node.syncobj and self.node.syncobj.hasQuorum)}
 
-    def add_tag(self, node: str, tag: str) -> str:
+    def add_tag(self, node: str, tag: str, wait_s: float | None = None) -> str:
         """Tag a node (this one if node is empty)."""
-        return self._tag("add_tag", node or self.node.name, tag)
+        return self._tag("add_tag", node or self.node.name, tag, wait_s)
 
-    def del_tag(self, node: str, tag: str) -> str:
+    def del_tag(self, node: str, tag: str, wait_s: float | None = None) -> str:
         """Untag a node (this one if node is empty)."""
-        return self._tag("del_tag", node or self.node.name, tag)
+        return self._tag("del_tag", node or self.node.name, tag, wait_s)
 
-    def drain(self, node: str, on: bool) -> dict[str, Any]:
+    def drain(self, node: str, on: bool, wait_s: float | None = None) -> dict[str, Any]:
         """Stop (`on`) or resume giving a node (this one if node is empty) new tasks; its
         state as `drained` gives it."""
         name = node or self.node.name
-        [reply] = self._change([("drain", name, bool(on))])
+        [reply] = self._change([("drain", name, bool(on))], wait_s)
         if not reply.ok:
             raise UsageError(f"--node: {reply.detail}")
         return self.drained(name, 0.0)
@@ -376,8 +397,8 @@ class Service:
                 return state
             self._wait_entry(gen, left)
 
-    def _tag(self, op: str, node: str, tag: str) -> str:
-        [reply] = self._change([(op, node, tag)])
+    def _tag(self, op: str, node: str, tag: str, wait_s: float | None) -> str:
+        [reply] = self._change([(op, node, tag)], wait_s)
         if not reply.ok:
             field = "--node" if reply.detail.startswith("unknown node") else "TAG"
             raise UsageError(f"{field}: {reply.detail}")

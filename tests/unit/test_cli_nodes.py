@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from comrade import cli, cli_nodes
+from comrade.client import Client
 
 
 class StartingClient:
@@ -65,6 +66,9 @@ def test_a_change_for_this_node_names_it(monkeypatch: pytest.MonkeyPatch, args: 
     calls: list[tuple[str, tuple[Any, ...]]] = []
 
     class Recording:
+        retry_s = 7.5  # LEORONIC_RETRY_S: sent with every change, the node waits no longer
+        change = Client.change
+
         def own_name(self) -> str:
             return "n2"
 
@@ -76,7 +80,7 @@ def test_a_change_for_this_node_names_it(monkeypatch: pytest.MonkeyPatch, args: 
     monkeypatch.setattr(cli_nodes, "Client", Recording)
     r = CliRunner().invoke(cli.main, args)
     assert r.exit_code == 0, r.output
-    assert calls == [(method, sent)]
+    assert calls == [(method, (*sent, 7.5))]
 
 
 def test_a_del_tag_whose_retry_finds_the_tag_gone_succeeds_and_a_typo_is_refused(
@@ -87,6 +91,9 @@ def test_a_del_tag_whose_retry_finds_the_tag_gone_succeeds_and_a_typo_is_refused
     calls: list[tuple[str, tuple[Any, ...]]] = []
 
     class Retried:
+        retry_s = 7.5
+        change = Client.change
+
         def own_name(self) -> str:
             return "n2"
 
@@ -99,6 +106,6 @@ def test_a_del_tag_whose_retry_finds_the_tag_gone_succeeds_and_a_typo_is_refused
     monkeypatch.setattr(cli_nodes, "Client", Retried)
     r = CliRunner().invoke(cli.main, ["del-tag", "gpu"])
     assert (r.exit_code, r.output) == (0, "n2: -gpu\n")
-    assert calls[-1] == ("del_tag", ("n2", "gpu"))
+    assert calls[-1] == ("del_tag", ("n2", "gpu", 7.5))
     r = CliRunner().invoke(cli.main, ["del-tag", "gpx"], prog_name="leoronic")
     assert r.exit_code == 2 and r.stderr == "leoronic: TAG: node 'n2' has no tag 'gpx'\n", r.output
