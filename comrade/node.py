@@ -73,6 +73,7 @@ class Node:
         self.advertise = cfg.advertise or membership.advertise_address(cfg.bind, cfg.peers)
         self.raft_addr = f"{self.advertise}:{cfg.raft_port}"
         self.rpc_addr = f"{self.advertise}:{cfg.port}"
+        self._saved_members: list[str] = []  # what raft/members.json holds (_save_members)
         self.probe = probe or resources.PsutilProbe(cfg.home)
         self.offer = resources.offered(self.probe, cfg.cores, cfg.memory, cfg.storage)
         self.local_tags = frozenset(cfg.tags) | frozenset(resources.automatic_tags())
@@ -206,7 +207,7 @@ class Node:
         threading.Thread(target=self._ticker, name="ticker", daemon=True).start()
         if not self._register():
             return  # stopped (SIGTERM) while waiting for a quorum to register this node
-        membership.save_members(members_file, self._members())
+        self._save_members()
         if use_lan:
             self.beacon = discovery.Beacon(self.name, "worker", self.advertise, self.cfg.port,
                                            self.cfg.bind, self.cfg.cookie)
@@ -288,6 +289,15 @@ class Node:
         if self.syncobj is None:
             return [self.raft_addr]
         return sorted({self.raft_addr} | {n.id for n in self.syncobj.otherNodes})
+
+    def _save_members(self) -> None:
+        """Write the Raft member list to raft/members.json, where a restart finds its peers,
+        when it differs from what was last written: not every heartbeat, as each write is a
+        new file made, synced and renamed over the old."""
+        members = self._members()
+        if members != self._saved_members:
+            membership.save_members(os.path.join(self.cfg.home, "raft", "members.json"), members)
+            self._saved_members = members
 
     # ----- raft callbacks (tick thread: never block) ----------------------------------------
 
@@ -702,9 +712,7 @@ class Node:
                 if now >= next_hb:
                     next_hb = now + self.cfg.heartbeat_s
                     self._heartbeat()
-                    membership.save_members(
-                        os.path.join(self.cfg.home, "raft", "members.json"), self._members()
-                    )
+                    self._save_members()
                 self._retry_finishes(now)
                 if now >= next_gc:
                     next_gc = now + self.cfg.gc_every_s

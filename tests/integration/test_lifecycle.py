@@ -10,11 +10,12 @@ import shlex
 import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
 
-from tests.cluster import UTILITIES, Cluster, process_gone, result_out, wait_for, wait_ok
+from tests.cluster import UTILITIES, Cluster, NodeProc, process_gone, result_out, wait_for, wait_ok
 
 
 def test_first_start_makes_a_private_cookie_and_later_starts_keep_it(tmp_path: Path) -> None:
@@ -138,3 +139,37 @@ def _connections(proc: psutil.Process, kind: str) -> list:  # type: ignore[type-
         return list(connections(kind))
     except psutil.NoSuchProcess:
         return []
+
+
+def _members_file(node: NodeProc) -> str:
+    return os.path.join(node.home, "raft", "members.json")
+
+
+def _saved_members(node: NodeProc) -> list[str] | None:
+    """The Raft members a restart of `node` would start from (None: no file yet)."""
+    try:
+        with open(_members_file(node)) as f:
+            return list(json.load(f)["members"])
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def test_each_worker_keeps_the_member_list_a_restart_needs_and_writes_it_only_on_change(
+        make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """raft/members.json lists every Raft member (a worker restarted without --peer finds its
+    cluster there), follows a join, and is not rewritten (a new file, synced) every heartbeat."""
+    cluster: Cluster = make_cluster(2)
+    n1, n2 = cluster.nodes
+    raft = [f"127.0.0.1:{n.port + 1}" for n in cluster.nodes]
+    wait_for(lambda: all(_saved_members(n) == sorted(raft) for n in cluster.nodes), 20,
+             "both workers to save both members")
+    files = {n.name: os.stat(_members_file(n)).st_ino for n in cluster.nodes}
+    deadline = time.monotonic() + 3 * 2.0 + 0.5  # three heartbeats (--heartbeat's 2 s)
+    while time.monotonic() < deadline:
+        assert {n.name: os.stat(_members_file(n)).st_ino for n in cluster.nodes} == files, \
+            "members.json rewritten although the members did not change"
+        time.sleep(0.2)  # polling interval
+    n3 = cluster.start_node(peer=n2)
+    raft.append(f"127.0.0.1:{n3.port + 1}")
+    wait_for(lambda: all(_saved_members(n) == sorted(raft) for n in cluster.nodes), 20,
+             "every worker to save the new member")
