@@ -179,10 +179,16 @@ class _Cli(click.Group):
         except click.UsageError as exc:
             hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
             message = exc.format_message()
-            if isinstance(exc, click.BadParameter) and exc.param is not None \
-                    and exc.param.name and exc.ctx is not None \
-                    and _from_environment(exc.ctx, exc.param.name):
-                message += f" (from {exc.param.envvar})"  # not typed: say where it came from
+            if isinstance(exc, click.BadParameter) and exc.param is not None:
+                said = exc.message
+                if isinstance(exc.param.type, click.types.BoolParamType):
+                    said = re.sub(r"\. Recognized values: .*", " (give 1 or 0, true or false, "
+                                  "yes or no, on or off)", said)
+                if exc.param.name and exc.ctx is not None \
+                        and _from_environment(exc.ctx, exc.param.name):
+                    message = f"{exc.param.envvar}: {said}"  # named as set: not typed
+                elif said != exc.message:
+                    message = message.replace(exc.message, said)
             click.echo(f"leoronic: {one_line(message)}{hint}", err=True)
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
@@ -482,7 +488,7 @@ def add_task(fields: Sequence[str], retries: int | None, time_limit: str | None,
 @click.option("--priority", default=None, envvar="LEORONIC_PRIORITY", help=_PRIORITY_HELP)
 @click.option("--hold", is_flag=True, envvar="LEORONIC_HOLD", help=_HOLD_HELP)
 @click.option("--no-rename", is_flag=True, envvar="LEORONIC_NO_RENAME", help=_NO_RENAME_HELP)
-@click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("path", metavar="FILE")  # checked by _read_tasks_file, naming FILE
 @friendly
 def add_tasks_from_file(path: str, retries: int | None, time_limit: str | None,
                         priority: str | None, hold: bool, no_rename: bool) -> None:
@@ -545,7 +551,8 @@ def _submit(rows: list[taskfields.Fields], retries: int | None, time_limit: str 
         priority, option_name("--priority", "LEORONIC_PRIORITY"))
     client = Client()
     specs, uploads = client.build_specs(rows, retries=retries or 0, rename=not no_rename,
-                                        time_limit=limit, priority=rank, held=hold)
+                                        time_limit=limit, priority=rank, held=hold,
+                                        labels=labels)
     client.upload(uploads)
     try:
         ids = client.submit(specs, labels)
@@ -627,10 +634,14 @@ def _age(seconds: float) -> str:
 @main.command("result")
 @click.argument("task_id")
 @click.option("--partial", is_flag=True,
-              help="For a running task: print what its attempt has written so far, then exit 5.")
+              help="For a running task: print what its attempt has written so far, then exit "
+                   "5. For a finished one whose whole output cannot be had (its node is "
+                   "down): exit with the task's code after the part shown, not 3.")
 @friendly
 def result(task_id: str, partial: bool) -> None:
-    """Print a task's stdout (stderr to stderr) and exit with its exit code."""
+    """Print a task's stdout (stderr to stderr) and exit with its exit code; exit 3 if only part
+    of its output could be shown (its node is down), so `result ID > out && ...` never goes on
+    with a cut output (--partial: the task's code all the same)."""
     client = Client()
     task = client.call("task", task_id)
     state = task.state.value
@@ -651,12 +662,15 @@ def result(task_id: str, partial: bool) -> None:
                    f"{format_duration(task.spec.time_limit)}", err=True)
         if code < 128:  # it exited on its own after the SIGTERM (a trap): it still failed
             code = 128 + signal.SIGTERM
-    _write_streams(client, task)
+    if not _write_streams(client, task) and not partial:
+        fail(f"task {task_id} exited {code}, but only part of its output was shown (above); "
+             "`leoronic_result --partial` exits with the task's code all the same", EXIT_CLUSTER)
     sys.exit(code)
 
 
-def _write_streams(client: Client, task: Any) -> None:
-    """A task's stdout to stdout and its stderr to stderr, then a line per warning."""
+def _write_streams(client: Client, task: Any) -> bool:
+    """A task's stdout to stdout and its stderr to stderr, then a line per warning; False if
+    either was not shown whole."""
     sys.stdout.flush()  # what click wrote before: the output comes after it
     warn_out = client.write_output(task, "out", sys.stdout.buffer.write)
     sys.stdout.flush()
@@ -665,6 +679,7 @@ def _write_streams(client: Client, task: Any) -> None:
     sys.stderr.flush()
     for warning in {warn_out, warn_err} - {""}:
         click.echo(f"leoronic: {warning}", err=True)
+    return not (warn_out or warn_err)
 
 
 @main.command("task-info")
@@ -753,8 +768,7 @@ def wait(task_ids: Sequence[str], timeout: float | None) -> None:
         bar.update(total - len(pending))
         while pending:  # only unfinished tasks are asked about again
             if deadline is not None and time.monotonic() > deadline:
-                fail(f"{len(pending)} of {total} tasks not finished after {abs(timeout or 0.0):g} s",
-                      EXIT_NOT_FINISHED)
+                break  # said after the bar has ended its line
             left = 5.0 if deadline is None else max(0.0, min(5.0, deadline - time.monotonic()))
             # "unknown" now: it finished and its record was forgotten (--forget-after) between
             # two looks; its outcome is lost, so it does not count as a success.
@@ -762,6 +776,9 @@ def wait(task_ids: Sequence[str], timeout: float | None) -> None:
             still = [t for t in pending if states[t][0] not in WAIT_OVER]
             bar.update(len(pending) - len(still))
             pending = still
+    if pending:
+        fail(f"{len(pending)} of {total} tasks not finished after {abs(timeout or 0.0):g} s",
+             EXIT_NOT_FINISHED)
     bad = [t for t, (s, _) in states.items() if s != "done"]
     if bad:
         raise TaskFailed(f"{len(bad)} of {total} tasks did not succeed: {', '.join(sorted(bad)[:10])}")
@@ -808,8 +825,8 @@ def get_all_files(dest: str) -> None:
                 unreachable += 1
                 continue
             click.echo(f"{n['name']}: {where}")
-    if unreachable:
-        sys.exit(3)
+        if unreachable:  # in the block: a DEST made for nothing is removed again
+            sys.exit(EXIT_CLUSTER)
 
 
 @main.command("get-files")
@@ -840,8 +857,8 @@ def get_files(task_id: str, dest: str) -> None:
                 missed += 1
                 continue
             click.echo(f"{name}: {dest}")
-    if missed:
-        sys.exit(EXIT_CLUSTER)
+        if missed:  # in the block: a DEST made for nothing is removed again
+            sys.exit(EXIT_CLUSTER)
 
 
 def _receive(client: Client, address: str, dest: str, *what: str) -> None:

@@ -233,22 +233,21 @@ class Client:
     def build_specs(
         self, rows: Sequence[Fields], retries: int = 0, rename: bool = True,
         time_limit: float = 0.0, priority: int = 0, held: bool = False,
+        labels: Sequence[str] = (),
     ) -> tuple[list[TaskSpec], list[LocalFile]]:
-        """Read every row's files (validating all first) and build the specs."""
+        """Read every row's files (validating all first) and build the specs. A FileError
+        names the field, after the row's label if given (e.g. "line 3: FILES: ...")."""
         limit = max_file_bytes()
         specs, uploads, seen = [], [], set()
-        for fields in rows:
-            files = read_files_field(fields.files, limit)
+        for i, fields in enumerate(rows):
+            try:
+                files = self._row_files(fields, limit, rename)
+            except FileError as exc:
+                raise FileError(f"{labels[i] if i < len(labels) else ''}FILES: {exc}") from None
             for f in files:
-                try:  # what a node would refuse when placing it, refused now
-                    f.ref.name.encode()
-                except UnicodeEncodeError:  # undecodable bytes of the file system's name
-                    raise FileError(f"necessary file {f.ref.name!r}: its name is not UTF-8 "
-                                    "text; rename it") from None
                 if f.ref.sha256 not in seen:
                     seen.add(f.ref.sha256)
                     uploads.append(f)
-            rename_plan([f.ref for f in files], rename)  # names it would place twice
             specs.append(TaskSpec(
                 task_id=fields.task_id, memory=fields.memory, cores=fields.cores,
                 storage=fields.storage, concurrent=fields.concurrent,
@@ -258,6 +257,19 @@ class Client:
                 priority=priority, held=held,
             ))
         return specs, uploads
+
+    @staticmethod
+    def _row_files(fields: Fields, limit: int, rename: bool) -> list[LocalFile]:
+        """The necessary files of one row, read and hashed; FileError if one cannot be used."""
+        files = read_files_field(fields.files, limit)
+        for f in files:
+            try:  # what a node would refuse when placing it, refused now
+                f.ref.name.encode()
+            except UnicodeEncodeError:  # undecodable bytes of the file system's name
+                raise FileError(f"necessary file {f.ref.name!r}: its name is not UTF-8 "
+                                "text; rename it") from None
+        rename_plan([f.ref for f in files], rename)  # names it would place twice
+        return files
 
     def upload(self, files: Sequence[LocalFile]) -> None:
         """Upload the files the node lacks (each once, by hash), in parts read as they are

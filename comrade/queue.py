@@ -202,18 +202,21 @@ class Queue:
         """
         problems = []
         earlier: dict[str, TaskSpec] = {}
+        batch = {getattr(spec, "task_id", None) for spec in specs}
         for i, spec in enumerate(specs):
-            problem, _ = self._submit_problem(spec, earlier)
+            problem, _ = self._submit_problem(spec, earlier, batch)
             if problem:
                 problems.append((i, problem))
             else:
                 earlier[spec.task_id] = spec
         return problems
 
-    def _submit_problem(self, spec: Any, earlier: dict[str, TaskSpec]
+    def _submit_problem(self, spec: Any, earlier: dict[str, TaskSpec],
+                        batch: set[Any] = frozenset()  # type: ignore[assignment]
                         ) -> tuple[str | None, tuple[cond.Condition, ...]]:
         """('', its parsed conditions) if `spec` can be queued, (None, ()) if it is an
-        idempotent duplicate, else (the problem, ())."""
+        idempotent duplicate, else (the problem, ()). `batch`: the ids submitted with it, to
+        say why a task it names later in the same file is refused."""
         problem = spec_problem(spec)
         if problem:
             return problem, ()
@@ -233,6 +236,11 @@ class Queue:
             return str(exc), ()
         for dep in cond.dependency_ids(parsed):
             if dep not in self.tasks and dep not in earlier:
+                if dep == spec.task_id:
+                    return f"CONDITIONS: task {dep!r} names itself in a queue: condition", ()
+                if dep in batch:
+                    return (f"CONDITIONS: task {dep!r} comes later in this submit: a queue: "
+                            "condition may name only tasks queued before it"), ()
                 return f"CONDITIONS: unknown task {dep!r} (named by a queue: condition)", ()
         return "", parsed
 

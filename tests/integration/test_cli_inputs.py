@@ -86,14 +86,29 @@ def test_bad_client_input_is_one_line_and_exit_2_before_any_cluster(
     ({"LEORONIC_RETRY_S": "nan"}, "LEORONIC_RETRY_S: 'nan' is not a number of seconds >= 0"),
     ({"LEORONIC_RETRY_S": "２"}, "LEORONIC_RETRY_S: '２' is not a number of seconds >= 0"),
     ({"LEORONIC_RETRY_S": "1_000"}, "LEORONIC_RETRY_S: '1_000' is not a number of seconds >= 0"),
-    ({"LEORONIC_NODE": "", "LEORONIC_PORT": "x"},
-     "Invalid value for '--port': 'x' is not a whole number (from LEORONIC_PORT)"),
+    ({"LEORONIC_NODE": "", "LEORONIC_PORT": "x"}, "LEORONIC_PORT: 'x' is not a whole number"),
     ({"LEORONIC_NODE": "", "LEORONIC_PORT": "70000"}, "LEORONIC_PORT: '70000' is not a port number"),
     ({"LEORONIC_NODE": "nowhere"}, "LEORONIC_NODE: 'nowhere' is not HOST:PORT"),
 ])
 def test_bad_client_settings_are_one_line_and_exit_2(tmp_path: Path, env: dict[str, str],
                                                        start: str) -> None:
     refused(leoronic(tmp_path, "get-queue", **env), start)
+
+
+@pytest.mark.parametrize("env, start", [
+    ({"LEORONIC_RETRIES": "x"}, "LEORONIC_RETRIES: 'x' is not a whole number"),
+    ({"LEORONIC_HOLD": "2"}, "LEORONIC_HOLD: '2' is not a valid boolean (give 1 or 0, true or "
+                             "false, yes or no, on or off)"),
+])
+def test_bad_task_options_set_by_variables_are_named_by_them(tmp_path: Path, env: dict[str, str],
+                                                             start: str) -> None:
+    refused(leoronic(tmp_path, "add-task", "--", "1", "1", "1", "true", "", "", "true", **env),
+            start)
+
+
+def test_a_folder_given_as_tasks_file_is_refused_naming_file(tmp_path: Path) -> None:
+    refused(leoronic(tmp_path, "add-tasks-from-file", str(tmp_path)),
+            f"FILE: cannot read {tmp_path}: Is a directory")
 
 
 def test_a_tasks_file_that_is_not_utf8_names_the_file_and_line(tmp_path: Path) -> None:
@@ -235,12 +250,12 @@ def test_necessary_files_no_node_could_place_are_refused_at_submit(tmp_path: Pat
         (tmp_path / folder / "d.txt").write_text(folder)
     refused(leoronic(tmp_path, "add-task", "--no-rename", "--", "1", "1", "1", "true", "",
                      f"{tmp_path}/a/d.txt;{tmp_path}/b/d.txt", "cat d.txt"),
-            f"necessary files '{tmp_path}/a/d.txt' and '{tmp_path}/b/d.txt' would both be "
+            f"FILES: necessary files '{tmp_path}/a/d.txt' and '{tmp_path}/b/d.txt' would both be "
             "placed as 'd.txt'; turn renaming on or rename one")
     odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9.txt")
     with open(odd, "wb") as f:
         f.write(b"x")
     name = os.fsdecode(odd)
     refused(leoronic(tmp_path, "add-task", "--", "1", "1", "1", "true", "", name, "cat x"),
-            f"necessary file {name!r}: its name is not UTF-8 text; rename it".replace(
+            f"FILES: necessary file {name!r}: its name is not UTF-8 text; rename it".replace(
                 "\udce9", "\\udce9"))

@@ -356,7 +356,15 @@ def test_unusable_files_are_refused_at_submit(cluster3: Cluster, tmp_path: Path)
     for files, env, message in cases:
         r = add_task(cluster3, "cat x", "", files, cwd=src, **env)
         assert r.rc == 2 and r.out == "", (files, r)
-        assert r.err.count("\n") == 1 and message in r.err, (files, r)
+        assert r.err.count("\n") == 1 and r.err.startswith(f"leoronic: FILES: {message}"), \
+            (files, r)
+    # In a tasks file the error names the line too, and nothing of the file is queued.
+    (src / "three.tasks").write_text('1024 1 1024 true "" data.txt "cat data.txt"\n'
+                                     '1024 1 1024 true "" "" true\n'
+                                     '1024 1 1024 true "" missing.txt "cat missing.txt"\n')
+    r = cluster3.sh(f"cd {shlex.quote(str(src))}\nleoronic_add_tasks_from_file three.tasks")
+    assert (r.rc, r.out, r.err) == (
+        2, "", "leoronic: line 3: FILES: necessary file 'missing.txt': no such file\n"), r
     assert queue_rows(cluster3) == {}
     # Exactly at the limit is fine.
     t = submit(cluster3, "wc -c < fits.bin", "", "fits.bin", cwd=src, LEORONIC_MAX_FILE_BYTES="10")
@@ -407,6 +415,7 @@ def test_get_all_files_and_get_files_bring_work_dirs_back(cluster3: Cluster, tmp
                     LEORONIC_RETRY_S="2")
     assert r.rc == 3 and r.out == "" and r.err.startswith("leoronic: node n3: "), r
     assert r.err.count("\n") == 1, r
+    assert not (tmp_path / "from-n3").exists(), "the DEST made for nothing was left behind"
 
 
 # ----- garbage --------------------------------------------------------------------------------

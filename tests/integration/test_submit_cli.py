@@ -256,6 +256,23 @@ def test_results_streams_exit_codes_large_output_wait_all_and_still_running(
     assert partial.err.startswith("warming\nleoronic: task slow is still running on "), partial
     assert partial.err.count("\n") == 2, partial
 
+    # The node that ran `big` dies: what the record keeps (its last 64 KiB of each stream) is
+    # shown, and the command exits 3, not the task's 0, so `result big > f && ...` stops.
+    c.kill(next(n for n in c.nodes if n.name == ran_on))
+    tail_bytes = 64 * 1024
+    res = c.sh("leoronic_result big", node=other)
+    assert res.rc == 3, res
+    assert res.out == expected[-tail_bytes:], f"got {len(res.out)} bytes"
+    assert res.err.startswith(expected_err[-tail_bytes:]), res
+    notes = res.err[tail_bytes:].splitlines()
+    assert notes[-1] == ("leoronic: task big exited 0, but only part of its output was shown "
+                         "(above); `leoronic_result --partial` exits with the task's code all "
+                         "the same"), res
+    assert any(f"node {ran_on} cannot give it" in n and "showing the last 65536 bytes" in n
+               for n in notes[:-1]), res
+    res = c.sh("leoronic_result --partial big", node=other)
+    assert (res.rc, res.out) == (0, expected[-tail_bytes:]), res
+
 
 def test_a_huge_output_streams_through_without_the_node_holding_it(make_cluster) -> None:  # type: ignore[no-untyped-def]
     c = make_cluster(1)
@@ -295,6 +312,44 @@ def test_wait_timeout_gives_up_in_time(make_cluster) -> None:  # type: ignore[no
     assert took < 3.0, f"--timeout 0.5 took {took:.1f} s"
 
 
+class Terminal:
+    """A command (utilities sourced) run with a terminal as stdin, stdout and stderr."""
+
+    def __init__(self, c: Cluster, script: str) -> None:
+        self.leader, follower = pty.openpty()
+        self.proc = subprocess.Popen(["bash", "-c", f"source {UTILITIES}\n{script}"],
+                                     stdin=follower, stdout=follower, stderr=follower,
+                                     env=c.env(), start_new_session=True)
+        os.close(follower)
+        self.seen = b""  # what it wrote there so far
+
+    def shown(self, text: bytes) -> bool:
+        """Whether what the terminal got so far (read now, without waiting) holds `text`."""
+        while True:
+            ready, _, _ = select.select([self.leader], [], [], 0.1)
+            if not ready:
+                break
+            try:
+                chunk = os.read(self.leader, 4096)
+            except OSError:  # the terminal closed: the command ended
+                break
+            if not chunk:
+                break
+            self.seen += chunk
+        return text in self.seen
+
+    def ended(self) -> bool:
+        return self.shown(b"") and self.proc.poll() is not None
+
+    def close(self) -> int:
+        """Kill it if it still runs; its exit code."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        code = self.proc.wait()
+        os.close(self.leader)
+        return code
+
+
 def test_wait_shows_progress_on_a_terminal_and_nothing_in_a_pipe(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
     c = make_cluster(1)
     gate = tmp_path / "gate"
@@ -302,37 +357,24 @@ def test_wait_shows_progress_on_a_terminal_and_nothing_in_a_pipe(make_cluster, t
              f'leoronic_add_task 1024 1 1024 true "" "" "while [ ! -e {gate} ]; do sleep 0.05; done" gated')
     assert r.rc == 0, r
     wait_for(lambda: state_is(c, "quick", "done"), 20, "quick to finish")
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(["bash", "-c", f"source {UTILITIES}\nleoronic_wait quick gated"],
-                            stdin=follower, stdout=follower, stderr=follower, env=c.env(),
-                            start_new_session=True)
-    os.close(follower)
-    seen = b""
+    term = Terminal(c, "leoronic_wait quick gated")
     try:
-        def shown(text: bytes) -> bool:  # what the terminal got so far holds `text`
-            nonlocal seen
-            while True:
-                ready, _, _ = select.select([leader], [], [], 0.1)
-                if not ready:
-                    break
-                try:
-                    chunk = os.read(leader, 4096)
-                except OSError:  # the terminal closed: the command ended
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-            return text in seen
-        wait_for(lambda: shown(b" 50%"), 20, "half the tasks shown finished")
+        wait_for(lambda: term.shown(b" 50%"), 20, "half the tasks shown finished")
+        # Giving up (--timeout) on a terminal: the bar's line ends before the error's.
+        timed = Terminal(c, "leoronic_wait --timeout 1 quick gated")
+        try:
+            wait_for(timed.ended, 30, "the wait to give up")
+        finally:
+            assert timed.close() == EXIT_NOT_FINISHED, timed.seen
+        assert b" 50%" in timed.seen and re.search(
+            rb"\r?\nleoronic: 1 of 2 tasks not finished after 1 s\r?\n$", timed.seen), timed.seen
         gate.touch()
-        wait_for(lambda: shown(b"100%") and proc.poll() is not None, 20, "the bar to fill")
+        wait_for(lambda: term.shown(b"100%") and term.proc.poll() is not None, 20,
+                 "the bar to fill")
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        os.close(leader)
-    assert proc.returncode == 0, seen
-    assert b"tasks finished" in seen, seen
+        code = term.close()
+    assert code == 0, term.seen
+    assert b"tasks finished" in term.seen, term.seen
     piped = c.sh("leoronic_wait quick gated")
     assert (piped.rc, piped.out, piped.err) == (0, "", ""), piped
 

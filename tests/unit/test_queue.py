@@ -86,7 +86,7 @@ def test_submit_queues_in_order_and_is_idempotent(q: Queue) -> None:
     (("submit", spec("t1", command="other")), "already used by a different task"),
     (("submit", spec("x", conditions="queue:after nope")), "unknown task 'nope'"),
     (("submit", spec("x", conditions="queue:after_ok t1; queue:after ghost")), "unknown task"),
-    (("submit", spec("x", conditions="queue:after x")), "unknown task 'x'"),
+    (("submit", spec("x", conditions="queue:after x")), "task 'x' names itself"),
     (("submit", spec("x", conditions="bogus:thing")), "unknown scope"),
     (("submit", spec("x", conditions="worker:tag a b")), "must not contain spaces"),
 ])
@@ -1054,6 +1054,10 @@ def test_check_submit_sees_earlier_specs_of_the_same_batch() -> None:
         (0, "CONDITIONS: unknown task 'one' (named by a queue: condition)")]
     [(index, problem)] = q.check_submit([first, clash])
     assert index == 1 and problem.startswith("ID: task id 'one' is already used by a different task")
+    # A task named before it is queued, in the same file: said so, not "unknown".
+    assert q.check_submit([second, first]) == [
+        (0, "CONDITIONS: task 'one' comes later in this submit: a queue: condition may name "
+            "only tasks queued before it")]
     assert q.tasks == {}  # a dry run changes nothing
 
 
