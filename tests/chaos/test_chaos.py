@@ -22,12 +22,15 @@ committed after the heal, must not declare healthy workers lost), and a partitio
 outlasts --remove-after (the cut worker is removed from the Raft membership and must rejoin).
 
 Seeded and repeatable: LEORONIC_CHAOS_SEED=N picks another schedule (default 5). The figures
-(tasks, kills, duplicate runs, longest stall, time) are printed at the end of each part.
+(tasks, kills, duplicate runs, longest stall, time) are printed at the end of each part. Part A
+also bounds how long tasks waited in the queue with none finishing (a leader's death: the
+election, then claims again), from the README's election time.
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import os
 import pickle
 import random
@@ -96,6 +99,35 @@ def longest_stall(records: dict[str, Any]) -> float:
     """The longest gap between consecutive task completions (final outcomes' end times)."""
     ends = sorted(t.outcome.end for t in records.values() if t.outcome is not None)
     return max((b - a for a, b in zip(ends, ends[1:], strict=False)), default=0.0)
+
+
+def longest_queued_stall(records: dict[str, Any]) -> tuple[float, float]:
+    """(when it began, wall-clock seconds; how long, seconds) of the longest stretch during
+    which some task waited in the queue (submitted or put back, and not claimed by any node)
+    while no task finished. Unlike `longest_stall` this leaves out the test's own pauses
+    between submits (nothing waiting) and a dead node's tasks waiting for its lease (still
+    claimed by it): what is left is the cluster having runnable work and finishing none."""
+    ends = sorted(t.outcome.end for t in records.values() if t.outcome is not None)
+    waits = []  # (from, to): one task in the queue, unclaimed
+    for t in records.values():
+        since: float | None = t.submitted
+        for a in t.attempts:
+            if since is not None and a.start > since:
+                waits.append((since, a.start))
+            since = a.end
+    merged: list[list[float]] = []  # when any task waited
+    for s, e in sorted(waits):
+        if merged and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    best = (0.0, 0.0)
+    for s, e in merged:  # each cut by the completions within it
+        cuts = [s, *ends[bisect.bisect_right(ends, s):bisect.bisect_left(ends, e)], e]
+        for x, y in zip(cuts, cuts[1:], strict=False):
+            if y - x > best[1]:
+                best = (x, y - x)
+    return best
 
 
 def describe(t: Any) -> str:
@@ -329,6 +361,7 @@ def test_thousand_tasks_survive_worker_and_leader_kills(chaos_cluster: Cluster, 
     cluster = chaos_cluster
     rng = random.Random(SEED)
     started = time.monotonic()
+    wall0 = time.time()
     runlog = tmp_path / "RUNLOG"
     chunks: list[tuple[Path, list[str]]] = []
     for c in range(TASKS_A // CHUNK):
@@ -380,7 +413,7 @@ def test_thousand_tasks_survive_worker_and_leader_kills(chaos_cluster: Cluster, 
         kills += 1
         leader_kills += victim is leader
         down = rng.uniform(0.5, 5.0)  # shorter or longer than the 3 s lease
-        events.append(f"{time.monotonic() - started:6.1f}s kill {victim.name}"
+        events.append(f"{time.time() - wall0:6.1f}s kill {victim.name}"
                       f"{' (leader)' if victim is leader else ''}, down {down:.1f} s, "
                       f"submit via {via.name}")
         time.sleep(down)  # fault schedule: how long the victim stays down
@@ -422,13 +455,27 @@ def test_thousand_tasks_survive_worker_and_leader_kills(chaos_cluster: Cluster, 
         explains=lambda why: why in ("node lost", "node left") or why.startswith("released: "),
     )
     extra_runs = sum(len(runs[t]) - 1 for t in duplicates)
+    stall_at, stall = longest_queued_stall(records)
     report(capsys, f"chaos A (seed {SEED})", {
         "tasks": len(ids), "kills": kills, "leader kills": leader_kills,
         "duplicate runs": f"{extra_runs} (in {len(duplicates)} tasks)",
         "longest stall": f"{longest_stall(records):.1f} s",
+        "longest with tasks queued": f"{stall:.1f} s (at {stall_at - wall0:.1f} s)",
         "total time": f"{time.monotonic() - started:.0f} s",
     })
     assert kills == KILLS_A and leader_kills == LEADER_KILLS_A
+    # README, Fault tolerance: a new leader is elected in about 1-2 s. pysyncobj's election
+    # timeout is 0.4-1.2 s (raftMin/MaxTimeout), so followers stand within 1.2 s of the
+    # leader's death and even a split vote is settled within another 1.2 s; then a claim
+    # commits (one round trip; one sent to the dead leader is dropped and made again) and a
+    # task runs 0.05-0.2 s: about 3 s at most, doubled for a loaded 2-core box. A follower's
+    # death stalls nothing (its claimed tasks wait for the lease; they are not queued), nor
+    # does the test's pause between submits (nothing queued), so neither counts here.
+    # Observed on 2 cores (2026-11-23): 0.6-1.0 s, always the stretch after a leader kill.
+    # (The plain `longest stall`, 1.6-2.5 s, was each time such a pause between submits.)
+    assert stall < 6.0, (f"tasks waited in the queue {stall:.1f} s with none finishing, from "
+                         f"{stall_at - wall0:.1f} s:\n" + "\n".join(events) + "\n"
+                         + logs_excerpt(cluster))
 
 
 # ----- Part B: a partition in network namespaces --------------------------------------------
