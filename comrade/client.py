@@ -195,8 +195,15 @@ class Client:
 
     def change(self, method: str, *args: Any) -> Any:
         """`call` for a change (a submit, delete, hold, priority, drain or tag): the node is told
-        how long this client waits (LEORONIC_RETRY_S), and waits no longer for a quorum."""
-        return self.call(method, *args, self.retry_s)
+        how long this client waits (LEORONIC_RETRY_S), and waits no longer for a quorum. A
+        worker of the version before, whose changes took no wait, refuses the extra argument
+        before doing anything (a TypeError): it is asked again without it."""
+        try:
+            return self.call(method, *args, self.retry_s)
+        except RemoteError as exc:
+            if exc.kind != "TypeError" or "positional argument" not in str(exc):
+                raise
+            return self.call(method, *args)
 
     def own_name(self) -> str:
         """The name of the node this client was pointed at (LEORONIC_NODE), asked of that node

@@ -71,3 +71,40 @@ def test_a_submit_without_quorum_is_bounded_the_same_way(monkeypatch: pytest.Mon
     with pytest.raises(ClusterError, match="no quorum"):
         svc.submit([spec], 2.5)
     assert 2.5 <= clock[0] - 1000.0 <= 2.6, proposer.timeouts
+
+
+# ----- a client talking to a worker of the version before -------------------------------------
+
+
+def test_a_worker_whose_changes_take_no_wait_is_asked_again_without_it() -> None:
+    """A worker one version older has `delete(ids)`: the wait is refused with a TypeError
+    before anything is done, and the client asks again without it (a mixed cluster, mid
+    upgrade, answered every change 'submit() takes 2 positional arguments')."""
+    from comrade import rpc
+    from comrade.client import Client
+    from comrade.errors import RemoteError
+    from tests.unit.test_rpc_upload import COOKIE, free_port
+
+    deleted: list[list[str]] = []
+
+    def old_delete(ids: list[str]) -> list[tuple[str, bool, str]]:
+        deleted.append(ids)
+        return [(i, True, "") for i in ids]
+
+    def broken(ids: list[str], wait_s: float) -> None:
+        raise TypeError("something else went wrong")
+
+    handlers: dict[str, Any] = {"delete": old_delete, "hold": broken,
+                                "nodes": lambda: {"nodes": []}}
+    port = free_port()
+    srv = rpc.Server("127.0.0.1", port, COOKIE, handlers, {}, {})
+    srv.start()
+    try:
+        client = Client(f"127.0.0.1:{port}", COOKIE)
+        assert client.change("delete", ["t1", "t2"]) == [("t1", True, ""), ("t2", True, "")]
+        assert deleted == [["t1", "t2"]]  # done once, by the second request
+        with pytest.raises(RemoteError, match="something else went wrong"):
+            client.change("hold", ["t1"])  # any other TypeError is the node's answer
+        client.close()
+    finally:
+        srv.stop()
