@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -212,7 +212,7 @@ class Queue:
         return problems
 
     def _submit_problem(self, spec: Any, earlier: dict[str, TaskSpec],
-                        batch: set[Any] = frozenset()  # type: ignore[assignment]
+                        batch: Container[Any] = frozenset()
                         ) -> tuple[str | None, tuple[cond.Condition, ...]]:
         """('', its parsed conditions) if `spec` can be queued, (None, ()) if it is an
         idempotent duplicate, else (the problem, ()). `batch`: the ids submitted with it, to

@@ -56,6 +56,14 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condi
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
+def stays(check: Callable[[], Any], seconds: float, what: str, interval: float = 0.25) -> None:
+    """Assert `check()` stays truthy for `seconds` (polled; fails at the first falsy answer)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert check(), f"no longer true: {what}"
+        time.sleep(interval)  # poll interval, bounded by the deadline above
+
+
 def _port_range() -> tuple[int, int]:
     """Where test ports come from: below the kernel's range of ephemeral ports if there is room
     (Linux: 32768-60999). A port in that range can be taken by any outgoing connection while

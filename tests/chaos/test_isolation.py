@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from tests.chaos.test_failover import (
     submit,
     wait_done,
 )
-from tests.cluster import Cluster, NodeProc, wait_for
+from tests.cluster import Cluster, NodeProc, stays, wait_for
 
 ISO = ["--lease", "3", "--remove-after", "6", "--isolation-after", "5"]
 FINAL_WHYS = ("exit", "isolated run")
@@ -51,14 +50,6 @@ def logged(log: Path, name: str, then: str = "") -> str:
 
 def runs(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
-
-
-def stays(check: Callable[[], Any], seconds: float, what: str, interval: float = 0.25) -> None:
-    """Assert `check()` stays truthy for `seconds` (polled; fails at the first falsy answer)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert check(), f"no longer true: {what}"
-        time.sleep(interval)  # poll interval, bounded by the deadline above
 
 
 def gate_command(log: Path) -> str:

@@ -10,12 +10,20 @@ import shlex
 import signal
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
 
-from tests.cluster import UTILITIES, Cluster, NodeProc, process_gone, result_out, wait_for, wait_ok
+from tests.cluster import (
+    UTILITIES,
+    Cluster,
+    NodeProc,
+    process_gone,
+    result_out,
+    stays,
+    wait_for,
+    wait_ok,
+)
 
 
 def test_first_start_makes_a_private_cookie_and_later_starts_keep_it(tmp_path: Path) -> None:
@@ -164,11 +172,9 @@ def test_each_worker_keeps_the_member_list_a_restart_needs_and_writes_it_only_on
     wait_for(lambda: all(_saved_members(n) == sorted(raft) for n in cluster.nodes), 20,
              "both workers to save both members")
     files = {n.name: os.stat(_members_file(n)).st_ino for n in cluster.nodes}
-    deadline = time.monotonic() + 3 * 2.0 + 0.5  # three heartbeats (--heartbeat's 2 s)
-    while time.monotonic() < deadline:
-        assert {n.name: os.stat(_members_file(n)).st_ino for n in cluster.nodes} == files, \
-            "members.json rewritten although the members did not change"
-        time.sleep(0.2)  # polling interval
+    stays(lambda: {n.name: os.stat(_members_file(n)).st_ino for n in cluster.nodes} == files,
+          3 * 2.0 + 0.5,  # three heartbeats (--heartbeat's 2 s)
+          "members.json not rewritten while the members did not change", interval=0.2)
     n3 = cluster.start_node(peer=n2)
     raft.append(f"127.0.0.1:{n3.port + 1}")
     wait_for(lambda: all(_saved_members(n) == sorted(raft) for n in cluster.nodes), 20,
