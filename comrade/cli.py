@@ -38,7 +38,15 @@ from comrade.config import (
     split_address,
     valid_node_name,
 )
-from comrade.errors import EXIT_CLUSTER, EXIT_USAGE, ClusterError, LeoronicError, TaskFailed, UsageError
+from comrade.errors import (
+    EXIT_CLUSTER,
+    EXIT_USAGE,
+    ClusterError,
+    LeoronicError,
+    RemoteError,
+    TaskFailed,
+    UsageError,
+)
 from comrade.model import WAIT_OVER, State, TaskSpec, format_duration
 
 EXIT_NOT_FINISHED = 5
@@ -762,10 +770,13 @@ def wait(task_ids: Sequence[str], timeout: float | None) -> None:
     if unknown:
         raise UsageError(f"ID: no task {unknown[0]!r}")
     total = len(states)
-    with click.progressbar(length=total, label="tasks finished", file=sys.stderr) if show \
+    with click.progressbar(length=total, label=WAIT_LABEL, file=sys.stderr) if show \
             else _NoBar() as bar:
         pending = [t for t, (s, _) in states.items() if s not in WAIT_OVER]
         bar.update(total - len(pending))
+        held = _Held(client, bar)
+        if pending:
+            held.look(pending)
         while pending:  # only unfinished tasks are asked about again
             if deadline is not None and time.monotonic() > deadline:
                 break  # said after the bar has ended its line
@@ -775,13 +786,48 @@ def wait(task_ids: Sequence[str], timeout: float | None) -> None:
             states.update(client.call("wait_tasks", pending, left))
             still = [t for t in pending if states[t][0] not in WAIT_OVER]
             bar.update(len(pending) - len(still))
+            if still and (len(still) == len(pending) or held.count):
+                held.look(still)  # nothing moved, or some were held: say which are
             pending = still
     if pending:
-        fail(f"{len(pending)} of {total} tasks not finished after {abs(timeout or 0.0):g} s",
-             EXIT_NOT_FINISHED)
+        fail(f"{len(pending)} of {total} tasks not finished after {abs(timeout or 0.0):g} s"
+             + (f" ({held.count} of them held: leoronic_release starts them)"
+                if held.look(pending, quiet=True) else ""), EXIT_NOT_FINISHED)
     bad = [t for t, (s, _) in states.items() if s != "done"]
     if bad:
         raise TaskFailed(f"{len(bad)} of {total} tasks did not succeed: {', '.join(sorted(bad)[:10])}")
+
+
+WAIT_LABEL = "tasks finished"
+
+
+class _Held:
+    """How many of the tasks `wait` still waits for are held, which nothing but `release`
+    starts: on a terminal in the progress bar's label; otherwise said once on stderr when
+    every task left is held (`wait` goes on waiting: another shell may release them)."""
+
+    def __init__(self, client: Client, bar: Any) -> None:
+        self.client = client
+        self.bar = bar
+        self.count = 0
+        self.said = False
+
+    def look(self, pending: Sequence[str], quiet: bool = False) -> int:
+        try:
+            self.count = len(self.client.call("held", list(pending)))
+        except RemoteError:  # a worker of a version without "held": nothing is said
+            self.count = 0
+        if quiet:
+            return self.count
+        if isinstance(self.bar, _NoBar):
+            if self.count == len(pending) and not self.said:
+                click.echo(f"leoronic wait: every task left is held ({self.count}): nothing "
+                           "starts them but leoronic_release", err=True)
+            self.said = self.count == len(pending)
+        else:
+            self.bar.label = WAIT_LABEL + (f" ({self.count} held)" if self.count else "")
+            self.bar.render_progress()  # shown now, not at the next task finished
+        return self.count
 
 
 class _NoBar:

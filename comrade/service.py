@@ -66,6 +66,7 @@ class Service:
             "queue": self.queue,
             "tasks": self.tasks,
             "wait_tasks": self.wait_tasks,
+            "held": self.held,
             "task": self.task,
             "delete": self.delete,
             "priority": self.priority,
@@ -243,6 +244,13 @@ class Service:
                 out[tid] = ("unknown", None) if t is None else (
                     t.state.value, t.outcome.exit_code if t.outcome else None)
             return out
+        return self._read(pick)
+
+    def held(self, ids: Sequence[str]) -> list[str]:
+        """Those of `ids` that are queued and held: nothing but `release` starts them."""
+        def pick(q: Any) -> list[str]:
+            return [tid for tid in ids if (t := q.tasks.get(tid)) is not None and t.held
+                    and t.state == State.QUEUED]
         return self._read(pick)
 
     def wait_tasks(self, ids: Sequence[str], timeout: float) -> dict[str, tuple[str, int | None]]:

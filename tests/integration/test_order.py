@@ -7,12 +7,14 @@ released; bad input is one line."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
+import subprocess
 import time
 from pathlib import Path
 
-from tests.cluster import Cluster, process_gone, wait_for, wait_ok
+from tests.cluster import UTILITIES, Cluster, process_gone, wait_for, wait_ok
 
 
 def submit(cluster: Cluster, command: str, task_id: str, conditions: str = "",
@@ -132,6 +134,42 @@ def test_a_held_task_stays_queued_until_released(cluster3: Cluster, tmp_path: Pa
     r = cluster3.sh("leoronic_release later")
     assert (r.rc, r.out) == (0, "later released\n"), r
     wait_ok(cluster3, "later")
+
+
+def test_wait_says_which_tasks_are_held_and_ends_once_they_are_released(
+        cluster3: Cluster, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    submit(cluster3, "echo paused", "paused", LEORONIC_HOLD="1")
+    submit(cluster3, f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.05; done", "gated")
+    r = cluster3.sh("leoronic_wait --timeout 1 paused gated")
+    assert (r.rc, r.err) == (5, "leoronic: 2 of 2 tasks not finished after 1 s (1 of them held: "
+                                "leoronic_release starts them)\n"), r
+    gate.touch()
+    wait_ok(cluster3, "gated")
+    r = cluster3.sh("leoronic_wait --timeout 0.5 paused gated")
+    assert (r.rc, r.err) == (5, "leoronic wait: every task left is held (1): nothing starts "
+                                "them but leoronic_release\n"
+                                "leoronic: 1 of 2 tasks not finished after 0.5 s (1 of them "
+                                "held: leoronic_release starts them)\n"), r
+
+    # Without --timeout it says so once and goes on waiting: another shell may release them.
+    err = tmp_path / "wait.err"
+    with open(err, "wb") as f:
+        waiting = subprocess.Popen(["bash", "-c", f"source {UTILITIES}\nleoronic_wait paused"],
+                                   stdout=subprocess.DEVNULL, stderr=f, env=cluster3.env(),
+                                   start_new_session=True)
+    try:
+        wait_for(lambda: b"every task left is held" in err.read_bytes(), 20, "the held note")
+        assert waiting.poll() is None
+        r = cluster3.sh("leoronic_release paused")
+        assert r.rc == 0, r
+        assert waiting.wait(timeout=30) == 0
+    finally:
+        if waiting.poll() is None:
+            os.killpg(waiting.pid, signal.SIGKILL)
+            waiting.wait()
+    assert err.read_text() == ("leoronic wait: every task left is held (1): nothing starts "
+                               "them but leoronic_release\n")
 
 
 def test_a_running_task_held_is_stopped_and_starts_afresh_when_released(

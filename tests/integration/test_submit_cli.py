@@ -350,6 +350,16 @@ class Terminal:
         return code
 
 
+def gave_up(c: Cluster, script: str) -> bytes:
+    """What a `wait --timeout` on a terminal showed; it must give up (exit 5)."""
+    term = Terminal(c, script)
+    try:
+        wait_for(term.ended, 30, "the wait to give up")
+    finally:
+        assert term.close() == EXIT_NOT_FINISHED, term.seen
+    return term.seen
+
+
 def test_wait_shows_progress_on_a_terminal_and_nothing_in_a_pipe(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
     c = make_cluster(1)
     gate = tmp_path / "gate"
@@ -361,13 +371,9 @@ def test_wait_shows_progress_on_a_terminal_and_nothing_in_a_pipe(make_cluster, t
     try:
         wait_for(lambda: term.shown(b" 50%"), 20, "half the tasks shown finished")
         # Giving up (--timeout) on a terminal: the bar's line ends before the error's.
-        timed = Terminal(c, "leoronic_wait --timeout 1 quick gated")
-        try:
-            wait_for(timed.ended, 30, "the wait to give up")
-        finally:
-            assert timed.close() == EXIT_NOT_FINISHED, timed.seen
-        assert b" 50%" in timed.seen and re.search(
-            rb"\r?\nleoronic: 1 of 2 tasks not finished after 1 s\r?\n$", timed.seen), timed.seen
+        seen = gave_up(c, "leoronic_wait --timeout 1 quick gated")
+        assert b" 50%" in seen and re.search(
+            rb"\r?\nleoronic: 1 of 2 tasks not finished after 1 s\r?\n$", seen), seen
         gate.touch()
         wait_for(lambda: term.shown(b"100%") and term.proc.poll() is not None, 20,
                  "the bar to fill")
@@ -377,6 +383,13 @@ def test_wait_shows_progress_on_a_terminal_and_nothing_in_a_pipe(make_cluster, t
     assert b"tasks finished" in term.seen, term.seen
     piped = c.sh("leoronic_wait quick gated")
     assert (piped.rc, piped.out, piped.err) == (0, "", ""), piped
+    # A held task is counted in the bar's label, and named when the wait gives up.
+    r = c.sh('leoronic_add_task 1024 1 1024 true "" "" "true" paused', LEORONIC_HOLD="1")
+    assert r.rc == 0, r
+    seen = gave_up(c, "leoronic_wait --timeout 1 quick paused")
+    assert b"tasks finished (1 held)" in seen and re.search(
+        rb"\r?\nleoronic: 1 of 2 tasks not finished after 1 s \(1 of them held: "
+        rb"leoronic_release starts them\)\r?\n$", seen), seen
 
 
 def test_del_task_queued_running_and_finished(cluster3: Cluster) -> None:

@@ -1,5 +1,6 @@
-"""`leoronic wait`: asks again only about unfinished tasks, and a task whose record was
-forgotten between two looks (it finished, outcome lost) does not count as a success."""
+"""`leoronic wait`: asks again only about unfinished tasks, a task whose record was
+forgotten between two looks (it finished, outcome lost) does not count as a success, and held
+tasks are said, unless the worker is of a version that cannot tell."""
 
 from __future__ import annotations
 
@@ -9,19 +10,29 @@ import pytest
 from click.testing import CliRunner
 
 from comrade import cli
+from comrade.errors import RemoteError
 
 
 class Scripted:
-    """Answers `wait_tasks` from a script of states, recording what was asked."""
+    """Answers `wait_tasks` from a script of states, recording what was asked; `held`: the
+    held tasks (None: a worker without the request)."""
 
-    def __init__(self, script: list[dict[str, tuple[str, int | None]]]) -> None:
+    def __init__(self, script: list[dict[str, tuple[str, int | None]]],
+                 held: frozenset[str] | None = frozenset()) -> None:
         self.script = script
+        self.held = held
         self.asked: list[list[str]] = []
+        self.asked_held: list[list[str]] = []
 
     def __call__(self) -> Scripted:  # stands in for the Client class
         return self
 
-    def call(self, method: str, ids: list[str], timeout: float) -> Any:
+    def call(self, method: str, ids: list[str], timeout: float = 0.0) -> Any:
+        if method == "held":
+            self.asked_held.append(list(ids))
+            if self.held is None:
+                raise RemoteError("UsageError", "unknown request 'held'", 2)
+            return [t for t in ids if t in self.held]
         assert method == "wait_tasks"
         self.asked.append(list(ids))
         answer = self.script.pop(0)
@@ -49,3 +60,27 @@ def test_a_task_forgotten_between_two_looks_is_not_a_success(monkeypatch: pytest
     r = CliRunner().invoke(cli.main, ["wait", "a", "b"])
     assert r.exit_code == 1
     assert r.stderr.strip() == "leoronic: 1 of 2 tasks did not succeed: b"
+
+
+def test_held_tasks_are_said_once_all_left_are_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = Scripted([
+        {"a": ("running", None), "h": ("queued", None)},
+        {"a": ("done", 0), "h": ("queued", None)},
+        {"h": ("queued", None)},
+        {"h": ("done", 0)},
+    ], held=frozenset({"h"}))
+    monkeypatch.setattr(cli, "Client", client)
+    r = CliRunner().invoke(cli.main, ["wait", "a", "h"])
+    assert r.exit_code == 0, r.output
+    # Asked at the start, after each look where some were held; said once, not per look.
+    assert client.asked_held == [["a", "h"], ["h"], ["h"]]
+    assert r.stderr == ("leoronic wait: every task left is held (1): nothing starts them but "
+                        "leoronic_release\n")
+
+
+def test_a_worker_that_cannot_tell_held_tasks_still_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = Scripted([{"h": ("queued", None)}, {"h": ("queued", None)}], held=None)
+    monkeypatch.setattr(cli, "Client", client)
+    r = CliRunner().invoke(cli.main, ["wait", "--timeout", "0", "h"])
+    assert r.exit_code == 5, r.output
+    assert r.stderr == "leoronic: 1 of 1 tasks not finished after 0 s\n"
