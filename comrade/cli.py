@@ -92,7 +92,7 @@ def node_option(node: str | None) -> str:
 def check_timeout(timeout: float | None) -> None:
     """UsageError unless `timeout` (--timeout) is None or a finite number of seconds >= 0."""
     if timeout is not None and not is_seconds(timeout):
-        raise UsageError(f"--timeout: {timeout} is not a number of seconds >= 0")
+        raise UsageError(f"--timeout: {timeout:g} is not a number of seconds >= 0")
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -5,11 +5,13 @@ Pure: no I/O. Every error is a UsageError whose one line names the field and the
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import conditions as cond
 from comrade.errors import UsageError
@@ -18,7 +20,7 @@ from comrade.model import MAX_PRIORITY, MAX_TIME_LIMIT_S, MIN_PRIORITY
 FIELDS = ("MEM", "CORES", "STORAGE", "CONCURRENT", "CONDITIONS", "FILES", "COMMAND")
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_BYTES_RE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE | re.ASCII)
+_BYTES_RE = re.compile(r"^(\d+|\d*\.\d+)([KMGT]?)(i?B)?$", re.IGNORECASE | re.ASCII)
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd]?)", re.ASCII)
 
@@ -38,11 +40,12 @@ class Fields:
 
 
 def parse_bytes(text: str, field: str) -> int:
-    """Bytes as a whole number, optionally with K, M, G or T (powers of 1024): 1024, 512M, 2G."""
+    """Bytes, optionally with K, M, G or T (powers of 1024): 1024, 512M, 2G, 1.5G (as
+    `leoronic_nodes` shows sizes); a fraction of a byte is rounded up."""
     m = _BYTES_RE.match(text.strip())
-    if not m:
-        raise UsageError(f"{field}: {text!r} is not a number of bytes (e.g. 1024, 512M, 2G)")
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+    if not m or ("." in m.group(1) and not m.group(2)):
+        raise UsageError(f"{field}: {text!r} is not a number of bytes (e.g. 1024, 512M, 1.5G)")
+    return math.ceil(Fraction(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 def parse_duration(text: str, field: str) -> float:
@@ -246,7 +249,7 @@ def parse_task_file(text: str) -> list[tuple[int, list[str]]]:
 FORMAT_HELP = """\
 A task is 7 fields, exactly the original Leoronic's format, and an optional 8th:
 
-  MEM         free memory the task needs, bytes (1024, 512M, 2G: K/M/G/T are powers of 1024)
+  MEM         free memory the task needs, bytes (1024, 512M, 1.5G: K/M/G/T are powers of 1024)
   CORES       cores the task needs, a whole number >= 1
   STORAGE     free disk the task needs in its work dir, bytes (necessary files come on top)
   CONCURRENT  true: may share its node with other tasks; false: runs alone on its node

@@ -51,6 +51,10 @@ _ARGUMENT_KIND: dict[str, str] = {
     "has_file": "a file name",
 }
 
+# Predicates whose argument is one word: more than one space before it is forgiven. (A regular
+# expression or a file name is kept exactly as written after the first space.)
+_WORD_ARGUMENTS = frozenset({"after", "after_ok", "tag"})
+
 _PREDICATES: dict[str, tuple[str, ...]] = {
     "queue": QUEUE_PREDICATES,
     "worker": WORKER_PREDICATES,
@@ -205,6 +209,8 @@ def _parse_one(index: int, text: str) -> Condition:
         return Condition(scope, predicate, None)
     if argument is None:
         raise ConditionError(f"{prefix}predicate '{predicate}' needs an argument ({kind})")
+    if predicate in _WORD_ARGUMENTS:  # a task id or tag never holds a space: more spaces
+        argument = argument.lstrip()  # before it are a typo, not part of it
     _check_argument(prefix, predicate, argument)
     return Condition(scope, predicate, argument)
 

@@ -52,7 +52,7 @@ def refused(r: subprocess.CompletedProcess[str], start: str) -> None:
     (["wait", "--timeout", "２"], "Invalid value for '--timeout': '２' is not a number of seconds"),
     (["wait", "--timeout", "1_000"], "Invalid value for '--timeout': '1_000' is not a number of seconds"),
     (["drain", "--wait", "--timeout", "٢"], "Invalid value for '--timeout': '٢' is not a number of seconds"),
-    (["wait", "--timeout", "-1"], "--timeout: -1.0 is not a number of seconds >= 0"),
+    (["wait", "--timeout", "-1"], "--timeout: -1 is not a number of seconds >= 0"),
     (["add-tasks-from-file", "/dev/zero"], "FILE: /dev/zero is not a regular file or a pipe"),
     (["add-task", "--retries", "1001", "--", "1", "1", "1", "true", "", "", "true"],
      "--retries: must be 0 to 1000, got 1001"),

@@ -96,7 +96,7 @@ def test_drain_refuses_bad_input_with_one_line(cluster3: Cluster) -> None:
     for args, message in [
         ("--node nosuch", "leoronic: --node: unknown node 'nosuch'\n"),
         ("--timeout 3", "leoronic: --timeout: only with --wait\n"),
-        ("--wait --timeout -1", "leoronic: --timeout: -1.0 is not a number of seconds >= 0\n"),
+        ("--wait --timeout -1", "leoronic: --timeout: -1 is not a number of seconds >= 0\n"),
     ]:
         r = cluster3.sh(f"leoronic_drain {args}")
         assert (r.rc, r.out, r.err) == (2, "", message), (args, r)

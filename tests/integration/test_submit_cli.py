@@ -8,6 +8,7 @@ environment and work dir of a task.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pty
 import re
@@ -146,7 +147,7 @@ def test_tasks_from_file_all_or_nothing(cluster3: Cluster, tmp_path) -> None:  #
         "   # an indented comment\n"
         "512M 1 1K false '' '' 'printf \"%s|\" a \"b c\"'\n"
         "\t\n"
-        "1K 1 1024 true \"queue:after f-one\" \"\" \"echo after; echo \\\"quoted\\\"\" f-three\n"
+        "1.5K 1 .5K true \"queue:after  f-one\" \"\" \"echo after; echo \\\"quoted\\\"\" f-three\n"
     )
     r = c.sh(f"leoronic_add_tasks_from_file {good}")
     assert r.rc == 0, r
@@ -158,6 +159,11 @@ def test_tasks_from_file_all_or_nothing(cluster3: Cluster, tmp_path) -> None:  #
     assert c.sh("leoronic_result f-one").out == "two  spaces\n"
     assert c.sh(f"leoronic_result {ids[1]}").out == "a|b c|"
     assert c.sh("leoronic_result f-three").out == "after\nquoted\n"
+    # Sizes as leoronic_nodes shows them, and an id after two spaces, were taken as meant.
+    r = c.sh("leoronic_task_info --json f-three f-one")
+    three, one = (json.loads(line) for line in r.out.splitlines())
+    assert (three["memory"], three["storage"]) == (1536, 512), r
+    assert three["result"]["start"] >= one["result"]["end"], r
 
     before = queue(c)
     bad = tmp_path / "bad.txt"

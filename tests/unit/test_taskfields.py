@@ -44,14 +44,17 @@ def row(mem: str = "1024", cores: str = "1", storage: str = "1024", concurrent: 
     ("0", 0), ("1024", 1024), ("1K", K), ("1k", K), ("512M", 512 * M), ("2G", 2 * G),
     ("3T", 3 * T), ("2GiB", 2 * G), ("2gb", 2 * G), ("7B", 7), (" 512M ", 512 * M),
     ("99999999999999999999G", 99999999999999999999 * G),
+    # A fraction with a unit, as leoronic_nodes shows sizes; a part of a byte is rounded up.
+    ("1.5G", 3 * G // 2), (".5K", 512), ("0.1K", 103), ("2.0M", 2 * M), ("1.25GiB", 5 * G // 4),
 ])
 def test_parse_bytes(text: str, expected: int) -> None:
     assert parse_bytes(text, "MEM") == expected
 
 
-@pytest.mark.parametrize("text", ["", "x", "-1", "1.5G", "1 G", "1P", "G", "1GG", "0x10", "1e3"])
+@pytest.mark.parametrize("text", ["", "x", "-1", "1.5", "1.5B", "1.G", "1..5G", ".G",
+                                  "1 G", "1P", "G", "1GG", "0x10", "1e3", "-1.5G"])
 def test_parse_bytes_errors(text: str) -> None:
-    msg = f"STORAGE: {text!r} is not a number of bytes (e.g. 1024, 512M, 2G)"
+    msg = f"STORAGE: {text!r} is not a number of bytes (e.g. 1024, 512M, 1.5G)"
     with pytest.raises(UsageError, match=f"^{re.escape(msg)}$"):
         parse_bytes(text, "STORAGE")
 
@@ -159,9 +162,9 @@ FIELD_LIST = " ".join(FIELDS)
 
 
 @pytest.mark.parametrize("args, msg", [
-    (row("1x"), "MEM: '1x' is not a number of bytes (e.g. 1024, 512M, 2G)"),
-    (row("-5"), "MEM: '-5' is not a number of bytes (e.g. 1024, 512M, 2G)"),
-    (row(storage="lots"), "STORAGE: 'lots' is not a number of bytes (e.g. 1024, 512M, 2G)"),
+    (row("1x"), "MEM: '1x' is not a number of bytes (e.g. 1024, 512M, 1.5G)"),
+    (row("-5"), "MEM: '-5' is not a number of bytes (e.g. 1024, 512M, 1.5G)"),
+    (row(storage="lots"), "STORAGE: 'lots' is not a number of bytes (e.g. 1024, 512M, 1.5G)"),
     (row(cores="0"), "CORES: must be at least 1, got 0"),
     (row(cores="-2"), "CORES: '-2' is not a whole number of cores"),
     (row(cores="2.5"), "CORES: '2.5' is not a whole number of cores"),
@@ -183,7 +186,7 @@ FIELD_LIST = " ".join(FIELDS)
     (row("1", "1", "1", "true", "", "", "c", ""), f"ID: task id '' is not valid {ID_RULE}"),
     (row("1", "1", "1", "true", "", "", "c", "-x"), f"ID: task id '-x' is not valid {ID_RULE}"),
     (row("1", "1", "1", "true", "", "", "c", ".."), f"ID: task id '..' is not valid {ID_RULE}"),
-    (row("１", "1", "1", "true", "", "", "c"), "MEM: '１' is not a number of bytes (e.g. 1024, 512M, 2G)"),
+    (row("１", "1", "1", "true", "", "", "c"), "MEM: '１' is not a number of bytes (e.g. 1024, 512M, 1.5G)"),
     (row("1", "２", "1", "true", "", "", "c"), "CORES: '２' is not a whole number of cores"),
     (row("1", "1", "1", "true", "", "", "c", "x" * 129),
      f"ID: task id '{'x' * 129}' is not valid {ID_RULE}"),
