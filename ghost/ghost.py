@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,16 +170,24 @@ class Ghost:
 
     def _first_attach(self, patience_s: float = 60.0) -> None:
         """Attach to the chosen worker; a busy cluster may not answer in time (say, many
-        ghosts starting at once): try it and the next ones for `patience_s` before giving up."""
+        ghosts starting at once): try it and the next ones for `patience_s` before giving up.
+        A wrong cookie, or a name in use, does not get better by waiting."""
+        error = self._attach_patiently(patience_s, lambda e: isinstance(e, AuthError) or (
+            isinstance(e, RemoteError) and e.kind == "UsageError"))
+        if error is not None:
+            raise error
+
+    def _attach_patiently(self, patience_s: float, hopeless: Callable[[LeoronicError], bool]
+                          ) -> LeoronicError | None:
+        """`_attach_any` in rounds a second apart (never a busy loop on a refusing worker) for
+        `patience_s`; None once attached, else the last error: at once if `hopeless(error)`
+        or this ghost is stopping."""
         deadline = time.monotonic() + patience_s
         while True:
             error = self._attach_any(self.cfg.target, [])
-            if error is None:
-                return
-            if isinstance(error, AuthError) or time.monotonic() > deadline or self._stop.is_set() \
-                    or (isinstance(error, RemoteError) and error.kind == "UsageError"):
-                raise error  # a wrong cookie, or a name in use, does not get better by waiting
-            self._stop.wait(1.0)  # pacing between rounds
+            if error is None or hopeless(error) or time.monotonic() > deadline \
+                    or self._stop.wait(1.0):
+                return error
 
     def _attach_any(self, target: str, skip: list[str]) -> LeoronicError | None:
         """Attach to the first worker that answers, trying them in `choose` order (not those
@@ -350,16 +358,13 @@ class Ghost:
         say its record was replaced): attach again, there or to another worker, pacing the
         tries; give up, and stop, if no worker will have this ghost (its name is taken)."""
         log.warning("clairvoyant %s refused a poll: %s; attaching again", self.clairvoyant, exc)
-        deadline = time.monotonic() + 60.0
-        while not self._stop.wait(1.0):  # pacing: never a busy loop on a refusing worker
-            error = self._attach_any(self.cfg.target, [])
-            if error is None:
-                return
-            if time.monotonic() > deadline:
-                log.error("no worker will have this ghost: %s", error)
-                self.failed = error
-                self._stop.set()
-                return
+        if self._stop.wait(1.0):  # pacing: not at once at the worker that just refused
+            return
+        error = self._attach_patiently(60.0, lambda e: False)
+        if error is not None and not self._stop.is_set():
+            log.error("no worker will have this ghost: %s", error)
+            self.failed = error
+            self._stop.set()
 
     def _failover(self, exc: Exception, started: float) -> None:
         log.warning("clairvoyant %s did not answer: %s", self.clairvoyant, exc)
