@@ -7,7 +7,9 @@ child exits; the outcome is then reported. Cancelling an attempt (deleted, held,
 sends its whole group SIGTERM, then SIGKILL after the kill grace (Slurm's KillWait), and tells
 the caller once the process is gone, so its resources stay taken until then; a node stopping
 kills at once. A task with a time limit gets a timer: when it runs out the group gets SIGTERM,
-then SIGKILL after the grace, and the outcome is marked timed out.
+then SIGKILL after the grace, and the outcome is marked timed out. When a task's bash exits,
+what is left of its process group is killed, and a sweeper every SWEEP_S kills the processes
+ended tasks left outside it (found by their mark, as orphans are).
 
 One actor for all attempts rather than one per attempt: an actor is a thread, and with one per
 task a `true` task cost about 0.9 ms of this process's CPU, against about 0.5 ms with one actor
@@ -36,6 +38,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,6 +172,10 @@ class Child:
         """Wait for the process (it has exited: its pidfd said so) and keep its status and
         what it used (wait4 costs what waitpid does)."""
         if self.returncode is None:
+            # What the task left running in its process group ends with it (as Slurm's
+            # proctrack ends a step's processes). Before the wait: until then the exited
+            # leader holds its pid, so the group cannot be another's.
+            kill_group(self.pid)
             try:
                 _, status, usage = os.wait4(self.pid, 0)
                 self.returncode = os.waitstatus_to_exitcode(status)
@@ -194,6 +201,9 @@ _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 #: this many seconds later if it has not ended by then (as Slurm's KillWait): the default of
 #: `--kill-grace`.
 KILL_GRACE_S = 5.0
+#: Seconds between two sweeps for processes that ended tasks left outside their process group
+#: (`setsid`, a daemon), found by their LEORONIC_WORKDIR mark: a pass over /proc, a few ms.
+SWEEP_S = 10.0
 
 
 Report = Callable[[str, int, Outcome], None]
@@ -241,11 +251,22 @@ class Executor:
 
     def __init__(self, node_name: str, paths: Paths, prepare: Callable[[TaskSpec, str], str],
                  clock: Callable[[], float], cluster_address: Callable[[], str] = lambda: "",
-                 kill_grace_s: float = KILL_GRACE_S) -> None:
+                 kill_grace_s: float = KILL_GRACE_S, sweep_s: float = SWEEP_S) -> None:
         close_inherited_fds_on_exec()
         self.reaper = Reaper()
         self.ref = ExecutorActor.start(node_name, paths, prepare, clock, self.reaper,
                                        cluster_address, kill_grace_s)
+        self._stopping = threading.Event()
+        threading.Thread(target=self._sweeper, args=(sweep_s,), name="sweeper",
+                         daemon=True).start()
+
+    def _sweeper(self, every_s: float) -> None:
+        """Every `every_s`, have the actor kill what ended tasks left outside their group."""
+        while not self._stopping.wait(every_s):
+            try:
+                self.ref.tell(("sweep",))
+            except pykka.ActorDeadError:
+                return
 
     def start(self, spec: TaskSpec, attempt: int, report: Report, crashed: Crashed) -> None:
         """Run one attempt of `spec` here."""
@@ -262,6 +283,7 @@ class Executor:
             self.ref.ask(("cancel_all", "node stopping"), timeout=5)
         except (pykka.ActorDeadError, pykka.Timeout):
             pass
+        self._stopping.set()
         self.ref.stop(block=False)
         self.reaper.stop()
 
@@ -269,7 +291,7 @@ class Executor:
 class ExecutorActor(pykka.ThreadingActor):
     """Messages: ("start", run), ("launch", key, command), ("unprepared", key, exc),
     ("exited", key, rc), ("time_up", key), ("kill", key), ("cancel", key, why, stopped),
-    ("cancel_all", why): the last kills at once."""
+    ("sweep",), ("cancel_all", why): the last kills at once."""
 
     use_daemon_thread = True  # never keeps a stopping process alive; stop() kills the tasks
 
@@ -306,6 +328,8 @@ class ExecutorActor(pykka.ThreadingActor):
             self._kill(message[1])
         elif kind == "cancel":
             self._cancel(message[1], message[2], message[3])
+        elif kind == "sweep":
+            self._sweep()
         elif kind == "cancel_all":
             for key in list(self.runs):
                 self._cancel(key, message[1], None, graceful=False)
@@ -424,6 +448,14 @@ class ExecutorActor(pykka.ThreadingActor):
             ])
         finally:
             os.chdir(self.paths.home)
+
+    def _sweep(self) -> None:
+        """Kill the processes ended tasks left behind outside their process group (`setsid`,
+        a daemon): they carry the task's mark, and no running attempt has that work dir."""
+        groups = kill_orphans(self.paths, {run.workdir for run in self.runs.values()})
+        if groups:
+            log.info("killed %d process groups that ended tasks left running: %s", len(groups),
+                     " ".join(map(str, groups)))
 
     def _cannot_start(self, key: Key, exc: BaseException) -> None:
         run = self.runs.pop(key, None)
@@ -559,16 +591,19 @@ def read_tail_size(path: str, limit: int = TAIL_BYTES) -> tuple[bytes, int]:
         return b"", 0
 
 
-def kill_orphans(paths: Paths) -> list[int]:
-    """Kill the task process groups a previous life of this node (the same home) left running.
+def kill_orphans(paths: Paths, keep: AbstractSet[str] = frozenset()) -> list[int]:
+    """Kill the task process groups a previous life of this node (the same home) left running,
+    or, with `keep` (the work dirs of the attempts running now), those its ended tasks left.
 
     Every task process starts with `LEORONIC_WORKDIR=<home>/work/...` and its children inherit
-    it: each process whose initial environment (/proc/PID/environ) holds that prefix is an
-    orphan, and its whole process group is killed, so members that dropped the variable go
-    too. The mark is exact, so a recycled pid is never mistaken for an orphan. Processes of
-    other users cannot be read, and could not be killed either. Returns the groups killed.
+    it: each process whose initial environment (/proc/PID/environ) holds that prefix, but not
+    one of `keep`, is an orphan, and its whole process group is killed, so members that
+    dropped the variable go too. The mark is exact, so a recycled pid is never mistaken for an
+    orphan. Processes of other users cannot be read, and could not be killed either. Returns
+    the groups killed.
     """
     mark = b"LEORONIC_WORKDIR=" + os.fsencode(paths.work) + b"/"
+    kept = {b"LEORONIC_WORKDIR=" + os.fsencode(w) for w in keep}
     own = os.getpgid(0)
     groups: set[int] = set()
     for name in os.listdir("/proc"):
@@ -577,7 +612,7 @@ def kill_orphans(paths: Paths) -> list[int]:
         try:
             with open(f"/proc/{name}/environ", "rb") as f:
                 env = f.read()
-            if any(var.startswith(mark) for var in env.split(b"\0")):
+            if any(var.startswith(mark) and var not in kept for var in env.split(b"\0")):
                 groups.add(os.getpgid(int(name)))
         except (OSError, ValueError):
             continue  # gone, or not ours to read

@@ -651,3 +651,18 @@ def test_a_field_longer_than_taken_is_refused_before_anything_is_queued(  # type
     finally:
         client.close()
     assert queue(c) == {}
+
+
+def test_a_finished_task_leaves_no_process_behind(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """Processes a task started in the background end with it: those in its process group at
+    once, those in a session of their own (setsid) at the node's next sweep."""
+    c = make_cluster(1)
+    marker = f"61.{uuid.uuid4().int % 10**9:09d}"
+    command = (f"sleep {marker} & nohup sleep {marker} >/dev/null 2>&1 & "
+               f"setsid bash -c 'touch escaped; exec sleep {marker}' & "
+               "while [ ! -e escaped ]; do sleep 0.01; done; echo started")
+    r = c.sh(f"leoronic_add_task 1024 1 1024 true '' '' {shlex.quote(command)} bg")
+    assert r.rc == 0, r
+    assert c.sh("leoronic_wait --timeout 30 bg").rc == 0
+    assert c.sh("leoronic_result bg").out == "started\n"
+    wait_for(lambda: not pgrep(marker), 20, f"the processes with {marker} to be killed")

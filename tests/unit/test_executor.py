@@ -28,7 +28,7 @@ from comrade.executor import (
     task_files,
 )
 from comrade.model import Outcome, TaskSpec
-from tests.cluster import wait_for
+from tests.cluster import stays, wait_for
 
 
 class Recorder:
@@ -119,16 +119,53 @@ def test_empty_outputs_are_not_kept_but_reused_by_the_next_attempt(run, paths) -
     assert os.listdir(paths.outputs) == ["loud.1.out"] and len(os.listdir(paths.spare)) == 1
 
 
+#: A task that starts a process in a session of its own (out of the task's process group, so
+#: not killed when the task ends) and ends once it has left: its pid is in the file `pid`.
+ESCAPE = ("setsid bash -c 'echo $$ > pid.new && mv pid.new pid && exec sleep {seconds}' & "
+          "while [ ! -e pid ]; do sleep 0.01; done")
+
+
 def test_an_output_a_survivor_still_writes_is_never_reused(run, paths) -> None:  # type: ignore[no-untyped-def]
     """A process that left the task's group and outlived it keeps the task's stdout open: that
     file stays the task's, so nothing it writes later can land in another task's output."""
-    start(run, "left", "setsid sleep 60 & echo $! > pid")
+    start(run, "left", ESCAPE.format(seconds=60))
     try:
         assert run[1].outcome("left").exit_code == 0
         assert sorted(os.listdir(paths.outputs)) == ["left.1.err", "left.1.out"]
         assert os.listdir(paths.spare) == []
     finally:
         kill_orphans(paths)  # the survivor carries the task's LEORONIC_WORKDIR
+
+
+def test_what_a_task_left_in_its_process_group_dies_with_it(run) -> None:  # type: ignore[no-untyped-def]
+    start(run, "bg", "sleep 60 & echo $!; nohup sleep 61 >/dev/null 2>&1 & echo $!")
+    out = run[1].outcome("bg")
+    assert out.exit_code == 0
+    pids = [int(p) for p in out.stdout_tail.split()]
+    wait_for(lambda: not any(map(_alive, pids)), 10, "the task's background processes to die")
+
+
+def test_a_sweep_kills_what_ended_tasks_left_outside_their_group_but_not_running_ones(
+        paths) -> None:  # type: ignore[no-untyped-def]
+    ex, rec = Executor("node-x", paths, lambda spec, workdir: spec.command, time.time,
+                       sweep_s=0.1), Recorder()
+    pids: list[int] = []
+    try:
+        ex.start(spec("left", ESCAPE.format(seconds=60) + "; cat pid"), 1, rec.report,
+                 rec.crashed)
+        ex.start(spec("runs", "setsid sleep 61 & echo $! > pid; sleep 60"), 1, rec.report,
+                 rec.crashed)
+        pids.append(int(rec.outcome("left").stdout_tail))
+        pid_file = os.path.join(paths.workdir("runs", 1), "pid")
+        pids.append(int(wait_for(lambda: os.path.exists(pid_file) and open(pid_file).read(), 10,
+                                 "the running task's daemon")))
+        wait_for(lambda: not _alive(pids[0]), 10, "the ended task's daemon to be swept")
+        stays(lambda: _alive(pids[1]) and "runs" not in rec.outcomes, 0.3,
+              "the running task's daemon alive over three more sweeps", interval=0.05)
+    finally:
+        ex.stop()
+        kill_orphans(paths)
+    wait_for(lambda: not any(map(_alive, pids)), 10, "every daemon to be gone")
 
 
 def test_task_leads_its_own_session_and_process_group(run) -> None:  # type: ignore[no-untyped-def]
