@@ -625,7 +625,8 @@ def get_queue(states: Sequence[str], node: str | None, summary: bool) -> None:
         extra = f"  [exit {code}]" if code not in (None, 0) else ""
         extra += f"  [{printable(reason)}]" if reason and state == "failed" else ""
         extra += f"  [priority {rank}]" if rank and state in ("queued", "running") else ""
-        extra += "  [held]" if held else ""
+        extra += ("  [held]" if not reason.startswith("held: ") else f"  [{printable(reason)}]") \
+            if held else ""
         age = _age(now - submitted)
         lines.append(f"{tid:<14} {state:<8} {where:<20} {attempt:>3} {age:>7}  {shown}{extra}")
     click.echo("\n".join(lines))  # one write: a queue may hold a million tasks

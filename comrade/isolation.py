@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from comrade import resources
 from comrade.errors import ClusterError
 from comrade.model import Outcome, TaskSpec
-from comrade.queue import Queue
+from comrade.queue import MAX_NODE_DEATHS, Queue
 from comrade.scheduler import LocalFacts, plan
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class Isolation:
         shadow = Queue.restore(snap)
         for name in list(shadow.nodes):
             if name != self.node.name:
-                shadow.apply(("expire_node", name), wall_now)
+                shadow.apply(("expire_node", name, None, MAX_NODE_DEATHS), wall_now)
         saved = load_results(self.path)  # of an earlier spell (this life's or the last) not merged
         if saved:
             shadow.apply(("merge_isolated", self.node.name, saved), wall_now)
@@ -126,7 +126,8 @@ class Isolation:
         self.node.supervisor.child_failed(f"isolated task {task_id}", reason)
         with self.lock:
             if self.shadow is not None:
-                self.shadow.apply(("release", task_id, self.node.name, attempt, reason[:200]),
+                self.shadow.apply(("release", task_id, self.node.name, attempt, reason[:200],
+                                   MAX_NODE_DEATHS),
                                   time.time())
             self.runners.discard((task_id, attempt))
 

@@ -30,7 +30,7 @@ from comrade.files import FileStore, place_files, rewrite_command
 from comrade.homelock import take_home
 from comrade.isolation import Isolation
 from comrade.model import NodeInfo, Outcome, Resources, State, TaskSpec
-from comrade.queue import PROTOCOL, Reply, forgettable_in, rank
+from comrade.queue import MAX_NODE_DEATHS, PROTOCOL, Reply, forgettable_in, rank
 from comrade.relay import CLAIRVOYANT, Relay
 from comrade.removal import Removal
 from comrade.replication import Proposer, ReplicatedQueue, last_log_index, make_syncobj
@@ -405,7 +405,7 @@ class Node:
             self._given_back[key] = (now, reason)
             self._avoid[key[0]] = max(self._avoid.get(key[0], 0.0), now + GIVE_BACK_S)
         if releases and self.proposer is not None:
-            self.proposer.propose([("release", tid, self.name, attempt, reason)
+            self.proposer.propose([("release", tid, self.name, attempt, reason, MAX_NODE_DEATHS)
                                    for (tid, attempt), reason in releases])
         self._recheck_at = min(
             [self._waiting_since[key] + GIVE_BACK_S for key, _ in waiting
@@ -647,7 +647,7 @@ class Node:
         for key, why in releases:
             self._new_releases[key] = (now, why)
         assert self.proposer is not None
-        self.proposer.propose([("release", tid, self.name, attempt, why)
+        self.proposer.propose([("release", tid, self.name, attempt, why, MAX_NODE_DEATHS)
                                for (tid, attempt), why in releases])
         self.wake()
 
@@ -798,7 +798,7 @@ class Node:
             if min(replicated_age, local_age) > self.cfg.lease_s:
                 log.warning("node %s silent for over %.0f s: declaring it lost", name, self.cfg.lease_s)
                 assert self.proposer is not None
-                self.proposer.propose([("expire_node", name, last_seen)])
+                self.proposer.propose([("expire_node", name, last_seen, MAX_NODE_DEATHS)])
                 self._hb_seen[name] = now  # do not repeat before the next lease
 
     def _remove_long_lost(self, wall_now: float) -> None:

@@ -58,8 +58,9 @@ OK = Reply(True)
 #: 5: task priorities (the order in which ready tasks are dealt) and `priority`; `hold`.
 #: 6: `hold` with `stop` also stops a running task and queues it held. 7: `merge_isolated`
 #: skips a run already merged. 8: `join` refuses a name held by a node that is up elsewhere
-#: or of the other kind.
-PROTOCOL = 8
+#: or of the other kind. 9: a task whose node died during each of its last
+#: MAX_NODE_DEATHS attempts is held.
+PROTOCOL = 9
 
 def name_taken(name: str, kind: str, rpc: str, newcomer: str) -> str:
     """Why a node may not take `name`: a `kind` at `rpc` that is up holds it."""
@@ -70,6 +71,11 @@ def name_taken(name: str, kind: str, rpc: str, newcomer: str) -> str:
 #: A task that could not be started this many times (e.g. no node can supply a necessary file
 #: with the right hash) fails with the reason instead of bouncing forever.
 MAX_FAILED_STARTS = 5
+#: A task whose node died (lost, or restarted) during each of its last this many attempts is
+#: held, not run again: it may be what kills its nodes (HTCondor holds a job whose starts keep
+#: failing, Slurm holds one after launch failures). `leoronic_release` runs it again.
+MAX_NODE_DEATHS = 3
+_NODE_DEATHS = ("node lost", "released: node restarted")
 
 _OUTCOME = {
     State.QUEUED: cond.Outcome.PENDING,
@@ -332,14 +338,21 @@ class Queue:
             self._finalize(task, State.FAILED)
         return OK
 
-    def release(self, task_id: str, node: str, attempt: int, reason: str, *, now: float) -> Reply:
-        """A node could not start (or had to stop) its attempt: back to the queue, no retry used."""
+    def release(self, task_id: str, node: str, attempt: int, reason: str, hold_after: int = 0,
+                *, now: float) -> Reply:
+        """A node could not start (or had to stop) its attempt: back to the queue, no retry used.
+        `hold_after` (0: never; entries from before PROTOCOL 9 lack it and are replayed as they
+        were applied then): see `_hold_after_node_deaths`."""
+        if not _is_int(hold_after) or hold_after < 0:
+            return Reply(False, "hold_after: not a whole number >= 0")
         task = self.tasks.get(task_id)
         if task is None:
             return Reply(False, "no such task")
         if task.state is not State.RUNNING or task.node != node or task.attempt != attempt:
             return Reply(False, "fenced: not the current attempt")
         self._end_attempt(task, why=f"released: {reason}", now=now)
+        if self._hold_after_node_deaths(task, hold_after):
+            return Reply(True, "held: its node died during each of its last attempts")
         failed_starts = sum(1 for a in task.attempts if a.why.startswith("released: cannot start"))
         if failed_starts >= MAX_FAILED_STARTS:
             task.reason = f"could not start after {failed_starts} tries: {reason}"
@@ -395,6 +408,8 @@ class Queue:
             if not task.held:
                 return Reply(True, "was not held")
             task.held = False
+            if task.reason.startswith("held: "):  # said by _hold_after_node_deaths
+                task.reason = ""
             if task.state is State.QUEUED and task_id not in self._blocked:
                 self._make_ready(task)
             return OK
@@ -528,17 +543,21 @@ class Queue:
         ns.note = note
         return OK
 
-    def expire_node(self, node: str, seen: float | None = None, *, now: float) -> Reply:
-        """Declare a node lost: its running tasks go back to the queue (attempt + 1 on claim).
+    def expire_node(self, node: str, seen: float | None = None, hold_after: int = 0, *,
+                    now: float) -> Reply:
+        """Declare a node lost: its running tasks go back to the queue (attempt + 1 on claim),
+        or held (`hold_after`, as in `release`).
 
         `seen` is the node's `last_seen` the proposer judged by: if a heartbeat was applied
         since (a stale proposal from a leader that was cut off, committed after the heal), the
         node is alive and the operation is refused.
         """
+        if not _is_int(hold_after) or hold_after < 0:
+            return Reply(False, "hold_after: not a whole number >= 0")
         ns = self.nodes.get(node)
         if ns is not None and seen is not None and ns.last_seen > seen:
             return Reply(False, f"node {node!r} heartbeated after this was proposed")
-        return self._drop_node(node, "node lost", now)
+        return self._drop_node(node, "node lost", now, hold_after)
 
     def leave(self, node: str, *, now: float) -> Reply:
         """A node leaves cleanly: its running tasks go back to the queue."""
@@ -704,6 +723,19 @@ class Queue:
                 old.outcome = replace(old.outcome, stdout_tail=b"", stderr_tail=b"",
                                       tails_dropped=True)
 
+    def _hold_after_node_deaths(self, task: Task, hold_after: int) -> bool:
+        """Whether `task`, whose attempt just ended, was queued held because its node died
+        during each of its last `hold_after` attempts (MAX_NODE_DEATHS, as nodes propose;
+        0: never)."""
+        last = task.attempts[-hold_after:] if hold_after > 0 else []
+        if len(last) < hold_after or not last or any(a.why not in _NODE_DEATHS for a in last):
+            return False
+        task.held = True
+        task.reason = (f"held: its node died during each of its last {hold_after} "
+                       "attempts (leoronic_release runs it again)")
+        self._requeue(task)  # held: it stays out of the ready index
+        return True
+
     def _requeue(self, task: Task) -> None:
         # Its conditions are to be met again, and may no longer be able to (what it depends
         # on was deleted or failed while it ran): checked after this batch (_enqueue).
@@ -756,13 +788,14 @@ class Queue:
         self._parsed.pop(task.spec.task_id, None)  # a cache for deciding runs: parsed again if asked
         self._not_running(task)
 
-    def _drop_node(self, node: str, why: str, now: float) -> Reply:
+    def _drop_node(self, node: str, why: str, now: float, hold_after: int = 0) -> Reply:
         ns = self.nodes.get(node)
         if ns is None:
             return Reply(False, f"unknown node {node!r}")
         for task in self.running_on(node):
             self._end_attempt(task, why=why, now=now)
-            self._requeue(task)
+            if not self._hold_after_node_deaths(task, hold_after):
+                self._requeue(task)
         if ns.alive:
             ns.alive = False
             ns.lost_since = now

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from comrade.errors import ClusterError, UsageError
 from comrade.model import NodeInfo, Outcome, Resources, State, TaskSpec
+from comrade.queue import MAX_NODE_DEATHS
 from comrade.scheduler import LocalFacts, plan
 
 if TYPE_CHECKING:
@@ -52,7 +53,8 @@ class Relay:
         """A ghost could not start a task (e.g. a necessary file): back to the queue, as for a
         worker (the state machine fails it after repeated "cannot start" releases)."""
         self._check_ghost(name)
-        [reply] = self.node.service._propose([("release", task_id, name, attempt, reason[:200])])
+        [reply] = self.node.service._propose([("release", task_id, name, attempt, reason[:200],
+                                                      MAX_NODE_DEATHS)])
         return bool(reply.ok)
 
     def report(self, name: str, free: Resources,

@@ -727,3 +727,32 @@ def test_a_new_leader_does_not_declare_live_workers_lost(make_cluster) -> None: 
     lost = [line for n in cluster.nodes for line in n.log().splitlines()
             if "declaring it lost" in line]
     assert not any(f"node {n.name} silent" in line for line in lost for n in (a, b)), lost
+
+
+def test_a_task_that_kills_its_worker_is_held_after_three_tries(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A task whose node dies during each of its last three attempts may be what kills it: it
+    is held with the reason, so it cannot take down node after node; the worker stays up."""
+    cluster: Cluster = make_cluster(1)
+    worker = cluster.nodes[0]
+    tries = tmp_path / "tries"
+    r = cluster.sh("leoronic_add_task 1024 1 1024 true '' '' "
+                   + shlex.quote(f"echo $LEORONIC_ATTEMPT >> {tries}; kill -9 $PPID") + " killer")
+    assert r.rc == 0, r
+    for _ in range(3):  # the task kills it; restarted, it runs the task again
+        assert worker.proc is not None
+        code = worker.proc.wait(timeout=60)
+        assert code == -signal.SIGKILL, (code, worker.log()[-2000:])
+        cluster.launch(worker)
+    cluster.wait_registered(worker, timeout=60)
+    row = wait_for(lambda: next((line for line in cluster.sh("leoronic_get_queue").out.splitlines()
+                                 if line.startswith("killer ") and "[held: " in line), ""),
+                   30, "the killer to be held")
+    assert " queued " in row and row.endswith(
+        "[held: its node died during each of its last 3 attempts (leoronic_release runs it "
+        "again)]"), row
+    assert tries.read_text().split() == ["1", "2", "3"]
+    r = cluster.sh("leoronic_task_info killer")
+    assert r.rc == 0 and "released: node restarted" in r.out, r
+    r = cluster.sh("leoronic_add_task 1024 1 1024 true '' '' 'echo alive' after")
+    assert r.rc == 0 and cluster.sh("leoronic_wait --timeout 30 after").rc == 0
+    assert worker.proc is not None and worker.proc.poll() is None

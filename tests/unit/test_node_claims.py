@@ -161,7 +161,7 @@ def test_an_attempt_that_could_not_start_is_not_started_again_before_its_release
     for _ in range(3):  # passes before the release is applied: the state still says t1 runs here
         n.reconcile()
     assert ex.started == [("t1", 1)]
-    assert prop.ops == [("release", "t1", "a", 1, "cannot start: too many open files")]
+    assert prop.ops == [("release", "t1", "a", 1, "cannot start: too many open files", 3)]
     apply(n, *prop.ops)
     assert n.consumer.queue.tasks["t1"].state.value == "queued"
     assert n._avoid["t1"] >= clock.now + node_mod.AVOID_S - 0.01  # other nodes try it first
@@ -178,7 +178,7 @@ def test_the_release_of_an_attempt_that_could_not_start_is_retried_with_its_reas
     n.reconcile()  # the release is lost (a leader change): nothing else is applied
     clock.now += node_mod.RELEASE_RETRY_S + 0.1
     n.reconcile()
-    assert prop.ops == [("release", "t1", "a", 1, "cannot start: no space left on device")] * 2
+    assert prop.ops == [("release", "t1", "a", 1, "cannot start: no space left on device", 3)] * 2
     assert ex.started == [("t1", 1)]
     apply(n, prop.ops[-1])
     assert n.consumer.queue.tasks["t1"].attempts[-1].why == \
@@ -190,11 +190,11 @@ def test_the_release_of_a_previous_lifes_tasks_is_retried_until_applied(
     n, ex, prop = make_node(tmp_path, cores=2)
     apply(n, ("submit", TaskSpec("old", 1, 1, 1, True, "", (), "true")), ("claim", "old", "a", 1))
     n._release_stale()  # registering: "old" runs here by the state, but not in this life
-    assert prop.ops == [("release", "old", "a", 1, "node restarted")]
+    assert prop.ops == [("release", "old", "a", 1, "node restarted", 3)]
     n.reconcile()  # the release is lost (a leader change while the node came back)
     clock.now += node_mod.RELEASE_RETRY_S + 0.1
     n.reconcile()
-    assert prop.ops == [("release", "old", "a", 1, "node restarted")] * 2
+    assert prop.ops == [("release", "old", "a", 1, "node restarted", 3)] * 2
     assert ex.started == []
     apply(n, prop.ops[-1])
     assert n.consumer.queue.tasks["old"].state.value == "queued"
@@ -391,8 +391,8 @@ def test_a_draining_node_runs_on_what_it_started_and_gives_back_the_rest_at_once
     apply(n, ("drain", "a", True))
     n.reconcile()  # a new entry was applied: the claims waiting here go back, not in 5 s
     assert [op for op in prop.ops] == [
-        ("release", "ahead1", "a", 1, "this node is draining"),
-        ("release", "ahead2", "a", 1, "this node is draining")]
+        ("release", "ahead1", "a", 1, "this node is draining", 3),
+        ("release", "ahead2", "a", 1, "this node is draining", 3)]
     assert ex.cancelled == []  # the one running goes on
     n._report_finish("long", 1, Outcome(0, 0.0, 1.0))
     n.reconcile()

@@ -411,6 +411,70 @@ def test_dropping_a_node_requeues_its_tasks(q: Queue, verb: str, why: str) -> No
     no(q, (verb, "zz"), "unknown node")
 
 
+def _dies_with(q: Queue, tid: str, node: str, attempt: int, death: str, now: float,
+               hold_after: int = 3) -> None:
+    """`tid` is claimed by `node` as `attempt`, then the node dies: `death` is "lost",
+    "restarted" (its stale claim released) or "left" (a clean stop); it comes back. Nodes
+    propose the deaths with `hold_after` 3 (MAX_NODE_DEATHS)."""
+    ok(q, ("claim", tid, node, attempt))
+    if death == "lost":
+        ok(q, ("expire_node", node, None, hold_after), now=now)
+    elif death == "left":
+        ok(q, ("leave", node), now=now)
+    else:
+        ok(q, ("release", tid, node, attempt, "node restarted", hold_after), now=now)
+    ok(q, ("heartbeat", node, Resources(1 << 30, 8, 1 << 30), ""), now=now)
+
+
+def test_a_task_whose_node_died_in_each_of_its_last_three_attempts_is_held(q: Queue) -> None:
+    """It may be what kills its nodes: held with the reason, not dealt again; released, it
+    runs again (and is held again if it kills its node once more)."""
+    ok(q, ("submit", spec("t")))
+    _dies_with(q, "t", "a", 1, "lost", 1.0)
+    _dies_with(q, "t", "b", 2, "restarted", 2.0)
+    task = q.get("t")
+    assert task is not None and not task.held and [t.spec.task_id for t in q.ready()] == ["t"]
+    _dies_with(q, "t", "a", 3, "lost", 3.0)
+    assert task.state is State.QUEUED and task.held and list(q.ready()) == []
+    assert task.reason == ("held: its node died during each of its last 3 attempts "
+                           "(leoronic_release runs it again)")
+    assert [a.why for a in task.attempts] == ["node lost", "released: node restarted", "node lost"]
+    no(q, ("claim", "t", "b", 4), "held")
+    ok(q, ("hold", "t", False))
+    assert (task.held, task.reason, [t.spec.task_id for t in q.ready()]) == (False, "", ["t"])
+    ok(q, ("claim", "t", "b", 4))
+    ok(q, ("finish", "t", "b", 4, out(0)))
+    assert task.state is State.DONE
+
+
+@pytest.mark.parametrize("deaths", [
+    ["lost", "lost", "left"],  # a clean stop is the operator's doing, not the task's
+    ["left", "lost", "lost"],
+    ["lost", "exit", "lost"],  # a run in between that ended by itself
+])
+def test_node_deaths_not_in_a_row_or_clean_stops_hold_nothing(q: Queue, deaths: list[str]) -> None:
+    ok(q, ("submit", spec("t", retries=1)))
+    for attempt, death in enumerate(deaths, start=1):
+        if death == "exit":
+            ok(q, ("claim", "t", "a", attempt))
+            ok(q, ("finish", "t", "a", attempt, out(1)))
+        else:
+            _dies_with(q, "t", "a", attempt, death, float(attempt))
+    task = q.get("t")
+    assert task is not None and task.state is State.QUEUED and not task.held and task.reason == ""
+
+
+def test_deaths_in_a_journal_from_before_protocol_9_are_replayed_as_applied_then(q: Queue) -> None:
+    """Its entries lack `hold_after`: however many deaths in a row, the task was requeued."""
+    ok(q, ("submit", spec("t")))
+    for attempt in range(1, 5):
+        _dies_with(q, "t", "a", attempt, "lost", float(attempt), hold_after=0)
+    task = q.get("t")
+    assert task is not None and not task.held and [t.spec.task_id for t in q.ready()] == ["t"]
+    no(q, ("expire_node", "a", None, -1), "hold_after")
+    no(q, ("release", "t", "a", 5, "node restarted", "3"), "hold_after")
+
+
 def test_heartbeat_revives_a_lost_node(q: Queue) -> None:
     ok(q, ("expire_node", "a"), now=1.0)
     free = Resources(1, 2, 3)
