@@ -270,20 +270,33 @@ class Executor:
 
     def start(self, spec: TaskSpec, attempt: int, report: Report, crashed: Crashed) -> None:
         """Run one attempt of `spec` here."""
-        self.ref.tell(("start", _Run(spec, attempt, report, crashed)))
+        self._tell(("start", _Run(spec, attempt, report, crashed)))
 
     def cancel(self, key: Key, why: str, stopped: Stopped | None = None) -> None:
         """Stop an attempt's whole process group, SIGTERM then SIGKILL after the grace (or do
         not start it); it reports nothing but `stopped()`, once its process is gone."""
-        self.ref.tell(("cancel", key, why, stopped))
+        self._tell(("cancel", key, why, stopped))
+
+    def _tell(self, message: tuple[Any, ...]) -> None:
+        """Send the actor a start or cancel; once `stop` began they are moot and dropped
+        (every attempt is killed, and the stopping node's leave hands them back), not an
+        error: a scheduling pass that ran while the node stopped used to crash on the
+        stopped actor (ActorDeadError) and be counted by the supervisor."""
+        if self._stopping.is_set():
+            return
+        try:
+            self.ref.tell(message)
+        except pykka.ActorDeadError:
+            if not self._stopping.is_set():
+                raise
 
     def stop(self) -> None:
         """Kill every running attempt and stop the actor and the reaper."""
+        self._stopping.set()  # first: a start or cancel from now on is moot (_tell)
         try:
             self.ref.ask(("cancel_all", "node stopping"), timeout=5)
         except (pykka.ActorDeadError, pykka.Timeout):
             pass
-        self._stopping.set()
         self.ref.stop(block=False)
         self.reaper.stop()
 

@@ -20,6 +20,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from pysyncobj.utility import TcpUtility, UtilityException
+
 from comrade import rpc
 from comrade.config import binds_everywhere, split_address
 from comrade.errors import EXIT_AUTH, EXIT_USAGE, AuthError, ClusterError, LeoronicError, UsageError
@@ -209,12 +211,52 @@ def ask_to_be_added(peers: Sequence[str], self_raft: str, cookie: str,
     log.info("added to the cluster as %s", self_raft)
 
 
-def remove_self(members: Sequence[str], self_raft: str, consumer: Any, cookie: str) -> None:
-    """On a clean stop, ask another member to remove us from the Raft membership."""
+#: Seconds a stopping leader tries to hand leadership over before it leaves.
+HAND_OVER_S = 5.0
+
+
+def hand_over_leadership(syncobj: Any, raft_local: str, cookie: str,
+                         timeout_s: float = HAND_OVER_S) -> bool:
+    """If this node leads, make another member the leader (Raft's TimeoutNow, to the most
+    caught-up follower); True once this node does not lead (at once if it did not), False if
+    it still leads after `timeout_s`.
+
+    pysyncobj never removes its own leader: the leader refuses the change (REQUEST_DENIED, its
+    error 6) whoever asks, so a leader that leaves must first stop leading. The transfer goes
+    through pysyncobj's admin command on our own Raft port (at `raft_local`), so it runs on
+    pysyncobj's thread (its transport is not safe to send on from another); a follower not
+    caught up yet is refused, so it is asked again until one is."""
+    deadline = time.monotonic() + timeout_s
+    asked = 0.0
+    while syncobj._isLeader():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if time.monotonic() - asked >= 0.5:
+            if not asked:
+                log.info("leaving: handing the Raft leadership over first")
+            asked = time.monotonic()
+            try:  # answers "SUCCESS TRANSFER " once sent, "FAIL ..." if no follower caught up
+                TcpUtility(cookie, timeout=min(left, 1.0)).executeCommand(raft_local, ["transfer", ""])
+            except (UtilityException, OSError):
+                pass  # asked again on the next round, until the deadline
+        time.sleep(0.05)  # pacing: the follower's election takes a tick or two
+    return True
+
+
+def remove_self(members: Sequence[str], self_raft: str, consumer: Any, cookie: str,
+                raft_local: str = "") -> None:
+    """On a clean stop, ask another member to remove us from the Raft membership (a leader
+    first hands leadership over, through its Raft port at `raft_local`, default `self_raft`:
+    the leader cannot be removed)."""
     others = [m for m in members if m != self_raft]
     if not others:
         return
     syncobj = consumer._syncObj
+    if not hand_over_leadership(syncobj, raft_local or self_raft, cookie):
+        log.warning("still the Raft leader after %.0f s: leaving without being removed from the "
+                    "membership (the others remove this node after --remove-after)", HAND_OVER_S)
+        return
     rpcs = []
     with consumer.lock:
         for ns in consumer.queue.nodes.values():

@@ -73,6 +73,7 @@ class Node:
         self.advertise = cfg.advertise or membership.advertise_address(cfg.bind, cfg.peers)
         self.raft_addr = f"{self.advertise}:{cfg.raft_port}"
         self.rpc_addr = f"{self.advertise}:{cfg.port}"
+        self.raft_local = self.raft_addr  # where this process reaches its own Raft port (start)
         self._saved_members: list[str] = []  # what raft/members.json holds (_save_members)
         self.probe = probe or resources.PsutilProbe(cfg.home)
         self.offer = resources.offered(self.probe, cfg.cores, cfg.memory, cfg.storage)
@@ -161,6 +162,8 @@ class Node:
         raft_host = ("::" if ":" in self.advertise else "0.0.0.0") if everywhere \
             else self.cfg.bind  # as pysyncobj picks without a bindAddress
         check_port_free(raft_host, self.cfg.raft_port, "--port (Raft uses PORT+1)")
+        self.raft_local = f"{'::1' if raft_host == '::' else '127.0.0.1'}:{self.cfg.raft_port}" \
+            if everywhere else f"{raft_host}:{self.cfg.raft_port}"
         if self.cfg.advertise:
             membership.check_resolves(self.cfg.advertise, "--advertise")
         raft_dir = os.path.join(self.cfg.home, "raft")
@@ -224,7 +227,8 @@ class Node:
         if leave and self.proposer is not None:
             try:
                 self.proposer.propose_sync([("leave", self.name)], timeout=3.0)
-                membership.remove_self(self._members(), self.raft_addr, self.consumer, self.cfg.cookie)
+                membership.remove_self(self._members(), self.raft_addr, self.consumer, self.cfg.cookie,
+                                       self.raft_local)
             except ClusterError as exc:
                 log.warning("could not leave cleanly: %s", exc)
         if self.server is not None:

@@ -55,3 +55,36 @@ def test_a_wrong_cookie_is_not_waited_out(monkeypatch: pytest.MonkeyPatch) -> No
 def test_rpc_address_of_a_raft_member() -> None:
     assert membership.rpc_of_raft("10.0.0.5:7342") == "10.0.0.5:7341"
     assert membership.rpc_of_raft("[::1]:7342") == "[::1]:7341"
+
+
+class _Raft:
+    """A SyncObj that leads until `transfer` was asked `leads_for` times."""
+
+    def __init__(self, leads_for: int) -> None:
+        self.leads_for = leads_for
+
+    def _isLeader(self) -> bool:  # noqa: N802 - pysyncobj's name
+        return self.leads_for > 0
+
+
+def test_a_leaving_leader_hands_leadership_over_and_a_follower_does_not_ask(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, list[str]]] = []
+    raft = _Raft(0)
+
+    class Utility:
+        def __init__(self, password: str, timeout: float) -> None:
+            assert password == "c" and 0 < timeout <= 1.0
+
+        def executeCommand(self, node: str, command: list[str]) -> str:  # noqa: N802
+            asked.append((node, command))
+            raft.leads_for -= 1
+            return "SUCCESS TRANSFER "
+    monkeypatch.setattr(membership, "TcpUtility", Utility)
+    assert membership.hand_over_leadership(raft, "127.0.0.1:2", "c")
+    assert asked == []  # not the leader: nothing to hand over
+    raft.leads_for = 2  # the first transfer is refused (no follower caught up yet)
+    assert membership.hand_over_leadership(raft, "127.0.0.1:2", "c", timeout_s=5)
+    assert asked == [("127.0.0.1:2", ["transfer", ""])] * 2
+    raft.leads_for = 100
+    assert not membership.hand_over_leadership(raft, "127.0.0.1:2", "c", timeout_s=0.3)
