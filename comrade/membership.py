@@ -81,17 +81,46 @@ def load_members(path: str) -> list[str]:
 
 def save_members(path: str, members: Sequence[str]) -> None:
     """Atomically write the member list (safe from several threads: a unique temp file each)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".members.")
+    write_atomically(path, json.dumps({"members": sorted(members)}))
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Replace the file at `path` with `text`, synced: a SIGKILL or power cut leaves the old
+    file or the whole new one (a unique temp file each, so safe from several threads)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump({"members": sorted(members)}, f)
+            f.write(text)
             f.flush()
-            os.fsync(f.fileno())  # a SIGKILL or power cut right after leaves the whole list
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)  # a full disk, say: no .members.* file left behind
+            os.unlink(tmp)  # a full disk, say: no temp file left behind
         raise
+
+
+def check_cluster_mark(raft_dir: str, mark: str) -> None:
+    """A home's replicated state belongs to the cluster whose cookie made it: `raft/cluster`
+    holds that cookie's fingerprint (`mark`; public, as mDNS beacons carry it). UsageError if
+    it is another cluster's, since this node would rejoin that cluster's members and, cut off
+    from them, could run that queue's unfinished tasks; else the mark is written (a new home,
+    or one from before the mark)."""
+    path = os.path.join(raft_dir, "cluster")
+    try:
+        with open(path) as f:
+            saved = f.read().strip()
+    except FileNotFoundError:
+        saved = ""
+    if saved == mark:
+        return
+    if saved:
+        raise UsageError(
+            f"--home: {os.path.dirname(raft_dir)} holds the replicated state of another cluster "
+            "(made with another cookie): start it with that cluster's cookie, or with a fresh "
+            f"--home; if this cluster's cookie was changed on purpose, delete {path}")
+    os.makedirs(raft_dir, exist_ok=True)
+    write_atomically(path, mark + "\n")
 
 
 def initial_members(

@@ -167,6 +167,7 @@ class Node:
         if self.cfg.advertise:
             membership.check_resolves(self.cfg.advertise, "--advertise")
         raft_dir = os.path.join(self.cfg.home, "raft")
+        membership.check_cluster_mark(raft_dir, discovery.fingerprint(self.cfg.cookie))
         journal_check.check_journal(os.path.join(raft_dir, "journal"))
         journal_check.check_dump(os.path.join(raft_dir, "dump"))
         members_file = os.path.join(self.cfg.home, "raft", "members.json")

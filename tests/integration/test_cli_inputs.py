@@ -259,3 +259,27 @@ def test_necessary_files_no_node_could_place_are_refused_at_submit(tmp_path: Pat
     refused(leoronic(tmp_path, "add-task", "--", "1", "1", "1", "true", "", name, "cat x"),
             f"FILES: necessary file {name!r}: its name is not UTF-8 text; rename it".replace(
                 "\udce9", "\\udce9"))
+
+
+def test_a_home_of_another_cluster_is_refused_until_its_mark_is_removed(tmp_path: Path) -> None:
+    """A home remembers its cluster's cookie (by fingerprint): started with another cookie, the
+    worker would rejoin the old cluster's members and could run the old queue's tasks."""
+    port = free_port_pair()
+    home = tmp_path / "home"
+    args = ["--bind", "127.0.0.1", "--port", str(port), "--home", str(home)]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LEORONIC_DISCOVERY": "0",
+           "LEORONIC_COOKIE": str(tmp_path / "cookie")}
+    (tmp_path / "cookie").write_text("first secret\n")
+    worker = subprocess.Popen(["bash", LEORONIC, *args], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: (home / "raft" / "cluster").exists(), 30, "the home's cluster mark")
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    (tmp_path / "cookie").write_text("another secret\n")
+    r = leoronic(tmp_path, *args)
+    refused(r, f"--home: {home} holds the replicated state of another cluster (made with another "
+               f"cookie): start it with that cluster's cookie, or with a fresh --home; if this "
+               f"cluster's cookie was changed on purpose, delete {home}/raft/cluster")
+    assert (home / "raft" / "cluster").exists()
