@@ -698,9 +698,19 @@ def _write_streams(client: Client, task: Any) -> bool:
 def task_info(task_ids: Sequence[str], as_json: bool) -> None:
     """Everything recorded about tasks: resources, every attempt, the result."""
     client = Client()
-    for task_id in task_ids:
-        record = _record(client.call("task", task_id))
+    unknown: list[str] = []
+    for task_id in dict.fromkeys(task_ids):  # each once, in the order given
+        try:
+            record = _record(client.call("task", task_id))
+        except RemoteError as exc:
+            if exc.exit_code != EXIT_USAGE:
+                raise
+            unknown.append(task_id)  # never submitted, or forgotten: the others are shown
+            continue
         click.echo(json.dumps(record) if as_json else _describe(record))
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise UsageError(f"ID: no task {unknown[0]!r}{more}")
 
 
 def _record(task: Any) -> dict[str, Any]:

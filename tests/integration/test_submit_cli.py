@@ -476,6 +476,11 @@ def test_task_info_shows_every_attempt_and_the_result(make_cluster) -> None:  # 
     bad = c.sh("leoronic_task_info info-1 nope")
     assert bad.rc == EXIT_USAGE, bad
     assert bad.err.strip().splitlines() == ["leoronic: ID: no task 'nope'"], bad
+    # Unknown (or forgotten) ids do not hide the others: each known one is shown, once.
+    bad = c.sh("leoronic_task_info --json nope info-1 gone info-1")
+    assert bad.rc == EXIT_USAGE and [json.loads(line)["id"] for line in bad.out.splitlines()] == [
+        "info-1"], bad
+    assert bad.err == "leoronic: ID: no task 'nope' (and 1 more)\n", bad
 
 
 def test_task_info_shows_the_cpu_and_peak_memory_a_task_used(make_cluster) -> None:  # type: ignore[no-untyped-def]
