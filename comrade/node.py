@@ -262,12 +262,23 @@ class Node:
                     self._stop.wait(1.0)  # pacing: a lease has to run out first
                     continue
                 self._release_stale()
+                self._say_kept_tags()
                 self._registered.set()
                 self.wake()
                 return True
             except ClusterError as exc:
                 log.info("waiting for the cluster to register this node: %s", exc)
         return False
+
+    def _say_kept_tags(self) -> None:
+        """Log the tags the cluster keeps for this node that its options do not give (added
+        with leoronic_add_tag, or given with --tag in an earlier life): they still draw tasks."""
+        with self.consumer.lock:
+            ns = self.consumer.queue.nodes.get(self.name)
+            kept = sorted(ns.tags - set(self.local_tags)) if ns is not None else []
+        if kept:
+            log.info("tags kept from the cluster, not given by this start's options: %s "
+                     "(leoronic_del_tag TAG --node %s drops one)", " ".join(kept), self.name)
 
     def interrupt(self) -> None:
         """Ask a `start` still waiting for a quorum to register this node to give up (signal

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, NodeProc, Result, result_out, wait_ok
+from tests.cluster import Cluster, NodeProc, Result, result_out, wait_for, wait_ok
 
 # ----- helpers ------------------------------------------------------------------------------
 
@@ -170,6 +170,10 @@ def test_runtime_tags_survive_a_restart_of_the_node(make_cluster, sig: int) -> N
     cluster.wait_registered(n3, timeout=20)
 
     assert "kept" in node_tags(cluster)["n3"]
+    # Its log says so: an operator who dropped a --tag learns the cluster still gives it.
+    wait_for(lambda: "tags kept from the cluster, not given by this start's options: kept "
+                     "(leoronic_del_tag TAG --node n3 drops one)" in n3.log(), 20,
+             "the kept tag in n3's log")
     t = submit(cluster, "echo on $LEORONIC_NODE_NAME", "worker:tag kept")
     wait_ok(cluster, t)
     assert result_out(cluster, t) == "on n3\n"
