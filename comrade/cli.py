@@ -623,7 +623,8 @@ def get_queue(states: Sequence[str], node: str | None, summary: bool) -> None:
         if len(shown) > 60:
             shown = shown[:57] + "..."
         extra = f"  [exit {code}]" if code not in (None, 0) else ""
-        extra += f"  [{printable(reason)}]" if reason and state == "failed" else ""
+        extra += f"  [{printable(reason)}]" if reason and (
+            state == "failed" or reason.startswith("waiting: ")) else ""
         extra += f"  [priority {rank}]" if rank and state in ("queued", "running") else ""
         extra += ("  [held]" if not reason.startswith("held: ") else f"  [{printable(reason)}]") \
             if held else ""

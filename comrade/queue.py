@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -638,6 +639,20 @@ class Queue:
             total = total + task.spec.needs
         self._reserved[node] = (self.applied, total)
         return total
+
+    def tags_up(self) -> set[str]:
+        """Every tag some node that is up carries."""
+        return set().union(*(ns.tags for ns in self.nodes.values() if ns.alive))
+
+    def waiting_note(self, task: Task, tags_up: AbstractSet[str]) -> str:
+        """Why a queued task waits, when it is for something only an operator can give: a
+        `worker:tag` no node that is up carries (`tags_up`); "" otherwise."""
+        if task.state is not State.QUEUED or task.reason:
+            return ""
+        for c in self.conditions_of(task):
+            if c.scope == "worker" and c.predicate == "tag" and c.argument not in tags_up:
+                return f"waiting: no node that is up has tag {c.argument!r}"
+        return ""
 
     def conditions_of(self, task: Task) -> tuple[cond.Condition, ...]:
         """The parsed conditions of a task (cached; parse is total for accepted specs)."""

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from comrade import packing, rpc
@@ -225,10 +226,11 @@ class Service:
         wanted = set(states)
 
         def rows(q: Any) -> list[tuple[Any, ...]]:
+            tags_up = q.tags_up()
             return [
                 (t.spec.task_id, t.state.value, t.node or "", t.attempt, t.submitted,
-                 t.spec.command, t.reason, t.outcome.exit_code if t.outcome else None,
-                 t.priority, t.held)
+                 t.spec.command, t.reason or q.waiting_note(t, tags_up),
+                 t.outcome.exit_code if t.outcome else None, t.priority, t.held)
                 for t in q.tasks.values()
                 if (not wanted or t.state.value in wanted) and (not node or t.node == node)
             ]
@@ -305,10 +307,17 @@ class Service:
 
     def task(self, task_id: str) -> Task:
         """The whole record of one task."""
-        t = self._read(lambda q: q.tasks.get(task_id))
+        def pick(q: Any) -> Task | None:
+            t = q.tasks.get(task_id)
+            if t is None:
+                return None
+            summary: Task = t.summary()
+            note = q.waiting_note(t, q.tags_up())
+            return replace(summary, reason=note) if note else summary
+        t = self._read(pick)
         if t is None:
             raise UsageError(f"ID: no task {task_id!r}")
-        return t.summary()
+        return t
 
     def delete(self, ids: Sequence[str], wait_s: float | None = None
                ) -> list[tuple[str, bool, str]]:

@@ -120,6 +120,12 @@ def test_tag_condition_waits_for_the_tag_and_runs_on_the_tagged_node(make_cluste
     # No node has tag `special`: the task waits.
     t1 = submit(cluster, "echo on $LEORONIC_NODE_NAME", "worker:tag special", "t1")
     assert_still_queued(cluster, t1)
+    # ... and says why, where an operator looks (Slurm's pending Reason).
+    row = next(line for line in cluster.sh("leoronic_get_queue").out.splitlines()
+               if line.startswith("t1 "))
+    assert row.endswith("[waiting: no node that is up has tag 'special']"), row
+    r = cluster.sh("leoronic_task_info t1")
+    assert r.out.startswith("t1: queued (waiting: no node that is up has tag 'special')\n"), r
 
     # Tag n2 through LEORONIC_NODE pointing at n2: the task runs there.
     r = cluster.sh("leoronic_add_tag special", node=n2)

@@ -475,6 +475,23 @@ def test_deaths_in_a_journal_from_before_protocol_9_are_replayed_as_applied_then
     no(q, ("release", "t", "a", 5, "node restarted", "3"), "hold_after")
 
 
+def test_a_task_waiting_for_a_tag_no_node_that_is_up_has_says_so(q: Queue) -> None:
+    ok(q, ("submit", spec("t", conditions="worker:tag gpu; worker:tag os-linux")))
+    ok(q, ("submit", spec("plain")))
+    task, plain = q.get("t"), q.get("plain")
+    assert task is not None and plain is not None
+    ok(q, ("add_tag", "a", "os-linux"))
+    assert q.waiting_note(task, q.tags_up()) == "waiting: no node that is up has tag 'gpu'"
+    assert q.waiting_note(plain, q.tags_up()) == ""
+    ok(q, ("add_tag", "b", "gpu"))
+    assert q.waiting_note(task, q.tags_up()) == ""
+    ok(q, ("expire_node", "b"))  # its tags count again only once it is up
+    assert q.waiting_note(task, q.tags_up()) == "waiting: no node that is up has tag 'gpu'"
+    ok(q, ("heartbeat", "b", Resources(1 << 30, 8, 1 << 30), ""))
+    ok(q, ("claim", "t", "b", 1))
+    assert q.waiting_note(task, q.tags_up()) == ""  # running: not waiting
+
+
 def test_heartbeat_revives_a_lost_node(q: Queue) -> None:
     ok(q, ("expire_node", "a"), now=1.0)
     free = Resources(1, 2, 3)
