@@ -257,7 +257,8 @@ class Connection_:
         except (EOFError, OSError) as exc:  # a node that died (or stopped) mid-handshake:
             conn.close()  # not a refusal, which comes as one (AuthenticationError)
             raise ClusterError(f"node {address} hung up during the handshake: "
-                               f"{exc or 'connection closed'}") from None
+                               f"{exc or 'connection closed'} (a worker's Raft port, its "
+                               "PORT+1, would do this: clients use PORT)") from None
         self._conn = conn
         self._lock = threading.Lock()
 

@@ -351,6 +351,13 @@ class Service:
         members = set(self.node._members())
 
         def rows(q: Any) -> list[dict[str, Any]]:
+            # A Raft address is one member's: a worker restarted there under another name left
+            # a record that must not take the role of the worker there now (the one up, else
+            # the one seen last).
+            holder: dict[str, str] = {}
+            for name, ns in sorted(q.nodes.items(), key=lambda kv: (kv[1].alive, kv[1].last_seen)):
+                if ns.info.kind == "worker":
+                    holder[ns.info.raft] = name
             out = []
             for name, ns in q.nodes.items():
                 role = ns.info.kind
@@ -358,6 +365,8 @@ class Service:
                     role = "leader" if ns.info.raft == leader_addr else "follower"
                     if ns.info.raft not in members:
                         role = "not a Raft member"
+                    elif holder[ns.info.raft] != name:
+                        role = f"not a Raft member (its address is {holder[ns.info.raft]}'s)"
                 out.append({
                     "name": name, "kind": ns.info.kind, "rpc": ns.info.rpc, "role": role,
                     "tags": sorted(ns.tags), "offered": ns.info.offered, "free": ns.free,

@@ -258,3 +258,21 @@ def test_the_leader_stopped_with_sigterm_leaves_at_once_and_cleanly(
     r = cluster3.sh("leoronic_wait --timeout 30 held", node=others[0])
     assert r.rc == 0, r
     assert took < 8, took
+
+
+def test_a_worker_renamed_on_its_address_leaves_a_record_that_does_not_take_its_role(
+        make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """Restarted on the same home and port under another name, a worker is a new node; the old
+    name's record stays (its tasks' history names it) but is not shown with the new one's
+    Raft role."""
+    cluster: Cluster = make_cluster(3)
+    n3 = cluster.nodes[2]
+    cluster.kill(n3, signal.SIGKILL)
+    n3.args[n3.args.index("--name") + 1] = "renamed"
+    cluster.launch(n3)
+
+    def roles() -> dict[str, str] | None:
+        view = _nodes_view(cluster, cluster.nodes[0])
+        return view[1] if view and view[1].get("renamed") in ("leader", "follower") else None
+    seen = wait_for(roles, 60, "the renamed worker to be a member")
+    assert seen["n3"] == "not a Raft member (its address is renamed's)", seen
