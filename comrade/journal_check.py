@@ -13,6 +13,7 @@ import os
 import pickle
 import struct
 
+from comrade import raftmend  # noqa: F401 - unpickling imports pysyncobj: undo what that does to socket
 from comrade.errors import ClusterError
 
 _NAME_SIZE, _VERSION_SIZE = 24, 8

@@ -22,7 +22,10 @@ from typing import Any
 
 from pysyncobj.utility import TcpUtility, UtilityException
 
-from comrade import rpc
+from comrade import (
+    raftmend,  # noqa: F401 - undoes what importing pysyncobj did to socket
+    rpc,
+)
 from comrade.config import binds_everywhere, split_address
 from comrade.errors import EXIT_AUTH, EXIT_USAGE, AuthError, ClusterError, LeoronicError, UsageError
 from comrade.queue import PROTOCOL, name_taken

@@ -21,7 +21,7 @@ from typing import Any
 
 import pykka
 
-from comrade import discovery, journal_check, membership, packing, resources, rpc
+from comrade import discovery, journal_check, membership, packing, raftmend, resources, rpc
 from comrade.config import Config, binds_everywhere
 from comrade.errors import ClusterError, LeoronicError
 from comrade.executor import Crashed, Executor, Paths, Report, remove_task_files, task_files
@@ -762,7 +762,8 @@ class Node:
             reserved = self.consumer.queue.reserved(self.name)
         free = resources.free(self.probe, self.offer, reserved)
         self._drop_clairvoyant_tag()
-        self.disk_note = membership.disk_note(self.cfg.home)
+        # A journal that could not be written (raftmend) is a full disk too, of another kind.
+        self.disk_note = membership.disk_note(self.cfg.home) or raftmend.journal_fault()
         if self.disk_note:
             log.warning("%s", self.disk_note)
         note = self.note or self.disk_note

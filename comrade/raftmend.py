@@ -58,6 +58,21 @@ more, because of how `TcpConnection` handles a message:
   and vote, which pysyncobj writes to a new file renamed into place, are fsync'd before the
   rename.
 
+- The journal is a memory-mapped file that pysyncobj grows with `ftruncate`, leaving holes: a
+  write into a hole of a full filesystem raised SIGBUS and killed the worker with nothing
+  logged (a task that filled $LEORONIC_HOME's disk did it). Every range is now allocated
+  (`posix_fallocate`) before it is written, so a full disk is an `OSError` at that point,
+  and about `JOURNAL_RESERVE` bytes beyond the journal's end are kept allocated while there
+  is room: a node whose disk a task fills goes on journaling (and so learns that the task
+  was deleted, and removes its files) for a few thousand entries. The term and vote file
+  keeps a spare allocated file to be written in place when a new one cannot be created.
+  When the journal still cannot be written (`JournalUnwritable`), nothing is acknowledged
+  as stored: the entry is not in the log (the in-memory one included), the message that
+  carried it gets no answer (the leader sends it again later), a leader or candidate steps
+  down, a term or vote that could not be stored is not taken (no vote is sent), and a
+  missed commit-index save is retried. The node logs one line and stays up; the fault is
+  `journal_fault()`, which stops it claiming (`Node._heartbeat`), until a write succeeds.
+
 These rely on pysyncobj's private names; where one is missing (another version) nothing is
 changed and the log says so.
 """
@@ -70,6 +85,7 @@ import logging
 import os
 import socket
 import struct
+import time
 import zlib
 from typing import Any
 
@@ -104,12 +120,58 @@ _ON_MESSAGE = "_SyncObj__onMessageReceived"
 _CHECK_COMMANDS = "_checkCommandsToApply"
 _ALONE = ("_SyncObj__otherNodes", "_SyncObj__getCurrentLogIndex", "_SyncObj__pipeNotifier")
 _NEXT_INDEX = "_SyncObj__raftNextIndex"
+_SET_TERM, _TERM, _VOTE = ("_SyncObj__setCurrentTerm", "_SyncObj__raftCurrentTerm",
+                           "_SyncObj__votedForNodeId")
+_STATE, _LEADER = "_SyncObj__setState", "_SyncObj__raftLeader"
 _EVENTS = POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR
 _J = "_FileJournal__"  # prefix of FileJournal's private names
 _JOURNAL = ("journal", "journalFile", "currentOffset", "getDefaultHeader", "setLastRecordOffset")
 _installed = False
 #: Whether appended journal entries are synced (`set_sync`; a worker's --no-sync-journal).
 _sync = True
+#: Bytes kept allocated beyond the journal's end while the disk has room, so that a node whose
+#: disk fills goes on journaling for a while (entries are mostly under 2 KiB).
+JOURNAL_RESERVE = 8 * 1024 * 1024
+#: After a failed attempt to allocate the reserve, the next one waits this long (seconds).
+RESERVE_RETRY_S = 1.0
+#: Size of the spare term-and-vote file (one block holds the pickled term, vote and index).
+META_SPARE = 4096
+#: Why the journal cannot be written ('' while it can), and which write failed.
+_fault = ""
+_fault_kind = ""
+
+
+class JournalUnwritable(OSError):
+    """The Raft journal or its term-and-vote file could not be written (a full disk, say):
+    nothing was stored, and the node must not act as if it had been."""
+
+
+def journal_fault() -> str:
+    """'' while the Raft journal can be written, else why this node stops claiming."""
+    return _fault
+
+
+def _unwritable(kind: str, exc: OSError) -> JournalUnwritable:
+    """Note that `kind` ("journal", "term and vote") could not be written, logging one line
+    when that is new, and the error to raise instead of `exc`."""
+    global _fault, _fault_kind
+    if isinstance(exc, JournalUnwritable):
+        return exc
+    reason = (f"not claiming: cannot write the Raft {kind} in "
+              f"{os.path.dirname(getattr(exc, 'filename', None) or '') or 'its directory'}: "
+              f"{exc.strerror or exc}")
+    if reason != _fault:
+        log.error("%s; acknowledging no Raft entry until it can", reason)
+    _fault, _fault_kind = reason, kind
+    return JournalUnwritable(exc.errno, reason, getattr(exc, "filename", None))
+
+
+def _writable(kind: str) -> None:
+    """A write of `kind` succeeded: clear a fault that `kind` had noted."""
+    global _fault, _fault_kind
+    if _fault and _fault_kind == kind:
+        log.warning("the Raft %s can be written again", kind)
+        _fault, _fault_kind = "", ""
 
 
 def mend() -> bool:
@@ -122,6 +184,8 @@ def mend() -> bool:
     missing += [name for name in (_ON_MESSAGE, _CHECK_COMMANDS, _ALONE[1])
                 if not hasattr(syncobj.SyncObj, name)]
     missing += [_J + name for name in _JOURNAL[3:] if not hasattr(journal.FileJournal, _J + name)]
+    missing += [name for name in (_SET_TERM, _STATE, "_onTick")
+                if not hasattr(syncobj.SyncObj, name)]
     missing += [name for name in ("FIRST_RECORD_OFFSET", "LAST_RECORD_OFFSET_OFFSET", "ResizableFile",
                                   "MetaStorer", "dumps")
                 if not hasattr(journal, name)]
@@ -134,12 +198,18 @@ def mend() -> bool:
     setattr(cls, _P + "processSend", _process_send)
     setattr(cls, _P + "processRead", _process_read)
     setattr(cls, _P + "processParseMessage", _process_parse_message)
-    setattr(syncobj.SyncObj, _ON_MESSAGE, _keep_next_index(getattr(syncobj.SyncObj, _ON_MESSAGE)))
+    setattr(syncobj.SyncObj, _ON_MESSAGE, _drop_unstored(
+        _keep_next_index(getattr(syncobj.SyncObj, _ON_MESSAGE))))
     setattr(syncobj.SyncObj, _CHECK_COMMANDS,
             _commit_alone_at_once(getattr(syncobj.SyncObj, _CHECK_COMMANDS)))
+    setattr(syncobj.SyncObj, _SET_TERM, _term_if_stored(getattr(syncobj.SyncObj, _SET_TERM)))
+    syncobj.SyncObj._onTick = _tick_unstored(syncobj.SyncObj._onTick)
+    journal.ResizableFile.write = _allocated_write
     journal.FileJournal.deleteEntriesTo = _delete_entries_to
-    journal.FileJournal.add = _synced_add(journal.FileJournal.add)
+    journal.FileJournal.add = _synced_add
     journal.FileJournal.deleteEntriesFrom = _synced_header(journal.FileJournal.deleteEntriesFrom)
+    journal.FileJournal.setCurrentTerm = _meta_if_stored(journal.FileJournal.setCurrentTerm)
+    journal.FileJournal.onOneSecondTimer = _retry_meta(journal.FileJournal.onOneSecondTimer)
     journal.MetaStorer.storeMeta = _store_meta
     _installed = True
     return True
@@ -177,6 +247,120 @@ def _commit_alone_at_once(check_commands: Any) -> Any:
     return check
 
 
+def _step_down(self: Any) -> None:
+    """A leader or candidate that could not store its log or term becomes a follower without
+    a leader, as pysyncobj's own `leaderFallbackTimeout` does: the others elect a leader that
+    can (this node votes for none until it can store the vote)."""
+    if getattr(self, "_SyncObj__raftState", 0) != syncobj._RAFT_STATE.FOLLOWER:
+        getattr(self, _STATE)(syncobj._RAFT_STATE.FOLLOWER)
+        setattr(self, _LEADER, None)
+
+
+def _drop_unstored(on_message: Any) -> Any:
+    """Wrap SyncObj's message handler: a message whose entries, term or vote could not be
+    stored gets no answer (the leader sends the entries again later; a candidate gets no
+    vote), where pysyncobj's tick would fail with a traceback."""
+    def handle(self: Any, node: Any, message: Any) -> None:
+        try:
+            on_message(self, node, message)
+        except JournalUnwritable:
+            _step_down(self)
+    return handle
+
+
+def _tick_unstored(on_tick: Any) -> Any:
+    """Wrap SyncObj._onTick: when the leader cannot append to its log (or a candidate store its
+    new term), step down and wait as pysyncobj does after a failed tick, without its
+    traceback every tick."""
+    def tick(self: Any, timeToWait: float = 0.0) -> None:  # noqa: N803 - pysyncobj's name
+        try:
+            on_tick(self, timeToWait)
+        except JournalUnwritable:
+            _step_down(self)
+            time.sleep(timeToWait)
+    return tick
+
+
+def _term_if_stored(set_current_term: Any) -> Any:
+    """Wrap SyncObj.__setCurrentTerm: a term and vote that could not be stored are not taken
+    (pysyncobj sets them in memory first, so a node that failed to store its vote would act
+    on a vote a restart forgets)."""
+    def set_term(self: Any, term: int, voted_for: Any) -> None:
+        before = getattr(self, _TERM), getattr(self, _VOTE)
+        try:
+            set_current_term(self, term, voted_for)
+        except JournalUnwritable:
+            setattr(self, _TERM, before[0])
+            setattr(self, _VOTE, before[1])
+            raise
+    return set_term
+
+
+def _meta_if_stored(set_current_term: Any) -> Any:
+    """Wrap FileJournal.setCurrentTerm: its in-memory copy is left as it was when the term and
+    vote could not be stored (a later commit-index save must not store them)."""
+    def set_term(self: Any, term: int, voted_for: Any) -> None:
+        meta = getattr(self, _J + "meta")
+        before = dict(meta)
+        try:
+            set_current_term(self, term, voted_for)
+        except JournalUnwritable:
+            meta.clear()
+            meta.update(before)
+            raise
+    return set_term
+
+
+def _retry_meta(one_second: Any) -> Any:
+    """Wrap FileJournal.onOneSecondTimer (which saves the commit index when it changed): a save
+    that could not be written is tried again the next second. The saved commit index only
+    spares a restarted node some catching up; the entries are in the journal."""
+    def each_second(self: Any) -> None:
+        try:
+            one_second(self)
+        except JournalUnwritable:
+            pass
+    return each_second
+
+
+def _allocate(f: Any, fd: int, start: int, end: int) -> None:
+    """posix_fallocate [start, end) of `f`'s file, ENOSPC and all as an OSError."""
+    try:
+        os.posix_fallocate(fd, start, end - start)
+    except OSError as exc:
+        exc.filename = f._ResizableFile__fileName
+        raise
+
+
+def _allocated_write(self: Any, offset: int, values: bytes) -> None:
+    """ResizableFile.write with every byte written into the mapping allocated first, and a
+    best-effort reserve of JOURNAL_RESERVE bytes beyond: pysyncobj grows the file with
+    `ftruncate` (mmap.resize), which leaves a hole, and a write into a hole of a full
+    filesystem raises SIGBUS, which kills the process. The mapping grows to the file's size
+    and never shrinks it (a resize truncates to its size, which would drop the reserve)."""
+    end = offset + len(values)
+    allocated = getattr(self, "_leoronic_allocated", 0)  # [0, allocated) has no hole
+    fd = self._ResizableFile__f.fileno()
+    try:
+        if end > allocated:
+            _allocate(self, fd, allocated, end)  # the first time: any hole of an old journal
+            allocated = end
+            self._leoronic_allocated = allocated
+        if (end + JOURNAL_RESERVE // 2 > allocated
+                and time.monotonic() >= getattr(self, "_leoronic_retry", 0.0)):
+            try:
+                _allocate(self, fd, allocated, end + JOURNAL_RESERVE)
+                self._leoronic_allocated = end + JOURNAL_RESERVE
+            except OSError:
+                self._leoronic_retry = time.monotonic() + RESERVE_RETRY_S
+    except OSError as exc:
+        raise _unwritable("journal", exc) from exc
+    mm = self._ResizableFile__mm
+    if end > len(mm):  # the mapping's length (mm.size() is the file's, with the reserve)
+        mm.resize(max(os.fstat(fd).st_size, end))
+    mm[offset:end] = values
+
+
 def _record(command: Any, idx: int, term: int) -> bytes:
     """One journal record as pysyncobj frames it: size, index, term, command, size."""
     data = struct.pack("<QQ", idx, term) + syncobj_pickle.to_bytes(command)
@@ -196,11 +380,18 @@ def _delete_entries_to(self: Any, entry_to: int) -> None:
     at = journal.LAST_RECORD_OFFSET_OFFSET
     header = header[:at] + struct.pack("<I", offset) + header[at + 4:]
     tmp = path + ".compacting"
-    with open(tmp, "wb") as f:
-        f.write(header)
-        f.writelines(records)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.writelines(records)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:  # a full disk: the journal stays as it was, without the tmp file
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise _unwritable("journal", exc) from exc
     old._destroy()  # flushes and unmaps the old journal
     os.replace(tmp, path)
     dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
@@ -228,25 +419,33 @@ def _sync_file(journal_: Any) -> None:
     os.fdatasync(journal_._FileJournal__journalFile._ResizableFile__f.fileno())
 
 
-def _synced_add(add: Any) -> Any:
-    """Wrap FileJournal.add: with syncing on, pysyncobj's add with a sync between its two
-    writes, so the header's end marker is changed only once the record it points past is on
-    disk (the kernel may write a dirty page back at any time: had both been written first,
-    the marker could reach the disk ahead of the record)."""
-    def add_synced(self: Any, command: Any, idx: int, term: int) -> None:
-        if not _sync:
-            add(self, command, idx, term)
-            return
-        getattr(self, _J + "journal").append((command, idx, term))
-        record = _record(command, idx, term)
-        start = getattr(self, _J + "currentOffset")
-        end = start + len(record)
+def _synced_add(self: Any, command: Any, idx: int, term: int) -> None:
+    """FileJournal.add as pysyncobj writes it, with (syncing on) a sync between its two writes,
+    so the header's end marker is changed only once the record it points past is on disk
+    (the kernel may write a dirty page back at any time: had both been written first, the
+    marker could reach the disk ahead of the record). An entry that could not be written
+    (JournalUnwritable, a full disk) is not in the log afterwards, in memory either: it was
+    never stored, and must not be acknowledged or counted as such."""
+    record = _record(command, idx, term)
+    start = getattr(self, _J + "currentOffset")
+    end = start + len(record)
+    set_end = getattr(self, _J + "setLastRecordOffset")
+    try:
         getattr(self, _J + "journalFile").write(start, record)
-        _sync_file(self)  # the record first ...
-        setattr(self, _J + "currentOffset", end)
-        getattr(self, _J + "setLastRecordOffset")(end)
-        _sync_file(self)  # ... then the end marker that points past it
-    return add_synced
+        if _sync:
+            _sync_file(self)  # the record first ...
+        set_end(end)
+        if _sync:
+            _sync_file(self)  # ... then the end marker that points past it
+    except OSError as exc:
+        try:
+            set_end(start)  # in the header's first page, which is never a hole
+        except OSError:
+            pass
+        raise _unwritable("journal", exc) from exc
+    setattr(self, _J + "currentOffset", end)
+    getattr(self, _J + "journal").append((command, idx, term))
+    _writable("journal")
 
 
 def _synced_header(delete_from: Any) -> Any:
@@ -261,13 +460,48 @@ def _synced_header(delete_from: Any) -> Any:
 
 def _store_meta(self: Any, meta: dict[str, Any]) -> None:
     """MetaStorer.storeMeta (the term, the vote, the commit index) as pysyncobj does it, a new
-    file renamed into place, with the new file fsync'd first."""
+    file renamed into place, with the new file fsync'd first. When the new file cannot be
+    written (a full disk) the spare file, allocated while there was room, is renamed to be
+    the new one and written in place; the replaced file's block is then free for the next
+    save. What still cannot be written raises JournalUnwritable, the old file in place."""
     path = self._MetaStorer__path
-    with open(path + ".tmp", "wb") as f:
-        f.write(journal.dumps(meta))
+    tmp, spare = path + ".tmp", path + ".spare"
+    data = journal.dumps(meta)
+    try:
+        try:
+            _write_synced(tmp, data, "wb")
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not os.path.exists(spare):
+                raise
+            _unlink(tmp)
+            os.replace(spare, tmp)
+            _write_synced(tmp, data, "r+b")
+        os.replace(tmp, path)
+    except OSError as exc:
+        _unlink(tmp)
+        raise _unwritable("term and vote", exc) from exc
+    _writable("term and vote")
+    if not os.path.exists(spare):
+        try:
+            with open(spare, "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, META_SPARE)
+        except OSError:
+            _unlink(spare)  # no room now: tried again at the next save
+
+
+def _write_synced(path: str, data: bytes, mode: str) -> None:
+    with open(path, mode) as f:
+        f.write(data)
+        f.truncate()  # "r+b", the spare: its allocated block holds `data`, the rest goes
         f.flush()
         os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _buffer(conn: Any, name: str) -> bytearray:

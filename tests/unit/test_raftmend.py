@@ -3,6 +3,7 @@ reads, without waiting for the connection's next send."""
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import socket
@@ -315,3 +316,224 @@ def test_socket_inet_ntop_is_the_c_one_again_after_pysyncobj_is_imported() -> No
     import pysyncobj.tcp_connection  # noqa: F401 - the import that replaced it
     assert socket.inet_ntop(socket.AF_INET, b"\x7f\x00\x00\x01") == "127.0.0.1"
     assert socket.inet_ntop(socket.AF_INET6, b"\x00" * 15 + b"\x01") == "::1"
+
+
+class _Disk:
+    """os.posix_fallocate that raises ENOSPC while `full`: the disk as the journal sees it."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        self.full = False
+        self.real = os.posix_fallocate
+        monkeypatch.setattr(os, "posix_fallocate", self)
+
+    def __call__(self, fd: int, offset: int, length: int) -> None:
+        if self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.real(fd, offset, length)
+
+
+def test_an_entry_that_cannot_be_journaled_is_not_in_the_log(tmp_path: Any, monkeypatch: Any) -> None:
+    """A full disk is an error at the write, not SIGBUS; the entry is then in neither the
+    journal file nor the in-memory log, the fault is noted once, and cleared by a write."""
+    from pysyncobj.journal import FileJournal
+
+    assert raftmend.mend()
+    monkeypatch.setattr(raftmend, "JOURNAL_RESERVE", 0)
+    disk = _Disk(monkeypatch)
+    path = str(tmp_path / "journal")
+    j = FileJournal(path)
+    try:
+        j.add(b"\0one", 1, 1)
+        offset = j._FileJournal__currentOffset
+        disk.full = True
+        with pytest.raises(raftmend.JournalUnwritable):
+            j.add(b"\0" + b"x" * 5000, 2, 1)  # past the first page: the file grows
+        assert len(j) == 1 and j._FileJournal__currentOffset == offset
+        assert raftmend.journal_fault().startswith("not claiming: cannot write the Raft journal")
+        assert _journal_entries(path) == [(b"\0one", 1, 1)]
+        disk.full = False
+        j.add(b"\0two", 2, 1)
+        assert raftmend.journal_fault() == ""
+        assert [e[1] for e in (j[0], j[1])] == [1, 2]
+    finally:
+        j._destroy()
+    assert _journal_entries(path) == [(b"\0one", 1, 1), (b"\0two", 2, 1)]
+
+
+def test_the_journal_keeps_a_reserve_for_when_the_disk_fills(tmp_path: Any, monkeypatch: Any) -> None:
+    from pysyncobj.journal import FileJournal
+
+    assert raftmend.mend()
+    monkeypatch.setattr(raftmend, "JOURNAL_RESERVE", 64 * 1024)
+    disk = _Disk(monkeypatch)
+    j = FileJournal(str(tmp_path / "journal"))
+    try:
+        j.add(b"\0first", 1, 1)
+        assert os.stat(tmp_path / "journal").st_blocks * 512 >= 64 * 1024  # allocated, no hole
+        disk.full = True
+        idx = 2
+        with pytest.raises(raftmend.JournalUnwritable):
+            while idx < 1000:
+                j.add(b"\0" + b"y" * 1000, idx, 1)
+                idx += 1
+        assert 32 < idx - 2 <= 64  # about the reserve's worth of 1 KB entries went on
+        assert len(j) == idx - 1
+    finally:
+        j._destroy()
+        disk.full = False
+        raftmend._writable("journal")
+
+
+def test_a_term_and_vote_that_cannot_be_stored_are_not_taken(tmp_path: Any, monkeypatch: Any) -> None:
+    from pysyncobj.journal import FileJournal
+
+    assert raftmend.mend()
+    path = str(tmp_path / "journal")
+    j = FileJournal(path)
+    real_open = open
+
+    def full_open(name: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if str(name).endswith((".meta.tmp", ".meta.spare")) and "w" in mode:  # no new file
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(name))
+        return real_open(name, mode, *args, **kwargs)
+    try:
+        j.setCurrentTerm(3, "a")
+        assert os.path.exists(path + ".meta.spare")  # allocated while there was room
+        monkeypatch.setattr("builtins.open", full_open)
+        j.setCurrentTerm(4, "b")  # a new file cannot be made: the spare is written in place
+        assert not os.path.exists(path + ".meta.spare")
+        with pytest.raises(raftmend.JournalUnwritable):
+            j.setCurrentTerm(5, "c")  # no spare left
+        assert (j.getCurrentTerm(), j.getVotedForNodeId()) == (4, "b")
+        assert not os.path.exists(path + ".meta.tmp")
+        j.setRaftCommitIndex(9)
+        j.onOneSecondTimer()  # a commit index that cannot be saved waits for the next second
+        monkeypatch.setattr("builtins.open", real_open)
+        j.onOneSecondTimer()
+        assert raftmend.journal_fault() == ""
+    finally:
+        j._destroy()
+    again = FileJournal(path)
+    try:
+        assert (again.getCurrentTerm(), again.getVotedForNodeId(), again.getRaftCommitIndex()) \
+            == (4, "b", 9)
+    finally:
+        again._destroy()
+
+
+def test_a_follower_that_cannot_journal_does_not_acknowledge(tmp_path: Any, monkeypatch: Any) -> None:
+    assert raftmend.mend()
+    monkeypatch.setattr(raftmend, "JOURNAL_RESERVE", 0)
+    disk = _Disk(monkeypatch)
+    port, other = free_port_pair(), free_port_pair()
+    conf = SyncObjConf(autoTick=False, appendEntriesUseBatch=False, password="secret",
+                       journalFile=str(tmp_path / "journal"), fullDumpFile=str(tmp_path / "dump"))
+    node = SyncObj(f"127.0.0.1:{port}", [f"127.0.0.1:{other}"], conf=conf)
+    sent: list[dict[str, Any]] = []
+    node._SyncObj__transport.send = lambda to, message: sent.append(message)
+    leader = next(iter(node._SyncObj__otherNodes))
+    entry = (b"\0" + b"z" * 5000, 2, 1)
+    append = {"type": "append_entries", "term": 1, "commit_index": 2, "prevLogIdx": 1,
+              "prevLogTerm": 0, "entries": [entry]}
+    try:
+        disk.full = True
+        node._SyncObj__onMessageReceived(leader, append)
+        assert sent == [] and node._getRaftLogSize() == 1  # not stored: not acknowledged
+        vote = {"type": "request_vote", "term": 2, "last_log_index": 9, "last_log_term": 1}
+        meta = node._SyncObj__raftLog._FileJournal__metaStorer
+        monkeypatch.setattr(meta, "storeMeta", lambda m: (_ for _ in ()).throw(
+            raftmend.JournalUnwritable(errno.ENOSPC, "full")))
+        node._SyncObj__onMessageReceived(leader, vote)
+        assert sent == [] and node._getTerm() == 1  # no vote, the term not taken
+        monkeypatch.undo()
+        node._SyncObj__transport.send = lambda to, message: sent.append(message)
+        node._SyncObj__onMessageReceived(leader, append)
+        assert sent[-1]["success"] and sent[-1]["next_node_idx"] == 3
+        assert node._getRaftLogSize() == 2
+    finally:
+        node.destroy()
+
+
+def test_a_leader_that_cannot_journal_steps_down_and_commits_once_it_can(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    from pysyncobj import SyncObjException
+
+    assert raftmend.mend()
+    monkeypatch.setattr(raftmend, "JOURNAL_RESERVE", 0)
+    disk = _Disk(monkeypatch)
+    counter = Counter()
+    conf = SyncObjConf(appendEntriesUseBatch=False, password="secret",
+                       journalFile=str(tmp_path / "journal"), fullDumpFile=str(tmp_path / "dump"))
+    node = SyncObj(f"127.0.0.1:{free_port_pair()}", [], conf=conf, consumers=[counter])
+    try:
+        wait_for(node._getLeader, timeout=15, what="the node to become leader", interval=0.01)
+        assert counter.add(1, sync=True, timeout=2.0) == 1
+        disk.full = True
+        with pytest.raises(SyncObjException):
+            counter.add(1000, sync=True, timeout=1.0)  # "a" * 1000: the file must grow
+        assert raftmend.journal_fault() and counter.value == 1
+        disk.full = False
+        wait_for(lambda: _try_add(counter) is not None, timeout=15, what="a commit")
+        assert raftmend.journal_fault() == ""
+    finally:
+        node.destroy()
+
+
+def _try_add(counter: Counter) -> int | None:
+    from pysyncobj import SyncObjException
+    try:
+        return int(counter.add(1, sync=True, timeout=1.0))
+    except SyncObjException:
+        return None
+
+
+FILL_SCRIPT = """
+import errno, os, sys
+from pysyncobj.journal import FileJournal
+from comrade import raftmend
+assert raftmend.mend()
+raftmend.JOURNAL_RESERVE = 64 * 1024
+d = sys.argv[1]
+j = FileJournal(os.path.join(d, "journal"))
+j.add(b"\\0first", 1, 1)
+j.setCurrentTerm(1, None)
+fd = os.open(os.path.join(d, "fill"), os.O_WRONLY | os.O_CREAT)
+try:
+    while True:
+        os.write(fd, b"x" * 4096)
+except OSError as e:
+    assert e.errno == errno.ENOSPC
+j.setCurrentTerm(2, "b")  # the spare, written in place
+idx = 2
+try:
+    while idx < 100000:
+        j.add(b"\\0" + b"y" * 1000, idx, 1)
+        idx += 1
+except raftmend.JournalUnwritable as e:
+    print("unwritable after", idx - 2, e.errno == errno.ENOSPC, flush=True)
+os.unlink(os.path.join(d, "fill"))
+j.add(b"\\0again", idx, 1)
+print("fault", repr(raftmend.journal_fault()), len(j))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs, which needs root")
+def test_a_journal_on_a_full_tmpfs_is_an_error_not_sigbus(tmp_path: Any) -> None:
+    """pysyncobj's journal on a filesystem a task filled: before the mend, the first write
+    into the grown mapping killed the process with SIGBUS (exit 135, nothing logged)."""
+    import subprocess
+    import sys
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mnt)], check=True)
+    try:
+        done = subprocess.run([sys.executable, "-c", FILL_SCRIPT, str(mnt)], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, (done.returncode, done.stderr)
+        lines = done.stdout.splitlines()
+        count, enospc = lines[0].split()[2:]
+        assert 32 < int(count) <= 72 and enospc == "True"  # the reserve (in whole pages) went on
+        assert lines[1] == f"fault '' {int(count) + 2}"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
