@@ -53,6 +53,13 @@ RELEASE_RETRY_S = 3.0
 #: most every 50 ms (the proposer's linger), so this bounds how fast one node can start tasks:
 #: at 24 a lone node started at most 480 a second.
 AHEAD_MAX = 256
+#: A task that ran here in under this many seconds shows tasks are short enough to claim ahead:
+#: the cap on claims ahead doubles; one claimed ahead that waited longer halves it
+#: (`_ahead_room`).
+QUICK_S = GIVE_BACK_S / 4
+#: A node that ran nothing for this long knows nothing of the next tasks: it claims none ahead
+#: until some run quickly (`_ahead_room`).
+IDLE_S = 0.05
 #: A claim with no answer this long stops holding resources here (its entry was lost).
 CLAIM_FORGET_S = 10.0
 #: Task ids per `forget` operation (the leader forgets old tasks in entries of this size).
@@ -104,6 +111,9 @@ class Node:
         self._first_seen: dict[str, float] = {}
         self._starts: deque[float] = deque()  # when attempts started here in the last second
         self._run_s: float | None = None  # moving average of how long tasks ran here
+        self._ahead_cap = 0  # at most this many claimed ahead (_ahead_room)
+        self._quick_runs = 0  # tasks that ran in under QUICK_S since the last pass looked
+        self._idle_since: float | None = None  # when the last runner here ended (none run)
         self._waiting_since: dict[tuple[str, int], float] = {}  # claimed, not started yet
         # Releases proposed, retried until applied: (monotonic when proposed, why).
         self._given_back: dict[tuple[str, int], tuple[float, str]] = {}
@@ -372,7 +382,9 @@ class Node:
         draining = mine is not None and mine.draining
         start = [] if draining else self.fitting(waiting, self.busy())
         for key, spec in start:
-            self._waiting_since.pop(key, None)
+            since = self._waiting_since.pop(key, None)
+            if since is not None and now - since > QUICK_S:  # claimed ahead, waited long
+                self._ahead_cap //= 2  # (see _ahead_room)
             self._start_runner(spec, key[1])
         self._waiting_n = len(waiting) - len(start)
         if full:
@@ -419,6 +431,8 @@ class Node:
         for key, reason in releases:
             self._waiting_since.pop(key, None)
             self._given_back[key] = (now, reason)
+            if reason == why and not at_once:  # claimed ahead in vain: no more for now
+                self._ahead_cap = 0
             self._avoid[key[0]] = max(self._avoid.get(key[0], 0.0), now + GIVE_BACK_S)
         if releases and self.proposer is not None:
             self.proposer.propose([("release", tid, self.name, attempt, reason, MAX_NODE_DEATHS)
@@ -449,8 +463,11 @@ class Node:
         return start
 
     def _start_runner(self, spec: TaskSpec, attempt: int) -> None:
+        now = time.monotonic()
+        self._forget_ahead_if_idle(now)
+        self._idle_since = None
         self._runners[(spec.task_id, attempt)] = spec
-        self._starts.append(time.monotonic())
+        self._starts.append(now)
         self.start_runner(spec, attempt, self._report_finish, self._runner_crashed)
 
     def start_runner(self, spec: TaskSpec, attempt: int, report: Report, crashed: Crashed) -> None:
@@ -572,17 +589,35 @@ class Node:
         room is that less the claims waiting here (as the last reconcile found them, given
         back ones included) or in flight. The start rate is the last second's, or (sooner
         known, while tasks run) the running tasks over their average run time here. Long
-        tasks start rarely, so they are never claimed ahead; short ones start back to back."""
+        tasks start rarely, so they are never claimed ahead; short ones start back to back.
+
+        Both rates come from the tasks before, which may not be like the next ones (a batch
+        of 1 s tasks after one of 3 ms tasks was claimed ahead dozens at a time, then given
+        back a second later, each with an attempt spent), so claims ahead are also capped, as
+        TCP's slow start caps what is in flight: none after IDLE_S without a task running
+        (`_start_runner`) or a claim given back unstarted; each task that ran here in under
+        QUICK_S doubles the cap (at least to the node's cores), and each one claimed ahead
+        that waited longer halves it."""
+        self._forget_ahead_if_idle(now)
+        quick, self._quick_runs = self._quick_runs, 0  # (counted on the executor's thread)
+        if quick:
+            self._ahead_cap = min(AHEAD_MAX, max(int(self.offer.cores), self._ahead_cap) << min(quick, 8))
         while self._starts and self._starts[0] < now - 1.0:
             self._starts.popleft()
         rate = float(len(self._starts))
         if self._run_s is not None and self._runners:
             rate = max(rate, len(self._runners) / max(self._run_s, 0.001))
-        want = min(AHEAD_MAX, int(rate * self.cfg.claim_ahead_s))
+        want = min(AHEAD_MAX, self._ahead_cap, int(rate * self.cfg.claim_ahead_s))
         if want <= 0:
             return 0, 0
         waiting = self._waiting_n + len(self._given_back)
         return want - waiting - len(self._claims_in_flight), want
+
+    def _forget_ahead_if_idle(self, now: float) -> None:
+        """After IDLE_S with no task running here, claim none ahead until some run quickly."""
+        idle = self._idle_since
+        if not self._runners and idle is not None and now - idle > IDLE_S:
+            self._ahead_cap = self._quick_runs = 0
 
     def _wake_again(self) -> None:
         self._rewake.clear()
@@ -635,7 +670,11 @@ class Node:
         self._pending_finish[(task_id, attempt)] = (outcome, time.monotonic())
         took = max(0.0, outcome.end - outcome.start)
         self._run_s = took if self._run_s is None else 0.8 * self._run_s + 0.2 * took
+        if took < QUICK_S:
+            self._quick_runs += 1  # (read and reset by _ahead_room)
         self._runners.pop((task_id, attempt), None)
+        if not self._runners:
+            self._idle_since = time.monotonic()
         with self._unsent_lock:
             self._unsent.append(("finish", task_id, self.name, attempt, outcome))
         self.wake()

@@ -213,3 +213,22 @@ def test_short_tasks_claimed_ahead_never_overrun_a_node(make_cluster, tmp_path, 
         assert ahead == 0, f"{ahead} tasks were claimed while their node was full"
     else:
         assert ahead > 0, "no task was claimed ahead although every node was busy"
+
+
+def test_long_tasks_after_short_ones_are_not_claimed_ahead_in_vain(make_cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Audit finding: after a batch of millisecond tasks, each node took the next batch's
+    1.5 s tasks dozens at a time, ahead, and gave them back unstarted a second later (each
+    with a wasted attempt: TRY 2). Now only tasks that run quickly here let it claim ahead."""
+    import json
+
+    c = make_cluster(3, per_node_args=[["--cores", "2"]] * 3)
+    submit_file(c, tmp_path / "short.txt", [f"1024 1 1024 true '' '' 'true' s-{i}" for i in range(300)])
+    assert c.sh("leoronic_wait --timeout 60").rc == 0
+    ids = submit_file(c, tmp_path / "long.txt", [
+        f"1024 1 1024 true '' '' 'sleep 1.5' l-{i}" for i in range(12)])
+    assert c.sh("leoronic_wait --timeout 60 " + " ".join(ids), timeout=90).rc == 0
+    r = c.sh("leoronic_task_info --json " + " ".join(ids))
+    records = [json.loads(line) for line in r.out.splitlines()]
+    assert all([a["why"] for a in rec["attempts"]] == ["exit"] for rec in records), "\n".join(
+        f"{rec['id']}: " + "; ".join(f"{a['node']} {a['claimed']:.3f}-{a['ended']:.3f} {a['why']}"
+                                     for a in rec["attempts"]) for rec in records)

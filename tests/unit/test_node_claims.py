@@ -235,12 +235,22 @@ def test_a_held_runner_keeps_its_core_until_its_process_is_gone(tmp_path: Any, c
     assert n._stopping == {}
 
 
+def busy(n: Node, *task_ids: str) -> None:
+    """Claim tasks and start what fits (the first ones run, the rest wait here); the cap on
+    claims ahead as if it had grown all the way (see the slow start test)."""
+    claim(n, *task_ids)
+    n.reconcile()
+    n._starts.clear()
+    n._ahead_cap = AHEAD_MAX
+
+
 def test_room_to_claim_ahead_follows_the_start_rate(tmp_path: Any, clock: Clock) -> None:
     n, ex, prop = make_node(tmp_path, cores=2)
-    assert n._ahead_room(clock.now)[0] == 0  # nothing started yet: never claim ahead
+    busy(n, "t1", "t2")
+    assert n._ahead_room(clock.now)[0] == 0  # no start known, no run time: never claim ahead
     n._starts.extend([clock.now - 0.5] * 100)  # 100 starts in the last second
     assert n._ahead_room(clock.now)[0] == int(100 * n.cfg.claim_ahead_s)
-    claim(n, "t1", "t2", "t3")  # t3 waits here: one less to claim ahead
+    claim(n, "t3")  # t3 waits here: one less to claim ahead
     n.reconcile()
     assert n._ahead_room(clock.now)[0] == int(100 * n.cfg.claim_ahead_s) - 1
     clock.now += 1.0  # those starts are over a second old: the rate is 0 again
@@ -251,18 +261,49 @@ def test_room_to_claim_ahead_keeps_up_with_a_fast_node(tmp_path: Any, clock: Clo
     # Claims ride in Raft entries sent at most every 50 ms while the node is busy, so the room
     # bounds what the node can start: a cap of 24 held a lone node at 24 / 0.05 = 480 tasks/s.
     n, ex, prop = make_node(tmp_path, cores=2)
+    busy(n, "t1", "t2")
     n._starts.extend([clock.now - 0.5] * 1500)  # 1,500 starts in the last second
     assert n._ahead_room(clock.now)[0] == int(1500 * n.cfg.claim_ahead_s)
     n._starts.extend([clock.now - 0.5] * 100_000)
     assert n._ahead_room(clock.now)[0] == AHEAD_MAX  # still bounded
 
 
+def test_claims_ahead_wait_for_quick_runs_after_idling_and_shrink_when_made_in_vain(
+        tmp_path: Any, clock: Clock) -> None:
+    """The rates come from the tasks before: after 3 ms tasks, a batch of 1 s ones was claimed
+    ahead dozens at a time and given back. So after an idle spell nothing is claimed ahead
+    until tasks run here quickly; each quick run doubles the cap (at least to the cores), a
+    claimed-ahead task that waited long halves it, one given back unstarted zeroes it."""
+    n, ex, prop = make_node(tmp_path, cores=2)
+    claim(n, "t1", "t2", "t3", "t4")
+    n.reconcile()  # t1, t2 run; t3, t4 wait here
+    n._starts.extend([clock.now - 0.5] * 1500)  # a fast node's rate, from tasks before
+    assert n._ahead_room(clock.now)[1] == 0  # but nothing ran here quickly yet
+    clock.now += 0.1
+    n._report_finish("t1", 1, Outcome(0, 0.0, 0.01))  # ran 10 ms
+    n.reconcile()  # t3 starts in its place
+    assert n._ahead_room(clock.now)[1] == 4 and n._ahead_cap == 4  # 2 cores, doubled
+    clock.now += 0.5
+    n._report_finish("t2", 1, Outcome(0, 0.0, 2.0))  # ran 2 s: not quick
+    n.reconcile()  # t4 waited 0.6 s: the tasks are longer than the rate says
+    assert n._ahead_cap == 2
+    for t in ("t3", "t4"):
+        n._report_finish(t, 1, Outcome(0, 0.0, 2.0))
+    n.reconcile()
+    clock.now += 1.0
+    claim(n, "t5", "t6", "t7")
+    n.reconcile()  # t5, t6 start after a second without any task here
+    assert n._ahead_cap == 0  # idle a while: nothing is known of the next tasks
+    n._ahead_cap = 64
+    clock.now += GIVE_BACK_S
+    n.reconcile()  # t7 waited a second: given back, and claiming ahead stops
+    assert [op[:2] for op in prop.ops] == [("release", "t7")] and n._ahead_cap == 0
+
+
 def test_room_to_claim_ahead_is_known_from_run_times_before_a_second_passes(
         tmp_path: Any, clock: Clock) -> None:
     n, ex, prop = make_node(tmp_path, cores=2)
-    claim(n, "t1", "t2", "t3")
-    n.reconcile()  # t1, t2 run; t3 waits
-    n._starts.clear()  # as if the starts were long ago: only the run times tell
+    busy(n, "t1", "t2", "t3")  # t1, t2 run; t3 waits; no start known: only run times tell
     assert n._ahead_room(clock.now)[0] == 0  # no run time known yet
     n._report_finish("t1", 1, Outcome(0, 10.0, 10.01))  # ran 10 ms
     n.reconcile()  # t3 starts in t1's place: t2 and t3 run
