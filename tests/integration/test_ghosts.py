@@ -669,11 +669,14 @@ def test_a_ghost_attaches_again_to_its_worker_restarted_with_no_memory_of_it(mak
     cluster.launch(worker)
     cluster.wait_registered(worker, timeout=60)
     # The restarted worker refuses the ghost's next poll (it attached to the worker's previous
-    # life); the ghost attaches again and takes work, without being restarted itself.
+    # life), or the poll fails while the worker is down; either way the ghost attaches again
+    # and takes work, without being restarted itself.
     wait_for(lambda: clairvoyant_of(cluster, "g1") == worker.name, 40, "g1 to attach again",
              interval=0.3)
     tid = add_task(cluster, 'echo "$LEORONIC_NODE_NAME"', task_id="after-restart")
     wait_done(cluster, [tid])
     assert result(cluster, tid).out == "g1\n"
     assert g.proc is not None and g.proc.poll() is None
-    assert "attaching again" in g.log(), g.log()[-3000:]
+    # It attached a second time (after the refused poll, or first through the failover path
+    # if its poll found the worker still down), as the same process.
+    assert g.log().count(f"attached to clairvoyant {worker.name} ") >= 2, g.log()[-3000:]
