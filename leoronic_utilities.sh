@@ -23,6 +23,7 @@ leoronic_nodes() { _leoronic nodes "$@"; }
 leoronic_add_tag() { _leoronic add-tag "$@"; }
 leoronic_del_tag() { _leoronic del-tag "$@"; }
 leoronic_drain() { _leoronic drain "$@"; }
+leoronic_forget_node() { _leoronic forget-node "$@"; }
 leoronic_resume() { _leoronic resume "$@"; }
 leoronic_get_all_files() { _leoronic get-all-files "$@"; }
 leoronic_get_files() { _leoronic get-files "$@"; }

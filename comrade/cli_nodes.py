@@ -1,8 +1,9 @@
-"""`leoronic` commands about nodes: list them (`nodes`), tag them, drain and resume them."""
+"""`leoronic` commands about nodes: list them (`nodes`), tag them, drain and resume them, forget them."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -97,6 +98,17 @@ def del_tag(tag: str, node: str | None) -> None:
         if f"has no tag {tag!r}" not in str(exc):
             raise
     click.echo(f"{name}: -{tag}")
+
+
+@main.command("forget-node")
+@click.argument("names", nargs=-1, required=True)
+@friendly
+def forget_node(names: Sequence[str]) -> None:
+    """Drop the records of nodes that are down for good (not a Raft member any more)."""
+    client = Client()
+    for name in dict.fromkeys(names):
+        client.change("forget_node", name)
+        click.echo(f"{name} forgotten")
 
 
 @main.command("drain")

@@ -60,7 +60,7 @@ OK = Reply(True)
 #: 6: `hold` with `stop` also stops a running task and queues it held. 7: `merge_isolated`
 #: skips a run already merged. 8: `join` refuses a name held by a node that is up elsewhere
 #: or of the other kind. 9: a task whose node died during each of its last
-#: MAX_NODE_DEATHS attempts is held.
+#: MAX_NODE_DEATHS attempts is held; `forget_node`.
 PROTOCOL = 9
 
 def name_taken(name: str, kind: str, rpc: str, newcomer: str) -> str:
@@ -564,6 +564,23 @@ class Queue:
         """A node leaves cleanly: its running tasks go back to the queue."""
         return self._drop_node(node, "node left", now)
 
+    def forget_node(self, node: str, *, now: float) -> Reply:
+        """Drop the record of a node that is down (Slurm's `scontrol delete nodename`): say,
+        a box retired for good, or the old name of a worker restarted under another one. Its
+        tasks' histories keep its name. (Whether a worker is still a Raft member is not in
+        this state: the service checks that first.)"""
+        ns = self.nodes.get(node)
+        if ns is None:
+            return Reply(False, f"unknown node {node!r}")
+        if ns.alive:
+            return Reply(False, f"node {node!r} is up: only a node that is down can be forgotten")
+        if self._running.get(node):
+            return Reply(False, f"node {node!r} still has tasks assigned")
+        del self.nodes[node]
+        self._running.pop(node, None)
+        self._exclusive.pop(node, None)
+        return OK
+
     def drain(self, node: str, on: bool, *, now: float) -> Reply:
         """Stop (`on`) or resume giving a node new tasks; the tasks it runs go on. Kept when
         it leaves, is lost or restarts, until resumed."""
@@ -953,6 +970,7 @@ _OPS: dict[str, Any] = {
     "merge_isolated": Queue.merge_isolated,
     "del_tag": Queue.del_tag,
     "drain": Queue.drain,
+    "forget_node": Queue.forget_node,
     "priority": Queue.priority,
     "hold": Queue.hold,
 }

@@ -76,6 +76,7 @@ class Service:
             "add_tag": self.add_tag,
             "del_tag": self.del_tag,
             "drain": self.drain,
+            "forget_node": self.forget_node,
             "drained": self.drained,
             "file_missing": self.file_missing,
             "capacity": self.capacity,
@@ -389,6 +390,28 @@ class Service:
     def del_tag(self, node: str, tag: str, wait_s: float | None = None) -> str:
         """Untag a node (this one if node is empty)."""
         return self._tag("del_tag", node or self.node.name, tag, wait_s)
+
+    def forget_node(self, node: str, wait_s: float | None = None) -> None:
+        """Drop the record of a node that is down. A worker still in the Raft membership is
+        refused: its record is what lets the leader remove it (after --remove-after), and a
+        member that never comes back would count against the majority for good."""
+        def look(q: Any) -> tuple[str, bool] | None:
+            ns = q.nodes.get(node)
+            return None if ns is None else (ns.info.raft, ns.alive)
+        seen = self._read(look)
+        if seen is None:
+            raise UsageError(f"NAME: unknown node {node!r}")
+        raft, alive = seen
+        if alive:
+            raise UsageError(f"NAME: node {node!r} is up: only a node that is down can be "
+                             "forgotten")
+        if raft and raft in set(self.node._members()):
+            raise UsageError(
+                f"NAME: node {node!r} is still a Raft member: the leader removes a worker lost "
+                "for --remove-after (see Fault tolerance); forget it after that")
+        [reply] = self._change([("forget_node", node)], wait_s)
+        if not reply.ok and not reply.detail.startswith("unknown node"):  # unknown now: a
+            raise UsageError(f"NAME: {reply.detail}")  # retry whose first try was applied
 
     def drain(self, node: str, on: bool, wait_s: float | None = None) -> dict[str, Any]:
         """Stop (`on`) or resume giving a node (this one if node is empty) new tasks; its

@@ -276,3 +276,29 @@ def test_a_worker_renamed_on_its_address_leaves_a_record_that_does_not_take_its_
         return view[1] if view and view[1].get("renamed") in ("leader", "follower") else None
     seen = wait_for(roles, 60, "the renamed worker to be a member")
     assert seen["n3"] == "not a Raft member (its address is renamed's)", seen
+
+
+def test_a_worker_down_for_good_is_forgotten_once_it_is_no_raft_member(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    fast = ["--lease", "2", "--remove-after", "3"]
+    cluster: Cluster = make_cluster(3, [fast] * 3)
+    n1, n3 = cluster.nodes[0], cluster.nodes[2]
+    r = cluster.sh("leoronic_forget_node n1")
+    assert (r.rc, r.err) == (2, "leoronic: NAME: node 'n1' is up: only a node that is down can "
+                                "be forgotten\n"), r
+    cluster.kill(n3, signal.SIGKILL)
+    wait_for(lambda: any(line.startswith("n3 ") and "UNREACHABLE" in line
+                         for line in cluster.sh("leoronic_nodes").out.splitlines()),
+             30, "n3 to be lost")
+    r = cluster.sh("leoronic_forget_node n3")
+    if r.rc != 0:  # not yet removed from the membership: the leader does it after 3 s
+        assert r.err == ("leoronic: NAME: node 'n3' is still a Raft member: the leader removes a "
+                         "worker lost for --remove-after (see Fault tolerance); forget it after "
+                         "that\n"), r
+    wait_for(lambda: (v := _nodes_view(cluster, n1)) is not None
+             and v[1].get("n3") in ("not a Raft member", None), 40, "n3 to leave the membership")
+    r = cluster.sh("leoronic_forget_node n3 n3")
+    assert (r.rc, r.out) == (0, "n3 forgotten\n"), r
+    view = _nodes_view(cluster, n1)
+    assert view is not None and "n3" not in view[1] and view[0], view
+    r = cluster.sh("leoronic_forget_node n3")
+    assert (r.rc, r.err) == (2, "leoronic: NAME: unknown node 'n3'\n"), r

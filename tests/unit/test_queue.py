@@ -492,6 +492,21 @@ def test_a_task_waiting_for_a_tag_no_node_that_is_up_has_says_so(q: Queue) -> No
     assert q.waiting_note(task, q.tags_up()) == ""  # running: not waiting
 
 
+def test_only_a_node_that_is_down_can_be_forgotten(q: Queue) -> None:
+    ok(q, ("submit", spec("t")))
+    ok(q, ("claim", "t", "a", 1))
+    no(q, ("forget_node", "a"), "is up")
+    no(q, ("forget_node", "zz"), "unknown node")
+    ok(q, ("expire_node", "a"), now=5.0)  # its task goes back to the queue
+    ok(q, ("forget_node", "a"))
+    assert "a" not in q.nodes and q.running_on("a") == []
+    task = q.get("t")
+    assert task is not None and task.attempts[-1].node == "a"  # the history keeps its name
+    ok(q, ("claim", "t", "b", 2))
+    ok(q, ("join", info("a")))  # the name may come back, as a new node
+    assert q.nodes["a"].alive
+
+
 def test_heartbeat_revives_a_lost_node(q: Queue) -> None:
     ok(q, ("expire_node", "a"), now=1.0)
     free = Resources(1, 2, 3)
