@@ -131,7 +131,7 @@ _installed = False
 _sync = True
 #: Bytes kept allocated beyond the journal's end while the disk has room, so that a node whose
 #: disk fills goes on journaling for a while (entries are mostly under 2 KiB).
-JOURNAL_RESERVE = 8 * 1024 * 1024
+JOURNAL_RESERVE = 2 * 1024 * 1024
 #: After a failed attempt to allocate the reserve, the next one waits this long (seconds).
 RESERVE_RETRY_S = 1.0
 #: Size of the spare term-and-vote file (one block holds the pickled term, vote and index).
