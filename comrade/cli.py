@@ -47,7 +47,7 @@ from comrade.errors import (
     TaskFailed,
     UsageError,
 )
-from comrade.model import WAIT_OVER, State, TaskSpec, format_duration
+from comrade.model import HELD_, WAIT_OVER, WAITING_, State, TaskSpec, format_duration
 
 EXIT_NOT_FINISHED = 5
 
@@ -624,9 +624,9 @@ def get_queue(states: Sequence[str], node: str | None, summary: bool) -> None:
             shown = shown[:57] + "..."
         extra = f"  [exit {code}]" if code not in (None, 0) else ""
         extra += f"  [{printable(reason)}]" if reason and (
-            state == "failed" or reason.startswith("waiting: ")) else ""
+            state == "failed" or reason.startswith(WAITING_)) else ""
         extra += f"  [priority {rank}]" if rank and state in ("queued", "running") else ""
-        extra += ("  [held]" if not reason.startswith("held: ") else f"  [{printable(reason)}]") \
+        extra += ("  [held]" if not reason.startswith(HELD_) else f"  [{printable(reason)}]") \
             if held else ""
         age = _age(now - submitted)
         lines.append(f"{tid:<14} {state:<8} {where:<20} {attempt:>3} {age:>7}  {shown}{extra}")

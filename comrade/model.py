@@ -137,6 +137,13 @@ class Outcome:
     max_rss_exact: bool = False
 
 
+#: How the reasons a queued task shows begin: held by the queue itself (a task whose nodes keep
+#: dying, `Queue._hold_after_node_deaths`), and waiting for what only an operator can give
+#: (`Queue.waiting_note`). `leoronic_get_queue` shows such a reason; a release clears HELD_.
+HELD_ = "held: "
+WAITING_ = "waiting: "
+
+
 @dataclass
 class Task:
     """The replicated record of one task. Mutated only by the Queue state machine."""
@@ -149,7 +156,7 @@ class Task:
     node: str | None = None  # node of the current (or last) attempt
     attempts: list[Attempt] = field(default_factory=list)
     outcome: Outcome | None = None
-    reason: str = ""  # why it failed without running, or why it is waiting
+    reason: str = ""  # why it failed without running, or why it is waiting (HELD_, WAITING_)
     failed_on: tuple[str, ...] = ()  # nodes where it exited non-zero (retries prefer others)
     retries_left: int = 0
     priority: int = 0  # the spec's, until `leoronic priority` changes it

@@ -22,11 +22,13 @@ from typing import Any, NamedTuple
 
 import conditions as cond
 from comrade.model import (
+    HELD_,
     MAX_PRIORITY,
     MAX_TIME_LIMIT_S,
     MIN_PRIORITY,
     TAIL_BYTES,
     TAILS_BUDGET,
+    WAITING_,
     Attempt,
     NodeInfo,
     NodeState,
@@ -62,6 +64,7 @@ OK = Reply(True)
 #: or of the other kind. 9: a task whose node died during each of its last
 #: MAX_NODE_DEATHS attempts is held; `forget_node`.
 PROTOCOL = 9
+
 
 def name_taken(name: str, kind: str, rpc: str, newcomer: str) -> str:
     """Why a node may not take `name`: a `kind` at `rpc` that is up holds it."""
@@ -409,7 +412,7 @@ class Queue:
             if not task.held:
                 return Reply(True, "was not held")
             task.held = False
-            if task.reason.startswith("held: "):  # said by _hold_after_node_deaths
+            if task.reason.startswith(HELD_):  # said by _hold_after_node_deaths
                 task.reason = ""
             if task.state is State.QUEUED and task_id not in self._blocked:
                 self._make_ready(task)
@@ -668,7 +671,7 @@ class Queue:
             return ""
         for c in self.conditions_of(task):
             if c.scope == "worker" and c.predicate == "tag" and c.argument not in tags_up:
-                return f"waiting: no node that is up has tag {c.argument!r}"
+                return f"{WAITING_}no node that is up has tag {c.argument!r}"
         return ""
 
     def conditions_of(self, task: Task) -> tuple[cond.Condition, ...]:
@@ -759,12 +762,12 @@ class Queue:
         """Whether `task`, whose attempt just ended, was queued held because its node died
         during each of its last `hold_after` attempts (MAX_NODE_DEATHS, as nodes propose;
         0: never)."""
-        last = task.attempts[-hold_after:] if hold_after > 0 else []
-        if len(last) < hold_after or not last or any(a.why not in _NODE_DEATHS for a in last):
+        if hold_after <= 0 or len(task.attempts) < hold_after \
+                or any(a.why not in _NODE_DEATHS for a in task.attempts[-hold_after:]):
             return False
         task.held = True
-        task.reason = (f"held: its node died during each of its last {hold_after} "
-                       "attempts (leoronic_release runs it again)")
+        task.reason = (f"{HELD_}its node died during each of its last {hold_after} attempts "
+                       "(leoronic_release runs it again)")
         self._requeue(task)  # held: it stays out of the ready index
         return True
 

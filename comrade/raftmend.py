@@ -387,10 +387,7 @@ def _delete_entries_to(self: Any, entry_to: int) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:  # a full disk: the journal stays as it was, without the tmp file
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink(tmp)
         raise _unwritable("journal", exc) from exc
     old._destroy()  # flushes and unmaps the old journal
     os.replace(tmp, path)
