@@ -92,11 +92,7 @@ def del_tag(tag: str, node: str | None) -> None:
     rows = {n["name"]: n for n in client.call("nodes")["nodes"]}
     if name in rows and tag not in rows[name]["tags"]:
         raise UsageError(f"TAG: node {name!r} has no tag {tag!r}")
-    try:
-        client.change("del_tag", name, tag)
-    except RemoteError as exc:  # a retry whose first try was applied: done, not a typo
-        if f"has no tag {tag!r}" not in str(exc):
-            raise
+    _change_once(client, f"has no tag {tag!r}", "del_tag", name, tag)
     click.echo(f"{name}: -{tag}")
 
 
@@ -106,9 +102,22 @@ def del_tag(tag: str, node: str | None) -> None:
 def forget_node(names: Sequence[str]) -> None:
     """Drop the records of nodes that are down for good (not a Raft member any more)."""
     client = Client()
+    known = {n["name"] for n in client.call("nodes")["nodes"]}
     for name in dict.fromkeys(names):
-        client.change("forget_node", name)
+        if name not in known:
+            raise UsageError(f"NAME: unknown node {name!r}")
+        _change_once(client, f"unknown node {name!r}", "forget_node", name)
         click.echo(f"{name} forgotten")
+
+
+def _change_once(client: Client, applied: str, method: str, *args: Any) -> None:
+    """`client.change`, where a refusal saying `applied` (checked not to hold before) can only
+    be a retry whose first try was applied (its answer lost with the connection): done."""
+    try:
+        client.change(method, *args)
+    except RemoteError as exc:
+        if applied not in str(exc):
+            raise
 
 
 @main.command("drain")
