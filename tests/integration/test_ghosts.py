@@ -661,22 +661,19 @@ def test_a_name_held_by_a_node_that_is_up_is_refused_to_a_new_ghost_or_worker(ma
     assert rows["g1"].role == f"ghost of {worker.name}" and rows["g1"].status == "up", rows
 
 
-def test_a_ghost_attaches_again_to_its_worker_restarted_with_no_memory_of_it(make_cluster) -> None:  # type: ignore[no-untyped-def]
+def test_a_ghost_works_on_after_its_only_worker_is_sigkilled_and_restarted(make_cluster) -> None:  # type: ignore[no-untyped-def]
     cluster: Cluster = make_cluster(1, [WORKER])
     worker = cluster.nodes[0]
     g = cluster.start_ghost(*GHOST, name="g1")
     cluster.kill(worker, signal.SIGKILL)
     cluster.launch(worker)
     cluster.wait_registered(worker, timeout=60)
-    # The restarted worker refuses the ghost's next poll (it attached to the worker's previous
-    # life), or the poll fails while the worker is down; either way the ghost attaches again
-    # and takes work, without being restarted itself.
+    # The ghost's polls fail while the worker is down; once it is back the ghost either polls
+    # on (the worker knows it from the replicated state) or, refused, attaches again (both
+    # seen, by timing): either way it takes work without being restarted itself.
     wait_for(lambda: clairvoyant_of(cluster, "g1") == worker.name, 40, "g1 to attach again",
              interval=0.3)
     tid = add_task(cluster, 'echo "$LEORONIC_NODE_NAME"', task_id="after-restart")
     wait_done(cluster, [tid])
     assert result(cluster, tid).out == "g1\n"
     assert g.proc is not None and g.proc.poll() is None
-    # It attached a second time (after the refused poll, or first through the failover path
-    # if its poll found the worker still down), as the same process.
-    assert g.log().count(f"attached to clairvoyant {worker.name} ") >= 2, g.log()[-3000:]
