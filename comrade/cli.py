@@ -904,6 +904,9 @@ def get_files(task_id: str, dest: str) -> None:
             raise UsageError(f"ID: task {task_id} has not run yet")
         missed = 0
         for name in ran_on:
+            if _left_no_files(task, name):
+                click.echo(f"{name}: nothing: task {task_id} left its work dir empty")
+                continue
             try:
                 if name not in nodes:
                     raise ClusterError("it is no longer a member of the cluster")
@@ -917,6 +920,14 @@ def get_files(task_id: str, dest: str) -> None:
             click.echo(f"{name}: {dest}")
         if missed:  # in the block: a DEST made for nothing is removed again
             sys.exit(EXIT_CLUSTER)
+
+
+def _left_no_files(task: Any, node: str) -> bool:
+    """True if the only attempt of `task` on `node` was its last one and ended with its work dir
+    empty: the node reused that dir (comrade.spares), so it holds nothing of the task."""
+    there = [a for a in task.attempts if a.node == node]
+    return (task.outcome is not None and not task.outcome.workdir_kept and len(there) == 1
+            and there[0] is task.attempts[-1])
 
 
 def _receive(client: Client, address: str, dest: str, *what: str) -> None:

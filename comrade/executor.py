@@ -23,8 +23,9 @@ No per-task file records the running processes: every task process carries its w
 `LEORONIC_WORKDIR`, so a restarted node finds the orphans of its previous life in /proc
 (`kill_orphans`). Each file a task costs (its work dir, its two output files) is a metadata
 write on the node's disk, which on the benchmark machine costs more than the Python around it:
-an empty output of an ended attempt is therefore not kept but reused as the next attempt's
-(comrade.spares), so a task without output creates no file but its work dir.
+an empty output of an ended attempt is therefore not kept but reused as the next attempt's,
+and so is an empty work dir, once a sweep shows no process of its task is left
+(comrade.spares): a task that leaves no output and no files creates no inode.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import pykka
 
 from comrade.errors import LeoronicError
 from comrade.model import TAIL_BYTES, Outcome, TaskSpec
-from comrade.spares import Spares
+from comrade.spares import SpareDirs, Spares
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ class Paths:
     def spare(self) -> str:
         """Empty output files to reuse (comrade.spares)."""
         return os.path.join(self.home, "spare")
+
+    @property
+    def spare_dirs(self) -> str:
+        """Empty work dirs to reuse (comrade.spares.SpareDirs)."""
+        return os.path.join(self.home, "spare-dirs")
 
     def workdir(self, task_id: str, attempt: int) -> str:
         return os.path.join(self.work, f"{task_id}-a{attempt}")
@@ -322,6 +328,7 @@ class ExecutorActor(pykka.ThreadingActor):
         self.base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
         self.bash = shutil.which("bash") or "/bin/bash"  # found once, not on every start
         self.spares = Spares(paths.spare)
+        self.dirs = SpareDirs(paths.spare_dirs, paths.work)
         os.chdir(paths.home)  # where _spawn returns to: the same from the first task on
         self.runs: dict[Key, _Run] = {}
 
@@ -356,7 +363,8 @@ class ExecutorActor(pykka.ThreadingActor):
         run.workdir = workdir = self.paths.workdir(*key)
         run.out, run.err = self.paths.output(*key, "out"), self.paths.output(*key, "err")
         try:
-            _mkdir(workdir)
+            if not self.dirs.place(workdir):
+                _mkdir(workdir)
         except OSError as exc:
             self._cannot_start(key, exc)
             return
@@ -466,6 +474,7 @@ class ExecutorActor(pykka.ThreadingActor):
         """Kill the processes ended tasks left behind outside their process group (`setsid`,
         a daemon): they carry the task's mark, and no running attempt has that work dir."""
         groups = kill_orphans(self.paths, {run.workdir for run in self.runs.values()})
+        self.dirs.settle(clean=not groups)
         if groups:
             log.info("killed %d process groups that ended tasks left running: %s", len(groups),
                      " ".join(map(str, groups)))
@@ -503,13 +512,16 @@ class ExecutorActor(pykka.ThreadingActor):
         for path, size in ((run.out, out_size), (run.err, err_size)):
             if size == 0:  # nothing to keep: the file is the next attempt's
                 self.spares.give_back(path)
+        kept = not self.dirs.set_aside(run.workdir)  # an empty one is a later attempt's
         outcome = Outcome(exit_code=code, start=run.started, end=end, stdout_tail=out_tail,
                           stderr_tail=err_tail, stdout_bytes=out_size, stderr_bytes=err_size,
-                          timed_out=run.timed_out, **_usage(run.proc))
+                          timed_out=run.timed_out, workdir_kept=kept, **_usage(run.proc))
         try:
             run.report(key[0], key[1], outcome)
         except Exception:
             log.exception("report callback failed for task %s", key[0])
+        if self.dirs.sweep_due():
+            self._sweep()
 
     def _cancel(self, key: Key, why: str, stopped: Stopped | None, graceful: bool = True) -> None:
         run = self.runs.get(key)

@@ -135,6 +135,9 @@ class Outcome:
     # started the task (the node, at its spawn) in the task's peak, so a peak no bigger than
     # the node's own says only "at most this much".
     max_rss_exact: bool = False
+    # False: the work dir was empty when the attempt ended and was reused by a later attempt
+    # (comrade.spares), so there is nothing to fetch. A record from before this field reads True.
+    workdir_kept: bool = True
 
 
 #: How the reasons a queued task shows begin: held by the queue itself (a task whose nodes keep

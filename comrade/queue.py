@@ -323,6 +323,8 @@ class Queue:
                 and _is_int(outcome.max_rss) and outcome.max_rss >= 0
                 and isinstance(outcome.max_rss_exact, bool)):
             outcome = replace(outcome, cpu_s=0.0, max_rss=0, max_rss_exact=False)  # unknown
+        if not isinstance(outcome.workdir_kept, bool):
+            outcome = replace(outcome, workdir_kept=True)  # whatever it says: look for it
         timed_out = outcome.timed_out is True and task.spec.time_limit > 0
         if outcome.timed_out is not timed_out:  # only a limit the spec sets can run out
             outcome = replace(outcome, timed_out=timed_out)

@@ -398,6 +398,13 @@ def test_get_all_files_and_get_files_bring_work_dirs_back(cluster3: Cluster, tmp
     assert r.rc == 0 and r.out == f"n2: {one}\n", r
     assert sorted(p.name for p in one.iterdir()) == [f"{ids['n2']}-a1"]
     assert (one / f"{ids['n2']}-a1" / "out_n2.txt").read_text() == "from n2\n"
+    # A task that left nothing: its empty work dir was reused, and that is what is said.
+    quiet = submit(cluster3, "true")
+    wait_ok(cluster3, quiet)
+    ran_on = queue_rows(cluster3)[quiet]["node"]
+    r = cluster3.sh(f"leoronic_get_files {quiet} {tmp_path / 'quiet'}")
+    assert r.rc == 0 and r.err == "", r
+    assert r.out == f"{ran_on}: nothing: task {quiet} left its work dir empty\n", r
 
     cluster3.kill(cluster3.nodes[2], signal.SIGKILL)
     partial = tmp_path / "partial"

@@ -28,6 +28,7 @@ from comrade.executor import (
     task_files,
 )
 from comrade.model import Outcome, TaskSpec
+from comrade.spares import DIRS_BATCH
 from tests.cluster import stays, wait_for
 
 
@@ -135,6 +136,68 @@ def test_an_output_a_survivor_still_writes_is_never_reused(run, paths) -> None: 
         assert os.listdir(paths.spare) == []
     finally:
         kill_orphans(paths)  # the survivor carries the task's LEORONIC_WORKDIR
+
+
+def test_an_empty_work_dir_is_reused_by_a_later_attempt_after_a_sweep(paths) -> None:  # type: ignore[no-untyped-def]
+    """A task that left nothing in its work dir gives it up (the outcome says so); a task
+    that left a file keeps its own. Once a sweep found no process of an ended task (one is
+    asked for after a batch of dirs was set aside), a later attempt gets one of those dirs back
+    instead of a new one (the same inode), empty."""
+    ex, rec = Executor("node-x", paths, lambda spec, workdir: spec.command, time.time,
+                       sweep_s=3600), Recorder()  # sweeps only when asked for
+    try:
+        ex.start(spec("keeps", "echo kept > result.txt"), 1, rec.report, rec.crashed)
+        assert rec.outcome("keeps").workdir_kept
+        with open(os.path.join(paths.workdir("keeps", 1), "result.txt")) as f:
+            assert f.read() == "kept\n"
+        inodes = set()
+        for i in range(DIRS_BATCH):
+            ex.start(spec(f"q{i}", "stat -c %i ."), 1, rec.report, rec.crashed)
+            out = rec.outcome(f"q{i}")
+            assert not out.workdir_kept and not os.path.exists(paths.workdir(f"q{i}", 1))
+            inodes.add(int(out.stdout_tail))
+        assert len(inodes) == DIRS_BATCH, "a dir was reused before any sweep"
+        ex.start(spec("later", "stat -c %i .; ls -A"), 1, rec.report, rec.crashed)
+        later = rec.outcome("later").stdout_tail.split()
+        assert len(later) == 1 and int(later[0]) in inodes
+    finally:
+        ex.stop()
+
+
+def test_a_work_dir_is_not_reused_while_a_process_of_its_task_is_left(paths) -> None:  # type: ignore[no-untyped-def]
+    """A process that left the task's group may still be in its work dir: no sweep is clean
+    while it lives (the sweep kills it), and what it wrote there meanwhile is removed, never
+    handed to another task."""
+    ex, rec = Executor("node-x", paths, lambda spec, workdir: spec.command, time.time,
+                       sweep_s=3600), Recorder()  # sweeps only when asked for (a batch)
+    pids: list[int] = []
+    try:
+        pid_file, go = os.path.join(paths.home, "pid"), os.path.join(paths.home, "go")
+        escape = (f"setsid bash -c 'echo $$ > {pid_file}.new && mv {pid_file}.new {pid_file} && "
+                  f"while [ ! -e {go} ]; do sleep 0.01; done; echo late > late.txt; "
+                  f"exec sleep 60' & while [ ! -e {pid_file} ]; do sleep 0.01; done")
+        ex.start(spec("left", escape), 1, rec.report, rec.crashed)
+        assert not rec.outcome("left").workdir_kept, "the dir was not empty as the task ended"
+        pids.append(int(wait_for(lambda: open(pid_file).read(), 10, "the daemon's pid")))
+        open(go, "w").close()  # the daemon writes into its old dir
+        (aside,) = os.listdir(paths.spare_dirs)
+        wait_for(lambda: os.path.exists(os.path.join(paths.spare_dirs, aside, "late.txt")), 10,
+                 "the daemon's late write")
+        for i in range(DIRS_BATCH):  # a batch: the next exit asks for a sweep, which kills the daemon
+            ex.start(spec(f"q{i}", "true"), 1, rec.report, rec.crashed)
+            rec.outcome(f"q{i}")
+        wait_for(lambda: not _alive(pids[0]), 10, "the sweep to kill the daemon")
+        for i in range(DIRS_BATCH, 2 * DIRS_BATCH):  # another batch: a clean sweep frees the empty ones
+            ex.start(spec(f"q{i}", "true"), 1, rec.report, rec.crashed)
+            rec.outcome(f"q{i}")
+        wait_for(lambda: aside not in os.listdir(paths.spare_dirs), 10,
+                 "the written-into dir to be removed")
+        ex.start(spec("next", "ls -A"), 1, rec.report, rec.crashed)
+        assert rec.outcome("next").stdout_tail == b""
+    finally:
+        ex.stop()
+        kill_orphans(paths)
+    wait_for(lambda: not any(map(_alive, pids)), 10, "the daemon to be gone")
 
 
 def test_what_a_task_left_in_its_process_group_dies_with_it(run) -> None:  # type: ignore[no-untyped-def]

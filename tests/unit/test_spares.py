@@ -1,11 +1,11 @@
-"""Spare output files: what is given back, what is kept, what is placed."""
+"""Spare output files and work dirs: what is given back, what is kept, what is placed."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from comrade.spares import Spares
+from comrade.spares import SpareDirs, Spares
 
 
 def _file(path: str, data: bytes = b"") -> str:
@@ -50,3 +50,76 @@ def test_a_previous_lifes_spares_are_removed_at_start(tmp_path: Any) -> None:
     _file(str(folder / "7"))
     spares = Spares(str(folder))
     assert os.listdir(folder) == [] and len(spares) == 0
+
+
+def test_an_empty_work_dir_is_set_aside_and_placed_only_after_a_clean_sweep(tmp_path: Any) -> None:
+    dirs = SpareDirs(str(tmp_path / "spare-dirs"), str(tmp_path / "work"), batch=2)
+    old = tmp_path / "work" / "t-a1"
+    old.mkdir(parents=True)
+    inode = os.stat(old).st_ino
+    assert dirs.set_aside(str(old)) and not old.exists()
+    assert len(dirs) == 0 and not dirs.place(str(tmp_path / "work" / "u-a1")), \
+        "a dir no sweep has cleared was handed on"
+    dirs.settle(clean=False)  # the sweep found a process of an ended task: keep waiting
+    assert len(dirs) == 0
+    dirs.settle(clean=True)
+    new = tmp_path / "work" / "u-a1"
+    assert len(dirs) == 1 and dirs.place(str(new))
+    assert os.stat(new).st_ino == inode and os.listdir(new) == []
+    assert os.listdir(tmp_path / "spare-dirs") == []
+
+
+def test_a_work_dir_with_files_another_mode_or_a_link_in_its_place_stays(tmp_path: Any) -> None:
+    dirs = SpareDirs(str(tmp_path / "spare-dirs"), str(tmp_path / "work"))
+    full = tmp_path / "work" / "full-a1"
+    full.mkdir()
+    locked = tmp_path / "work" / "locked-a1"  # the task ran `chmod 500 .`
+    locked.mkdir(mode=0o500)
+    _file(str(full / "result.txt"), b"x")
+    (tmp_path / "elsewhere").mkdir()
+    link = tmp_path / "link-a1"
+    link.symlink_to(tmp_path / "elsewhere")
+    assert not dirs.set_aside(str(full)) and not dirs.set_aside(str(link))
+    assert not dirs.set_aside(str(locked))
+    assert not dirs.set_aside(str(tmp_path / "missing-a1"))
+    assert full.is_dir() and link.is_symlink()
+    dirs.settle(clean=True)
+    assert len(dirs) == 0
+
+
+def test_a_dir_written_into_after_it_was_set_aside_is_removed_not_reused(tmp_path: Any) -> None:
+    dirs = SpareDirs(str(tmp_path / "spare-dirs"), str(tmp_path / "work"))
+    old = tmp_path / "work" / "t-a1"
+    old.mkdir()
+    assert dirs.set_aside(str(old))
+    (spare,) = os.listdir(tmp_path / "spare-dirs")
+    _file(str(tmp_path / "spare-dirs" / spare / "late.txt"), b"a survivor wrote this")
+    dirs.settle(clean=True)
+    assert len(dirs) == 0 and os.listdir(tmp_path / "spare-dirs") == []
+
+
+def test_a_sweep_is_due_after_a_batch_with_none_free_and_placing_never_empties_a_full_dir(
+        tmp_path: Any) -> None:
+    dirs = SpareDirs(str(tmp_path / "spare-dirs"), str(tmp_path / "work"), batch=2, limit=3)
+    work = tmp_path / "work"
+    for name in ("a", "b", "c", "d"):
+        (work / name).mkdir()
+    assert dirs.set_aside(str(work / "a")) and not dirs.sweep_due()
+    assert dirs.set_aside(str(work / "b")) and dirs.sweep_due()
+    dirs.settle(clean=True)
+    assert not dirs.sweep_due() and len(dirs) == 2
+    assert dirs.set_aside(str(work / "c"))
+    assert not dirs.set_aside(str(work / "d")), "set aside beyond the limit"
+    stale = tmp_path / "stale-a1"  # left by a forgotten task with the same id
+    stale.mkdir()
+    _file(str(stale / "old.txt"), b"old")
+    assert not dirs.place(str(stale)) and len(dirs) == 2
+    assert os.listdir(stale) == ["old.txt"]
+
+
+def test_a_previous_lifes_spare_dirs_are_removed_at_start(tmp_path: Any) -> None:
+    folder = tmp_path / "spare-dirs"
+    (folder / "3").mkdir(parents=True)
+    _file(str(folder / "3" / "x"))
+    dirs = SpareDirs(str(folder), str(tmp_path / "work"))
+    assert os.listdir(folder) == [] and len(dirs) == 0
