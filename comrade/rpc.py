@@ -113,7 +113,7 @@ class Server:
             try:
                 # Raw accept (private attribute): authentication then happens per thread.
                 conn = self._listener._listener.accept()  # type: ignore[attr-defined]
-                socket.socket(fileno=conn.fileno()).detach()
+                _no_delay(conn)
             except OSError:
                 if self._stopped:
                     return
@@ -217,6 +217,18 @@ def _authenticate_server(conn: Connection, key: bytes) -> None:
     deliver_challenge(conn, key)
     answer_challenge(conn, key)
     _recv_timeout(conn, 0)
+
+
+def _no_delay(conn: Connection) -> None:
+    """Send each message at once (TCP_NODELAY). `Connection.send` writes a message over 16 KiB
+    as two writes, its length then its body; with Nagle's algorithm the body waited for the
+    peer's delayed acknowledgement of the length, 40 ms here: `leoronic_wait` on 2,000 tasks
+    spent 44 ms in its last reply, most of the time from the last task's end to its exit."""
+    sock = socket.socket(fileno=conn.fileno())
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    finally:
+        sock.detach()
 
 
 def _recv_timeout(conn: Connection, seconds: float) -> None:
