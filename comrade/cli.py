@@ -923,11 +923,10 @@ def get_files(task_id: str, dest: str) -> None:
 
 
 def _left_no_files(task: Any, node: str) -> bool:
-    """True if the only attempt of `task` on `node` was its last one and ended with its work dir
-    empty: the node reused that dir (comrade.spares), so it holds nothing of the task."""
+    """True if every attempt of `task` on `node` ended with its work dir empty: the node reused
+    those dirs (comrade.spares), so it holds nothing of the task."""
     there = [a for a in task.attempts if a.node == node]
-    return (task.outcome is not None and not task.outcome.workdir_kept and len(there) == 1
-            and there[0] is task.attempts[-1])
+    return bool(there) and not any(a.workdir_kept for a in there)
 
 
 def _receive(client: Client, address: str, dest: str, *what: str) -> None:

@@ -38,6 +38,7 @@ import select
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -210,6 +211,9 @@ KILL_GRACE_S = 5.0
 #: Seconds between two sweeps for processes that ended tasks left outside their process group
 #: (`setsid`, a daemon), found by their LEORONIC_WORKDIR mark: a pass over /proc, a few ms.
 SWEEP_S = 10.0
+#: A process whose /proc/PID/environ reads empty may be in an exec (`setsid cmd` execs twice as
+#: its task ends): it is read again this many times, a millisecond apart (`kill_orphans`).
+EXEC_RETRIES = 10
 
 
 Report = Callable[[str, int, Outcome], None]
@@ -473,8 +477,10 @@ class ExecutorActor(pykka.ThreadingActor):
     def _sweep(self) -> None:
         """Kill the processes ended tasks left behind outside their process group (`setsid`,
         a daemon): they carry the task's mark, and no running attempt has that work dir."""
-        groups = kill_orphans(self.paths, {run.workdir for run in self.runs.values()})
-        self.dirs.settle(clean=not groups)
+        running = {run.workdir for run in self.runs.values()}
+        groups = kill_orphans(self.paths, running)
+        self.dirs.settle(clean=not groups, running=running,
+                         held=cwds_under(self.paths.spare_dirs))
         if groups:
             log.info("killed %d process groups that ended tasks left running: %s", len(groups),
                      " ".join(map(str, groups)))
@@ -631,17 +637,80 @@ def kill_orphans(paths: Paths, keep: AbstractSet[str] = frozenset()) -> list[int
     kept = {b"LEORONIC_WORKDIR=" + os.fsencode(w) for w in keep}
     own = os.getpgid(0)
     groups: set[int] = set()
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read()
-            if any(var.startswith(mark) and var not in kept for var in env.split(b"\0")):
-                groups.add(os.getpgid(int(name)))
-        except (OSError, ValueError):
-            continue  # gone, or not ours to read
+    names = [name for name in os.listdir("/proc") if name.isdigit() and int(name) != os.getpid()]
+    for retry in range(EXEC_RETRIES + 1):
+        if not names:
+            break
+        if retry:
+            time.sleep(0.001)
+        empty: list[str] = []  # a kernel thread, or a process in an exec (no environment yet)
+        for name in names:
+            try:
+                env = _environ(name)
+                if not env:
+                    if name not in _KERNEL_THREADS and _has_program(name):
+                        empty.append(name)
+                elif any(var.startswith(mark) and var not in kept for var in env.split(b"\0")):
+                    groups.add(os.getpgid(int(name)))
+            except (OSError, ValueError):
+                continue  # gone, or not ours to read
+        names = empty
     groups.discard(own)
     for group in sorted(groups):
         kill_group(group)
     return sorted(groups)
+
+
+def cwds_under(folder: str) -> set[str]:
+    """The entries of `folder` that some process is in (its current directory is the entry or
+    below it). A process may hold an ended task's work dir, set aside there, without the mark
+    the sweep looks for: one that cleared its environment, or a window a tmux server outside
+    the task opened in it. One readlink per process."""
+    prefix = folder + "/"
+    held = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                cwd = os.readlink(f"/proc/{name}/cwd")
+            except OSError:
+                continue  # gone, or not ours to read
+            if cwd.startswith(prefix):
+                held.add(prefix + cwd[len(prefix):].split("/", 1)[0])
+    return held
+
+
+#: Pids found to be kernel threads (no program, no environment): not looked at again by
+#: `kill_orphans`, which would otherwise ask each for its threads' environments at every
+#: sweep. A pid reused by a process only loses the reading again of an empty environment; its
+#: mark is still read.
+_KERNEL_THREADS: set[str] = set()
+_PF_KTHREAD = 0x00200000  # a task's flags in /proc/PID/stat (include/linux/sched.h)
+
+
+def _has_program(pid: str) -> bool:
+    """True if process `pid` is not a kernel thread (those are remembered)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            flags = int(f.read().rsplit(b")", 1)[1].split()[6])
+    except (OSError, ValueError, IndexError):
+        return False  # gone
+    if flags & _PF_KTHREAD:
+        _KERNEL_THREADS.add(pid)
+        return False
+    return True
+
+
+def _environ(pid: str) -> bytes:
+    """A process's initial environment. One whose main thread exited while others run on
+    (pthread_exit) answers ESRCH for /proc/PID/environ: its live threads still tell it."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read()
+    except ProcessLookupError:  # a kernel thread also says so: it has no threads to ask
+        if pid in _KERNEL_THREADS or not _has_program(pid):
+            raise
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError), \
+                    open(f"/proc/{pid}/task/{tid}/environ", "rb") as f:
+                return f.read()
+        raise

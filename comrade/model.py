@@ -112,6 +112,10 @@ class Attempt:
     end: float | None = None
     exit_code: int | None = None
     why: str = ""  # "exit", "node lost", "node left", "deleted", "released: <reason>"
+    # False: it ended with its work dir empty, and its node reused that dir (its outcome's
+    # workdir_kept, kept here too: a retry's outcome replaces the task's). A record from
+    # before this field reads True.
+    workdir_kept: bool = True
 
 
 @dataclass(frozen=True)

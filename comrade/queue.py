@@ -330,6 +330,8 @@ class Queue:
             outcome = replace(outcome, timed_out=timed_out)
         why = f"time limit {format_duration(task.spec.time_limit)}" if timed_out else "exit"
         self._end_attempt(task, why=why, now=outcome.end, exit_code=outcome.exit_code)
+        if not outcome.workdir_kept:
+            task.attempts[-1] = replace(task.attempts[-1], workdir_kept=False)
         task.outcome = replace(outcome, tails_dropped=False) if outcome.tails_dropped else outcome
         self._keep_tails(task)
         if outcome.exit_code == 0 and not timed_out:
@@ -494,7 +496,8 @@ class Queue:
                 continue
             number = max([a.number for a in task.attempts] + [task.attempt]) + 1
             run = Attempt(number=number, node=node, start=start, end=outcome.end,
-                          exit_code=outcome.exit_code, why="isolated run")
+                          exit_code=outcome.exit_code, why="isolated run",
+                          workdir_kept=outcome.workdir_kept is not False)
             if task.state.final:
                 task.attempts.append(replace(run, why="isolated run (duplicate; result not used)"))
                 task.attempt = number

@@ -36,11 +36,15 @@ import fcntl
 import os
 import shutil
 import signal
+import struct
+from collections.abc import Set as AbstractSet
 
 #: Spare files kept, at most (an empty stream beyond that is removed).
 SPARES_MAX = 64
 #: Work dirs set aside, waiting for a sweep, before one is asked for early (`SpareDirs`).
 DIRS_BATCH = 16
+#: ioctl(2) request for a file's inode flags (`chattr`, `lsattr`).
+FS_IOC_GETFLAGS = 0x80086601
 
 
 class Spares:
@@ -124,7 +128,7 @@ class SpareDirs:
         self.limit = limit
         self.batch = batch
         self._free: list[str] = []
-        self._cooling: list[str] = []
+        self._cooling: list[tuple[str, str]] = []  # (spare, the work dir it was)
         self._since_sweep = 0  # set aside since the last sweep
         self._count = 0
         os.makedirs(folder, exist_ok=True)
@@ -136,8 +140,11 @@ class SpareDirs:
             os.rmdir(probe)
         os.mkdir(probe)
         try:
-            st = os.lstat(probe)
-            self._made = (st.st_mode, st.st_uid, st.st_gid, sorted(os.listxattr(probe)))
+            fd = os.open(probe, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                self._made = _made_of(fd)
+            finally:
+                os.close(fd)
         finally:
             os.rmdir(probe)
 
@@ -173,7 +180,7 @@ class SpareDirs:
             os.rename(workdir, spare)
         except OSError:
             return False
-        self._cooling.append(spare)
+        self._cooling.append((spare, workdir))
         self._since_sweep += 1
         return True
 
@@ -181,33 +188,62 @@ class SpareDirs:
         """True when a batch was set aside since the last sweep and no dir is free."""
         return not self._free and self._since_sweep >= self.batch
 
-    def settle(self, clean: bool) -> None:
+    def settle(self, clean: bool, running: AbstractSet[str] = frozenset(),
+               held: AbstractSet[str] = frozenset()) -> None:
         """After a sweep: if it found no process of an ended task, the dirs set aside before it
-        are free (or removed, if something was written into one meanwhile)."""
+        are free (or removed, if something was written into one meanwhile). One whose work dir
+        path a `running` attempt has again (a task id used again) waits: the sweep spared every
+        process marked with that path, its old task's too. One some process is in (`held`: a
+        process without the mark, see `cwds_under`) is removed at once, clean or not: what is
+        in it can then create nothing there, and it is never handed on."""
         self._since_sweep = 0
+        if held:
+            for spare, _ in self._cooling:
+                if spare in held:
+                    _remove_tree(spare)
+            self._cooling = [c for c in self._cooling if c[0] not in held]
         if not clean:
             return
-        for spare in self._cooling:
-            if _as_made(spare, self._made):
+        waiting: list[tuple[str, str]] = []
+        for spare, workdir in self._cooling:
+            if workdir in running:
+                waiting.append((spare, workdir))
+            elif _as_made(spare, self._made):
                 self._free.append(spare)
             else:
                 _remove_tree(spare)
-        self._cooling.clear()
+        self._cooling = waiting
 
 
-def _as_made(path: str, made: tuple[int, int, int, list[str]]) -> bool:
+def _as_made(path: str, made: tuple[object, ...]) -> bool:
     """True if `path` is a directory as `mkdir` makes a work dir: not a link, the same mode,
-    owner, group and extended attributes (an ACL is one) as `made`, nothing in it. A task may
-    have changed its dir (`chmod 500 .`): such a one is kept, never handed on."""
+    owner, group, extended attributes (an ACL is one; names and values) and inode flags as
+    `made`, nothing in it. A task may have changed its dir (`chmod 500 .`, `setfacl -d`,
+    `chattr +S .`): such a one is kept, never handed on."""
     try:
-        st = os.lstat(path)
-        if (st.st_mode, st.st_uid, st.st_gid, sorted(os.listxattr(path, follow_symlinks=False))) \
-                != made:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if _made_of(fd) != made:
             return False
-        with os.scandir(path) as entries:
+        with os.scandir(fd) as entries:
             return next(entries, None) is None
     except OSError:
         return False
+    finally:
+        os.close(fd)
+
+
+def _made_of(fd: int) -> tuple[object, ...]:
+    """What a task may change of its open dir `fd` and a later task would inherit."""
+    st = os.fstat(fd)
+    xattrs = sorted((name, os.getxattr(fd, name)) for name in os.listxattr(fd))
+    try:
+        flags = struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(4)))[0]
+    except OSError:  # a file system without inode flags
+        flags = None
+    return st.st_mode, st.st_uid, st.st_gid, xattrs, flags
 
 
 def _remove_tree(path: str) -> None:

@@ -13,6 +13,7 @@ import re
 import shlex
 import signal
 from pathlib import Path
+from typing import Any
 
 from tests.cluster import Cluster, NodeProc, Result, peak_rss, result_out, wait_for, wait_ok
 
@@ -423,6 +424,24 @@ def test_get_all_files_and_get_files_bring_work_dirs_back(cluster3: Cluster, tmp
     assert r.rc == 3 and r.out == "" and r.err.startswith("leoronic: node n3: "), r
     assert r.err.count("\n") == 1, r
     assert not (tmp_path / "from-n3").exists(), "the DEST made for nothing was left behind"
+
+
+def test_get_files_of_a_retried_task_that_left_its_work_dirs_empty(make_cluster: Any,
+                                                                  tmp_path: Path) -> None:
+    """`false` with one retry: both attempts ran on the one node and left their dirs empty, so
+    the node reused both. get_files says there is nothing (as for a task run once), where it
+    failed with the node's 'no work dir' error (each attempt now records whether its dir was
+    kept; the outcome tells only of the last)."""
+    cluster = make_cluster(1)
+    r = cluster.cli("add-task", "--retries", "1", "--", "1024", "1", "1024", "true", "", "",
+                    "false", "twice")
+    assert r.rc == 0, r
+    r = cluster.sh("leoronic_wait --timeout 30 twice", timeout=60)
+    assert r.rc == 1, r  # it failed twice
+    info = cluster.sh("leoronic_task_info twice")
+    assert info.rc == 0 and "failed" in info.out and "attempt 2" in info.out, info
+    r = cluster.sh(f"leoronic_get_files twice {tmp_path / 'got'}")
+    assert r.rc == 0 and r.out == "n1: nothing: task twice left its work dir empty\n", r
 
 
 # ----- garbage --------------------------------------------------------------------------------

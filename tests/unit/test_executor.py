@@ -53,18 +53,6 @@ class Recorder:
 
 
 @pytest.fixture
-def paths(tmp_path: Any) -> Iterator[Paths]:
-    p = Paths(str(tmp_path / "home"))
-    for d in (p.work, p.outputs):
-        os.makedirs(d)
-    cwd = os.getcwd()
-    try:
-        yield p
-    finally:
-        os.chdir(cwd)
-
-
-@pytest.fixture
 def run(paths: Paths) -> Iterator[tuple[Executor, Recorder]]:
     ex = Executor("node-x", paths, lambda spec, workdir: spec.command, time.time)
     try:

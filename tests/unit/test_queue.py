@@ -178,6 +178,21 @@ def test_finish_exit_zero_is_done(q: Queue) -> None:
     assert q.running_on("a") == [] and q.pending_count() == 0 and task.retries_left == 2
 
 
+def test_each_attempt_keeps_whether_its_work_dir_was_kept(q: Queue) -> None:
+    """A retry's outcome replaces the task's, so each attempt records it: `get-files` asks a
+    node only for the attempts whose dirs it kept. A value that is not a bool reads kept."""
+    ok(q, ("submit", spec("t", retries=2)))
+    ok(q, ("claim", "t", "a", 1))
+    ok(q, ("finish", "t", "a", 1, out(1, workdir_kept=False)))
+    ok(q, ("claim", "t", "b", 2))
+    ok(q, ("finish", "t", "b", 2, out(1, workdir_kept="no")))
+    ok(q, ("claim", "t", "a", 3))
+    ok(q, ("finish", "t", "a", 3, out(0)))
+    task = q.get("t")
+    assert task is not None and task.state is State.DONE
+    assert [a.workdir_kept for a in task.attempts] == [False, True, True]
+
+
 @pytest.mark.parametrize("op, contains", [
     (("finish", "t", "b", 1, out(0)), "fenced"),
     (("finish", "t", "a", 2, out(0)), "fenced"),
