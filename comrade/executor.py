@@ -648,7 +648,7 @@ def kill_orphans(paths: Paths, keep: AbstractSet[str] = frozenset()) -> list[int
             try:
                 env = _environ(name)
                 if not env:
-                    if name not in _KERNEL_THREADS and _has_program(name):
+                    if _has_program(name):
                         empty.append(name)
                 elif any(var.startswith(mark) and var not in kept for var in env.split(b"\0")):
                     groups.add(os.getpgid(int(name)))
@@ -689,6 +689,8 @@ _PF_KTHREAD = 0x00200000  # a task's flags in /proc/PID/stat (include/linux/sche
 
 def _has_program(pid: str) -> bool:
     """True if process `pid` is not a kernel thread (those are remembered)."""
+    if pid in _KERNEL_THREADS:
+        return False
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             flags = int(f.read().rsplit(b")", 1)[1].split()[6])
@@ -707,7 +709,7 @@ def _environ(pid: str) -> bytes:
         with open(f"/proc/{pid}/environ", "rb") as f:
             return f.read()
     except ProcessLookupError:  # a kernel thread also says so: it has no threads to ask
-        if pid in _KERNEL_THREADS or not _has_program(pid):
+        if not _has_program(pid):
             raise
         for tid in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(ProcessLookupError), \

@@ -115,10 +115,10 @@ class SpareDirs:
 
     `set_aside(workdir)` as an attempt ends: an empty work dir, as `mkdir` made it in `made_in`,
     moves into the folder (True), or stays where it is (False: it holds files, the task changed
-    its mode, or enough are set aside already). `settle(clean)`
-    after each sweep: when the sweep found no process of an ended task (clean), every dir set
-    aside before it that is still empty and as made is free, any other is removed; otherwise they
-    wait for the next sweep. `sweep_due()` asks for a sweep sooner than the periodic one, once a
+    its mode, or enough are set aside already). `settle(clean)` after each sweep: when the
+    sweep found no process of an ended task (clean), every dir set aside before it that is
+    still empty and as made is free, any other is removed; otherwise they wait for the next
+    sweep. `sweep_due()` asks for a sweep sooner than the periodic one, once a
     batch was set aside and none is free. `place(workdir)` renames a free one into place.
     """
 
@@ -197,16 +197,11 @@ class SpareDirs:
         process without the mark, see `cwds_under`) is removed at once, clean or not: what is
         in it can then create nothing there, and it is never handed on."""
         self._since_sweep = 0
-        if held:
-            for spare, _ in self._cooling:
-                if spare in held:
-                    _remove_tree(spare)
-            self._cooling = [c for c in self._cooling if c[0] not in held]
-        if not clean:
-            return
         waiting: list[tuple[str, str]] = []
         for spare, workdir in self._cooling:
-            if workdir in running:
+            if spare in held:
+                _remove_tree(spare)
+            elif not clean or workdir in running:
                 waiting.append((spare, workdir))
             elif _as_made(spare, self._made):
                 self._free.append(spare)
