@@ -692,8 +692,7 @@ def _has_program(pid: str) -> bool:
     if pid in _KERNEL_THREADS:
         return False
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            flags = int(f.read().rsplit(b")", 1)[1].split()[6])
+        flags = int(_read_whole(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()[6])
     except (OSError, ValueError, IndexError):
         return False  # gone
     if flags & _PF_KTHREAD:
@@ -706,13 +705,24 @@ def _environ(pid: str) -> bytes:
     """A process's initial environment. One whose main thread exited while others run on
     (pthread_exit) answers ESRCH for /proc/PID/environ: its live threads still tell it."""
     try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f.read()
+        return _read_whole(f"/proc/{pid}/environ")
     except ProcessLookupError:  # a kernel thread also says so: it has no threads to ask
         if not _has_program(pid):
             raise
         for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(ProcessLookupError), \
-                    open(f"/proc/{pid}/task/{tid}/environ", "rb") as f:
-                return f.read()
+            with contextlib.suppress(ProcessLookupError):
+                return _read_whole(f"/proc/{pid}/task/{tid}/environ")
         raise
+
+
+def _read_whole(path: str) -> bytes:
+    """A file's bytes, read without Python's file objects (a sweep reads one per process: the
+    buffered reader's set-up and its extra system calls doubled the sweep's cost)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -105,11 +105,13 @@ if os.name != "nt" and socket.inet_ntop is not _socket.inet_ntop:
 
 #: zlib level of every Raft message (pysyncobj: 3).
 COMPRESS_LEVEL = 1
-#: Messages up to this many bytes (pickled) are compressed with a window this size, 4 KiB,
-#: and a hash table to match (zlib's memLevel 5): zlib's defaults set up about 256 KiB of
-#: state per call, which made compressing a 200-byte message cost 40 us instead of 7.
-SMALL_MESSAGE = 4096
-_SMALL_WBITS, _SMALL_MEMLEVEL = 12, 5
+#: Messages up to this many bytes (pickled) are compressed with a window just big enough for
+#: the whole message (512 bytes to 32 KiB, the largest) and a hash table of zlib's memLevel 5:
+#: zlib's defaults set up about 256 KiB of state per call, which made compressing a 200-byte
+#: message cost 40 us instead of 7, and a 4.5 KB entry of 35 claims and finishes 53 us
+#: instead of 15, with the same bytes out (a window bigger than the data finds nothing more).
+SMALL_MESSAGE = 32768
+_SMALL_MEMLEVEL = 5
 #: Pickle protocol of Raft commands, messages, the journal and snapshots (pysyncobj: 2).
 PICKLE_PROTOCOL = 5
 
@@ -515,7 +517,9 @@ def compress(data: bytes) -> bytes:
     smaller window is recorded in the stream's header)."""
     if len(data) > SMALL_MESSAGE:
         return zlib.compress(data, COMPRESS_LEVEL)
-    z = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, _SMALL_WBITS, _SMALL_MEMLEVEL)
+    # A window that holds all of `data` (deflate looks back the window less 262 bytes).
+    wbits = min(15, max(9, (len(data) + 262).bit_length()))
+    z = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, wbits, _SMALL_MEMLEVEL)
     return z.compress(data) + z.flush()
 
 

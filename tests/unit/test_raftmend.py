@@ -76,14 +76,18 @@ def test_messages_queued_behind_a_big_one_arrive_whole_and_in_order() -> None:
         pair.close()
 
 
-def test_small_messages_get_a_small_window_that_any_zlib_reader_inflates() -> None:
-    for size in (0, 200, raftmend.SMALL_MESSAGE, raftmend.SMALL_MESSAGE + 1, 100_000):
+def test_messages_get_a_window_just_big_enough_that_any_zlib_reader_inflates() -> None:
+    windows = {0: 512, 200: 512, 513: 1024, 3000: 4096, 4096: 8192, 20_000: 32768,
+               raftmend.SMALL_MESSAGE: 32768, raftmend.SMALL_MESSAGE + 1: 32768, 100_000: 32768}
+    for size, expected in windows.items():
         data = bytes(range(256)) * (size // 256) + os.urandom(size % 256)
         packed = raftmend.compress(data)
         assert zlib.decompress(packed) == data  # as pysyncobj's own reader does
         window = 1 << ((packed[0] >> 4) + 8)  # from the zlib header (RFC 1950)
-        assert window == (4096 if size <= raftmend.SMALL_MESSAGE else 32768)
+        assert window == expected, size
         assert len(packed) < size / 10 + 300  # still compressed
+        if 0 < size <= raftmend.SMALL_MESSAGE:  # as small as zlib's defaults make it
+            assert len(packed) <= len(zlib.compress(data, raftmend.COMPRESS_LEVEL)) + 8
 
 
 def test_an_acknowledgement_never_moves_a_followers_next_index_back() -> None:
