@@ -231,8 +231,10 @@ class _Run:
     report: Report
     crashed: Crashed
     workdir: str = ""
-    out: str = ""  # stdout file
+    out: str = ""  # stdout file (where the attempt's stdout is kept)
     err: str = ""  # stderr file
+    out_at: str = ""  # where its stdout is written while it runs: a spare, or `out`
+    err_at: str = ""
     proc: Child | None = None
     started: float = 0.0
     cancelled: str = ""
@@ -461,15 +463,16 @@ class ExecutorActor(pykka.ThreadingActor):
         no fd but 0-2 (Python opens every fd close-on-exec, and `Executor` marks those the node
         inherited so).
         """
-        self.spares.place(run.out)  # far cheaper than the child creating the files
-        self.spares.place(run.err)
+        # Far cheaper than the child creating the files (comrade.spares).
+        run.out_at = self.spares.take() or run.out
+        run.err_at = self.spares.take() or run.err
         os.chdir(run.workdir)
         try:
             return os.posix_spawn(self.bash, ["bash", "-c", command], env, setsid=True,
                                   setsigdef=_DEFAULT_SIGNALS, setsigmask=(), file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, run.out, _OUTPUT_FLAGS, 0o644),
-                (os.POSIX_SPAWN_OPEN, 2, run.err, _OUTPUT_FLAGS, 0o644),
+                (os.POSIX_SPAWN_OPEN, 1, run.out_at, _OUTPUT_FLAGS, 0o644),
+                (os.POSIX_SPAWN_OPEN, 2, run.err_at, _OUTPUT_FLAGS, 0o644),
             ])
         finally:
             os.chdir(self.paths.home)
@@ -492,6 +495,7 @@ class ExecutorActor(pykka.ThreadingActor):
         _stop_timer(run)
         if run.proc is not None and run.proc.returncode is None:
             kill_group(run.proc.pid)
+        self._settle_streams(run)
         if run.cancelled:
             _call_stopped(run, key)
             return
@@ -509,15 +513,14 @@ class ExecutorActor(pykka.ThreadingActor):
             return
         _stop_timer(run)
         if run.cancelled:
+            self._settle_streams(run)
             _call_stopped(run, key)  # nobody wants its outcome: only that it is gone
             return
         # A process killed by a signal reports -N; shells report 128+N: use the shell's form.
         code = 128 - rc if rc < 0 else rc
-        out_tail, out_size = read_tail_size(run.out)
-        err_tail, err_size = read_tail_size(run.err)
-        for path, size in ((run.out, out_size), (run.err, err_size)):
-            if size == 0:  # nothing to keep: the file is the next attempt's
-                self.spares.give_back(path)
+        out_tail, out_size = read_tail_size(run.out_at)
+        err_tail, err_size = read_tail_size(run.err_at)
+        self._settle_streams(run, out_size, err_size)  # where its output is fetched from
         kept = not self.dirs.set_aside(run.workdir)  # an empty one is a later attempt's
         outcome = Outcome(exit_code=code, start=run.started, end=end, stdout_tail=out_tail,
                           stderr_tail=err_tail, stdout_bytes=out_size, stderr_bytes=err_size,
@@ -528,6 +531,15 @@ class ExecutorActor(pykka.ThreadingActor):
             log.exception("report callback failed for task %s", key[0])
         if self.dirs.sweep_due():
             self._sweep()
+
+    def _settle_streams(self, run: _Run, out_size: int | None = None,
+                        err_size: int | None = None) -> None:
+        """The ended attempt's stream files: empty ones become spares, the others are moved to
+        where its output belongs (comrade.spares)."""
+        for at, path, size in ((run.out_at, run.out, out_size), (run.err_at, run.err, err_size)):
+            if at:
+                self.spares.settle(at, path, size)
+        run.out_at = run.err_at = ""
 
     def _cancel(self, key: Key, why: str, stopped: Stopped | None, graceful: bool = True) -> None:
         run = self.runs.get(key)

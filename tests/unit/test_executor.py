@@ -126,6 +126,32 @@ def test_an_output_a_survivor_still_writes_is_never_reused(run, paths) -> None: 
         kill_orphans(paths)  # the survivor carries the task's LEORONIC_WORKDIR
 
 
+def test_a_spare_a_survivor_still_writes_becomes_its_tasks_output(run, paths) -> None:  # type: ignore[no-untyped-def]
+    """An attempt's streams are written at spares of earlier attempts; a process that outlived
+    the task and still writes its stdout makes that file the task's output (where results are
+    fetched from), never a spare: what it writes later lands there, not in another task's."""
+    start(run, "quiet", "true")
+    run[1].outcome("quiet")
+    spares = sorted(os.listdir(paths.spare))
+    assert len(spares) == 2 and os.listdir(paths.outputs) == []
+    go = os.path.join(paths.home, "go")
+    start(run, "left", ESCAPE.format(
+        seconds=f"60 & while [ ! -e {go} ]; do sleep 0.01; done; echo late; wait"))
+    try:
+        assert run[1].outcome("left").stdout_bytes == 0  # empty as it ended, but still open
+        assert sorted(os.listdir(paths.outputs)) == ["left.1.err", "left.1.out"]
+        assert os.listdir(paths.spare) == [], "a spare still written to was kept"
+        start(run, "next", "echo next")
+        assert run[1].outcome("next").stdout_tail == b"next\n"
+        open(go, "w").close()  # the survivor writes again
+        wait_for(lambda: open(paths.output("left", 1, "out")).read() == "late\n", 10,
+                 "the survivor's late line in its task's output")
+        with open(paths.output("next", 1, "out")) as f:
+            assert f.read() == "next\n"
+    finally:
+        kill_orphans(paths)  # the survivor carries the task's LEORONIC_WORKDIR
+
+
 def test_an_empty_work_dir_is_reused_by_a_later_attempt_after_a_sweep(paths) -> None:  # type: ignore[no-untyped-def]
     """A task that left nothing in its work dir gives it up (the outcome says so); a task
     that left a file keeps its own. Once a sweep found no process of an ended task (one is

@@ -14,33 +14,54 @@ def _file(path: str, data: bytes = b"") -> str:
     return path
 
 
-def test_an_empty_unwritten_file_is_kept_and_placed_for_the_next_attempt(tmp_path: Any) -> None:
-    spares = Spares(str(tmp_path / "spare"))
+def test_an_empty_unwritten_file_is_kept_and_written_at_by_the_next_attempt(tmp_path: Any) -> None:
+    folder = tmp_path / "spare"
+    spares = Spares(str(folder))
+    assert spares.take() is None, "took a spare it does not have"
     old = _file(str(tmp_path / "t.1.out"))
-    spares.give_back(old)
+    spares.settle(old, old, 0)  # created at its own path (no spare was free), left empty
     assert not os.path.exists(old) and len(spares) == 1
-    new = str(tmp_path / "u.1.out")
-    assert spares.place(new) and os.path.getsize(new) == 0
-    assert len(spares) == 0 and os.listdir(tmp_path / "spare") == []
-    assert not spares.place(str(tmp_path / "v.1.out")), "placed a spare it does not have"
+    (kept,) = os.listdir(folder)
+    at = spares.take()
+    assert at == str(folder / kept) and len(spares) == 0 and spares.take() is None
+    inode = os.stat(at).st_ino
+    spares.settle(at, str(tmp_path / "u.1.out"), 0)  # the next attempt's, left empty too:
+    assert os.stat(at).st_ino == inode and len(spares) == 1  # kept where it is, no rename
+    assert not os.path.exists(tmp_path / "u.1.out")
+    at = spares.take()
+    assert at is not None
+    _file(at, b"out\n")  # the attempt after that writes: its output goes where it belongs
+    spares.settle(at, str(tmp_path / "v.1.out"), 4)
+    with open(tmp_path / "v.1.out", "rb") as f:
+        assert f.read() == b"out\n"
+    assert os.stat(tmp_path / "v.1.out").st_ino == inode
+    assert os.listdir(folder) == [] and len(spares) == 0
 
 
-def test_a_file_with_output_or_open_for_writing_stays_where_it_is(tmp_path: Any) -> None:
+def test_a_file_with_output_or_open_for_writing_is_never_kept(tmp_path: Any) -> None:
     spares = Spares(str(tmp_path / "spare"))
     full = _file(str(tmp_path / "full.1.out"), b"x")
     held = _file(str(tmp_path / "held.1.out"))
     with open(held, "ab"):  # a process that outlived its task still writes here
-        spares.give_back(held)
-    spares.give_back(full)
-    spares.give_back(str(tmp_path / "missing.1.out"))
+        spares.settle(held, held, 0)
+    spares.settle(full, full)  # size unknown: looked up
+    spares.settle(str(tmp_path / "missing.1.out"), str(tmp_path / "missing.1.out"))
     assert os.path.exists(full) and os.path.exists(held) and len(spares) == 0
+    empty = _file(str(tmp_path / "e.1.err"))
+    spares.settle(empty, empty, 0)
+    at = spares.take()
+    assert at is not None
+    with open(at, "ab"):  # a survivor holds the spare it wrote at: it becomes the attempt's
+        spares.settle(at, str(tmp_path / "w.1.err"), 0)
+    assert not os.path.exists(at) and os.path.exists(tmp_path / "w.1.err")
+    assert len(spares) == 0 and spares.take() is None
 
 
 def test_beyond_the_limit_an_empty_file_is_removed(tmp_path: Any) -> None:
     spares = Spares(str(tmp_path / "spare"), limit=1)
     a, b = _file(str(tmp_path / "a.1.err")), _file(str(tmp_path / "b.1.err"))
-    spares.give_back(a)
-    spares.give_back(b)
+    spares.settle(a, a, 0)
+    spares.settle(b, b, 0)
     assert not os.path.exists(a) and not os.path.exists(b) and len(spares) == 1
 
 
