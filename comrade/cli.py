@@ -43,6 +43,7 @@ from comrade.errors import (
     EXIT_USAGE,
     ClusterError,
     LeoronicError,
+    NotFound,
     RemoteError,
     TaskFailed,
     UsageError,
@@ -902,7 +903,7 @@ def get_files(task_id: str, dest: str) -> None:
         ran_on = sorted({a.node for a in task.attempts})
         if not ran_on:
             raise UsageError(f"ID: task {task_id} has not run yet")
-        missed = 0
+        missed = lacked = 0
         for name in ran_on:
             if _left_no_files(task, name):
                 click.echo(f"{name}: nothing: task {task_id} left its work dir empty")
@@ -911,15 +912,18 @@ def get_files(task_id: str, dest: str) -> None:
                 if name not in nodes:
                     raise ClusterError("it is no longer a member of the cluster")
                 _receive(client, nodes[name], dest, "task", task_id)
-            except LeoronicError as exc:  # the other nodes' copies still come, then exit 3
-                if exc.exit_code != EXIT_CLUSTER:
+            except LeoronicError as exc:  # the other nodes' copies still come, then exit 3 or 2
+                if getattr(exc, "kind", "") == NotFound.__name__:
+                    lacked += 1  # its dirs went after the retention time, or with the node
+                elif exc.exit_code == EXIT_CLUSTER:
+                    missed += 1
+                else:
                     raise
                 click.echo(f"leoronic: node {name}: {exc}", err=True)
-                missed += 1
                 continue
             click.echo(f"{name}: {dest}")
-        if missed:  # in the block: a DEST made for nothing is removed again
-            sys.exit(EXIT_CLUSTER)
+        if missed or lacked:  # in the block: a DEST made for nothing is removed again
+            sys.exit(EXIT_CLUSTER if missed else EXIT_USAGE)
 
 
 def _left_no_files(task: Any, node: str) -> bool:

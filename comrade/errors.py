@@ -2,6 +2,7 @@
 
 LeoronicError
   UsageError         bad input from the user (exit 2); nothing was queued or changed
+    NotFound         what was asked for is not (or no longer) on the node asked (exit 2)
   ClusterError       the cluster could not be reached or has no quorum (exit 3)
     NotChanged       ... and the change was refused before it was proposed (exit 3)
     AuthError        the cookie was refused (exit 4)
@@ -27,6 +28,11 @@ class UsageError(LeoronicError):
     """Raised for bad input: a field is malformed or impossible. The message names the field."""
 
     exit_code = EXIT_USAGE
+
+
+class NotFound(UsageError):
+    """Raised by a node asked for something it does not hold (a task's work dir removed after
+    the retention time); a client asking several nodes names that one and goes on."""
 
 
 class ClusterError(LeoronicError):

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from comrade import rpc
-from comrade.errors import ClusterError, LeoronicError, UsageError
+from comrade.errors import ClusterError, LeoronicError, NotFound, UsageError
 from comrade.executor import Paths, workdir_task_id
 from comrade.files import FileStore
 from comrade.rpc import PART_BYTES, Send
@@ -91,8 +91,8 @@ def send_work(work: str, what: str, task_id: str, owner: str, send: Send) -> int
     if what == "task":
         dirs = sorted(d for d in os.listdir(work) if workdir_task_id(d) == task_id)
         if not dirs:
-            raise UsageError(f"ID: no work dir of task {task_id!r} on {owner} (an empty one is "
-                             "reused when its attempt ends; the others go after the retention time)")
+            raise NotFound(f"ID: no work dir of task {task_id!r} on {owner} (an empty one is "
+                           "reused when its attempt ends; the others go after the retention time)")
         return send_pack(work, dirs, send)
     raise UsageError(f"pack_dir: unknown {what!r}")
 

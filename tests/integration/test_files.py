@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shlex
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -442,6 +443,37 @@ def test_get_files_of_a_retried_task_that_left_its_work_dirs_empty(make_cluster:
     assert info.rc == 0 and "failed" in info.out and "attempt 2" in info.out, info
     r = cluster.sh(f"leoronic_get_files twice {tmp_path / 'got'}")
     assert r.rc == 0 and r.out == "n1: nothing: task twice left its work dir empty\n", r
+
+
+def test_get_files_names_a_node_without_the_tasks_dir_and_copies_the_rest(make_cluster: Any,
+                                                                         tmp_path: Path) -> None:
+    """A task failed on one node and ran again on the other: the first node's dir is gone (as
+    after the retention time). get_files copies the second node's dir, names the first in one
+    line, and exits 2; it stopped at the first node's error before, copying nothing."""
+    cluster = make_cluster(2)
+    r = cluster.cli("add-task", "--retries", "1", "--", "1024", "1", "1024", "true", "", "",
+                    'echo "$LEORONIC_ATTEMPT" > at.txt; [ "$LEORONIC_ATTEMPT" = 2 ]', "again")
+    assert r.rc == 0, r
+    r = cluster.sh("leoronic_wait --timeout 30 again", timeout=60)
+    assert r.rc == 0, r
+    dirs = {n.name: os.path.join(n.home, "work", f"again-a{a}")
+            for n in cluster.nodes for a in (1, 2)
+            if os.path.isdir(os.path.join(n.home, "work", f"again-a{a}"))}
+    assert len(dirs) == 2, f"both attempts on one node (the retry avoids the one it failed on): {dirs}"
+    first = next(name for name, d in dirs.items() if d.endswith("-a1"))
+    second = next(name for name in dirs if name != first)
+    shutil.rmtree(dirs[first])
+    r = cluster.sh(f"leoronic_get_files again {tmp_path / 'got'}")
+    assert r.rc == 2, r
+    assert r.out == f"{second}: {tmp_path / 'got'}\n", r
+    assert r.err.startswith(f"leoronic: node {first}: ID: no work dir of task 'again' on {first}"), r
+    assert r.err.count("\n") == 1, r
+    with open(tmp_path / "got" / "again-a2" / "at.txt") as f:
+        assert f.read() == "2\n"
+    shutil.rmtree(dirs[second])  # none left anywhere: DEST is not left behind either
+    r = cluster.sh(f"leoronic_get_files again {tmp_path / 'none'}")
+    assert r.rc == 2 and r.out == "" and r.err.count("\n") == 2, r
+    assert not (tmp_path / "none").exists(), "the DEST made for nothing was left behind"
 
 
 # ----- garbage --------------------------------------------------------------------------------
