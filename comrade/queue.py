@@ -49,6 +49,8 @@ class Reply(NamedTuple):
 
 
 OK = Reply(True)
+#: No resources: what a node with nothing running reserves.
+_NOTHING = Resources()
 
 #: The version of the replicated state machine: bumped whenever an operation is added or changes
 #: meaning, since workers of different versions would apply the same log differently. Workers
@@ -165,7 +167,9 @@ class Queue:
         self._blocked: dict[str, set[str]] = {}
         self._to_check: set[str] = set()
         self._settle = True
-        self._reserved: dict[str, tuple[int, Resources]] = {}  # node -> (applied, reserved)
+        # node -> what the tasks in `_running` need, kept as they come and go: a scheduling
+        # pass asks for every worker's, and summing 50 claims ahead took 40 us a node
+        self._reserved: dict[str, Resources] = {}
         for task in sorted(self.tasks.values(), key=lambda t: t.seq):
             if task.state is State.QUEUED:
                 self._queued[task.seq] = task.spec.task_id
@@ -587,6 +591,7 @@ class Queue:
         del self.nodes[node]
         self._running.pop(node, None)
         self._exclusive.pop(node, None)
+        self._reserved.pop(node, None)
         return OK
 
     def drain(self, node: str, on: bool, *, now: float) -> Reply:
@@ -655,15 +660,8 @@ class Queue:
         return [self.tasks[t] for t in self._running.get(node, ())]
 
     def reserved(self, node: str) -> Resources:
-        """Resources reserved by the tasks running on a node (cached until the next operation)."""
-        cached = self._reserved.get(node)
-        if cached is not None and cached[0] == self.applied:
-            return cached[1]
-        total = Resources()
-        for task in self.running_on(node):
-            total = total + task.spec.needs
-        self._reserved[node] = (self.applied, total)
-        return total
+        """Resources reserved by the tasks running on a node."""
+        return self._reserved.get(node, _NOTHING)
 
     def tags_up(self) -> set[str]:
         """Every tag some node that is up carries."""
@@ -734,6 +732,7 @@ class Queue:
         running = self._running.setdefault(node, set())
         if task.spec.task_id not in running:
             running.add(task.spec.task_id)
+            self._reserved[node] = self._reserved.get(node, _NOTHING) + task.spec.needs
             if not task.spec.concurrent:
                 self._exclusive[node] = self._exclusive.get(node, 0) + 1
 
@@ -742,6 +741,7 @@ class Queue:
         running = self._running.get(task.node, set()) if task.node is not None else set()
         if task.spec.task_id in running:
             running.discard(task.spec.task_id)
+            self._reserved[task.node] -= task.spec.needs  # type: ignore[index]
             if not task.spec.concurrent:
                 self._exclusive[task.node] -= 1  # type: ignore[index]
 

@@ -1023,6 +1023,8 @@ def check_invariants(q: Queue) -> None:
             assert all(t.spec.concurrent for t in running), name
         # The count a claim checks instead of looking at every running task.
         assert q._exclusive.get(name, 0) == sum(not t.spec.concurrent for t in running), name
+        # The reservation kept as tasks come and go is their sum.
+        assert q.reserved(name) == sum((t.spec.needs for t in running), Resources()), name
     assert q.pending_count() == len(q.tasks) - sum(t.state.final for t in q.tasks.values())
     # A queued task whose queue conditions can never hold has been failed (settled after
     # every batch, or a replica restored from a snapshot, which settles at once, would differ).
