@@ -354,6 +354,30 @@ def test_a_pass_after_a_local_end_starts_the_next_claim_without_reading_the_stat
     assert ex.started == [("t1", 1), ("t2", 1), ("t4", 1)] and reads == ["a"]
 
 
+def test_a_pass_after_a_local_end_does_not_sort_out_the_waiting_claims_again(
+        tmp_path: Any, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between two reads of the state a claim stops waiting only by starting here: such a pass
+    takes the claims still waiting from the pass before, and looks at none of them again."""
+    n, ex, prop = make_node(tmp_path, cores=1)
+    claim(n, *[f"t{i}" for i in range(50)])
+    n.reconcile()  # t0 runs; 49 claimed ahead wait
+    looked: list[tuple[str, int]] = []
+    handled = n.handled
+    monkeypatch.setattr(n, "handled", lambda key: looked.append(key) or handled(key))
+    for i in range(3):
+        n._report_finish(f"t{i}", 1, Outcome(0, 0.0, 1.0))
+        n.reconcile()
+    assert ex.started == [(f"t{i}", 1) for i in range(4)] and looked == []
+    assert n._waiting_n == 46
+    apply(n, ("delete", "t5"))  # the state changed: read again, every claim looked at
+    n._report_finish("t3", 1, Outcome(0, 0.0, 1.0))
+    n.reconcile()
+    assert ex.started[-1] == ("t4", 1) and len(looked) >= 45 and n._waiting_n == 44
+    n._report_finish("t4", 1, Outcome(0, 0.0, 1.0))
+    n.reconcile()
+    assert ex.started[-1] == ("t6", 1), "a claim taken away started"
+
+
 def test_isolated_mode_does_not_rerun_a_task_that_ended_during_it(tmp_path: Any, clock: Clock) -> None:
     n, ex, prop = make_node(tmp_path, cores=1)
     claim(n, "t1", "t2")
