@@ -169,7 +169,7 @@ class Queue:
         self._settle = True
         # node -> what the tasks in `_running` need, kept as they come and go: a scheduling
         # pass asks for every worker's, and summing 50 claims ahead took 40 us a node
-        self._reserved: dict[str, Resources] = {}
+        self._reserved: dict[str, list[int]] = {}  # [memory, cores, storage]
         for task in sorted(self.tasks.values(), key=lambda t: t.seq):
             if task.state is State.QUEUED:
                 self._queued[task.seq] = task.spec.task_id
@@ -333,9 +333,8 @@ class Queue:
         if outcome.timed_out is not timed_out:  # only a limit the spec sets can run out
             outcome = replace(outcome, timed_out=timed_out)
         why = f"time limit {format_duration(task.spec.time_limit)}" if timed_out else "exit"
-        self._end_attempt(task, why=why, now=outcome.end, exit_code=outcome.exit_code)
-        if not outcome.workdir_kept:
-            task.attempts[-1] = replace(task.attempts[-1], workdir_kept=False)
+        self._end_attempt(task, why=why, now=outcome.end, exit_code=outcome.exit_code,
+                          workdir_kept=outcome.workdir_kept)
         task.outcome = replace(outcome, tails_dropped=False) if outcome.tails_dropped else outcome
         self._keep_tails(task)
         if outcome.exit_code == 0 and not timed_out:
@@ -661,7 +660,8 @@ class Queue:
 
     def reserved(self, node: str) -> Resources:
         """Resources reserved by the tasks running on a node."""
-        return self._reserved.get(node, _NOTHING)
+        kept = self._reserved.get(node)
+        return Resources(*kept) if kept else _NOTHING
 
     def tags_up(self) -> set[str]:
         """Every tag some node that is up carries."""
@@ -721,10 +721,12 @@ class Queue:
         return any(c.scope == "queue" for c in self.conditions_of(task))
 
     def _end_attempt(
-        self, task: Task, *, why: str, now: float, exit_code: int | None = None
+        self, task: Task, *, why: str, now: float, exit_code: int | None = None,
+        workdir_kept: bool = True,
     ) -> None:
         last = task.attempts[-1]
-        task.attempts[-1] = replace(last, end=now, exit_code=exit_code, why=why)
+        task.attempts[-1] = replace(last, end=now, exit_code=exit_code, why=why,
+                                    workdir_kept=last.workdir_kept and workdir_kept)
         self._not_running(task)
 
     def _run_on(self, node: str, task: Task) -> None:
@@ -732,7 +734,7 @@ class Queue:
         running = self._running.setdefault(node, set())
         if task.spec.task_id not in running:
             running.add(task.spec.task_id)
-            self._reserved[node] = self._reserved.get(node, _NOTHING) + task.spec.needs
+            _count(self._reserved.setdefault(node, [0, 0, 0]), task.spec.needs, 1)
             if not task.spec.concurrent:
                 self._exclusive[node] = self._exclusive.get(node, 0) + 1
 
@@ -741,7 +743,7 @@ class Queue:
         running = self._running.get(task.node, set()) if task.node is not None else set()
         if task.spec.task_id in running:
             running.discard(task.spec.task_id)
-            self._reserved[task.node] -= task.spec.needs  # type: ignore[index]
+            _count(self._reserved[task.node], task.spec.needs, -1)  # type: ignore[index]
             if not task.spec.concurrent:
                 self._exclusive[task.node] -= 1  # type: ignore[index]
 
@@ -899,6 +901,13 @@ class Queue:
                 if verdict.status is cond.Status.NEVER:
                     task.reason = f"can never run: {verdict.reason}"
                     self._finalize(task, State.FAILED)
+
+
+def _count(kept: list[int], needs: Resources, sign: int) -> None:
+    """Add (sign 1) or take away (-1) what a task needs to or from a node's reservation."""
+    kept[0] += sign * needs.memory
+    kept[1] += sign * needs.cores
+    kept[2] += sign * needs.storage
 
 
 def _is_int(v: Any) -> bool:
