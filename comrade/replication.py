@@ -221,6 +221,9 @@ class Proposer:
         self._answer_s = answer_s  # an entry unanswered this long has an unknown outcome
         self._cv = threading.Condition()
         self._waiting: list[_Pending] = []
+        # The thread waits out a linger: a proposal that may wait too need not wake it (a
+        # wake, and the thread's look at the queue, for each task's finish on a busy node).
+        self._lingering = False
         self._in_flight: dict[int, tuple[float, Callable[[list[Reply] | None, int], None]]] = {}
         self._next_id = 0
         self._stopped = False
@@ -239,7 +242,8 @@ class Proposer:
         with self._cv:
             for (part, size), answered in zip(parts, callbacks, strict=True):
                 self._waiting.append(_Pending(part, answered, urgent, size))
-            self._cv.notify()
+            if urgent or not self._lingering or self._full():
+                self._cv.notify()
 
     def propose_sync(self, ops: list[Any], timeout: float = 5.0) -> list[Reply]:
         """Propose and wait; raise ClusterError when the outcome is unknown after `timeout`.
@@ -275,7 +279,9 @@ class Proposer:
                     self._expire_overdue()
                 linger = self._linger_left()
                 if linger > 0 and not self._stopped:
+                    self._lingering = True
                     self._cv.wait(timeout=linger)
+                    self._lingering = False
                     continue
                 if self._stopped:
                     waiting, self._waiting = self._waiting, []
@@ -304,8 +310,7 @@ class Proposer:
         while sent and sent[0][0] < now - self._busy_window_s:
             sent.popleft()
         recent = sum(n for _, n in sent)
-        if recent < self._busy_ops or sum(len(p.ops) for p in self._waiting) >= MAX_BATCH \
-                or sum(p.size for p in self._waiting) >= ENTRY_BYTES:
+        if recent < self._busy_ops or self._full():
             return 0.0
         if any(p.urgent for p in self._waiting):
             return 0.0
@@ -316,6 +321,11 @@ class Proposer:
                 quiet_at = when + self._busy_window_s
                 break
         return min(self._linger_s - (now - sent[-1][0]), quiet_at - now)
+
+    def _full(self) -> bool:
+        """True if what waits fills an entry (called with the lock held)."""
+        return sum(len(p.ops) for p in self._waiting) >= MAX_BATCH \
+            or sum(p.size for p in self._waiting) >= ENTRY_BYTES
 
     def _expire_overdue(self) -> None:
         """Give up on entries unanswered for too long (called with the lock held)."""

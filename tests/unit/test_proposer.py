@@ -109,6 +109,40 @@ def test_only_an_urgent_request_skips_the_linger_while_busy(urgent: bool) -> Non
         p.stop()
 
 
+def test_a_proposal_that_may_wait_does_not_wake_a_lingering_proposer() -> None:
+    # A busy node's finishes come one per task: each woke the proposer, which looked at its
+    # queue and went back to its linger. Now they only join the queue; the linger's end sends
+    # them all, in one entry.
+    raft, p = make(linger_s=0.5, busy_ops=5, busy_window_s=10.0)  # busy throughout
+    looks = 0
+    linger_left = p._linger_left
+
+    def counted() -> float:
+        nonlocal looks
+        looks += 1
+        return linger_left()
+
+    p._linger_left = counted  # type: ignore[method-assign]
+    try:
+        p.propose_sync([("op", i) for i in range(10)], timeout=5.0)  # busy now
+        entries = len(raft.entries)
+        answered = threading.Semaphore(0)
+        p.propose([("op", "late 0")], lambda replies, err: answered.release())  # wakes it
+        wait_for(lambda: p._lingering, 5, "the proposer to linger")
+        looks = 0
+        for i in range(1, 30):
+            p.propose([("op", f"late {i}")], lambda replies, err: answered.release())
+        for _ in range(30):
+            assert answered.acquire(timeout=5.0)
+        assert looks <= 3, looks  # the linger's end (and the wait for more), not one a proposal
+        assert [len(ops) for _, ops in raft.entries[entries:]] == [30]
+        t0 = time.monotonic()
+        assert p.propose_sync([("op", "urgent")], timeout=5.0)  # an urgent one still wakes it
+        assert time.monotonic() - t0 < 0.25
+    finally:
+        p.stop()
+
+
 def finish_op(i: int, tail: int) -> tuple[Any, ...]:
     outcome = Outcome(exit_code=0, start=0.0, end=1.0, stdout_tail=b"o" * tail,
                       stderr_tail=b"e" * tail, stdout_bytes=tail, stderr_bytes=tail)
