@@ -48,7 +48,7 @@ import pykka
 
 from comrade.errors import LeoronicError
 from comrade.model import TAIL_BYTES, Outcome, TaskSpec
-from comrade.spares import SpareDirs, Spares
+from comrade.spares import SpareDirs, Spares, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +108,11 @@ def task_files(paths: Paths) -> dict[str, list[str]]:
 
 
 def remove_task_files(items: Iterable[str]) -> None:
-    """Remove work dirs (whole trees) and output files; those already gone are skipped."""
+    """Remove work dirs (whole trees) and output files; those already gone are skipped. A
+    task may have left a symlink where its work dir was: the link goes, not what it points to
+    (rmtree refused it, so it stayed for good)."""
     for path in items:
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        remove_tree(path)
 
 
 class Reaper:

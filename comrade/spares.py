@@ -165,7 +165,7 @@ class SpareDirs:
         self._count = 0
         os.makedirs(folder, exist_ok=True)
         for name in os.listdir(folder):  # a previous life's: not known to be unused
-            _remove_tree(os.path.join(folder, name))
+            remove_tree(os.path.join(folder, name))
         os.makedirs(made_in, exist_ok=True)
         probe = os.path.join(made_in, f".probe-{os.getpid()}")  # a fresh work dir, as made
         with contextlib.suppress(FileNotFoundError):
@@ -232,13 +232,13 @@ class SpareDirs:
         waiting: list[tuple[str, str]] = []
         for spare, workdir in self._cooling:
             if spare in held:
-                _remove_tree(spare)
+                remove_tree(spare)
             elif not clean or workdir in running:
                 waiting.append((spare, workdir))
             elif _as_made(spare, self._made):
                 self._free.append(spare)
             else:
-                _remove_tree(spare)
+                remove_tree(spare)
         self._cooling = waiting
 
 
@@ -273,7 +273,9 @@ def _made_of(fd: int) -> tuple[object, ...]:
     return st.st_mode, st.st_uid, st.st_gid, xattrs, flags
 
 
-def _remove_tree(path: str) -> None:
+def remove_tree(path: str) -> None:
+    """Remove a dir with all in it, or a file, or a symlink (not what it points to); one
+    already gone is skipped."""
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     else:

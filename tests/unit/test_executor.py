@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import resource
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -500,3 +501,10 @@ def test_task_files_by_id_and_their_removal(tmp_path: Any) -> None:
     os.unlink(paths.output("a.b-c", 1, "out"))  # already gone: skipped
     remove_task_files(found["a.b-c"])
     assert task_files(paths) == {"x-a1": found["x-a1"]}
+    # A task that put a symlink where its work dir was: the link goes, what it points to stays.
+    elsewhere = os.path.join(paths.home, "elsewhere")
+    os.makedirs(os.path.join(elsewhere, "kept"))
+    shutil.rmtree(paths.workdir("x-a1", 1))
+    os.symlink(elsewhere, paths.workdir("x-a1", 1))
+    remove_task_files(task_files(paths)["x-a1"])
+    assert task_files(paths) == {} and os.path.isdir(os.path.join(elsewhere, "kept"))
