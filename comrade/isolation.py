@@ -75,7 +75,7 @@ class Isolation:
             shadow.apply(("finish", task_id, self.node.name, attempt, outcome), wall_now)  # fenced if done
 
     def step(self) -> None:
-        """Reconcile and schedule against the shadow (NodeActor thread)."""
+        """Reconcile and schedule against the shadow (a pass, on the executor's thread)."""
         with self.lock:
             self._step()
 

@@ -2,8 +2,9 @@
 
 This is the only module that knows all the others. Threads:
 - pysyncobj's tick thread applies committed entries and calls `_on_applied` (never blocks);
-- the `NodeActor` (pykka) reconciles running tasks with the replicated state and schedules;
-- the `Executor` actor that runs this node's tasks, and the reaper thread that wakes it;
+- the `Executor` actor that runs this node's tasks, and the reaper thread that wakes it; the
+  scheduling passes (reconcile the running tasks with the replicated state, then schedule)
+  run on the executor's actor thread too (`Executor.call_soon`), one at a time;
 - the ticker thread: heartbeats, the leader's lease checks, retries, membership file;
 - the RPC server's threads answer clients and ghosts.
 """
@@ -131,7 +132,8 @@ class Node:
         self._planned_gen = -1  # applied_gen when claims were last planned
         self._avoid: dict[str, float] = {}  # task id -> until when this node does not claim it
         self._rewake = threading.Event()
-        self._pass_queued = False  # a NodeActor pass is queued and has not begun (wake)
+        self._pass_queued = False  # a scheduling pass is queued and has not begun (wake)
+        self._passes = False  # passes may be asked for: the executor runs
         self._unsent: list[Any] = []  # finishes waiting for the next pass's Raft entry
         self._unsent_lock = threading.Lock()
         self._file_locks: dict[str, threading.Lock] = {}  # sha -> lock: one fetch of a file
@@ -147,7 +149,6 @@ class Node:
         self.executor: Executor | None = None
         self.proposer: Proposer | None = None
         self.server: Server | None = None
-        self.actor: pykka.ActorRef[Any] | None = None
         self.beacon: discovery.Beacon | None = None
         self.service = Service(self)
         self.isolation = Isolation(self)
@@ -213,7 +214,7 @@ class Node:
         self.proposer = Proposer(self.consumer)
         self.executor = Executor(self.name, self.paths, self._prepare, time.time,
                                  lambda: self.rpc_addr, self.cfg.kill_grace_s)
-        self.actor = NodeActor.start(self)
+        self._passes = True
         self.server.start()
         if joining:
             membership.ask_to_be_added(peers, self.raft_addr, self.cfg.cookie, self._stop)
@@ -348,15 +349,33 @@ class Node:
     def is_leader(self) -> bool:
         return self._leader_since is not None
 
-    # ----- reconcile and schedule (NodeActor thread) -----------------------------------------
+    # ----- reconcile and schedule (passes, on the executor's actor thread) -------------------
 
     def wake(self) -> None:
-        """Ask the NodeActor for a reconcile-and-schedule pass (any thread). Wakes coalesce:
-        while a pass is queued and has not begun, no other is queued (the pass clears the flag
-        before it reads anything, so it sees what the wakes it absorbed were about)."""
-        if self.actor is not None and not self._pass_queued:
+        """Ask for a reconcile-and-schedule pass (any thread). Wakes coalesce: while a pass is
+        queued and has not begun, no other is queued (the pass clears the flag before it reads
+        anything, so it sees what the wakes it absorbed were about). Passes run on the
+        executor's actor thread, one at a time, between its starts and exits (until 2026-11-24
+        on an actor of their own: two more hand-offs between threads per task)."""
+        if self._passes and not self._pass_queued:
             self._pass_queued = True
-            self.actor.tell("pass")
+            assert self.executor is not None
+            self.executor.call_soon(self._pass)
+
+    def _pass(self) -> None:
+        """One pass: reconcile and schedule (against the shadow queue in isolated mode). An
+        error is logged and counted by the supervisor, which may escalate; the next wake runs
+        the next pass."""
+        self._pass_queued = False  # before reading: a wake from now on queues a pass
+        try:
+            if self.isolation.active:
+                self.isolation.step()
+            else:
+                self.reconcile()
+                self.schedule()
+        except Exception as exc:
+            log.exception("reconcile/schedule pass failed")
+            self.supervisor.child_failed("node actor", f"{type(exc).__name__}: {exc}")
 
     def reconcile(self) -> None:
         """Start the claims the state gave us as their resources free up here (a task claimed
@@ -589,7 +608,7 @@ class Node:
             for c in claims:
                 self._claims_in_flight[c.task_id] = (c.attempt, queue.tasks[c.task_id].spec.needs, now)
                 self._claimed_here.add((c.task_id, c.attempt))
-        if deferred and self.actor is not None and not self._rewake.is_set():
+        if deferred and self._passes and not self._rewake.is_set():
             self._rewake.set()  # one timer at a time: look again when deferred tasks fall due
             threading.Timer(0.1, self._wake_again).start()
         return claims
@@ -917,29 +936,3 @@ class Node:
                 return
             except LeoronicError as exc:
                 log.debug("re-add via %s failed: %s", addr, exc)
-
-
-class NodeActor(pykka.ThreadingActor):
-    """Serializes reconcile + schedule passes (`Node.wake` coalesces the requests)."""
-
-    def __init__(self, node: Node) -> None:
-        super().__init__()
-        self.node = node
-
-    def on_receive(self, message: Any) -> Any:
-        if message == "pass":
-            self.node._pass_queued = False  # before reading: a wake from now on queues a pass
-            try:
-                if self.node.isolation.active:
-                    self.node.isolation.step()
-                else:
-                    self.node.reconcile()
-                    self.node.schedule()
-            except Exception as exc:  # keep the actor; the supervisor counts and may escalate
-                log.exception("reconcile/schedule pass failed")
-                self.node.supervisor.child_failed("node actor", f"{type(exc).__name__}: {exc}")
-        return None
-
-    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        log.error("node actor crashed: %s: %s", exception_type.__name__, exception_value)
-

@@ -99,6 +99,23 @@ def test_a_stale_work_dir_of_the_same_id_is_emptied_first(run, paths) -> None:  
     assert out.exit_code == 0 and out.stdout_tail.decode().splitlines() == [stale]
 
 
+def test_a_call_runs_on_the_actors_thread_and_is_dropped_once_it_stops(run) -> None:  # type: ignore[no-untyped-def]
+    """A node's scheduling passes run so: on the thread that starts and reaps its attempts,
+    never beside them; once the executor stops, a call is dropped, not an error."""
+    ex, rec = run
+    seen: list[str] = []
+    start(run, "first", "true")
+    ex.call_soon(lambda: seen.append(threading.current_thread().name))
+    wait_for(lambda: seen, 10, "the call")
+    rec.outcome("first")
+    ex.call_soon(lambda: seen.append(threading.current_thread().name))
+    wait_for(lambda: len(seen) == 2, 10, "the second call")
+    assert seen[0] == seen[1] and seen[0].startswith("ExecutorActor"), seen
+    ex.stop()
+    ex.call_soon(lambda: seen.append("late"))  # dropped
+    assert len(seen) == 2
+
+
 def test_empty_outputs_are_not_kept_but_reused_by_the_next_attempt(run, paths) -> None:  # type: ignore[no-untyped-def]
     start(run, "quiet", "true")
     assert run[1].outcome("quiet").stdout_bytes == 0
