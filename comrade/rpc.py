@@ -224,23 +224,21 @@ def _no_delay(conn: Connection) -> None:
     as two writes, its length then its body; with Nagle's algorithm the body waited for the
     peer's delayed acknowledgement of the length, 40 ms here: `leoronic_wait` on 2,000 tasks
     spent 44 ms in its last reply, most of the time from the last task's end to its exit."""
-    sock = socket.socket(fileno=conn.fileno())
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    finally:
-        sock.detach()
+    _set_option(conn, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _recv_timeout(conn: Connection, seconds: float) -> None:
     """Bound blocking reads on a connection (0 = no bound), keeping the socket blocking."""
+    whole = int(seconds)
+    _set_option(conn, socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+
+
+def _set_option(conn: Connection, level: int, option: int, value: int | bytes) -> None:
+    """setsockopt on a Connection's socket, which stays the Connection's."""
     sock = socket.socket(fileno=conn.fileno())
     try:
-        whole = int(seconds)
-        sock.setsockopt(
-            socket.SOL_SOCKET,
-            socket.SO_RCVTIMEO,
-            struct.pack("ll", whole, int((seconds - whole) * 1e6)),
-        )
+        sock.setsockopt(level, option, value)
     finally:
         sock.detach()
 

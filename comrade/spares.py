@@ -66,7 +66,6 @@ class Spares:
         self.folder = folder
         self.limit = limit
         self._free: list[str] = []
-        self._taken: set[str] = set()  # taken by attempts that run
         self._count = 0
         os.makedirs(folder, exist_ok=True)
         for name in os.listdir(folder):  # a previous life's: not known to be unused
@@ -82,24 +81,20 @@ class Spares:
         the caller's until `settle`."""
         if not self._free:
             return None
-        spare = self._free.pop()
-        self._taken.add(spare)
-        return spare
+        return self._free.pop()
 
     def settle(self, at: str, path: str, size: int | None = None) -> None:
         """An ended attempt's stream, written at `at` (a spare from `take`, or `path` itself),
         `size` bytes (None: look): an empty one that no process has open for writing is kept
         as a spare (or removed, when there are enough); any other ends at `path`, where the
         attempt's output belongs."""
-        taken = at in self._taken
-        self._taken.discard(at)
         if size is None:
             try:
                 size = os.stat(at).st_size
             except OSError:
                 return  # gone: nothing to keep or to move
         if size == 0 and _empty_and_unwritten(at):
-            self._keep(at, taken)
+            self._keep(at, taken=at != path)
         elif at != path:
             try:
                 os.rename(at, path)
