@@ -3,8 +3,9 @@
 Part A (loopback, always runs): three workers with short timings run 1,000 small tasks while
 a seeded schedule SIGKILLs a random follower once it has finished a few more tasks (twice the
 leader instead, each time while a chunk is being submitted and it runs tasks), keeps it down
-0.5-5 s (either side of the 3 s lease) and restarts it with the same home before the next
-kill, so a majority is always up. Submits go in chunks of 100 through a node that is not
+either briefly (back within its 3 s lease) or until the others have declared it lost (past
+the lease), and restarts it with the same home before the next kill, so a majority is always
+up. Submits go in chunks of 100 through a node that is not
 about to be killed, concurrently with the kills (a submit may straddle a leader change: the
 CLI and the node retry with the same ids).
 
@@ -50,6 +51,7 @@ from typing import Any
 
 import pytest
 
+from comrade.errors import LeoronicError
 from comrade.isolation import load_results
 from tests import netns
 from tests.cluster import LEORONIC, UTILITIES, Cluster, NodeProc, start_cluster, wait_for
@@ -293,6 +295,18 @@ def fetch_all(cluster: Cluster, node: NodeProc, ids: Sequence[str]) -> tuple[lis
     return rows, records
 
 
+def declared_lost(cluster: Cluster, node: NodeProc, name: str) -> bool:
+    """True once `node` (up) lists worker `name` as not alive: its lease ran out."""
+    client = cluster.client(node)
+    try:
+        rows = client.call("nodes", retry_s=2)["nodes"]
+    except LeoronicError:
+        return False  # a leader change under way: ask again
+    finally:
+        client.close()
+    return any(r["name"] == name and not r["alive"] for r in rows)
+
+
 def final_states(cluster: Cluster, node: NodeProc, ids: Sequence[str]) -> dict[str, str]:
     client = cluster.client(node)
     try:
@@ -418,11 +432,16 @@ def test_thousand_tasks_survive_worker_and_leader_kills(chaos_cluster: Cluster, 
         kills += 1
         leader_kills += victim is leader
         busy_leader_kills += victim is leader and busy[0]
-        down = rng.uniform(0.5, 5.0)  # shorter or longer than the 3 s lease
+        past_lease = rng.random() < 0.5  # back within the 3 s lease, or once declared lost
+        killed_at = time.monotonic()
+        if past_lease:
+            def lost(victim: NodeProc = victim, via: NodeProc = via) -> bool:
+                return declared_lost(cluster, via, victim.name)
+            wait_for(lost, 60, f"the others to declare {victim.name} lost", interval=0.1)
         events.append(f"{time.time() - wall0:6.1f}s kill {victim.name}"
-                      f"{' (leader)' if victim is leader else ''}, down {down:.1f} s, "
-                      f"submit via {via.name}")
-        time.sleep(down)  # fault schedule: how long the victim stays down
+                      f"{' (leader)' if victim is leader else ''}, down "
+                      f"{time.monotonic() - killed_at:.1f} s"
+                      f"{' (declared lost)' if past_lease else ''}, submit via {via.name}")
         cluster.launch(victim)
         cluster.wait_registered(victim, timeout=60)
         if submitter is not None:
