@@ -2,9 +2,10 @@
 
 This is the only module that knows all the others. Threads:
 - pysyncobj's tick thread applies committed entries and calls `_on_applied` (never blocks);
-- the `Executor` actor that runs this node's tasks, and the reaper thread that wakes it; the
-  scheduling passes (reconcile the running tasks with the replicated state, then schedule)
-  run on the executor's actor thread too (`Executor.call_soon`), one at a time;
+- the `Executor` actor that runs this node's tasks and reaps them (one epoll set for its
+  inbox and the children's pidfds); the scheduling passes (reconcile the running tasks with
+  the replicated state, then schedule) run on its thread too (`Executor.call_soon`), one at
+  a time;
 - the ticker thread: heartbeats, the leader's lease checks, retries, membership file;
 - the RPC server's threads answer clients and ghosts.
 """

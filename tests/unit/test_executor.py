@@ -22,6 +22,7 @@ import pytest
 
 from comrade.executor import (
     Executor,
+    ExitsInbox,
     Paths,
     kill_orphans,
     output_task_id,
@@ -114,6 +115,49 @@ def test_a_call_runs_on_the_actors_thread_and_is_dropped_once_it_stops(run) -> N
     ex.stop()
     ex.call_soon(lambda: seen.append("late"))  # dropped
     assert len(seen) == 2
+
+
+def test_exits_are_reaped_on_the_actors_thread_even_while_messages_keep_coming(run) -> None:  # type: ignore[no-untyped-def]
+    """The actor's inbox watches the children's pidfds: an exit is handled on the actor's
+    thread (no reaper thread to hand it over), and an inbox that never empties (here a call
+    that posts itself again each time) still gets to it."""
+    ex, rec = run
+    threads: list[str] = []
+    calls = [0]
+    until = time.monotonic() + 20
+
+    def report(task_id: str, attempt: int, outcome: Outcome) -> None:
+        threads.append(threading.current_thread().name)
+        rec.report(task_id, attempt, outcome)
+
+    def again() -> None:
+        calls[0] += 1
+        if not rec.outcomes and time.monotonic() < until:
+            ex.call_soon(again)
+
+    ex.call_soon(again)
+    ex.start(spec("busy", "exit 4"), 1, report, rec.crashed)
+    assert rec.outcome("busy", 20).exit_code == 4
+    assert threads[0].startswith("ExecutorActor"), threads
+    assert calls[0] > 1, "the inbox was never busy"
+    assert not any(t.name == "reaper" for t in threading.enumerate())
+
+
+def test_the_inbox_wakes_for_a_message_and_is_quiet_once_closed() -> None:
+    """A message from another thread wakes an actor waiting for exits; once closed, the inbox
+    takes messages without ringing a closed (perhaps reused) eventfd."""
+    inbox = ExitsInbox()
+    got: list[Any] = []
+    reader = threading.Thread(target=lambda: got.append(inbox.get()))
+    reader.start()
+    wait_for(lambda: inbox._waiting, 10, "the reader to wait")  # noqa: SLF001
+    inbox.put("hello")
+    reader.join(10)
+    assert got == ["hello"] and inbox.empty()
+    inbox.close()
+    inbox._waiting = True  # noqa: SLF001 - as if a reader were still in epoll
+    inbox.put("late")  # no OSError (EBADF), and no write to whatever reuses the fd
+    assert not inbox.empty()
 
 
 def test_empty_outputs_are_not_kept_but_reused_by_the_next_attempt(run, paths) -> None:  # type: ignore[no-untyped-def]
