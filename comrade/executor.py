@@ -547,9 +547,8 @@ class ExecutorActor(pykka.ThreadingActor):
         """Kill the processes ended tasks left behind outside their process group (`setsid`,
         a daemon): they carry the task's mark, and no running attempt has that work dir."""
         running = {run.workdir for run in self.runs.values()}
-        groups = kill_orphans(self.paths, running)
-        self.dirs.settle(clean=not groups, running=running,
-                         held=cwds_under(self.paths.spare_dirs))
+        groups, held = sweep_processes(self.paths, running, self.paths.spare_dirs)
+        self.dirs.settle(clean=not groups, running=running, held=held)
         if groups:
             log.info("killed %d process groups that ended tasks left running: %s", len(groups),
                      " ".join(map(str, groups)))
@@ -718,8 +717,22 @@ def kill_orphans(paths: Paths, keep: AbstractSet[str] = frozenset()) -> list[int
     orphan. Processes of other users cannot be read, and could not be killed either. Returns
     the groups killed.
     """
+    return sweep_processes(paths, keep)[0]
+
+
+def sweep_processes(paths: Paths, keep: AbstractSet[str] = frozenset(),
+                    under: str = "") -> tuple[list[int], set[str]]:
+    """`kill_orphans`, and in the same pass over /proc the entries of the folder `under` that
+    some process is in (its current directory is the entry or below it; none if `under` is
+    ''): (groups killed, entries held). A process may hold an ended task's work dir, set aside
+    there, without the mark the orphans are found by: one that cleared its environment, or a
+    window a tmux server outside the task opened in it. One readlink per process that is not
+    a kernel thread (one listing of /proc and a readlink per kernel thread fewer than two
+    passes took: a sweep's cost is most of a set-aside work dir's)."""
     mark = b"LEORONIC_WORKDIR=" + os.fsencode(paths.work) + b"/"
     kept = {b"LEORONIC_WORKDIR=" + os.fsencode(w) for w in keep}
+    prefix = under + "/"
+    held: set[str] = set()
     own = os.getpgid(0)
     groups: set[int] = set()
     names = [name for name in os.listdir("/proc") if name.isdigit() and int(name) != os.getpid()]
@@ -733,35 +746,22 @@ def kill_orphans(paths: Paths, keep: AbstractSet[str] = frozenset()) -> list[int
             try:
                 env = _environ(name)
                 if not env:
-                    if _has_program(name):
-                        empty.append(name)
+                    if not _has_program(name):
+                        continue  # a kernel thread: no mark, always in /
+                    empty.append(name)
                 elif any(var.startswith(mark) and var not in kept for var in env.split(b"\0")):
                     groups.add(os.getpgid(int(name)))
+                if under and not retry:
+                    cwd = os.readlink(f"/proc/{name}/cwd")
+                    if cwd.startswith(prefix):
+                        held.add(prefix + cwd[len(prefix):].split("/", 1)[0])
             except (OSError, ValueError):
                 continue  # gone, or not ours to read
         names = empty
     groups.discard(own)
     for group in sorted(groups):
         kill_group(group)
-    return sorted(groups)
-
-
-def cwds_under(folder: str) -> set[str]:
-    """The entries of `folder` that some process is in (its current directory is the entry or
-    below it). A process may hold an ended task's work dir, set aside there, without the mark
-    the sweep looks for: one that cleared its environment, or a window a tmux server outside
-    the task opened in it. One readlink per process."""
-    prefix = folder + "/"
-    held = set()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                cwd = os.readlink(f"/proc/{name}/cwd")
-            except OSError:
-                continue  # gone, or not ours to read
-            if cwd.startswith(prefix):
-                held.add(prefix + cwd[len(prefix):].split("/", 1)[0])
-    return held
+    return sorted(groups), held
 
 
 #: Pids found to be kernel threads (no program, no environment): not looked at again by

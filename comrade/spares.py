@@ -221,7 +221,7 @@ class SpareDirs:
         are free (or removed, if something was written into one meanwhile). One whose work dir
         path a `running` attempt has again (a task id used again) waits: the sweep spared every
         process marked with that path, its old task's too. One some process is in (`held`: a
-        process without the mark, see `cwds_under`) is removed at once, clean or not: what is
+        process without the mark, see `sweep_processes`) is removed at once, clean or not: what is
         in it can then create nothing there, and it is never handed on."""
         self._since_sweep = 0
         waiting: list[tuple[str, str]] = []
