@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.poller import createPoller
-from pysyncobj.tcp_connection import TcpConnection
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 
 from comrade import raftmend
 from tests.cluster import free_port_pair, wait_for
@@ -74,6 +74,48 @@ def test_messages_queued_behind_a_big_one_arrive_whole_and_in_order() -> None:
         assert pair.received == sent
     finally:
         pair.close()
+
+
+def test_encrypted_messages_arrive_and_old_or_forged_ones_drop_the_connection() -> None:
+    """With the cluster's password, each message is a Fernet token whose time must not go
+    back: the receiver reads the time only from a token `decrypt` verified. A replayed older
+    token, a forged time (the token's bytes changed) or a foreign key each drop the
+    connection, as pysyncobj does with anything wrong in a message."""
+    from cryptography.fernet import Fernet
+
+    key = Fernet.generate_key()
+
+    def frame(token: bytes) -> bytes:
+        return len(token).to_bytes(4, "little", signed=True) + token
+
+    def message(n: int) -> bytes:
+        return zlib.compress(pickle.dumps({"type": "x", "n": n}))
+
+    cases = {
+        "older": [Fernet(key).encrypt_at_time(message(0), 200),
+                  Fernet(key).encrypt_at_time(message(1), 100)],
+        "forged time": [Fernet(key).encrypt_at_time(message(0), 100)],
+        "foreign key": [Fernet(Fernet.generate_key()).encrypt_at_time(message(0), 100)],
+    }
+    forged = bytearray(cases["forged time"][0])
+    forged[5] ^= 0x01  # inside the base64 of the time field
+    cases["forged time"] = [bytes(forged)]
+    for case, tokens in [("in order", [Fernet(key).encrypt_at_time(message(n), 100 + n)
+                                        for n in range(3)]), *cases.items()]:
+        pair = Pair()
+        try:
+            for conn in (pair.sender, pair.receiver):
+                conn.encryptor = Fernet(key)
+            pair.poll_until(1, 3)  # connected and idle
+            sock = pair.sender._TcpConnection__socket  # type: ignore[attr-defined]  # noqa: SLF001
+            sock.sendall(b"".join(frame(t) for t in tokens))
+            want = len(tokens) if case == "in order" else len(tokens) - 1
+            pair.poll_until(want + 1, 50)
+            assert [m["n"] for m in pair.received] == list(range(want)), (case, pair.received)
+            state = pair.receiver._TcpConnection__state  # type: ignore[attr-defined]  # noqa: SLF001
+            assert (state == CONNECTION_STATE.CONNECTED) == (case == "in order"), case
+        finally:
+            pair.close()
 
 
 def test_messages_get_a_window_just_big_enough_that_any_zlib_reader_inflates() -> None:
