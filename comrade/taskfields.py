@@ -127,13 +127,18 @@ def command_problem(command: str) -> str:
 
 def command_too_long(command: str, task_id: str = "") -> str:
     """'' if `command` fits in one argument of `bash -c`, else the one-line reason."""
-    return _too_long("COMMAND", command, MAX_COMMAND_BYTES, task_id,
-                     f"but Linux passes at most {MAX_COMMAND_BYTES} bytes as the one argument of "
-                     "bash -c; put a longer script in a file and send it as a necessary file")
+    return _too_long("COMMAND", command, MAX_COMMAND_BYTES, task_id, _COMMAND_LIMIT)
+
+
+_COMMAND_LIMIT = (f"but Linux passes at most {MAX_COMMAND_BYTES} bytes as the one argument of "
+                  "bash -c; put a longer script in a file and send it as a necessary file")
 
 
 def _too_long(field: str, text: str, limit: int, task_id: str, rest: str) -> str:
-    """'' if `text` has at most `limit` bytes in UTF-8, else `FIELD: [task ID has ]N bytes, rest`."""
+    """'' if `text` has at most `limit` bytes in UTF-8, else `FIELD: [task ID has ]N bytes, rest`.
+    (Checked for every task by the CLI, the node's check and its submit.)"""
+    if len(text) * 4 <= limit:  # no character takes more than 4 bytes
+        return ""
     size = len(text.encode("utf-8", "surrogateescape"))
     if size <= limit:
         return ""
@@ -149,8 +154,10 @@ MAX_CONDITIONS_BYTES = 64 * 1024
 
 def conditions_too_long(conditions: str, task_id: str = "") -> str:
     """'' if `conditions` is within MAX_CONDITIONS_BYTES, else the one-line reason."""
-    return _too_long("CONDITIONS", conditions, MAX_CONDITIONS_BYTES, task_id,
-                     f"at most {MAX_CONDITIONS_BYTES} are taken; to wait for many tasks, match "
+    return _too_long("CONDITIONS", conditions, MAX_CONDITIONS_BYTES, task_id, _CONDITIONS_LIMIT)
+
+
+_CONDITIONS_LIMIT = (f"at most {MAX_CONDITIONS_BYTES} are taken; to wait for many tasks, match "
                      "their commands with queue:all_with_cmd_done REGEX")
 
 

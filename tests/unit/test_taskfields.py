@@ -336,6 +336,13 @@ def test_the_longest_command_bash_c_can_take_is_accepted_and_runs() -> None:
         subprocess.run(["bash", "-c", command + " "])
 
 
+def test_the_limit_counts_a_commands_bytes_not_its_characters() -> None:
+    """Fewer characters than the limit can still be too many bytes: `é` takes two."""
+    assert parse_fields(row(command="é" * (MAX_COMMAND_BYTES // 2))).command
+    with pytest.raises(UsageError, match=f"COMMAND: {2 * (MAX_COMMAND_BYTES // 2 + 1)} bytes"):
+        parse_fields(row(command="é" * (MAX_COMMAND_BYTES // 2 + 1)))
+
+
 def test_conditions_up_to_the_limit_are_taken() -> None:
     conditions = ("queue:after a;" * 4681).ljust(MAX_CONDITIONS_BYTES)  # 65534 bytes, then spaces
     assert len(conditions) == MAX_CONDITIONS_BYTES
