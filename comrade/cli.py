@@ -7,7 +7,6 @@ Exit codes: 0 ok, 1 a task failed, 2 bad input, 3 cluster unreachable / no quoru
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -709,7 +708,7 @@ def task_info(task_ids: Sequence[str], as_json: bool) -> None:
                 raise
             unknown.append(task_id)  # never submitted, or forgotten: the others are shown
             continue
-        click.echo(json.dumps(record) if as_json else _describe(record))
+        click.echo(_json(record) if as_json else _describe(record))
     if unknown:
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
         raise UsageError(f"ID: no task {unknown[0]!r}{more}")
@@ -733,6 +732,12 @@ def _record(task: Any) -> dict[str, Any]:
             "timed_out": out.timed_out, "cpu_s": out.cpu_s, "max_rss": out.max_rss,
             "max_rss_exact": out.max_rss_exact},
     }
+
+
+def _json(record: dict[str, Any]) -> str:
+    import json  # only `leoronic task --json` needs it
+
+    return json.dumps(record)
 
 
 def _describe(r: dict[str, Any]) -> str:

@@ -13,11 +13,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import re2
-
-_OPTIONS = re2.Options()
-_OPTIONS.log_errors = False  # RE2 would log every refused pattern to stderr; the caller says it
-
 
 class PatternError(ValueError):
     """RE2 refused a pattern; the message says why."""
@@ -26,8 +21,12 @@ class PatternError(ValueError):
 @functools.lru_cache(maxsize=256)
 def compile_pattern(pattern: str) -> Any:
     """The compiled pattern (with `.search(text)`), or PatternError. Compiled once."""
+    import re2  # here: loading RE2 is a tenth of a `leoronic` command's start, and few patterns
+
+    options = re2.Options()
+    options.log_errors = False  # RE2 would log every refused pattern to stderr; the caller says it
     try:
-        return re2.compile(pattern, _OPTIONS)
+        return re2.compile(pattern, options)
     except Exception as exc:  # noqa: BLE001 - re2's own error type, whose message is bytes
         reason = exc.args[0] if exc.args else exc
         if isinstance(reason, bytes):
