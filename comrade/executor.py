@@ -171,9 +171,7 @@ class ExitsInbox:
                 return items.popleft()
             self._waiting = True
             try:
-                events = self._epoll.poll(0 if items else -1)
-            except InterruptedError:  # pragma: no cover - Python retries EINTR itself
-                events = []
+                events = self._epoll.poll(0 if items else -1)  # Python retries EINTR itself
             finally:
                 self._waiting = False
             self._since_poll = 0
@@ -186,16 +184,16 @@ class ExitsInbox:
                     self._epoll.unregister(fd)
                     items.append(_Note(("reaped", fd)))
 
-    def watch(self, child: Child, key: Key) -> int | None:
-        """Report `child`'s exit as ("reaped", pidfd). None if its pidfd cannot be had (it
+    def watch(self, child: Child, key: Key) -> bool:
+        """Report `child`'s exit as ("reaped", pidfd). False if its pidfd cannot be had (it
         cannot be gone: only this process waits for it)."""
         try:
             fd = os.pidfd_open(child.pid)
         except ProcessLookupError:
-            return None
+            return False
         self.children[fd] = (child, key)
         self._epoll.register(fd, select.EPOLLIN)
-        return fd
+        return True
 
     def forget(self, fd: int) -> tuple[Child, Key] | None:
         """The child and attempt a reported pidfd was for; the pidfd is closed."""
@@ -477,7 +475,7 @@ class ExecutorActor(pykka.ThreadingActor):
         except Exception as exc:
             self._cannot_start(key, exc)
             return
-        if self.inbox.watch(run.proc, key) is None:  # cannot happen: see ExitsInbox.watch
+        if not self.inbox.watch(run.proc, key):  # cannot happen: see ExitsInbox.watch
             self.actor_ref.tell(("exited", key, run.proc.reap()))
         if run.spec.time_limit > 0:
             self._after(run, run.spec.time_limit)

@@ -47,7 +47,7 @@ def parse_bytes(text: str, field: str) -> int:
     number, unit = m.group(1), _UNITS[m.group(2).upper()]
     if "." not in number:  # the common case, exact without a Fraction (a fifth of the cost)
         return int(number) * unit
-    from fractions import Fraction  # only here: its import is 3% of a command's start
+    from fractions import Fraction  # only here: its import is about 1.5 ms of a command's start
 
     return math.ceil(Fraction(number) * unit)
 
