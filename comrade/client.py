@@ -247,8 +247,8 @@ class Client:
         limit = max_file_bytes()
         specs, uploads, seen = [], [], set()
         for i, fields in enumerate(rows):
-            try:
-                files = self._row_files(fields, limit, rename)
+            try:  # most rows name no file: nothing to read (and no getcwd per row)
+                files = self._row_files(fields, limit, rename) if fields.files else []
             except FileError as exc:
                 raise FileError(f"{labels[i] if i < len(labels) else ''}FILES: {exc}") from None
             for f in files:

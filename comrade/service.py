@@ -527,8 +527,11 @@ def _impossible(spec: TaskSpec, biggest: dict[str, Any]) -> str:
     """Why a task asks for more than any live node could ever offer ('' if it does not)."""
     if not biggest["cores"][1]:
         return ""  # no node known yet: nothing to compare with
+    needs = spec.needs if spec.files else spec  # without files, it needs what it asks for
+    if needs.memory <= biggest["memory"][0] and needs.cores <= biggest["cores"][0] \
+            and needs.storage <= biggest["storage"][0]:
+        return ""  # (checked for every task of every submit: first the common case, quickly)
     labels = {"memory": "MEM", "cores": "CORES", "storage": "STORAGE"}
-    needs = spec.needs
     for field, label in labels.items():
         value, name = biggest[field]
         if getattr(needs, field) > value:

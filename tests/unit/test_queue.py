@@ -289,6 +289,17 @@ def test_old_records_without_time_limits_read_as_unlimited() -> None:
     assert s2.time_limit == 0.0 and o2.timed_out is False
 
 
+def test_a_spec_is_pickled_without_its_cached_needs() -> None:
+    """The node that takes a submit computes what each task needs before replicating it: the
+    entry, the journal and the snapshots still hold the fields alone, and the copy works out
+    its needs again (necessary files counted in its storage)."""
+    fresh, used = spec("t", files=(("a.csv", "0" * 64, 5),)), spec("t", files=(("a.csv", "0" * 64, 5),))
+    assert used.needs.storage == used.storage + 5
+    assert pickle.dumps(used) == pickle.dumps(fresh)
+    copy = pickle.loads(pickle.dumps(used))
+    assert "needs" not in copy.__dict__ and copy == used and copy.needs == used.needs
+
+
 def test_old_outcomes_without_usage_read_as_unknown() -> None:
     o = out(0, cpu_s=1.5, max_rss=4096, max_rss_exact=True)
     for name in ("cpu_s", "max_rss", "max_rss_exact"):

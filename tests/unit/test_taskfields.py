@@ -213,6 +213,17 @@ def test_first_bad_field_is_reported() -> None:
         parse_fields(row("x", "0", "y", "maybe", "bad", "", ""))
 
 
+def test_rows_with_the_same_resources_are_each_checked_whole() -> None:
+    """The fields rows share are parsed once, but each row's own fields are checked, and a bad
+    shared field is refused every time it comes, with that row's label."""
+    assert parse_fields(row(command="echo a")).command == "echo a"
+    with pytest.raises(UsageError, match="^line 2: COMMAND: empty"):
+        parse_fields(row(command=" "), where="line 2: ")
+    for n in (3, 4):
+        with pytest.raises(UsageError, match=f"^line {n}: CONDITIONS: "):
+            parse_fields(row(conditions="queue:nonsense"), where=f"line {n}: ")
+
+
 # ----- tasks files ----------------------------------------------------------------------------
 
 def test_parse_task_file_comments_blanks_and_quoting() -> None:
