@@ -911,7 +911,7 @@ def _count(kept: list[int], needs: Resources, sign: int) -> None:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return type(v) is int or (isinstance(v, int) and not isinstance(v, bool))
 
 
 def _is_time(t: Any) -> bool:
@@ -940,14 +940,16 @@ def spec_problem(spec: Any) -> str:
         return "time limit must be a number of seconds from 0 (none) to a year"
     if not _is_int(spec.priority) or not MIN_PRIORITY <= spec.priority <= MAX_PRIORITY:
         return f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}"
-    if not all(isinstance(v, bool) for v in (spec.concurrent, spec.rename, spec.held)):
+    if not (type(spec.concurrent) is bool and type(spec.rename) is bool
+            and type(spec.held) is bool):  # (bool has no subclasses)
         return "concurrent, rename and held must be true or false"
     if not isinstance(spec.command, str) or not isinstance(spec.conditions, str):
         return "command and conditions must be strings"
-    if not isinstance(spec.files, tuple) or not all(
+    files = spec.files
+    if not isinstance(files, tuple) or (files and not all(
         isinstance(f, tuple) and len(f) == 3 and isinstance(f[0], str)
-        and isinstance(f[1], str) and _is_int(f[2]) and f[2] >= 0 for f in spec.files
-    ):
+        and isinstance(f[1], str) and _is_int(f[2]) and f[2] >= 0 for f in files
+    )):
         return "files must be (name, sha256, size) triples"
     return ""
 

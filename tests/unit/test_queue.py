@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import pickle
 import random
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 
 import conditions as cond
 from comrade.model import TAIL_BYTES, NodeInfo, Outcome, Resources, State, TaskSpec
-from comrade.queue import Queue, Reply
+from comrade.queue import Queue, Reply, spec_problem
 
 GiB = 1024**3
 
@@ -987,6 +988,28 @@ def test_malformed_ops_are_rejected_without_change(op: Any) -> None:
         reply = apply()
         assert isinstance(reply, Reply) and reply.ok is False and reply.detail
         assert observe(q)[:-1] == before[:-1]  # only the `applied` counter may move
+
+
+class Cores(enum.IntEnum):
+    TWO = 2
+
+
+@pytest.mark.parametrize(("fields", "problem"), [
+    ({"memory": True}, "memory must be a whole number >= 0"),
+    ({"memory": 1.0}, "memory must be a whole number >= 0"),
+    ({"storage": -1}, "storage must be a whole number >= 0"),
+    ({"cores": 0}, "cores must be at least 1"),
+    ({"concurrent": 1}, "concurrent, rename and held must be true or false"),
+    ({"rename": None}, "concurrent, rename and held must be true or false"),
+    ({"files": [("a", "0" * 64, 1)]}, "files must be (name, sha256, size) triples"),
+    ({"files": (("a", "0" * 64),)}, "files must be (name, sha256, size) triples"),
+    ({"files": (("a", "0" * 64, -1),)}, "files must be (name, sha256, size) triples"),
+    ({"files": (("a", "0" * 64, True),)}, "files must be (name, sha256, size) triples"),
+    ({"files": (("a", "0" * 64, 1), None)}, "files must be (name, sha256, size) triples"),
+    ({"cores": Cores.TWO, "files": (("a", "0" * 64, 1),)}, ""),  # an int subclass is a number
+])
+def test_each_badly_typed_field_of_a_spec_is_named(fields: dict[str, Any], problem: str) -> None:
+    assert spec_problem(spec("t", **fields)) == problem
 
 
 def test_badly_typed_spec_is_rejected_or_harmless() -> None:
