@@ -1,5 +1,5 @@
 """`Client.submit`: every spec is checked before anything is queued, then the specs go in
-order, a small first batch (so the cluster starts while the rest is sent) and full ones after.
+order, a small first batch (so the cluster starts while the rest is sent) and growing ones after.
 `Client.write_output`: the tail in the record, else the node's file in parts, else a warning
 that says which copy is left."""
 
@@ -40,12 +40,13 @@ def specs(n: int) -> list[TaskSpec]:
     return [TaskSpec(f"t{i}", 1024, 1, 1024, True, "", (), "true") for i in range(n)]
 
 
-def test_small_first_batch_then_full_ones_in_order() -> None:
+def test_small_first_batch_then_growing_ones_in_order() -> None:
     client = Recording()
-    ids = client.submit(specs(2100), batch=1000, first=50)
-    assert ids == [f"t{i}" for i in range(2100)]
+    ids = client.submit(specs(3100), batch=1000, first=50)
+    assert ids == [f"t{i}" for i in range(3100)]
     assert [(m, len(c)) for m, c in client.calls] == [
-        ("check", 2100), ("submit", 50), ("submit", 1000), ("submit", 1000), ("submit", 50)]
+        ("check", 3100), ("submit", 50), ("submit", 200), ("submit", 800), ("submit", 1000),
+        ("submit", 1000), ("submit", 50)]
     assert [t for m, c in client.calls[1:] for t in c] == ids
 
 
