@@ -67,6 +67,7 @@ class Service:
             "queue": self.queue,
             "tasks": self.tasks,
             "wait_tasks": self.wait_tasks,
+            "not_done": self.not_done,
             "held": self.held,
             "task": self.task,
             "delete": self.delete,
@@ -248,6 +249,26 @@ class Service:
                     t.state.value, t.outcome.exit_code if t.outcome else None)
             return out
         return self._read(pick)
+
+    def not_done(self) -> tuple[int, dict[str, tuple[str, int | None]]]:
+        """Where `leoronic wait` for every task starts: how many tasks are done (a task deleted
+        after it succeeded counts), and the state and exit code of each other task. A queue
+        keeps a month of finished tasks: those that succeeded cost a count, not a record
+        each sent to the client (about 1.4 ms per thousand, client and node)."""
+        def pick(q: Any) -> tuple[int, dict[str, tuple[str, int | None]]]:
+            done, rest = 0, {}
+            for tid, t in q.tasks.items():
+                if t.state is State.DONE:
+                    done += 1
+                else:
+                    rest[tid] = (t.state.value, t.outcome.exit_code if t.outcome else None)
+            return done, rest
+        done, rest = self._read(pick)
+        for tid, (state, _) in list(self._succeeded_as_done(rest).items()):
+            if state == State.DONE.value:
+                del rest[tid]
+                done += 1
+        return done, rest
 
     def held(self, ids: Sequence[str]) -> list[str]:
         """Those of `ids` that are queued and held: nothing but `release` starts them."""

@@ -1,21 +1,22 @@
-"""The node's dry run of a submit (`leoronic_add_tasks_from_file` asks it before queueing
-anything): a task that asks for more than any live node offers is named with the field and
-the largest node; necessary files count in its storage."""
+"""What a node answers from its copy of the queue: the dry run of a submit
+(`leoronic_add_tasks_from_file` asks it before queueing anything: a task that asks for more
+than any live node offers is named with the field and the largest node; necessary files count
+in its storage), and where `leoronic_wait` for every task starts (`not_done`)."""
 
 from __future__ import annotations
 
 import threading
 from types import SimpleNamespace
 
-from comrade.model import NodeInfo, Resources, TaskSpec
+from comrade.model import NodeInfo, Outcome, Resources, TaskSpec
 from comrade.queue import Queue
 from comrade.service import Service
 
 GiB = 1 << 30
 
 
-def service(*offers: tuple[str, Resources]) -> Service:
-    q = Queue()
+def service(*offers: tuple[str, Resources], q: Queue | None = None) -> Service:
+    q = q or Queue()
     for name, offered in offers:
         assert q.apply(("join", NodeInfo(name, "worker", f"{name}:1", f"{name}:2", offered)), 0.0).ok
     node = SimpleNamespace(isolation=SimpleNamespace(lock=threading.Lock(), shadow=None),
@@ -52,3 +53,19 @@ def test_tasks_that_fit_the_largest_node_pass_and_the_others_are_named() -> None
 
 def test_before_any_node_is_known_nothing_is_too_big() -> None:
     assert service().check([task("huge", memory=1 << 60, cores=10**6)]) == []
+
+
+def test_not_done_counts_the_tasks_done_and_lists_the_others() -> None:
+    q = Queue()
+    ops: list[tuple[object, ...]] = [("join", NodeInfo("a", "worker", "a:1", "a:2", Resources(GiB, 2, GiB)))]
+    for tid in ("ok", "bad", "run", "wait", "gone-ok", "gone"):
+        ops.append(("submit", task(tid)))
+    for tid, code in (("ok", 0), ("bad", 3), ("gone-ok", 0)):
+        ops += [("claim", tid, "a", 1), ("finish", tid, "a", 1, Outcome(code, 1.0, 2.0))]
+    ops += [("claim", "run", "a", 1), ("delete", "gone-ok"), ("delete", "gone")]
+    assert all(r.ok for r in q.apply_batch(ops, 1.0))
+    done, rest = service(q=q).not_done()
+    # Deleting a task that had succeeded forgot its output, not its success.
+    assert done == 2
+    assert rest == {"bad": ("failed", 3), "run": ("running", None), "wait": ("queued", None),
+                    "gone": ("deleted", None)}
