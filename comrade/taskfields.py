@@ -170,7 +170,7 @@ def parse_fields(args: Sequence[str], where: str = "") -> Fields:
             raise UsageError(
                 f"expected 7 fields ({' '.join(FIELDS)}) and an optional ID, got {len(args)}"
             )
-        memory, cores, storage, concurrent = _needs(*args[:5])
+        memory, cores, storage, concurrent = _first_five(*args[:5])
         problem = command_problem(args[6])
         if problem:
             raise UsageError(problem)
@@ -185,7 +185,7 @@ def parse_fields(args: Sequence[str], where: str = "") -> Fields:
 
 
 @functools.lru_cache(maxsize=256)
-def _needs(mem: str, cores: str, storage: str, concurrent: str, conditions: str
+def _first_five(mem: str, cores: str, storage: str, concurrent: str, conditions: str
            ) -> tuple[int, int, int, bool]:
     """MEM, CORES, STORAGE and CONCURRENT parsed and CONDITIONS checked, in that order (the
     first bad one raises). Remembered: the lines of a tasks file mostly repeat these fields,
