@@ -9,6 +9,10 @@ the output-tails budget at work. Pure: no cluster, no I/O beyond printing.
 2. M tasks that each print 64 KiB to stdout and to stderr (the most a record keeps): prints the
    tail bytes the queue holds at the end against the budget, and how many records lost theirs.
 3. The leader's forgetting: `forgettable` + `forget` of every finished task, and what is left.
+
+After step 1 it also prints the objects Python's garbage collector tracks per finished task and
+how long a full collection takes with them: the collector runs one whenever the objects it
+tracks have grown by a quarter, and a node's threads all wait for it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def main() -> int:
     q = Queue()
     q.apply_batch([("join", NodeInfo("n1", "worker", "h:1", "h:2", Resources(64 * GiB, 64, 64 * GiB)))], 0.0)
     gc.collect()
+    tracked = len(gc.get_objects())
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     t0 = time.perf_counter()
@@ -60,6 +65,14 @@ def main() -> int:
     print(f"{args.tasks} finished `true` tasks: {held / args.tasks:.0f} B of memory and "
           f"{snap / args.tasks:.0f} B of snapshot per task (one replica; every worker holds one); "
           f"applied at {3 * args.tasks / took:,.0f} operations/s")
+    tracked = len(gc.get_objects()) - tracked
+    pauses = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        gc.collect()
+        pauses.append(time.perf_counter() - t0)
+    print(f"the garbage collector tracks {tracked / args.tasks:.1f} objects per finished task; a "
+          f"full collection takes {1000 * min(pauses):.0f} ms with them (best of 3)")
     if args.tail_tasks:
         run(q, args.tail_tasks, "big", b"x" * TAIL_BYTES)
         big = [q.tasks[f"big{i}"].outcome for i in range(args.tail_tasks)]
