@@ -4,7 +4,9 @@
 # Each function calls `leoronic <subcommand>` (the `leoronic` script beside this file).
 # The node they talk to: LEORONIC_NODE=HOST:PORT (default: the local one).
 
-_leoronic_here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+_leoronic_here="${BASH_SOURCE[0]}"
+[[ "$_leoronic_here" == */* ]] || _leoronic_here="./$_leoronic_here"
+_leoronic_here="$(cd "${_leoronic_here%/*}" && pwd)"  # (no `dirname`: a process fewer)
 
 _leoronic() { bash "$_leoronic_here/leoronic" "$@"; }
 
