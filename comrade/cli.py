@@ -347,8 +347,10 @@ def start_worker(opts: dict[str, Any]) -> None:
         file_gc_s=opts["file_gc"], gc_every_s=opts["gc_every"], claim_ahead_s=opts["claim_ahead"],
         kill_grace_s=opts["kill_grace"],
     )
+    from comrade import collector
     from comrade.node import Node
 
+    collector.take_over()  # full collections when the worker can afford them
     node = Node(cfg)
     stop = threading.Event()
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pykka
 
-from comrade import discovery, journal_check, membership, packing, raftmend, resources, rpc
+from comrade import collector, discovery, journal_check, membership, packing, raftmend, resources, rpc
 from comrade.config import Config, binds_everywhere
 from comrade.errors import ClusterError, LeoronicError
 from comrade.executor import Crashed, Executor, Paths, Report, remove_task_files, task_files
@@ -108,6 +108,7 @@ class Node:
         # SIGKILL after --kill-grace): their resources stay taken until they are gone.
         self._stopping: dict[tuple[str, int], TaskSpec] = {}
         self._claimed_here: set[tuple[str, int]] = set()  # claims proposed in this life
+        self.full_gc = collector.FullCollections()  # (a worker's process: see collector)
         self._claims_in_flight: dict[str, tuple[int, Resources, float]] = {}
         self._pending_finish: dict[tuple[str, int], tuple[Outcome, float]] = {}
         self._first_seen: dict[str, float] = {}
@@ -803,6 +804,9 @@ class Node:
                     next_gc = now + self.cfg.gc_every_s
                     self.collect_garbage(time.time())
                     self.prune_bookkeeping()
+                    with self.lock:
+                        records = len(self.consumer.queue.tasks)
+                    self.full_gc.maybe(records, idle=not self._runners and not self._stopping)
                 if self.is_leader():
                     self._expire_silent_nodes(now)
                     self._remove_long_lost(time.time())
