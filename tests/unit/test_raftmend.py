@@ -167,6 +167,14 @@ class Counter(SyncObjConsumer):
         return self.value
 
 
+def _destroy(node: SyncObj) -> None:
+    """Stop a SyncObj and wait until its tick thread has ended: `destroy` only asks it to, and
+    the thread then closes (and syncs) its journal, which a test after this one must not see."""
+    node.destroy()
+    wait_for(lambda: not node.tick_thread_alive(), timeout=10, what="the node's tick thread to end",
+             interval=0.01)
+
+
 def test_a_cluster_of_one_commits_without_waiting_for_its_next_tick(tmp_path: Any) -> None:
     # The leader appends proposals at the end of a tick and then sleeps in its poller for the
     # tick period; with no follower to acknowledge, nothing woke it before the mend. With a
@@ -184,7 +192,7 @@ def test_a_cluster_of_one_commits_without_waiting_for_its_next_tick(tmp_path: An
         for expected in (1, 2, 3):
             assert counter.add(1, sync=True, timeout=1.0) == expected
     finally:
-        node.destroy()
+        _destroy(node)
 
 
 
@@ -255,13 +263,13 @@ def test_a_node_restarted_after_log_compactions_has_every_entry(tmp_path: Any) -
                 wait_for(lambda: node.getStatus()["log_len"] < 10, timeout=10,
                          what="a log compaction")
     finally:
-        node.destroy()
+        _destroy(node)
     again = Counter()
     node = start(again, port)
     try:
         wait_for(lambda: again.value == sum(range(1, 31)), timeout=10, what="the replayed state")
     finally:
-        node.destroy()
+        _destroy(node)
 
 
 def test_each_journal_entry_is_synced_before_its_end_marker(tmp_path: Any, monkeypatch: Any) -> None:
@@ -280,10 +288,11 @@ def test_each_journal_entry_is_synced_before_its_end_marker(tmp_path: Any, monke
     real = os.fdatasync
 
     def fdatasync(fd: int) -> None:
-        marker = int.from_bytes(mm()[LAST_RECORD_OFFSET_OFFSET:LAST_RECORD_OFFSET_OFFSET + 4],
-                                "little")
-        seen.append((os.readlink(f"/proc/self/fd/{fd}"), marker,
-                     bytes(mm()[:j._FileJournal__currentOffset + 10000])))
+        synced = os.readlink(f"/proc/self/fd/{fd}")
+        if synced == path:  # (only this journal's: nothing else of this process counts here)
+            marker = int.from_bytes(mm()[LAST_RECORD_OFFSET_OFFSET:LAST_RECORD_OFFSET_OFFSET + 4],
+                                    "little")
+            seen.append((synced, marker, bytes(mm()[:j._FileJournal__currentOffset + 10000])))
         real(fd)
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     try:
@@ -320,7 +329,9 @@ def test_the_term_and_vote_are_fsynced_before_they_replace_the_old(tmp_path: Any
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if name.startswith(str(tmp_path)):  # (this test's files only)
+            synced.append(name)
         real_fsync(fd)
     monkeypatch.setattr(os, "fsync", fsync)
     path = str(tmp_path / "journal")
@@ -497,7 +508,7 @@ def test_a_follower_that_cannot_journal_does_not_acknowledge(tmp_path: Any, monk
         assert sent[-1]["success"] and sent[-1]["next_node_idx"] == 3
         assert node._getRaftLogSize() == 2
     finally:
-        node.destroy()
+        _destroy(node)
 
 
 def test_a_leader_that_cannot_journal_steps_down_and_commits_once_it_can(
@@ -522,7 +533,7 @@ def test_a_leader_that_cannot_journal_steps_down_and_commits_once_it_can(
         wait_for(lambda: _try_add(counter) is not None, timeout=15, what="a commit")
         assert raftmend.journal_fault() == ""
     finally:
-        node.destroy()
+        _destroy(node)
 
 
 def _try_add(counter: Counter) -> int | None:
