@@ -245,8 +245,7 @@ class Service:
             out: dict[str, tuple[str, int | None]] = {}
             for tid in chosen:
                 t = q.tasks.get(tid)
-                out[tid] = ("unknown", None) if t is None else (
-                    t.state.value, t.outcome.exit_code if t.outcome else None)
+                out[tid] = ("unknown", None) if t is None else _state_of(t)
             return out
         return self._read(pick)
 
@@ -258,17 +257,12 @@ class Service:
         def pick(q: Any) -> tuple[int, dict[str, tuple[str, int | None]]]:
             done, rest = 0, {}
             for tid, t in q.tasks.items():
-                if t.state is State.DONE:
+                if t.state is State.DONE or (t.state is State.DELETED and _had_succeeded(t)):
                     done += 1
                 else:
-                    rest[tid] = (t.state.value, t.outcome.exit_code if t.outcome else None)
+                    rest[tid] = _state_of(t)
             return done, rest
-        done, rest = self._read(pick)
-        for tid, (state, _) in list(self._succeeded_as_done(rest).items()):
-            if state == State.DONE.value:
-                del rest[tid]
-                done += 1
-        return done, rest
+        return self._read(pick)
 
     def held(self, ids: Sequence[str]) -> list[str]:
         """Those of `ids` that are queued and held: nothing but `release` starts them."""
@@ -315,8 +309,7 @@ class Service:
         if deleted:
             def succeeded(q: Any) -> list[str]:
                 return [tid for tid in deleted if (t := q.tasks.get(tid)) is not None
-                        and t.attempts and t.attempts[-1].why == "exit"
-                        and t.attempts[-1].exit_code == 0]
+                        and _had_succeeded(t)]
             for tid in self._read(succeeded):
                 states[tid] = (State.DONE.value, 0)
         return states
@@ -517,6 +510,17 @@ class Service:
             return [ns.info.rpc for name, ns in q.nodes.items()
                     if name != self.node.name and ns.alive and ns.info.kind == "worker"]
         return self._read(addrs)
+
+
+def _state_of(t: Any) -> tuple[str, int | None]:
+    """A task's state and exit code, as `tasks`, `wait_tasks` and `not_done` answer them."""
+    return t.state.value, t.outcome.exit_code if t.outcome else None
+
+
+def _had_succeeded(t: Any) -> bool:
+    """Whether the task's last attempt exited 0 (for a deleted task: deleting it forgot its
+    output, not its success)."""
+    return bool(t.attempts) and t.attempts[-1].why == "exit" and t.attempts[-1].exit_code == 0
 
 
 def _largest(q: Any) -> dict[str, Any]:

@@ -186,7 +186,7 @@ def parse_fields(args: Sequence[str], where: str = "") -> Fields:
 
 @functools.lru_cache(maxsize=256)
 def _first_five(mem: str, cores: str, storage: str, concurrent: str, conditions: str
-           ) -> tuple[int, int, int, bool]:
+                ) -> tuple[int, int, int, bool]:
     """MEM, CORES, STORAGE and CONCURRENT parsed and CONDITIONS checked, in that order (the
     first bad one raises). Remembered: the lines of a tasks file mostly repeat these fields,
     and this is half the cost of checking a line (an error is not remembered)."""
