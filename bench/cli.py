@@ -12,8 +12,8 @@
    (each N times).
 
 Every figure is wall-clock milliseconds per command (median and p90 of N, each timed by
-`date +%s%N` around the command inside one bash script, so bash's own start is not counted),
-plus the CPU of the commands (with the `date` calls around them; not the node's) per command.
+bash's own clock, EPOCHREALTIME, around the command inside one bash script, so bash's own
+start is not counted), plus the CPU of the commands (not the node's) per command.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def timed_loop(cluster: Cluster | None, command: str, runs: int, deadline_s: flo
     """Milliseconds of each of `runs` runs of `command` (a bash line) in one bash script with
     the shell functions sourced; RuntimeError if any exits non-zero."""
     script = (
-        f"for i in $(seq {runs}); do t0=$(date +%s%N); {command} >/dev/null || exit $?; "
-        't1=$(date +%s%N); echo "T $((t1 - t0))"; done\n'
+        f"for i in $(seq {runs}); do t0=${{EPOCHREALTIME/[.,]/}}; {command} >/dev/null || exit $?; "
+        't1=${EPOCHREALTIME/[.,]/}; echo "T $((t1 - t0))"; done\n'
     )
     if cluster is None:
         full = f"source {UTILITIES}\n{script}"
@@ -47,7 +47,7 @@ def timed_loop(cluster: Cluster | None, command: str, runs: int, deadline_s: flo
         rc, out, err = r.rc, r.out, r.err
     if rc != 0:
         raise RuntimeError(f"{command!r} failed (rc {rc}): {err.strip()[-300:]}")
-    return [int(line.split()[1]) / 1e6 for line in out.splitlines() if line.startswith("T ")]
+    return [int(line.split()[1]) / 1e3 for line in out.splitlines() if line.startswith("T ")]
 
 
 def describe(name: str, ms: list[float]) -> str:

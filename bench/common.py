@@ -229,12 +229,14 @@ def run_tasks_file(cluster: Cluster, name: str, ids: str, n: int, deadline: Dead
             f.write("".join(line + "\n" for line in lines))
         for i in range(0 if lines else n):
             f.write(f'1024 1 1024 true "" "" {shlex.quote(command)} {ids}{i}\n')
+    # The time marks are bash's own clock (EPOCHREALTIME, whose decimal mark follows the
+    # locale): a `date` process for each would be timed with the commands.
     script = (
-        "t0=$(date +%s.%N)\n"
+        "t0=${EPOCHREALTIME/,/.}\n"
         f"leoronic_add_tasks_from_file {path} >/dev/null || exit $?\n"
-        "t1=$(date +%s.%N)\n"
+        "t1=${EPOCHREALTIME/,/.}\n"
         "leoronic_wait || exit $?\n"
-        "t2=$(date +%s.%N)\n"
+        "t2=${EPOCHREALTIME/,/.}\n"
         'echo "PHASES $t0 $t1 $t2"\n'
     )
     started = time.time()

@@ -7,7 +7,6 @@ Exit codes: 0 ok, 1 a task failed, 2 bad input, 3 cluster unreachable / no quoru
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
@@ -20,13 +19,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from comrade import taskfields
 from comrade.client import Client, SubmitCutOff, read_cookie
 from comrade.config import (
     DEFAULT_PORT,
@@ -48,6 +45,9 @@ from comrade.errors import (
     UsageError,
 )
 from comrade.model import HELD_, WAIT_OVER, WAITING_, State, TaskSpec, format_duration
+
+if TYPE_CHECKING:  # imported by the commands that need it: the others start sooner
+    from comrade import taskfields
 
 EXIT_NOT_FINISHED = 5
 
@@ -118,6 +118,7 @@ def human_size(n: int) -> str:
 
 
 def _bytes_opt(value: str | None, name: str) -> int | None:
+    from comrade import taskfields
     return None if value is None else taskfields.parse_bytes(value, name)
 
 
@@ -329,6 +330,9 @@ def _peers(values: Sequence[str]) -> tuple[str, ...]:
 @friendly
 def start_worker(opts: dict[str, Any]) -> None:
     """Build the config, start the node, block until SIGTERM/SIGINT, then leave cleanly."""
+    import logging
+
+    from comrade import taskfields
     global _served
     _served = True
     home = _make_home(default_home() if opts["home"] is None else opts["home"])
@@ -392,6 +396,7 @@ LOG_BYTES, LOG_BACKUPS = 10 * 2**20, 5
 
 
 def _setup_logging(path: str) -> None:
+    import logging
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
@@ -433,6 +438,7 @@ def ghost(target: str, **opts: Any) -> None:
     _served = True
     import dataclasses
 
+    from comrade import taskfields
     from ghost.ghost import Ghost, GhostConfig
 
     if target and not re.fullmatch(r"-?[0-9]+", target):
@@ -488,6 +494,7 @@ _TIME_LIMIT_HELP = ("Stop each attempt after this long: SIGTERM to its process g
 def add_task(fields: Sequence[str], retries: int | None, time_limit: str | None,
              priority: str | None, hold: bool, no_rename: bool) -> None:
     """Queue one task: MEM CORES STORAGE CONCURRENT CONDITIONS FILES COMMAND [ID]."""
+    from comrade import taskfields
     parsed = taskfields.parse_fields(list(fields))
     _submit([parsed], retries, time_limit, priority, hold, no_rename)
 
@@ -503,6 +510,7 @@ def add_task(fields: Sequence[str], retries: int | None, time_limit: str | None,
 def add_tasks_from_file(path: str, retries: int | None, time_limit: str | None,
                         priority: str | None, hold: bool, no_rename: bool) -> None:
     """Queue one task per line (same fields, shell-quoted); all lines are checked first."""
+    from comrade import taskfields
     lines = taskfields.parse_task_file(_read_tasks_file(path))
     rows = [taskfields.parse_fields(f, where=f"line {n}: ") for n, f in lines]
     if not rows:
@@ -551,6 +559,7 @@ def _read_tasks_file(path: str) -> str:
 def _submit(rows: list[taskfields.Fields], retries: int | None, time_limit: str | None,
             priority: str | None, hold: bool, no_rename: bool,
             labels: Sequence[str] = ()) -> None:
+    from comrade import taskfields
     if retries is not None and not 0 <= retries <= MAX_RETRIES:
         raise UsageError(f"{option_name('--retries', 'LEORONIC_RETRIES')}: must be 0 to "
                          f"{MAX_RETRIES}, got {retries}")
@@ -744,6 +753,8 @@ def _json(record: dict[str, Any]) -> str:
 
 def _describe(r: dict[str, Any]) -> str:
     """The human form of `_record`."""
+    from datetime import datetime
+
     def when(t: float | None) -> str:
         return "-" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     lines = [f"{r['id']}: {r['state']}" + (f" on {r['node']}, attempt {r['attempt']}" if r["node"] else "")
@@ -881,6 +892,7 @@ class _NoBar:
 @main.command("task-format")
 def task_format() -> None:
     """Explain the task fields, with working examples."""
+    from comrade import taskfields
     click.echo(taskfields.FORMAT_HELP, nl=False)
 
 

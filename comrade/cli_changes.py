@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 
-from comrade import taskfields
 from comrade.cli import friendly, main, one_line
 from comrade.client import Client
 from comrade.errors import EXIT_USAGE, UsageError
@@ -53,6 +52,7 @@ def del_task(task_ids: Sequence[str], states: Sequence[str]) -> None:
 @friendly
 def priority(priority: str, task_ids: Sequence[str], states: Sequence[str]) -> None:
     """Give tasks not finished yet a new PRIORITY: among ready tasks, higher starts first."""
+    from comrade import taskfields  # (not imported by every command)
     rank = taskfields.parse_priority(priority, "PRIORITY")
     _report_each(*_chosen(task_ids, states), "priority", (rank,), f"priority {rank}")
 

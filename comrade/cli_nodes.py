@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 
-from comrade import taskfields
 from comrade.cli import (
     EXIT_NOT_FINISHED,
     SECONDS,
@@ -75,6 +74,7 @@ def _when(ts: float | None) -> str:
 @friendly
 def add_tag(tag: str, node: str | None) -> None:
     """Tag a node; replicated, survives restarts."""
+    from comrade import taskfields  # (not imported by every command)
     taskfields.validate_tags([tag], "TAG", whole=True)
     client = Client()
     name = client.change("add_tag", _named(client, node), tag)

@@ -12,7 +12,7 @@ import secrets
 import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from comrade import rpc
 from comrade.config import DEFAULT_PORT, default_cookie_path, is_seconds, parse_number
@@ -33,7 +33,9 @@ from comrade.files import (
 )
 from comrade.model import TAIL_BYTES, TAILS_BUDGET, TaskSpec
 from comrade.renaming import rename_plan
-from comrade.taskfields import Fields
+
+if TYPE_CHECKING:  # (the commands that build tasks import it; `wait` and the others need not)
+    from comrade.taskfields import Fields
 
 #: Seconds a command keeps retrying a node that is unreachable or has no quorum (an election
 #: takes about a second; a worker restarting, a few).

@@ -15,14 +15,13 @@ or when it does not know the method, so the connection stays in step.
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from comrade.config import split_address
 from comrade.errors import (
@@ -35,7 +34,16 @@ from comrade.errors import (
 )
 from comrade.files import FileError
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import logging
+
+
+def _log() -> logging.Logger:
+    """This module's logger. Only the server logs: a client command does not import logging
+    (a few ms of every command's start)."""
+    import logging
+    return logging.getLogger(__name__)
+
 
 Handler = Callable[..., Any]
 Send = Callable[[bytes], object]
@@ -106,7 +114,7 @@ class Server:
         try:
             self._listener.close()
         except OSError:
-            log.debug("listener already closed")
+            _log().debug("listener already closed")
 
     def _accept_loop(self) -> None:
         while not self._stopped:
@@ -117,7 +125,7 @@ class Server:
             except OSError:
                 if self._stopped:
                     return
-                log.exception("accept failed")
+                _log().exception("accept failed")
                 continue
             threading.Thread(target=self._serve, args=(conn,), name="rpc-conn", daemon=True).start()
 
@@ -125,7 +133,7 @@ class Server:
         try:
             _authenticate_server(conn, self._key)
         except (AuthenticationError, EOFError, OSError) as exc:
-            log.warning("refused a connection: authentication failed (%s)", exc)
+            _log().warning("refused a connection: authentication failed (%s)", exc)
             conn.close()
             return
         try:
@@ -143,7 +151,7 @@ class Server:
                 conn.send(reply)
         except (OSError, EOFError, _OutOfStep) as exc:
             if isinstance(exc, _OutOfStep):
-                log.warning("dropped a connection: %s", exc)
+                _log().warning("dropped a connection: %s", exc)
             return
         finally:
             conn.close()
@@ -173,10 +181,10 @@ def _answer(method: str, fn: Callable[[], Any]) -> tuple[Any, ...]:
     except LeoronicError as exc:
         return ("err", type(exc).__name__, str(exc), exc.exit_code)
     except FileError as exc:  # what a client sent was refused (a file that changed while it
-        log.warning("request %s refused: %s", method, exc)  # was sent): no traceback
+        _log().warning("request %s refused: %s", method, exc)  # was sent): no traceback
         return ("err", type(exc).__name__, f"{method}: {exc}", EXIT_CLUSTER)
     except Exception as exc:  # report, keep serving
-        log.exception("request %s failed", method)
+        _log().exception("request %s failed", method)
         return ("err", type(exc).__name__, f"{method}: {exc}", EXIT_CLUSTER)
 
 
