@@ -244,6 +244,8 @@ class Queue:
             return (f"ID: task id {spec.task_id!r} is already used by a different task (command, "
                     "resources, conditions, files, or --retries, --time-limit, --priority, "
                     "--hold)"), ()
+        if not spec.conditions:
+            return "", ()  # (most tasks: parse("") is () too)
         try:
             parsed = cond.parse(spec.conditions)
         except cond.ConditionError as exc:
@@ -316,8 +318,9 @@ class Queue:
         if not isinstance(outcome, Outcome) or not _is_int(outcome.exit_code) \
                 or not _is_time(outcome.start) or not _is_time(outcome.end):
             return Reply(False, "not an outcome")
-        if not all(type(t) is bytes and len(t) <= TAIL_BYTES
-                   for t in (outcome.stdout_tail, outcome.stderr_tail)):
+        out, err = outcome.stdout_tail, outcome.stderr_tail
+        if not (type(out) is bytes and type(err) is bytes
+                and len(out) <= TAIL_BYTES and len(err) <= TAIL_BYTES):
             outcome = replace(
                 outcome,
                 stdout_tail=bytes(outcome.stdout_tail[-TAIL_BYTES:]),
@@ -725,8 +728,10 @@ class Queue:
         workdir_kept: bool = True,
     ) -> None:
         last = task.attempts[-1]
-        task.attempts[-1] = replace(last, end=now, exit_code=exit_code, why=why,
-                                    workdir_kept=last.workdir_kept and workdir_kept)
+        # (not dataclasses.replace: this runs for every attempt on every replica, and replace
+        # looks up the fields and checks its arguments each time, at twice the cost)
+        task.attempts[-1] = Attempt(last.number, last.node, last.start, now, exit_code, why,
+                                    last.workdir_kept and workdir_kept)
         self._not_running(task)
 
     def _run_on(self, node: str, task: Task) -> None:

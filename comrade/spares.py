@@ -140,13 +140,14 @@ class SpareDirs:
     """A folder of empty work dirs to rename into place: `cooling` ones, set aside by attempts
     that ended, and `free` ones, cleared by a sweep since.
 
-    `set_aside(workdir)` as an attempt ends: an empty work dir, as `mkdir` made it in `made_in`,
-    moves into the folder (True), or stays where it is (False: it holds files, the task changed
-    its mode, or enough are set aside already). `settle(clean)` after each sweep: when the
-    sweep found no process of an ended task (clean), every dir set aside before it that is
-    still empty and as made is free, any other is removed; otherwise they wait for the next
-    sweep. `sweep_due()` asks for a sweep sooner than the periodic one, once a
-    batch was set aside and none is free. `place(workdir)` renames a free one into place.
+    `set_aside(workdir)` as an attempt ends: an empty work dir moves into the folder (True), or
+    stays where it is (False: it holds files, it is a link, or enough are set aside already).
+    `settle(clean)` after each sweep: when the sweep found no process of an ended task (clean),
+    every dir set aside before it that is still empty and as `mkdir` made it in `made_in` is
+    free, any other (written into, or changed by its task: mode, ACL, inode flags) is removed;
+    otherwise they wait for the next sweep. `sweep_due()` asks for a sweep sooner than the
+    periodic one, once a batch was set aside and none is free. `place(workdir)` renames a free
+    one into place.
     """
 
     def __init__(self, folder: str, made_in: str, limit: int = DIRS_MAX,
@@ -196,10 +197,11 @@ class SpareDirs:
         return False
 
     def set_aside(self, workdir: str) -> bool:
-        """An ended attempt's work dir: move it into the folder if it is empty and there is room
-        (True), else leave it where it is."""
-        if len(self._free) + len(self._cooling) >= self.limit \
-                or not _as_made(workdir, self._made):
+        """An ended attempt's work dir: move it into the folder if it is an empty dir (not a
+        link) and there is room (True), else leave it where it is. Whether it is still as
+        made is asked only when it would be handed on (`settle`): one the task changed is then
+        removed, as one written into after it was set aside is."""
+        if len(self._free) + len(self._cooling) >= self.limit or not _is_empty_dir(workdir):
             return False
         self._count += 1
         spare = os.path.join(self.folder, str(self._count))
@@ -237,17 +239,18 @@ class SpareDirs:
         self._cooling = waiting
 
 
-def _as_made(path: str, made: tuple[object, ...]) -> bool:
+def _as_made(path: str, made: tuple[object, ...] | None) -> bool:
     """True if `path` is a directory as `mkdir` makes a work dir: not a link, the same mode,
     owner, group, extended attributes (an ACL is one; names and values) and inode flags as
     `made`, nothing in it. A task may have changed its dir (`chmod 500 .`, `setfacl -d`,
-    `chattr +S .`): such a one is kept, never handed on."""
+    `chattr +S .`): such a one is never handed on. `made` None: only a dir, not a link, with
+    nothing in it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:
-        if _made_of(fd) != made:
+        if made is not None and _made_of(fd) != made:
             return False
         with os.scandir(fd) as entries:
             return next(entries, None) is None
@@ -255,6 +258,11 @@ def _as_made(path: str, made: tuple[object, ...]) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def _is_empty_dir(path: str) -> bool:
+    """True if `path` is a directory, not a link, with nothing in it."""
+    return _as_made(path, None)
 
 
 def _made_of(fd: int) -> tuple[object, ...]:

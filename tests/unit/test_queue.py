@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import pickle
 import random
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 import conditions as cond
-from comrade.model import TAIL_BYTES, NodeInfo, Outcome, Resources, State, TaskSpec
+from comrade.model import TAIL_BYTES, Attempt, NodeInfo, Outcome, Resources, State, TaskSpec
 from comrade.queue import Queue, Reply, spec_problem
 
 GiB = 1024**3
@@ -192,6 +193,24 @@ def test_each_attempt_keeps_whether_its_work_dir_was_kept(q: Queue) -> None:
     task = q.get("t")
     assert task is not None and task.state is State.DONE
     assert [a.workdir_kept for a in task.attempts] == [False, True, True]
+
+
+def test_an_ended_attempt_keeps_every_field_it_started_with(q: Queue) -> None:
+    """Ending an attempt sets its end, exit code, why and work dir; the rest is carried over.
+    The fields are listed here so that one added to Attempt is not silently dropped at its end
+    (the queue builds the ended attempt field by field)."""
+    assert [f.name for f in dataclasses.fields(Attempt)] == [
+        "number", "node", "start", "end", "exit_code", "why", "workdir_kept"]
+    ok(q, ("submit", spec("t", retries=1)))
+    ok(q, ("claim", "t", "b", 1), now=5.0)
+    ok(q, ("finish", "t", "b", 1, Outcome(3, 5.5, 7.25, workdir_kept=False)), now=8.0)
+    ok(q, ("claim", "t", "a", 2), now=9.0)
+    ok(q, ("finish", "t", "a", 2, out(0)), now=10.0)
+    task = q.get("t")
+    assert task is not None and task.attempts == [
+        Attempt(number=1, node="b", start=5.0, end=7.25, exit_code=3, why="exit",
+                workdir_kept=False),
+        Attempt(number=2, node="a", start=9.0, end=2.0, exit_code=0, why="exit")]
 
 
 @pytest.mark.parametrize("op, contains", [

@@ -90,22 +90,33 @@ def test_an_empty_work_dir_is_set_aside_and_placed_only_after_a_clean_sweep(tmp_
     assert os.listdir(tmp_path / "spare-dirs") == []
 
 
-def test_a_work_dir_with_files_another_mode_or_a_link_in_its_place_stays(tmp_path: Any) -> None:
+def test_a_work_dir_with_files_or_a_link_in_its_place_stays(tmp_path: Any) -> None:
     dirs = SpareDirs(str(tmp_path / "spare-dirs"), str(tmp_path / "work"))
     full = tmp_path / "work" / "full-a1"
     full.mkdir()
-    locked = tmp_path / "work" / "locked-a1"  # the task ran `chmod 500 .`
-    locked.mkdir(mode=0o500)
     _file(str(full / "result.txt"), b"x")
     (tmp_path / "elsewhere").mkdir()
     link = tmp_path / "link-a1"
     link.symlink_to(tmp_path / "elsewhere")
     assert not dirs.set_aside(str(full)) and not dirs.set_aside(str(link))
-    assert not dirs.set_aside(str(locked))
     assert not dirs.set_aside(str(tmp_path / "missing-a1"))
-    assert full.is_dir() and link.is_symlink()
+    assert full.is_dir() and link.is_symlink() and (tmp_path / "elsewhere").is_dir()
     dirs.settle(clean=True)
     assert len(dirs) == 0
+
+
+def test_an_empty_work_dir_of_another_mode_is_set_aside_but_removed_not_handed_on(
+        tmp_path: Any) -> None:
+    """The task ran `chmod 500 .` and left its dir empty: nothing in it to keep, and a later
+    task must not get a dir it cannot write in."""
+    dirs = SpareDirs(str(tmp_path / "spare-dirs"), str(tmp_path / "work"))
+    locked = tmp_path / "work" / "locked-a1"
+    locked.mkdir(mode=0o500)
+    if dirs.set_aside(str(locked)):  # (a node that is not root cannot move it: it stays)
+        assert not locked.exists()
+    dirs.settle(clean=True)
+    assert len(dirs) == 0 and os.listdir(tmp_path / "spare-dirs") == []
+    assert not dirs.place(str(tmp_path / "work" / "next-a1"))
 
 
 def test_a_dir_written_into_after_it_was_set_aside_is_removed_not_reused(tmp_path: Any) -> None:
