@@ -321,11 +321,8 @@ class Queue:
         out, err = outcome.stdout_tail, outcome.stderr_tail
         if not (type(out) is bytes and type(err) is bytes
                 and len(out) <= TAIL_BYTES and len(err) <= TAIL_BYTES):
-            outcome = replace(
-                outcome,
-                stdout_tail=bytes(outcome.stdout_tail[-TAIL_BYTES:]),
-                stderr_tail=bytes(outcome.stderr_tail[-TAIL_BYTES:]),
-            )
+            outcome = replace(outcome, stdout_tail=bytes(out[-TAIL_BYTES:]),
+                              stderr_tail=bytes(err[-TAIL_BYTES:]))
         if not (_is_time(outcome.cpu_s) and math.isfinite(outcome.cpu_s) and outcome.cpu_s >= 0
                 and _is_int(outcome.max_rss) and outcome.max_rss >= 0
                 and isinstance(outcome.max_rss_exact, bool)):
