@@ -55,7 +55,8 @@ _NOTHING = Resources()
 #: The version of the replicated state machine: bumped whenever an operation is added or changes
 #: meaning, since workers of different versions would apply the same log differently. Workers
 #: compare it when one joins or restarts into a cluster (`membership.check_protocol`).
-#: It also covers what workers ask of each other over RPC, which must match as well.
+#: It also covers what workers ask of each other over RPC, and how their Raft messages are
+#: sealed (`comrade.sealing`), which must match as well.
 #: 1: `forget` and the output-tails budget. 2: time limits (a timed-out attempt's outcome);
 #: condition patterns run by RE2 (a lookaround `re` accepted now can never hold). 3: necessary
 #: files pass between workers as a streamed `file_parts` (no `file_get`). 4: uploads are a
@@ -64,8 +65,9 @@ _NOTHING = Resources()
 #: 6: `hold` with `stop` also stops a running task and queues it held. 7: `merge_isolated`
 #: skips a run already merged. 8: `join` refuses a name held by a node that is up elsewhere
 #: or of the other kind. 9: a task whose node died during each of its last
-#: MAX_NODE_DEATHS attempts is held; `forget_node`.
-PROTOCOL = 9
+#: MAX_NODE_DEATHS attempts is held; `forget_node`. 10: Raft messages sealed with
+#: AES-GCM-SIV, not Fernet.
+PROTOCOL = 10
 
 
 def name_taken(name: str, kind: str, rpc: str, newcomer: str) -> str:

@@ -16,6 +16,7 @@ from pysyncobj.poller import createPoller
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 
 from comrade import raftmend
+from comrade.sealing import Sealer
 from tests.cluster import free_port_pair, wait_for
 
 
@@ -76,14 +77,15 @@ def test_messages_queued_behind_a_big_one_arrive_whole_and_in_order() -> None:
         pair.close()
 
 
-def test_encrypted_messages_arrive_and_old_or_forged_ones_drop_the_connection() -> None:
-    """With the cluster's password, each message is a Fernet token whose time must not go
-    back: the receiver reads the time only from a token `decrypt` verified. A replayed older
-    token, a forged time (the token's bytes changed) or a foreign key each drop the
-    connection, as pysyncobj does with anything wrong in a message."""
+def test_sealed_messages_arrive_and_old_forged_or_foreign_ones_drop_the_connection() -> None:
+    """With the cluster's password, each message is sealed (comrade.sealing) with a time that
+    must not go back: the receiver reads the time only from a token `decrypt` verified. A
+    replayed older token, a forged time (the token's bytes changed), a foreign key or a
+    Fernet token (a worker of an older version) each drop the connection, as pysyncobj does
+    with anything wrong in a message."""
     from cryptography.fernet import Fernet
 
-    key = Fernet.generate_key()
+    sealer = Sealer("the cookie")
 
     def frame(token: bytes) -> bytes:
         return len(token).to_bytes(4, "little", signed=True) + token
@@ -92,20 +94,20 @@ def test_encrypted_messages_arrive_and_old_or_forged_ones_drop_the_connection() 
         return zlib.compress(pickle.dumps({"type": "x", "n": n}))
 
     cases = {
-        "older": [Fernet(key).encrypt_at_time(message(0), 200),
-                  Fernet(key).encrypt_at_time(message(1), 100)],
-        "forged time": [Fernet(key).encrypt_at_time(message(0), 100)],
-        "foreign key": [Fernet(Fernet.generate_key()).encrypt_at_time(message(0), 100)],
+        "older": [sealer.encrypt_at_time(message(0), 200), sealer.encrypt_at_time(message(1), 100)],
+        "forged time": [sealer.encrypt_at_time(message(0), 100)],
+        "foreign key": [Sealer("another cookie").encrypt_at_time(message(0), 100)],
+        "fernet": [Fernet(Fernet.generate_key()).encrypt_at_time(message(0), 100)],
     }
     forged = bytearray(cases["forged time"][0])
-    forged[5] ^= 0x01  # inside the base64 of the time field
+    forged[8] ^= 0x01  # the time field's last byte: 100 -> 101
     cases["forged time"] = [bytes(forged)]
-    for case, tokens in [("in order", [Fernet(key).encrypt_at_time(message(n), 100 + n)
+    for case, tokens in [("in order", [sealer.encrypt_at_time(message(n), 100 + n)
                                         for n in range(3)]), *cases.items()]:
         pair = Pair()
         try:
             for conn in (pair.sender, pair.receiver):
-                conn.encryptor = Fernet(key)
+                conn.encryptor = sealer
             pair.poll_until(1, 3)  # connected and idle
             sock = pair.sender._TcpConnection__socket  # type: ignore[attr-defined]  # noqa: SLF001
             sock.sendall(b"".join(frame(t) for t in tokens))
@@ -116,6 +118,15 @@ def test_encrypted_messages_arrive_and_old_or_forged_ones_drop_the_connection() 
             assert (state == CONNECTION_STATE.CONNECTED) == (case == "in order"), case
         finally:
             pair.close()
+
+
+def test_every_connection_of_the_process_seals_with_the_cookie() -> None:
+    # A worker's own connections and its utility's (the leadership hand-over as it leaves)
+    # must seal alike, or the worker it hands over to drops the connection.
+    from pysyncobj import syncobj, utility
+
+    assert raftmend.mend()
+    assert syncobj.getEncryptor is Sealer and utility.getEncryptor is Sealer
 
 
 def test_messages_get_a_window_just_big_enough_that_any_zlib_reader_inflates() -> None:
@@ -548,6 +559,7 @@ FILL_SCRIPT = """
 import errno, os, sys
 from pysyncobj.journal import FileJournal
 from comrade import raftmend
+from comrade.sealing import Sealer
 assert raftmend.mend()
 raftmend.JOURNAL_RESERVE = 64 * 1024
 d = sys.argv[1]
