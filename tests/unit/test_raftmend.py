@@ -77,6 +77,36 @@ def test_messages_queued_behind_a_big_one_arrive_whole_and_in_order() -> None:
         pair.close()
 
 
+def test_small_messages_go_uncompressed_and_both_kinds_arrive(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Acknowledgements and heartbeats (most messages) gain nothing from zlib; the receiver
+    # tells a pickle from a zlib stream by the first byte.
+    compressed: list[int] = []
+    real = raftmend.compress
+
+    def counting(data: bytes) -> bytes:
+        compressed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(raftmend, "compress", counting)
+    sealer = Sealer("the cookie")
+    for encryptor in (None, sealer):
+        compressed.clear()
+        pair = Pair()
+        try:
+            for conn in (pair.sender, pair.receiver):
+                conn.encryptor = encryptor
+            sent = [{"type": "ack", "n": 1}, {"type": "x", "data": b"a" * (raftmend.RAW_MAX + 1)},
+                    {"type": "x", "data": b""}, {"type": "x", "data": os.urandom(50_000)}]
+            for message in sent:
+                pair.sender.send(message)
+            pair.poll_until(len(sent), 200)
+            assert pair.received == sent
+            assert len(compressed) == 2 and min(compressed) > raftmend.RAW_MAX, compressed
+        finally:
+            pair.close()
+
+
 def test_sealed_messages_arrive_and_old_forged_or_foreign_ones_drop_the_connection() -> None:
     """With the cluster's password, each message is sealed (comrade.sealing) with a time that
     must not go back: the receiver reads the time only from a token `decrypt` verified. A
