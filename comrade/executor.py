@@ -53,6 +53,9 @@ from comrade.spares import SpareDirs, Spares, remove_tree
 
 log = logging.getLogger(__name__)
 
+#: On an executor actor's thread, `.actor` is that actor (set as it starts).
+_actor_thread = threading.local()
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -339,8 +342,16 @@ class Executor:
         self._tell(("call", fn))
 
     def start(self, spec: TaskSpec, attempt: int, report: Report, crashed: Crashed) -> None:
-        """Run one attempt of `spec` here."""
-        self._tell(("start", _Run(spec, attempt, report, crashed)))
+        """Run one attempt of `spec` here. Called on the actor's own thread (a scheduling pass
+        is), it starts at once instead of through the inbox: a message costs about 17 us of
+        CPU in a busy node, and nothing told before can concern an attempt not started yet."""
+        run = _Run(spec, attempt, report, crashed)
+        actor = getattr(_actor_thread, "actor", None)
+        if actor is not None and actor.actor_urn == self.ref.actor_urn:
+            if not self._stopping.is_set():
+                actor._start(run)
+            return
+        self._tell(("start", run))
 
     def cancel(self, key: Key, why: str, stopped: Stopped | None = None) -> None:
         """Stop an attempt's whole process group, SIGTERM then SIGKILL after the grace (or do
@@ -399,6 +410,9 @@ class ExecutorActor(pykka.ThreadingActor):
         self.dirs = SpareDirs(paths.spare_dirs, paths.work)
         os.chdir(paths.home)  # where _spawn returns to: the same from the first task on
         self.runs: dict[Key, _Run] = {}
+
+    def on_start(self) -> None:
+        _actor_thread.actor = self
 
     def on_stop(self) -> None:
         self.inbox.close()

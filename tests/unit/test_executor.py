@@ -117,6 +117,22 @@ def test_a_call_runs_on_the_actors_thread_and_is_dropped_once_it_stops(run) -> N
     assert len(seen) == 2
 
 
+def test_a_start_from_the_actors_own_thread_spawns_before_it_returns(run, paths) -> None:  # type: ignore[no-untyped-def]
+    """A scheduling pass (a call) starts what fits at once, not through the inbox after the
+    pass; a start from any other thread goes through the inbox, and both run."""
+    ex, rec = run
+    seen: list[bool] = []
+
+    def a_pass() -> None:
+        start(run, "inline", "echo inline")
+        seen.append(os.path.isdir(paths.workdir("inline", 1)))
+    ex.call_soon(a_pass)
+    start(run, "told", "echo told")
+    assert rec.outcome("inline").stdout_tail == b"inline\n"
+    assert rec.outcome("told").stdout_tail == b"told\n"
+    assert seen == [True]
+
+
 def test_exits_are_reaped_on_the_actors_thread_even_while_messages_keep_coming(run) -> None:  # type: ignore[no-untyped-def]
     """The actor's inbox watches the children's pidfds: an exit is handled on the actor's
     thread (no reaper thread to hand it over), and an inbox that never empties (here a call
