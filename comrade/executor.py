@@ -49,7 +49,7 @@ import pykka
 
 from comrade.errors import LeoronicError
 from comrade.model import TAIL_BYTES, Outcome, TaskSpec
-from comrade.spares import SpareDirs, Spares, remove_tree
+from comrade.spares import SpareDirs, Spares, read_stream, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -602,9 +602,9 @@ class ExecutorActor(pykka.ThreadingActor):
             return
         # A process killed by a signal reports -N; shells report 128+N: use the shell's form.
         code = 128 - rc if rc < 0 else rc
-        out_tail, out_size = read_tail_size(run.out_at)
-        err_tail, err_size = read_tail_size(run.err_at)
-        self._settle_streams(run, out_size, err_size)  # where its output is fetched from
+        out_tail, out_size, out_free = read_stream(run.out_at, TAIL_BYTES)
+        err_tail, err_size, err_free = read_stream(run.err_at, TAIL_BYTES)
+        self._settle_streams(run, ((out_size, out_free), (err_size, err_free)))
         kept = not self.dirs.set_aside(run.workdir)  # an empty one is a later attempt's
         outcome = Outcome(exit_code=code, start=run.started, end=end, stdout_tail=out_tail,
                           stderr_tail=err_tail, stdout_bytes=out_size, stderr_bytes=err_size,
@@ -616,13 +616,15 @@ class ExecutorActor(pykka.ThreadingActor):
         if self.dirs.sweep_due():
             self._sweep()
 
-    def _settle_streams(self, run: _Run, out_size: int | None = None,
-                        err_size: int | None = None) -> None:
+    def _settle_streams(self, run: _Run, read: tuple[tuple[int | None, bool | None], ...]
+                        = ((None, None), (None, None))) -> None:
         """The ended attempt's stream files: empty ones become spares, the others are moved to
-        where its output belongs (comrade.spares)."""
-        for at, path, size in ((run.out_at, run.out, out_size), (run.err_at, run.err, err_size)):
+        where its output belongs, where it is fetched from (comrade.spares). `read`: (size,
+        unwritten) of stdout and stderr as `read_stream` found them (None: looked up)."""
+        streams = ((run.out_at, run.out), (run.err_at, run.err))
+        for (at, path), (size, unwritten) in zip(streams, read, strict=True):
             if at:
-                self.spares.settle(at, path, size)
+                self.spares.settle(at, path, size, unwritten)
         run.out_at = run.err_at = ""
 
     def _cancel(self, key: Key, why: str, stopped: Stopped | None, graceful: bool = True) -> None:
@@ -702,20 +704,6 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
         return  # already gone
     except PermissionError as exc:
         log.error("cannot kill task process group %d: %s", pid, exc)
-
-
-def read_tail_size(path: str, limit: int = TAIL_BYTES) -> tuple[bytes, int]:
-    """The last `limit` bytes of a file and its size ((b"", 0) if it is missing)."""
-    try:
-        if os.stat(path).st_size == 0:
-            return b"", 0  # the common case, without opening the file
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > limit:
-                f.seek(size - limit)
-            return (f.read(limit) if size else b""), size
-    except FileNotFoundError:
-        return b"", 0
 
 
 def kill_orphans(paths: Paths, keep: AbstractSet[str] = frozenset()) -> list[int]:

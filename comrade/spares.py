@@ -83,17 +83,18 @@ class Spares:
             return None
         return self._free.pop()
 
-    def settle(self, at: str, path: str, size: int | None = None) -> None:
+    def settle(self, at: str, path: str, size: int | None = None,
+               unwritten: bool | None = None) -> None:
         """An ended attempt's stream, written at `at` (a spare from `take`, or `path` itself),
-        `size` bytes (None: look): an empty one that no process has open for writing is kept
-        as a spare (or removed, when there are enough); any other ends at `path`, where the
-        attempt's output belongs."""
+        `size` bytes (None: look): an empty one that no process has open for writing
+        (`unwritten`, as `read_stream` found it; None: look) is kept as a spare (or removed,
+        when there are enough); any other ends at `path`, where the attempt's output belongs."""
         if size is None:
             try:
                 size = os.stat(at).st_size
             except OSError:
                 return  # gone: nothing to keep or to move
-        if size == 0 and _empty_and_unwritten(at):
+        if size == 0 and (_empty_and_unwritten(at) if unwritten is None else unwritten):
             self._keep(at, taken=at != path)
         elif at != path:
             try:
@@ -119,12 +120,53 @@ class Spares:
         self._free.append(path)
 
 
+def read_stream(path: str, limit: int) -> tuple[bytes, int, bool]:
+    """An ended attempt's stream file, opened once: its last `limit` bytes, its size, and
+    whether it is an empty file no process has open for writing (a spare to keep: `settle`).
+    A missing file (or a link put in its place) reads as (b"", 0, False)."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return b"", 0, False
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return b"", 0, _unwritten(fd)
+        if size > limit:
+            os.lseek(fd, size - limit, os.SEEK_SET)
+        parts = []
+        left = limit
+        while left > 0:
+            part = os.read(fd, left)
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts), size, False
+    except OSError:
+        return b"", 0, False
+    finally:
+        os.close(fd)
+
+
 def _empty_and_unwritten(path: str) -> bool:
     """True if `path` is an empty regular file that no process has open for writing."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, _READ_FLAGS)
     except OSError:
         return False
+    try:
+        return _unwritten(fd)
+    finally:
+        os.close(fd)
+
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _unwritten(fd: int) -> bool:
+    """True if open file `fd` is empty and no process has it open for writing (a read lease
+    is granted only then)."""
     try:
         fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)  # a lease break must not kill us
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)  # EAGAIN if anyone has it open to write
@@ -132,8 +174,6 @@ def _empty_and_unwritten(path: str) -> bool:
         return os.fstat(fd).st_size == 0
     except OSError:
         return False
-    finally:
-        os.close(fd)
 
 
 class SpareDirs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from comrade.spares import SpareDirs, Spares
+from comrade.spares import SpareDirs, Spares, read_stream
 
 
 def _file(path: str, data: bytes = b"") -> str:
@@ -55,6 +55,25 @@ def test_a_file_with_output_or_open_for_writing_is_never_kept(tmp_path: Any) -> 
         spares.settle(at, str(tmp_path / "w.1.err"), 0)
     assert not os.path.exists(at) and os.path.exists(tmp_path / "w.1.err")
     assert len(spares) == 0 and spares.take() is None
+
+
+def test_a_stream_is_read_once_for_its_tail_its_size_and_whether_it_is_a_spare(
+        tmp_path: Any) -> None:
+    big = _file(str(tmp_path / "big.1.out"), bytes(range(256)) * 40)  # 10,240 bytes
+    assert read_stream(big, 1000) == ((bytes(range(256)) * 40)[-1000:], 10_240, False)
+    assert read_stream(big, 20_000) == (bytes(range(256)) * 40, 10_240, False)
+    empty = _file(str(tmp_path / "e.1.out"))
+    assert read_stream(empty, 1000) == (b"", 0, True)
+    with open(empty, "ab"):  # a process that outlived its task still has it open to write
+        assert read_stream(empty, 1000) == (b"", 0, False)
+    assert read_stream(str(tmp_path / "missing.1.out"), 1000) == (b"", 0, False)
+    link = str(tmp_path / "link.1.out")  # a task put a link where its stream was: not followed
+    os.symlink(big, link)
+    assert read_stream(link, 1000) == (b"", 0, False)
+    spares = Spares(str(tmp_path / "spare"))
+    _, size, unwritten = read_stream(empty, 1000)
+    spares.settle(empty, empty, size, unwritten)  # as found: kept without looking again
+    assert len(spares) == 1 and not os.path.exists(empty)
 
 
 def test_beyond_the_limit_an_empty_file_is_removed(tmp_path: Any) -> None:
