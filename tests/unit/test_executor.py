@@ -133,6 +133,24 @@ def test_a_start_from_the_actors_own_thread_spawns_before_it_returns(run, paths)
     assert seen == [True]
 
 
+def test_only_the_actors_own_thread_with_nothing_waiting_may_run_a_call_at_once(run) -> None:  # type: ignore[no-untyped-def]
+    """What a node's wake asks before it runs a pass at once instead of queueing it."""
+    ex, _ = run
+    seen: list[bool] = []
+    gate = threading.Event()
+
+    def first() -> None:
+        gate.wait(5)  # the second call is queued meanwhile
+        seen.append(ex.here_and_idle())
+
+    ex.call_soon(first)
+    ex.call_soon(lambda: seen.append(ex.here_and_idle()))
+    gate.set()
+    wait_for(lambda: len(seen) == 2, 10, "both calls")
+    assert seen == [False, True]  # something waited behind the first; nothing behind the last
+    assert not ex.here_and_idle()  # another thread
+
+
 def test_exits_are_reaped_on_the_actors_thread_even_while_messages_keep_coming(run) -> None:  # type: ignore[no-untyped-def]
     """The actor's inbox watches the children's pidfds: an exit is handled on the actor's
     thread (no reaper thread to hand it over), and an inbox that never empties (here a call
