@@ -244,12 +244,23 @@ class Child:
                 self.cpu_s = usage.ru_utime + usage.ru_stime
                 self.max_rss = usage.ru_maxrss * 1024  # Linux counts KiB
                 # At exec the kernel takes the spawning process's peak into the child's.
-                self.max_rss_exact = usage.ru_maxrss > resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                self.max_rss_exact = usage.ru_maxrss > _own_peak_kib(usage.ru_maxrss)
             except ChildProcessError:
                 log.error("task process %d was reaped by someone else: its exit code is lost",
                           self.pid)
                 self.returncode = LOST_STATUS
         return self.returncode
+
+
+_own_peak = [0]  # this process's peak RSS (KiB) as last read: it only grows
+
+
+def _own_peak_kib(than: int) -> int:
+    """This process's peak resident memory in KiB, read again only when `than` is above the
+    last reading (it never shrinks): a system call per task less."""
+    if than > _own_peak[0]:
+        _own_peak[0] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return _own_peak[0]
 
 
 #: What a task whose exit status was lost reports (as a shell reports 255).
