@@ -182,9 +182,7 @@ class ExitsInbox:
                 if fd == self._bell:
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(self._bell)
-                elif fd in self.children:
-                    # Once: until the actor reaps it the pidfd stays readable.
-                    self._epoll.unregister(fd)
+                elif fd in self.children:  # once (EPOLLONESHOT): it stays readable
                     items.append(_Note(("reaped", fd)))
 
     def watch(self, child: Child, key: Key) -> bool:
@@ -195,7 +193,9 @@ class ExitsInbox:
         except ProcessLookupError:
             return False
         self.children[fd] = (child, key)
-        self._epoll.register(fd, select.EPOLLIN)
+        # One event: a pidfd stays readable until the actor reaps its child, and closing it
+        # (`forget`) takes it out of the set.
+        self._epoll.register(fd, select.EPOLLIN | select.EPOLLONESHOT)
         return True
 
     def forget(self, fd: int) -> tuple[Child, Key] | None:
