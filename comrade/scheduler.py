@@ -153,21 +153,25 @@ def plan_ahead(
     skip = set(claiming) | set(avoid)
     claims: list[Claim] = []
     scan = 32 + 2 * room * max(1, len(workers))  # each worker's share is about 1/workers
-    fit_cache: dict[tuple[Resources, tuple[str | None, ...]], list[str]] = {}
+    # The workers whose offer and tags fit, the same for alike tasks: keyed by plain values,
+    # which hash in C (a Resources hashes through a Python call).
+    fit_cache: dict[tuple[int, int, int, tuple[str | None, ...]], list[str]] = {}
     for i, task in enumerate(queue.ready()):
         if i >= scan or len(claims) >= room:
             break
-        task_id = task.spec.task_id
-        if task_id in skip or not task.spec.concurrent:
+        spec = task.spec
+        task_id = spec.task_id
+        if task_id in skip or not spec.concurrent:
             continue
-        needs = task.spec.needs
+        needs = spec.needs
         conds = queue.conditions_of(task)
-        tags = _tags(conds)
-        fit = fit_cache.get((needs, tags))
-        if fit is None:  # the workers whose offer and tags fit: the same for alike tasks
+        tags = _tags(conds) if conds else ()
+        key = (needs.memory, needs.cores, needs.storage, tags)
+        fit = fit_cache.get(key)
+        if fit is None:
             fit = [n for n in workers if fits(needs, queue.nodes[n].info.offered)
                    and _tagged(queue, worker, me, n, tags)]
-            fit_cache[(needs, tags)] = fit
+            fit_cache[key] = fit
         if _share(task, fit) != me:
             continue
         if any(fits(needs, cap) and _tagged(queue, worker, me, name, tags) for name, cap in open_others):
