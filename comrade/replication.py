@@ -221,6 +221,8 @@ class Proposer:
         self._answer_s = answer_s  # an entry unanswered this long has an unknown outcome
         self._cv = threading.Condition()
         self._waiting: list[_Pending] = []
+        self._waiting_ops = 0  # operations in _waiting, and their estimated bytes (_full)
+        self._waiting_bytes = 0
         # The thread waits out a linger: a proposal that may wait too need not wake it (a
         # wake, and the thread's look at the queue, for each task's finish on a busy node).
         self._lingering = False
@@ -242,6 +244,8 @@ class Proposer:
         with self._cv:
             for (part, size), answered in zip(parts, callbacks, strict=True):
                 self._waiting.append(_Pending(part, answered, urgent, size))
+                self._waiting_ops += len(part)
+                self._waiting_bytes += size
             if urgent or not self._lingering or self._full():
                 self._cv.notify()
 
@@ -285,6 +289,7 @@ class Proposer:
                     continue
                 if self._stopped:
                     waiting, self._waiting = self._waiting, []
+                    self._waiting_ops = self._waiting_bytes = 0
                     for p in waiting:
                         p.callback(None, FAIL_REASON.REQUEST_DENIED)
                     return
@@ -294,6 +299,8 @@ class Proposer:
                         count + len(self._waiting[0].ops) <= MAX_BATCH
                         and size + self._waiting[0].size <= ENTRY_BYTES)):
                     p = self._waiting.pop(0)
+                    self._waiting_ops -= len(p.ops)
+                    self._waiting_bytes -= p.size
                     batch.append(p)
                     count += len(p.ops)
                     size += p.size
@@ -324,8 +331,7 @@ class Proposer:
 
     def _full(self) -> bool:
         """True if what waits fills an entry (called with the lock held)."""
-        return sum(len(p.ops) for p in self._waiting) >= MAX_BATCH \
-            or sum(p.size for p in self._waiting) >= ENTRY_BYTES
+        return self._waiting_ops >= MAX_BATCH or self._waiting_bytes >= ENTRY_BYTES
 
     def _expire_overdue(self) -> None:
         """Give up on entries unanswered for too long (called with the lock held)."""

@@ -13,7 +13,7 @@ from pysyncobj import FAIL_REASON
 
 from comrade.model import Outcome, TaskSpec
 from comrade.queue import Reply
-from comrade.replication import APPEND_ENTRIES_BYTES, ENTRY_BYTES, Proposer, op_bytes
+from comrade.replication import APPEND_ENTRIES_BYTES, ENTRY_BYTES, MAX_BATCH, Proposer, op_bytes
 from tests.cluster import wait_for
 
 
@@ -139,6 +139,32 @@ def test_a_proposal_that_may_wait_does_not_wake_a_lingering_proposer() -> None:
         t0 = time.monotonic()
         assert p.propose_sync([("op", "urgent")], timeout=5.0)  # an urgent one still wakes it
         assert time.monotonic() - t0 < 0.25
+    finally:
+        p.stop()
+
+
+def test_what_fills_an_entry_ends_the_linger_and_the_count_starts_again() -> None:
+    # The proposer keeps a running count of what waits (operations and bytes): a proposal that
+    # fills an entry wakes it at once; what it sent leaves the count, so the next small one
+    # waits out the linger again.
+    raft, p = make(linger_s=2.0, busy_ops=5, busy_window_s=10.0)  # busy throughout
+    try:
+        p.propose_sync([("op", i) for i in range(10)], timeout=5.0)  # busy now
+        p.propose([("op", "first")])  # wakes it; it lingers
+        wait_for(lambda: p._lingering, 5, "the proposer to linger")
+        entries = len(raft.entries)
+        t0 = time.monotonic()
+        done = threading.Event()
+        for i in range(MAX_BATCH - 2):
+            p.propose([("op", f"fill {i}")])
+        p.propose([("op", "last")], lambda replies, err: done.set())
+        assert done.wait(1.5), "a full entry waited out the linger"
+        assert time.monotonic() - t0 < 1.5
+        assert [len(ops) for _, ops in raft.entries[entries:]] == [MAX_BATCH]
+        assert (p._waiting_ops, p._waiting_bytes) == (0, 0)
+        p.propose([("op", "small")])
+        wait_for(lambda: p._lingering, 5, "the proposer to linger on the next one")
+        assert p._waiting_ops == 1 and len(raft.entries) == entries + 1  # it waits
     finally:
         p.stop()
 
