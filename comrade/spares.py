@@ -121,6 +121,11 @@ class Spares:
         self._free.append(path)
 
 
+#: How an ended attempt's stream file is opened to be read: not through a link a task put in
+#: its place, nor blocking on a FIFO.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
 def read_stream(path: str, limit: int) -> tuple[bytes, int, bool]:
     """An ended attempt's stream file, opened once: its last `limit` bytes, its size, and
     whether it is an empty file no process has open for writing (a spare to keep: `settle`).
@@ -160,9 +165,6 @@ def _empty_and_unwritten(path: str) -> bool:
         return _unwritten(fd)
     finally:
         os.close(fd)
-
-
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def _unwritten(fd: int) -> bool:
